@@ -1,0 +1,466 @@
+//! Configuration: a TOML file overridable by `ARMWATCH__SECTION__KEY` environment variables
+//! (the `config` crate), then validated so that a mistake stops startup with the key and the fix.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A configuration problem, naming the key and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a key has the wrong type or is unknown.
+    #[error("config: {0}\n  fix: check the key's spelling and type against config/armwatch.toml")]
+    Load(String),
+    /// A key has a value that parses but is not allowed.
+    #[error("config key `{key}`: {problem}\n  fix: {fix}")]
+    Invalid {
+        /// The dotted key path.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Kafka source and dead-letter topic.
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    /// Declared experiments (`[[experiment]]`).
+    #[serde(default, rename = "experiment")]
+    pub experiments: Vec<ExperimentSettings>,
+    /// Alerting levels and sinks.
+    #[serde(default)]
+    pub alerts: AlertSettings,
+    /// The HTTP endpoint.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Input and memory bounds.
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Metric export.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[kafka]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topics to consume.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// Passed through to librdkafka (consumer and producers).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Rejected messages are forwarded here when set.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group() -> String {
+    "armwatch".into()
+}
+fn default_topics() -> Vec<String> {
+    vec!["llm.events".into()]
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: default_brokers(),
+            group_id: default_group(),
+            topics: default_topics(),
+            options: BTreeMap::new(),
+            dead_letter_topic: None,
+        }
+    }
+}
+
+/// `[[experiment]]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSettings {
+    /// Experiment id as it appears in events.
+    pub id: String,
+    /// Design weights per arm (must sum to 1).
+    pub arms: BTreeMap<String, f64>,
+    /// Inputs the treatment is meant to change: not watched for divergence.
+    #[serde(default)]
+    pub treatment_inputs: Vec<String>,
+    /// When set, only these inputs are watched (otherwise every other input is).
+    #[serde(default)]
+    pub watch_inputs: Option<Vec<String>>,
+    /// Bin edges for numeric inputs (otherwise half-octave bins).
+    #[serde(default)]
+    pub numeric_bins: BTreeMap<String, Vec<f64>>,
+}
+
+/// `[alerts]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Anytime-valid level per check (split over the watched inputs of an experiment).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Dirichlet concentration grid of the e-processes (an equal-weight mixture).
+    #[serde(default = "default_k_grid")]
+    pub k_grid: Vec<f64>,
+    /// Minimum arm-share deviation (absolute) for an SRM or divergence alert.
+    #[serde(default = "default_min_dev")]
+    pub min_share_deviation: f64,
+    /// Alertmanager v2 endpoint, e.g. `http://127.0.0.1:9093/api/v2/alerts`.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Kafka topic for alerts.
+    #[serde(default)]
+    pub kafka_topic: Option<String>,
+    /// How often active alerts are re-sent to Alertmanager (it expires silent ones).
+    #[serde(default = "default_resend")]
+    pub resend_interval_secs: u64,
+}
+
+fn default_alpha() -> f64 {
+    0.001
+}
+fn default_k_grid() -> Vec<f64> {
+    vec![10.0, 100.0, 1000.0, 10000.0]
+}
+fn default_min_dev() -> f64 {
+    0.005
+}
+fn default_resend() -> u64 {
+    60
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            alpha: default_alpha(),
+            k_grid: default_k_grid(),
+            min_share_deviation: default_min_dev(),
+            webhook: None,
+            kafka_topic: None,
+            resend_interval_secs: default_resend(),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address for /metrics, /healthz, /readyz, /api/v1/report.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9898".into()
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `[limits]`: every bound that keeps memory flat.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Larger messages are rejected as `oversized`.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// More inputs than this are rejected as `too_many_inputs`.
+    #[serde(default = "default_max_inputs_event")]
+    pub max_inputs_per_event: usize,
+    /// Experiments tracked at most; new ones beyond are rejected as `experiment_limit`.
+    #[serde(default = "default_max_experiments")]
+    pub max_experiments: usize,
+    /// Watched inputs per experiment at most (also the Bonferroni divisor when the
+    /// experiment does not list `watch_inputs`).
+    #[serde(default = "default_max_inputs_exp")]
+    pub max_inputs_per_experiment: usize,
+    /// Exactly tracked values per input; the rest share one pooled stratum.
+    #[serde(default = "default_max_strata")]
+    pub max_strata_per_input: usize,
+    /// Arms per undeclared experiment at most.
+    #[serde(default = "default_max_arms")]
+    pub max_arms: usize,
+}
+
+fn default_max_message() -> usize {
+    64 * 1024
+}
+fn default_max_inputs_event() -> usize {
+    64
+}
+fn default_max_experiments() -> usize {
+    1000
+}
+fn default_max_inputs_exp() -> usize {
+    16
+}
+fn default_max_strata() -> usize {
+    64
+}
+fn default_max_arms() -> usize {
+    16
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_message_bytes: default_max_message(),
+            max_inputs_per_event: default_max_inputs_event(),
+            max_experiments: default_max_experiments(),
+            max_inputs_per_experiment: default_max_inputs_exp(),
+            max_strata_per_input: default_max_strata(),
+            max_arms: default_max_arms(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `armwatch=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Rejected messages logged per second at most (the rest are only counted).
+    #[serde(default = "default_reject_log_rate")]
+    pub rejected_per_second: u32,
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_reject_log_rate() -> u32 {
+    5
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: default_log_format(),
+            level: default_log_level(),
+            rejected_per_second: default_reject_log_rate(),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Distinct label values per label (experiment, input, value) before `__other__`.
+    #[serde(default = "default_max_labels")]
+    pub max_label_values: usize,
+}
+
+fn default_max_labels() -> usize {
+    100
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            max_label_values: default_max_labels(),
+        }
+    }
+}
+
+impl Settings {
+    /// Load `path` (TOML) with `ARMWATCH__...` environment overrides, then validate.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        if !path.exists() {
+            return Err(invalid(
+                "--config",
+                format!("file {} does not exist", path.display()),
+                "pass the path of a TOML file, e.g. config/armwatch.toml",
+            ));
+        }
+        let builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("ARMWATCH")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("kafka.topics")
+                    .with_list_parse_key("alerts.k_grid")
+                    .try_parsing(true),
+            );
+        Self::from_builder(builder)
+    }
+
+    /// Parse a TOML string (no environment overrides), then validate.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        Self::from_builder(builder)
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Settings, ConfigError> {
+        let cfg = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let s: Settings = cfg
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Check values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.alerts;
+        if !(a.alpha > 0.0 && a.alpha < 1.0) {
+            return Err(invalid("alerts.alpha", format!("{} is not in (0, 1)", a.alpha), "use a small level such as 0.001"));
+        }
+        if a.k_grid.is_empty() || a.k_grid.iter().any(|k| !(k.is_finite() && *k > 0.0)) {
+            return Err(invalid("alerts.k_grid", "must be a non-empty list of positive numbers", "e.g. k_grid = [10, 100, 1000, 10000]"));
+        }
+        if !(0.0..1.0).contains(&a.min_share_deviation) {
+            return Err(invalid("alerts.min_share_deviation", "must be in [0, 1)", "e.g. 0.005 (half a percentage point)"));
+        }
+        if let Some(url) = &a.webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid("alerts.webhook", format!("`{url}` is not an http(s) URL"), "e.g. http://alertmanager:9093/api/v2/alerts"));
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "is empty", "e.g. brokers = \"kafka-0:9092,kafka-1:9092\""));
+        }
+        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid("kafka.topics", "must list at least one non-empty topic", "e.g. topics = [\"llm.events\"]"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "is empty", "e.g. group_id = \"armwatch\""));
+        }
+        if self.log.format != "text" && self.log.format != "json" {
+            return Err(invalid("log.format", format!("`{}` is neither text nor json", self.log.format), "use \"text\" or \"json\""));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.max_inputs_per_event", l.max_inputs_per_event),
+            ("limits.max_experiments", l.max_experiments),
+            ("limits.max_inputs_per_experiment", l.max_inputs_per_experiment),
+            ("limits.max_strata_per_input", l.max_strata_per_input),
+            ("limits.max_arms", l.max_arms),
+            ("metrics.max_label_values", self.metrics.max_label_values),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1", "remove the key to use the default"));
+            }
+        }
+        if l.max_inputs_per_experiment > 64 {
+            return Err(invalid("limits.max_inputs_per_experiment", "must be at most 64", "watch fewer inputs per experiment"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, e) in self.experiments.iter().enumerate() {
+            let key = format!("experiment[{i}]");
+            if e.id.is_empty() {
+                return Err(invalid(format!("{key}.id"), "is empty", "give the experiment id used in events"));
+            }
+            if !seen.insert(e.id.as_str()) {
+                return Err(invalid(format!("{key}.id"), format!("`{}` is declared twice", e.id), "declare each experiment once"));
+            }
+            if e.arms.len() < 2 {
+                return Err(invalid(format!("{key}.arms"), "needs at least two arms", "e.g. arms = { control = 0.5, treatment = 0.5 }"));
+            }
+            if e.arms.len() > 64 {
+                return Err(invalid(format!("{key}.arms"), "has more than 64 arms", "declare at most 64 arms"));
+            }
+            if let Some((arm, w)) = e.arms.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
+                return Err(invalid(format!("{key}.arms.{arm}"), format!("weight {w} is not positive"), "every arm needs a weight > 0"));
+            }
+            let total: f64 = e.arms.values().sum();
+            if (total - 1.0).abs() > 1e-6 {
+                return Err(invalid(format!("{key}.arms"), format!("weights sum to {total}, not 1"), "give the design shares, e.g. { control = 0.5, treatment = 0.5 }"));
+            }
+            if let Some(w) = &e.watch_inputs {
+                if w.len() > l.max_inputs_per_experiment {
+                    return Err(invalid(format!("{key}.watch_inputs"), format!("lists {} inputs, more than limits.max_inputs_per_experiment", w.len()), "raise the limit or watch fewer inputs"));
+                }
+            }
+            for (name, edges) in &e.numeric_bins {
+                if edges.is_empty() || edges.windows(2).any(|p| !(p[0] < p[1])) || edges.iter().any(|x| !x.is_finite()) {
+                    return Err(invalid(format!("{key}.numeric_bins.{name}"), "edges must be finite and strictly increasing", "e.g. [0.0, 0.5, 1.0]"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let s = Settings::from_toml(include_str!("../config/armwatch.toml")).unwrap();
+        assert_eq!(s.experiments[0].id, "prompt-variant");
+        assert_eq!(s.alerts.alpha, 0.001);
+        Settings::from_toml(include_str!("../config/demo.toml")).unwrap();
+    }
+
+    fn err(text: &str) -> String {
+        Settings::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[alerts]\nalpha = 2.0").contains("`alerts.alpha`"));
+        assert!(err("[alerts]\nalpah = 0.1").contains("alpah"));
+        assert!(err("[alerts]\nalpha = \"high\"").contains("alpha"));
+        let e = err("[[experiment]]\nid = \"x\"\narms = { control = 0.5, treatment = 0.6 }");
+        assert!(e.contains("`experiment[0].arms`") && e.contains("fix:"), "{e}");
+        let e = err("[[experiment]]\nid = \"x\"\narms = { control = 1.0 }");
+        assert!(e.contains("at least two arms"));
+        assert!(err("[kafka]\ntopics = []").contains("`kafka.topics`"));
+        assert!(err("[log]\nformat = \"xml\"").contains("`log.format`"));
+    }
+
+    #[test]
+    fn arm_names_keep_their_case() {
+        let s = Settings::from_toml("[[experiment]]\nid = \"X\"\narms = { Control = 0.5, TreatmentB = 0.5 }").unwrap();
+        assert!(s.experiments[0].arms.contains_key("TreatmentB"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The alert record every sink receives.
+
+use serde::Serialize;
+
+/// Check names used across the project.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Sample ratio mismatch.
+    Srm,
+    /// Arm-conditional input divergence.
+    InputDivergence,
+    /// Density discontinuity at a routing threshold.
+    ThresholdDensity,
+    /// Routing decisions that disagree with the rule.
+    ThresholdCompliance,
+    /// A judge endpoint changed model version.
+    JudgeVersionChange,
+    /// Control-set judge score shift.
+    JudgeScoreShift,
+    /// A substrate input changed value mid-experiment.
+    SubstrateChange,
+    /// Eval sampling skew against production.
+    SamplingSkew,
+    /// Logged arm differs from the declared assignment hash.
+    AssignmentMismatch,
+    /// Units seen in more than one arm.
+    MultipleExposure,
+    /// Clusters split across arms.
+    ClusterMixed,
+    /// The arm can be predicted from the inputs.
+    ArmPredictable,
+}
+
+impl Check {
+    /// The check's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Srm => "srm",
+            Check::InputDivergence => "input_divergence",
+            Check::ThresholdDensity => "threshold_density",
+            Check::ThresholdCompliance => "threshold_compliance",
+            Check::JudgeVersionChange => "judge_version_change",
+            Check::JudgeScoreShift => "judge_score_shift",
+            Check::SubstrateChange => "substrate_change",
+            Check::SamplingSkew => "sampling_skew",
+            Check::AssignmentMismatch => "assignment_mismatch",
+            Check::MultipleExposure => "multiple_exposure",
+            Check::ClusterMixed => "cluster_mixed",
+            Check::ArmPredictable => "arm_predictable",
+        }
+    }
+}
+
+/// One fired alert.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    /// Which check fired.
+    pub check: Check,
+    /// The experiment, when the check is per experiment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The input, router, judge or eval set (the experiment itself for `srm`).
+    pub subject: String,
+    /// The stratum most to blame, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Log e-value at firing time.
+    pub evidence: f64,
+    /// The log e-value the evidence had to reach: `ln(1 / alpha')`.
+    pub evidence_threshold: f64,
+    /// Effect size (for SRM and divergence: largest arm-share deviation from design).
+    pub magnitude: f64,
+    /// 0-based position of the event at which it fired.
+    pub first_event: u64,
+    /// Event time at which it fired (RFC 3339, UTC).
+    pub ts: String,
+    /// One sentence for a human.
+    pub message: String,
+    /// Check-specific details (arm shares, design, counts).
+    pub details: serde_json::Value,
+}
+
+/// RFC 3339 (UTC, milliseconds) of epoch milliseconds.
+pub fn rfc3339(ts_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ts_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ts_ms.to_string())
+}

@@ -1,0 +1,116 @@
+//! `input_divergence`: an input decided before assignment whose arm shares differ between its
+//! values. The stratified e-process of design notes section 2, one per watched input, each at
+//! level `alpha / m` (Bonferroni over the experiment's `m` watched inputs).
+
+use super::alert::rfc3339;
+use super::{shares, Alert, Check, EvalContext};
+use crate::state::experiment::Experiment;
+use crate::state::strata::TAIL_LABEL;
+use crate::stats::sequential::DmEProcess;
+use serde_json::json;
+
+/// Detector state of one input.
+#[derive(Clone, Debug, Default)]
+pub struct DivergenceState {
+    /// Whether the alert has fired.
+    pub fired: bool,
+    /// When the cheap bound passes the threshold but the exact value does not, the exact value
+    /// is recomputed only every few events of this input (it costs O(strata)).
+    next_exact_at: u64,
+}
+
+impl DivergenceState {
+    /// Merge flags of another partition.
+    pub fn merge(&mut self, o: &DivergenceState) {
+        self.fired |= o.fired;
+    }
+}
+
+const RECHECK_EVERY: u64 = 8;
+
+/// The value with the largest log factor, with its e-process.
+pub fn top_stratum(exp: &Experiment, input: usize) -> Option<(String, &DmEProcess, f64)> {
+    let s = &exp.inputs[input].strata;
+    let mut best: Option<(String, &DmEProcess, f64)> = None;
+    let cands = s
+        .slots()
+        .iter()
+        .map(|x| (&*x.label, &x.ep))
+        .chain(std::iter::once((TAIL_LABEL, s.tail())));
+    for (label, ep) in cands {
+        if ep.n() == 0 {
+            continue;
+        }
+        let le = ep.log_e();
+        if best.as_ref().is_none_or(|b| le > b.2) {
+            best = Some((label.to_string(), ep, le));
+        }
+    }
+    best
+}
+
+/// Evaluate input `i` of `exp` after an event touched it.
+#[inline]
+pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Alert> {
+    let threshold = (exp.alpha_divisor() as f64 / ctx.alpha).ln();
+    let input = &mut exp.inputs[i];
+    if input.detector.fired || exp.arms.len() < 2 || input.strata.log_e_upper_bound() < threshold {
+        return None;
+    }
+    if input.n < input.detector.next_exact_at {
+        return None;
+    }
+    input.strata.refresh_bound();
+    let log_e = input.strata.log_e();
+    if log_e < threshold {
+        input.detector.next_exact_at = input.n + RECHECK_EVERY;
+        return None;
+    }
+    let (value, ep, value_log_e) = top_stratum(exp, i)?;
+    let magnitude = ep.max_share_deviation(&exp.design);
+    let value_counts = ep.counts().to_vec();
+    let value_n = ep.n();
+    if magnitude < ctx.min_share_deviation {
+        exp.inputs[i].detector.next_exact_at = exp.inputs[i].n + RECHECK_EVERY;
+        return None;
+    }
+    let value_shares = shares(&value_counts);
+    let arms: Vec<&str> = exp.arms.iter().map(|a| &**a).collect();
+    let detail: Vec<String> = arms
+        .iter()
+        .zip(value_shares.iter().zip(exp.design.weights()))
+        .map(|(a, (o, w))| format!("{a} {:.1}% (design {:.1}%)", 100.0 * o, 100.0 * w))
+        .collect();
+    let input = &mut exp.inputs[i];
+    input.detector.fired = true;
+    Some(Alert {
+        check: Check::InputDivergence,
+        experiment: Some(exp.id.to_string()),
+        subject: input.name.to_string(),
+        value: Some(value.clone()),
+        evidence: log_e,
+        evidence_threshold: threshold,
+        magnitude,
+        first_event: ctx.seq,
+        ts: rfc3339(ctx.ts_ms),
+        message: format!(
+            "arm assignment depends on input `{}` in {}: where {} = {:?} the arms are {} ({} events); \
+             the assignment leaks into the inputs, so arm differences may be population differences",
+            input.name,
+            exp.id,
+            input.name,
+            value,
+            detail.join(", "),
+            value_n
+        ),
+        details: json!({
+            "arms": arms,
+            "value_counts": value_counts,
+            "value_shares": value_shares,
+            "value_log_evalue": value_log_e,
+            "design": exp.design.weights(),
+            "alpha_divisor": exp.alpha_divisor(),
+            "design_assumed": !exp.declared,
+        }),
+    })
+}

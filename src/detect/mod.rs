@@ -1,0 +1,31 @@
+//! Detectors: read per-experiment state after each update and decide whether to alert.
+//! An alert needs both evidence (log e-value >= ln(1/alpha')) and magnitude (>= a configured
+//! minimum), fires once per (check, experiment, subject) and stays active.
+
+pub mod alert;
+pub mod input_divergence;
+pub mod srm;
+
+pub use alert::{Alert, Check};
+
+/// What a detector needs to know about the moment it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalContext {
+    /// 0-based position of the current message in the stream.
+    pub seq: u64,
+    /// Event time of the current message (epoch ms).
+    pub ts_ms: i64,
+    /// The anytime-valid level of one check.
+    pub alpha: f64,
+    /// The minimum arm-share deviation for an alert.
+    pub min_share_deviation: f64,
+}
+
+/// Arm shares of a count vector.
+pub fn shares(counts: &[u64]) -> Vec<f64> {
+    let n: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| if n == 0 { 0.0 } else { c as f64 / n as f64 })
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! The sans-IO pipeline: bytes -> decode -> per-experiment state -> detectors -> alerts.
+//!
+//! One `Engine` is owned by one thread; there are no locks and, for a typical event, no heap
+//! allocation. The IO shell feeds it messages and drains new alerts and reports.
+
+use crate::config::Settings;
+use crate::detect::{input_divergence, srm, Alert, EvalContext};
+use crate::event::{decode, Event, Kind, Limits, RejectReason};
+use crate::report::Report;
+use crate::state::experiment::{Experiment, ExperimentLimits};
+use crate::state::{key_of, Identity};
+use std::collections::HashMap;
+
+/// The pipeline state.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    limits: Limits,
+    exp_limits: ExperimentLimits,
+    alpha: f64,
+    min_share_deviation: f64,
+    max_experiments: usize,
+    experiments: Vec<Experiment>,
+    index: HashMap<u64, usize, Identity>,
+    last: usize,
+    accepted: [u64; Kind::ALL.len()],
+    rejected: [u64; RejectReason::ALL.len()],
+    seq: u64,
+    alerts: Vec<Alert>,
+    delivered: usize,
+}
+
+impl Engine {
+    /// An engine with the declared experiments of `settings` pre-registered.
+    pub fn new(settings: &Settings) -> Engine {
+        let exp_limits = ExperimentLimits::from_settings(settings);
+        let mut e = Engine {
+            limits: Limits {
+                max_message_bytes: settings.limits.max_message_bytes,
+                max_inputs_per_event: settings.limits.max_inputs_per_event,
+            },
+            alpha: settings.alerts.alpha,
+            min_share_deviation: settings.alerts.min_share_deviation,
+            max_experiments: settings.limits.max_experiments.max(settings.experiments.len()),
+            experiments: Vec::new(),
+            index: HashMap::default(),
+            last: 0,
+            accepted: [0; Kind::ALL.len()],
+            rejected: [0; RejectReason::ALL.len()],
+            seq: 0,
+            alerts: Vec::new(),
+            delivered: 0,
+            exp_limits,
+        };
+        for cfg in &settings.experiments {
+            let exp = Experiment::declared(cfg, &e.exp_limits);
+            e.index.insert(key_of(&cfg.id), e.experiments.len());
+            e.experiments.push(exp);
+        }
+        e
+    }
+
+    /// Process one message. Returns the accepted kind or the rejection reason (already counted).
+    #[inline]
+    pub fn process(&mut self, payload: &[u8]) -> Result<Kind, RejectReason> {
+        let seq = self.seq;
+        self.seq += 1;
+        let res = decode(payload, &self.limits).and_then(|ev| {
+            self.apply(&ev, seq)?;
+            Ok(ev.kind())
+        });
+        match res {
+            Ok(k) => self.accepted[k.index()] += 1,
+            Err(r) => self.rejected[r.index()] += 1,
+        }
+        res
+    }
+
+    /// Count a message refused before it reached the decoder (e.g. by the transport).
+    pub fn count_rejected(&mut self, reason: RejectReason) {
+        self.seq += 1;
+        self.rejected[reason.index()] += 1;
+    }
+
+    fn experiment_index(&mut self, id: &str) -> Result<usize, RejectReason> {
+        if self.experiments.get(self.last).is_some_and(|e| &*e.id == id) {
+            return Ok(self.last);
+        }
+        let key = key_of(id);
+        let i = match self.index.get(&key) {
+            Some(&i) if &*self.experiments[i].id == id => i,
+            Some(_) => return Err(RejectReason::ExperimentLimit), // 64-bit collision: refuse, never mix
+            None => {
+                if self.experiments.len() >= self.max_experiments {
+                    return Err(RejectReason::ExperimentLimit);
+                }
+                self.experiments.push(Experiment::undeclared(id, &self.exp_limits));
+                self.index.insert(key, self.experiments.len() - 1);
+                self.experiments.len() - 1
+            }
+        };
+        self.last = i;
+        Ok(i)
+    }
+
+    /// Apply a decoded event to the state and run the detectors it concerns.
+    pub fn apply(&mut self, ev: &Event<'_>, seq: u64) -> Result<(), RejectReason> {
+        if ev.kind() != Kind::Prompt {
+            return Ok(()); // routing, judgment, sample: validated and counted only
+        }
+        let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
+        let i = self.experiment_index(id)?;
+        let exp = &mut self.experiments[i];
+        let obs = exp.observe(ev)?;
+        let ctx = EvalContext {
+            seq,
+            ts_ms: ev.ts_ms,
+            alpha: self.alpha,
+            min_share_deviation: self.min_share_deviation,
+        };
+        if let Some(a) = srm::evaluate(exp, &ctx) {
+            self.alerts.push(a);
+        }
+        let mut touched = obs.touched;
+        while touched != 0 {
+            let j = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            if let Some(a) = input_divergence::evaluate(exp, j, &ctx) {
+                self.alerts.push(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// Alerts fired since the last call.
+    pub fn take_new_alerts(&mut self) -> &[Alert] {
+        let new = &self.alerts[self.delivered..];
+        self.delivered = self.alerts.len();
+        new
+    }
+
+    /// Every alert fired so far (all stay active).
+    pub fn alerts(&self) -> &[Alert] {
+        &self.alerts
+    }
+
+    /// Experiments tracked.
+    pub fn experiments(&self) -> &[Experiment] {
+        &self.experiments
+    }
+
+    /// Accepted counts by kind, in `Kind::ALL` order.
+    pub fn accepted(&self) -> &[u64; Kind::ALL.len()] {
+        &self.accepted
+    }
+
+    /// Rejected counts by reason, in `RejectReason::ALL` order.
+    pub fn rejected(&self) -> &[u64; RejectReason::ALL.len()] {
+        &self.rejected
+    }
+
+    /// The anytime-valid level of one check.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
+    /// Messages seen (accepted and rejected).
+    pub fn seen(&self) -> u64 {
+        self.seq
+    }
+
+    /// The full report (the replay output and `/api/v1/report`).
+    pub fn report(&self) -> Report {
+        Report::build(self)
+    }
+
+    /// Merge the state of another engine over a disjoint part of the stream (another
+    /// partition): counters add, experiment state merges, alerts are unioned.
+    pub fn merge(&mut self, other: &Engine) {
+        for (a, b) in self.accepted.iter_mut().zip(other.accepted) {
+            *a += b;
+        }
+        for (a, b) in self.rejected.iter_mut().zip(other.rejected) {
+            *a += b;
+        }
+        self.seq += other.seq;
+        for o in &other.experiments {
+            match self.experiment_index(&o.id) {
+                Ok(i) => self.experiments[i].merge(o),
+                Err(r) => self.rejected[r.index()] += o.srm.n(),
+            }
+        }
+        for a in &other.alerts {
+            if !self.alerts.iter().any(|x| x.check == a.check && x.experiment == a.experiment && x.subject == a.subject) {
+                self.alerts.push(a.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Decoding and validating one message against the contract.
+//!
+//! serde's derive does the structural work on borrowed data; custom visitors for `ts` and
+//! `inputs` keep it allocation-free; the semantic checks (required fields per kind) follow.
+
+use super::{Body, Event, InputValue, Inputs, Judgment, Kind, RejectReason, Routing, Sample};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Size limits applied while decoding.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Messages larger than this are rejected as `oversized` before parsing.
+    pub max_message_bytes: usize,
+    /// Events with more inputs than this are rejected as `too_many_inputs`.
+    pub max_inputs_per_event: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_inputs_per_event: 64,
+        }
+    }
+}
+
+/// Decode one message. Never panics on any input.
+pub fn decode<'a>(payload: &'a [u8], limits: &Limits) -> Result<Event<'a>, RejectReason> {
+    if payload.is_empty() {
+        return Err(RejectReason::Empty);
+    }
+    if payload.len() > limits.max_message_bytes {
+        return Err(RejectReason::Oversized);
+    }
+    if std::str::from_utf8(payload).is_err() {
+        return Err(RejectReason::NotUtf8);
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let raw = RawEvent::deserialize(&mut de).map_err(|e| RejectReason::classify(&e))?;
+    de.end().map_err(|e| RejectReason::classify(&e))?;
+    if raw.inputs.as_ref().map_or(0, |i| i.0.len()) > limits.max_inputs_per_event {
+        return Err(RejectReason::TooManyInputs);
+    }
+    raw.validate()
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
+struct RawEvent<'a> {
+    kind: Option<BStr<'a>>,
+    ts: Option<Ts>,
+    experiment: Option<BStr<'a>>,
+    arm: Option<BStr<'a>>,
+    unit: Option<BStr<'a>>,
+    cluster: Option<BStr<'a>>,
+    inputs: Option<RawInputs<'a>>,
+    router: Option<BStr<'a>>,
+    score: Option<f64>,
+    threshold: Option<f64>,
+    route: Option<BStr<'a>>,
+    judge: Option<BStr<'a>>,
+    judge_version: Option<BStr<'a>>,
+    category: Option<BStr<'a>>,
+    control: Option<bool>,
+    eval_set: Option<BStr<'a>>,
+    weight: Option<f64>,
+}
+
+/// A required string: present and not empty.
+fn required(v: Option<BStr<'_>>) -> Result<Cow<'_, str>, RejectReason> {
+    optional(v).ok_or(RejectReason::MissingField)
+}
+
+/// An optional string: an empty string counts as absent.
+fn optional(v: Option<BStr<'_>>) -> Option<Cow<'_, str>> {
+    v.map(|s| s.0).filter(|s| !s.is_empty())
+}
+
+/// A string that borrows from the message unless it has escapes. (serde's own `Cow<str>`
+/// impl always copies, and `#[serde(borrow)]` does not reach inside `Option`.)
+struct BStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = BStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<BStr<'a>, E> {
+                Ok(BStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BStr<'a>, E> {
+                Ok(BStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<BStr<'a>, E> {
+                Ok(BStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> RawEvent<'a> {
+    fn validate(self) -> Result<Event<'a>, RejectReason> {
+        let kind_name = self.kind.ok_or(RejectReason::MissingField)?.0;
+        let kind = Kind::parse(&kind_name).ok_or(RejectReason::UnknownKind)?;
+        let ts_ms = self.ts.ok_or(RejectReason::MissingField)?.0;
+        let experiment = optional(self.experiment);
+        let arm = optional(self.arm);
+        if (kind == Kind::Prompt || experiment.is_some()) && (experiment.is_none() || arm.is_none())
+        {
+            return Err(RejectReason::MissingField);
+        }
+        let body = match kind {
+            Kind::Prompt => Body::Prompt,
+            Kind::Routing => Body::Routing(Routing {
+                router: required(self.router)?,
+                score: self.score.ok_or(RejectReason::MissingField)?,
+                threshold: self.threshold,
+                route: required(self.route)?,
+            }),
+            Kind::Judgment => Body::Judgment(Judgment {
+                judge: required(self.judge)?,
+                judge_version: required(self.judge_version)?,
+                score: self.score.ok_or(RejectReason::MissingField)?,
+                category: optional(self.category),
+                control: self.control.unwrap_or(false),
+            }),
+            Kind::Sample => {
+                if self.weight.is_some_and(|w| w < 0.0) {
+                    return Err(RejectReason::WrongType);
+                }
+                Body::Sample(Sample {
+                    eval_set: required(self.eval_set)?,
+                    weight: self.weight,
+                })
+            }
+        };
+        Ok(Event {
+            ts_ms,
+            experiment,
+            arm,
+            unit: optional(self.unit),
+            cluster: optional(self.cluster),
+            inputs: self.inputs.map(|i| i.0).unwrap_or_default(),
+            body,
+        })
+    }
+}
+
+/// `ts`: integer epoch milliseconds or an RFC 3339 string.
+struct Ts(i64);
+
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Ts;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("RFC 3339 string or integer epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ts, E> {
+                Ok(Ts(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ts, E> {
+                i64::try_from(v)
+                    .map(Ts)
+                    .map_err(|_| E::custom(RejectReason::InvalidTs.tag()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Ts, E> {
+                Err(E::custom(RejectReason::InvalidTs.tag()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ts, E> {
+                super::parse_rfc3339_ms(v)
+                    .map(Ts)
+                    .ok_or_else(|| E::custom(RejectReason::InvalidTs.tag()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `inputs`: an object of name -> string | number | bool.
+struct RawInputs<'a>(Inputs<'a>);
+
+/// Hard cap while parsing, so a hostile object cannot grow the vector without bound; the
+/// configurable (lower) limit is applied after.
+const PARSE_INPUT_CAP: usize = 1024;
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawInputs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawInputs<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of name -> string | number | bool")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<RawInputs<'a>, M::Error> {
+                let mut out = Inputs::new();
+                while let Some(BStr(name)) = m.next_key::<BStr<'a>>()? {
+                    let value = m.next_value::<RawValue<'a>>()?;
+                    if out.len() == PARSE_INPUT_CAP {
+                        return Err(de::Error::custom(RejectReason::TooManyInputs.tag()));
+                    }
+                    out.push((name, value.0));
+                }
+                Ok(RawInputs(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+struct RawValue<'a>(InputValue<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawValue<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("string, number or bool")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawValue<'a>, E> {
+                Ok(RawValue(InputValue::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawValue<'a>, E> {
+                Ok(RawValue(InputValue::Num(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawValue<'a>, E> {
+                Ok(RawValue(InputValue::Num(v as f64)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawValue<'a>, E> {
+                if v.is_finite() {
+                    Ok(RawValue(InputValue::Num(v)))
+                } else {
+                    Err(E::custom(RejectReason::NonFinite.tag()))
+                }
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<RawValue<'a>, E> {
+                Ok(RawValue(InputValue::Str(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawValue<'a>, E> {
+                Ok(RawValue(InputValue::Str(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawValue<'a>, E> {
+                Ok(RawValue(InputValue::Str(Cow::Owned(v))))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Result<Event<'_>, RejectReason> {
+        decode(s.as_bytes(), &Limits::default())
+    }
+
+    #[test]
+    fn prompt_decodes_borrowed() {
+        let e = dec(r#"{"kind":"prompt","ts":"2026-01-02T03:04:05Z","experiment":"x","arm":"control","unit":"u1","inputs":{"tier":"pro","temperature":0.7,"cached":true},"extra":[1,2]}"#).unwrap();
+        assert_eq!(e.kind(), Kind::Prompt);
+        assert_eq!(e.ts_ms, 1_767_323_045_000);
+        assert!(matches!(e.experiment, Some(Cow::Borrowed("x"))));
+        assert_eq!(e.inputs.len(), 3);
+        assert!(!e.inputs.spilled());
+        assert!(matches!(e.inputs[0].0, Cow::Borrowed("tier")));
+        assert!(matches!(e.inputs[0].1, InputValue::Str(Cow::Borrowed("pro"))));
+        assert_eq!(e.inputs[1].1, InputValue::Num(0.7));
+        assert_eq!(e.inputs[2].1, InputValue::Bool(true));
+    }
+
+    #[test]
+    fn escaped_strings_are_owned_and_correct() {
+        let e = dec(r#"{"kind":"prompt","ts":1,"experiment":"a\"b","arm":"c","inputs":{"t\u00e9":"x\ny"}}"#).unwrap();
+        assert_eq!(e.experiment.as_deref(), Some("a\"b"));
+        assert_eq!(e.inputs[0].0, "té");
+        assert_eq!(e.inputs[0].1, InputValue::Str(Cow::Borrowed("x\ny")));
+        assert!(matches!(e.arm, Some(Cow::Borrowed("c"))));
+    }
+
+    #[test]
+    fn other_kinds_decode() {
+        let r = dec(r#"{"kind":"routing","ts":5,"router":"gate","score":0.8,"threshold":0.85,"route":"premium"}"#).unwrap();
+        assert!(matches!(r.body, Body::Routing(Routing { score, .. }) if score == 0.8));
+        let j = dec(r#"{"kind":"judgment","ts":5,"judge":"q","judge_version":"v2","score":7,"control":true,"experiment":"x","arm":"a"}"#).unwrap();
+        assert!(matches!(j.body, Body::Judgment(Judgment { control: true, .. })));
+        let s = dec(r#"{"kind":"sample","ts":5,"eval_set":"nightly","weight":2.0,"inputs":{"tier":"free"}}"#).unwrap();
+        assert_eq!(s.kind(), Kind::Sample);
+    }
+
+    #[test]
+    fn rejections_have_reasons() {
+        use RejectReason::*;
+        let cases: &[(&[u8], RejectReason)] = &[
+            (b"", Empty),
+            (b"\xff\xfe{}", NotUtf8),
+            (b"hello", NotJson),
+            (br#"{"kind":"prompt","ts":1,"experiment":"x","arm"#, Truncated),
+            (br#"{"kind":"prompt","ts":1,"experiment":"x"}"#, MissingField),
+            (br#"{"kind":"routing","ts":1,"score":1,"route":"a"}"#, MissingField),
+            (br#"{"kind":"judgment","ts":1,"experiment":"x","judge":"j","judge_version":"1","score":1}"#, MissingField),
+            (br#"{"kind":"prompt","experiment":"x","arm":"a"}"#, MissingField),
+            (br#"{"kind":"click","ts":1}"#, UnknownKind),
+            (br#"{"ts":1}"#, MissingField),
+            (br#"{"kind":"prompt","ts":"yesterday","experiment":"x","arm":"a"}"#, InvalidTs),
+            (br#"{"kind":"prompt","ts":1.5,"experiment":"x","arm":"a"}"#, InvalidTs),
+            (br#"{"kind":"prompt","ts":1,"experiment":7,"arm":"a"}"#, WrongType),
+            (br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"t":[1]}}"#, WrongType),
+            (br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"t":null}}"#, WrongType),
+            (br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"t":1e999}}"#, NonFinite),
+            (br#"{"kind":"routing","ts":1,"router":"r","score":1e400,"route":"a"}"#, NonFinite),
+            (br#"{"kind":"prompt","kind":"prompt","ts":1,"experiment":"x","arm":"a"}"#, DuplicateField),
+            (br#"[1,2]"#, WrongType),
+            (br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a"} trailing"#, NotJson),
+            (br#"{"kind":"sample","ts":1,"eval_set":"e","weight":-1}"#, WrongType),
+        ];
+        for (input, want) in cases {
+            let got = decode(input, &Limits::default()).err();
+            assert_eq!(got, Some(*want), "input {:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn limits_apply() {
+        let limits = Limits { max_message_bytes: 40, max_inputs_per_event: 2 };
+        let big = br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{}}"#;
+        assert_eq!(decode(big, &limits).err(), Some(RejectReason::Oversized));
+        let limits = Limits { max_message_bytes: 1000, max_inputs_per_event: 2 };
+        let many = br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"a":1,"b":2,"c":3}}"#;
+        assert_eq!(decode(many, &limits).err(), Some(RejectReason::TooManyInputs));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn never_panics_on_mutated_events(cut in 0usize..120, flip in 0usize..120, byte in proptest::num::u8::ANY) {
+            let mut v = br#"{"kind":"prompt","ts":"2026-01-02T03:04:05Z","experiment":"x","arm":"a","inputs":{"tier":"pro","t":0.5}}"#.to_vec();
+            let f = flip % v.len();
+            v[f] = byte;
+            v.truncate(cut.min(v.len()));
+            let _ = decode(&v, &Limits::default());
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! armwatch: watches the event streams of LLM product experiments and says, while they run,
+//! when their result cannot be trusted (assignment leaking into inputs, instruments drifting).
+//!
+//! Data flows one way: [`source`] -> [`event`] decode -> [`state`] -> [`detect`] ->
+//! [`metrics`] / [`sink`]. Everything up to the detectors is pure and owned by one
+//! [`engine::Engine`] per thread.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod detect;
+pub mod engine;
+pub mod event;
+pub mod report;
+pub mod sim;
+pub mod state;
+pub mod stats;

@@ -1,0 +1,278 @@
+//! The JSON report: what `armwatch replay` prints and `/api/v1/report` serves. Metrics are
+//! published from the same structure, so the two never disagree.
+
+use crate::detect::{shares, Alert};
+use crate::engine::Engine;
+use crate::event::{Kind, RejectReason};
+use crate::state::experiment::Experiment;
+use crate::state::input::InputState;
+use crate::state::strata::TAIL_LABEL;
+use crate::stats::divergence::{chi_square_p, js_distance, kl, psi};
+use crate::stats::moments::smd;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Event counts.
+    pub events: EventsReport,
+    /// Every alert fired (they stay active).
+    pub alerts: Vec<Alert>,
+    /// Per experiment.
+    pub experiments: BTreeMap<String, ExperimentReport>,
+}
+
+/// Accepted and rejected counts.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventsReport {
+    /// Accepted events.
+    pub accepted: u64,
+    /// Accepted events by kind.
+    pub accepted_by_kind: BTreeMap<&'static str, u64>,
+    /// Rejected events by reason (reasons with a zero count omitted).
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// One experiment.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExperimentReport {
+    /// Declared in config.
+    pub declared: bool,
+    /// Present when the design was assumed (undeclared experiment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Arms in design order.
+    pub arms: Vec<String>,
+    /// Design weights.
+    pub design: Vec<f64>,
+    /// Exposure events per arm.
+    pub counts: Vec<u64>,
+    /// First event time (epoch ms).
+    pub first_ts_ms: Option<i64>,
+    /// Last event time (epoch ms).
+    pub last_ts_ms: Option<i64>,
+    /// Sample ratio mismatch.
+    pub srm: SrmReport,
+    /// Watched inputs.
+    pub inputs: BTreeMap<String, InputReport>,
+    /// Input occurrences not watched because the per-experiment input limit was reached.
+    pub inputs_over_limit: u64,
+    /// Times statistics restarted because an undeclared experiment gained an arm.
+    pub restarts: u32,
+}
+
+/// SRM figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct SrmReport {
+    /// Current log e-value (anytime-valid evidence).
+    pub log_evalue: f64,
+    /// Log e-value the alert needs.
+    pub evidence_threshold: f64,
+    /// Sequential p-value `min_n 1/E_n` (anytime-valid).
+    pub sequential_p: f64,
+    /// Fixed-sample Pearson chi-square p (descriptive only: not valid under peeking).
+    pub chi_square_p: f64,
+    /// Observed shares.
+    pub shares: Vec<f64>,
+    /// Largest share deviation from design.
+    pub max_share_deviation: f64,
+    /// Whether the alert fired.
+    pub alert: bool,
+}
+
+/// One watched input.
+#[derive(Clone, Debug, Serialize)]
+pub struct InputReport {
+    /// Events that carried the input.
+    pub events: u64,
+    /// Log e-value of the product over strata.
+    pub log_evalue: f64,
+    /// Log e-value the alert needs (`ln(m / alpha)`).
+    pub evidence_threshold: f64,
+    /// Whether the alert fired.
+    pub alert: bool,
+    /// Exactly tracked values.
+    pub strata: usize,
+    /// Tail values promoted to exact tracking.
+    pub promotions: u64,
+    /// Values with the largest evidence, most first (up to 5).
+    pub top_values: Vec<ValueReport>,
+    /// The arm the divergences compare against.
+    pub reference_arm: String,
+    /// Descriptive divergences of each other arm's value distribution from the reference's.
+    pub divergence: BTreeMap<String, DivergenceReport>,
+    /// Per-arm numeric summaries, when the input had numeric values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numeric: Option<BTreeMap<String, NumericReport>>,
+}
+
+/// One value (stratum) of an input.
+#[derive(Clone, Debug, Serialize)]
+pub struct ValueReport {
+    /// The value (or bin, or `__other__`).
+    pub value: String,
+    /// Events with it.
+    pub events: u64,
+    /// Its log e-value.
+    pub log_evalue: f64,
+    /// Arm shares within it.
+    pub shares: Vec<f64>,
+}
+
+/// Fixed-sample divergences between two arms (descriptive).
+#[derive(Clone, Debug, Serialize)]
+pub struct DivergenceReport {
+    /// KL(reference || arm).
+    pub kl: f64,
+    /// Jensen-Shannon distance.
+    pub js: f64,
+    /// Population stability index.
+    pub psi: f64,
+}
+
+/// Numeric summary of one arm.
+#[derive(Clone, Debug, Serialize)]
+pub struct NumericReport {
+    /// Values seen.
+    pub n: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation.
+    pub sd: f64,
+    /// Median (from the histogram: non-negative values, 3 decimals).
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Standardized mean difference against the reference arm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smd: Option<f64>,
+}
+
+impl Report {
+    /// Build from the engine's state.
+    pub fn build(engine: &Engine) -> Report {
+        let accepted_by_kind: BTreeMap<&'static str, u64> = Kind::ALL
+            .iter()
+            .map(|k| (k.as_str(), engine.accepted()[k.index()]))
+            .collect();
+        let rejected = RejectReason::ALL
+            .iter()
+            .filter(|r| engine.rejected()[r.index()] > 0)
+            .map(|r| (r.as_str(), engine.rejected()[r.index()]))
+            .collect();
+        Report {
+            events: EventsReport {
+                accepted: engine.accepted().iter().sum(),
+                accepted_by_kind,
+                rejected,
+            },
+            alerts: engine.alerts().to_vec(),
+            experiments: engine
+                .experiments()
+                .iter()
+                .map(|e| (e.id.to_string(), experiment_report(e, engine)))
+                .collect(),
+        }
+    }
+}
+
+/// The arm descriptive comparisons use: `control` when present, else the first.
+pub fn reference_arm(exp: &Experiment) -> usize {
+    exp.arms.iter().position(|a| &**a == "control").unwrap_or(0)
+}
+
+fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
+    let alpha = engine.alpha();
+    ExperimentReport {
+        declared: e.declared,
+        note: (!e.declared).then(|| "undeclared experiment: equal design weights assumed".to_string()),
+        arms: e.arms.iter().map(|a| a.to_string()).collect(),
+        design: e.design.weights().to_vec(),
+        counts: e.srm.counts().to_vec(),
+        first_ts_ms: (e.srm.n() > 0).then_some(e.first_ts_ms),
+        last_ts_ms: (e.srm.n() > 0).then_some(e.last_ts_ms),
+        srm: SrmReport {
+            log_evalue: e.srm.log_e(),
+            evidence_threshold: (1.0 / alpha).ln(),
+            sequential_p: e.srm_state.p_value(),
+            chi_square_p: chi_square_p(e.srm.counts(), e.design.weights()),
+            shares: shares(e.srm.counts()),
+            max_share_deviation: e.srm.max_share_deviation(&e.design),
+            alert: e.srm_state.fired,
+        },
+        inputs: e
+            .inputs
+            .iter()
+            .map(|inp| (inp.name.to_string(), input_report(e, inp, alpha)))
+            .collect(),
+        inputs_over_limit: e.inputs_over_limit,
+        restarts: e.restarts,
+    }
+}
+
+fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
+    let reference = reference_arm(e);
+    let dists = inp.strata.arm_distributions(e.arms.len());
+    let divergence = e
+        .arms
+        .iter()
+        .enumerate()
+        .filter(|(a, _)| *a != reference)
+        .map(|(a, name)| {
+            let (r, c) = (&dists[reference], &dists[a]);
+            (name.to_string(), DivergenceReport { kl: kl(r, c), js: js_distance(r, c), psi: psi(r, c) })
+        })
+        .collect();
+    let mut top: Vec<ValueReport> = inp
+        .strata
+        .slots()
+        .iter()
+        .map(|s| (&*s.label, &s.ep))
+        .chain(std::iter::once((TAIL_LABEL, inp.strata.tail())))
+        .filter(|(_, ep)| ep.n() > 0)
+        .map(|(label, ep)| ValueReport {
+            value: label.to_string(),
+            events: ep.n(),
+            log_evalue: ep.log_e(),
+            shares: shares(ep.counts()),
+        })
+        .collect();
+    top.sort_by(|a, b| b.log_evalue.total_cmp(&a.log_evalue).then_with(|| a.value.cmp(&b.value)));
+    top.truncate(5);
+    let numeric = inp.numeric.as_ref().map(|num| {
+        e.arms
+            .iter()
+            .enumerate()
+            .map(|(a, name)| {
+                let m = &num.moments[a];
+                (
+                    name.to_string(),
+                    NumericReport {
+                        n: m.n(),
+                        mean: m.mean(),
+                        sd: m.variance().sqrt(),
+                        p50: num.quantile(a, 0.5),
+                        p90: num.quantile(a, 0.9),
+                        p99: num.quantile(a, 0.99),
+                        smd: if a == reference { None } else { smd(m, &num.moments[reference]) },
+                    },
+                )
+            })
+            .collect()
+    });
+    InputReport {
+        events: inp.n,
+        log_evalue: inp.strata.log_e(),
+        evidence_threshold: (e.alpha_divisor() as f64 / alpha).ln(),
+        alert: inp.detector.fired,
+        strata: inp.strata.slots().len(),
+        promotions: inp.strata.promotions(),
+        top_values: top,
+        reference_arm: e.arms.get(reference).map(|a| a.to_string()).unwrap_or_default(),
+        divergence,
+        numeric,
+    }
+}

@@ -1,0 +1,124 @@
+//! A seeded simulator of prompt traffic, with faults that can be switched on. It feeds the
+//! demo, the statistical tests (null streams, injected faults) and the benchmarks, so all
+//! three exercise the same JSON through the same decoder.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+
+/// Faults to inject.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// `P(treatment | tier = .0) = .1` instead of the design weight.
+    pub tier_leak: Option<(String, f64)>,
+    /// Overall `P(treatment)` instead of the design weight.
+    pub srm: Option<f64>,
+}
+
+/// One simulated two-arm experiment.
+#[derive(Clone, Debug)]
+pub struct SimExperiment {
+    /// Experiment id.
+    pub id: String,
+    /// Design `P(treatment)`.
+    pub treatment_weight: f64,
+    /// Faults.
+    pub faults: Faults,
+}
+
+/// Tiers with their population shares.
+pub const TIERS: [(&str, f64); 3] = [("free", 0.6), ("pro", 0.3), ("enterprise", 0.1)];
+const LOCALES: [(&str, f64); 5] = [("en-US", 0.5), ("de-DE", 0.15), ("fr-FR", 0.15), ("ja-JP", 0.1), ("pt-BR", 0.1)];
+const TEMPERATURES: [f64; 3] = [0.2, 0.7, 1.0];
+const MAX_TOKENS: [u32; 3] = [256, 512, 1024];
+
+fn pick<'a>(rng: &mut SmallRng, table: &'a [(&'a str, f64)]) -> &'a str {
+    let mut u: f64 = rng.random();
+    for (v, p) in table {
+        if u < *p {
+            return v;
+        }
+        u -= p;
+    }
+    table[table.len() - 1].0
+}
+
+/// The traffic generator.
+pub struct Simulator {
+    rng: SmallRng,
+    experiments: Vec<SimExperiment>,
+    ts_ms: i64,
+    produced: u64,
+}
+
+impl Simulator {
+    /// A simulator with a fixed seed.
+    pub fn new(seed: u64, experiments: Vec<SimExperiment>) -> Simulator {
+        Simulator {
+            rng: SmallRng::seed_from_u64(seed),
+            experiments,
+            ts_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            produced: 0,
+        }
+    }
+
+    /// A single experiment `prompt-variant`, 50/50, with `faults`.
+    pub fn single(seed: u64, faults: Faults) -> Simulator {
+        Simulator::new(
+            seed,
+            vec![SimExperiment {
+                id: "prompt-variant".into(),
+                treatment_weight: 0.5,
+                faults,
+            }],
+        )
+    }
+
+    /// Events produced so far.
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+
+    /// Write the next event (one JSON object, no newline) into `buf` (cleared first).
+    pub fn next_event(&mut self, buf: &mut Vec<u8>) {
+        buf.clear();
+        self.produced += 1;
+        self.ts_ms += self.rng.random_range(1..40);
+        let e = self.rng.random_range(0..self.experiments.len());
+        let exp = &self.experiments[e];
+        let tier = pick(&mut self.rng, &TIERS);
+        let mut p_treat = exp.faults.srm.unwrap_or(exp.treatment_weight);
+        if let Some((leak_tier, p)) = &exp.faults.tier_leak {
+            if leak_tier == tier {
+                p_treat = *p;
+            }
+        }
+        let treatment = self.rng.random::<f64>() < p_treat;
+        let arm = if treatment { "treatment" } else { "control" };
+        let locale = pick(&mut self.rng, &LOCALES);
+        let temperature = TEMPERATURES[self.rng.random_range(0..TEMPERATURES.len())];
+        let max_tokens = MAX_TOKENS[self.rng.random_range(0..MAX_TOKENS.len())];
+        let docs = self.rng.random_range(0..9u32);
+        let user = self.rng.random_range(0..1_000_000u32);
+        let tool = self.rng.random_range(0..500u32);
+        let fragment = if treatment { "sys-v2" } else { "sys-v1" };
+        // writing into a Vec cannot fail
+        let _ = write!(
+            buf,
+            r#"{{"kind":"prompt","ts":{},"experiment":"{}","arm":"{}","unit":"u{}","inputs":{{"tier":"{}","locale":"{}","temperature":{},"max_tokens":{},"retrieved_docs":{},"tool_hash":"t{:04x}","fragment":"{}"}}}}"#,
+            self.ts_ms, exp.id, arm, user, tier, locale, temperature, max_tokens, docs, tool, fragment
+        );
+    }
+
+    /// Produce `n` events as NDJSON.
+    pub fn ndjson(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for _ in 0..n {
+            self.next_event(&mut buf);
+            out.extend_from_slice(&buf);
+            out.push(b'\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,212 @@
+//! The state of one experiment: its design, overall arm counts (SRM) and watched inputs.
+
+use super::input::InputState;
+use super::numeric::Bins;
+use crate::config::{ExperimentSettings, Settings};
+use crate::detect::srm::SrmState;
+use crate::event::{Event, RejectReason};
+use crate::stats::sequential::{Design, DmEProcess};
+
+/// Bounds and grid shared by all experiments.
+#[derive(Clone, Debug)]
+pub struct ExperimentLimits {
+    /// Dirichlet concentration grid.
+    pub k_grid: Vec<f64>,
+    /// Arms of an undeclared experiment at most.
+    pub max_arms: usize,
+    /// Watched inputs at most.
+    pub max_inputs: usize,
+    /// Exact strata per input.
+    pub max_strata: usize,
+}
+
+impl ExperimentLimits {
+    /// From settings.
+    pub fn from_settings(s: &Settings) -> ExperimentLimits {
+        ExperimentLimits {
+            k_grid: s.alerts.k_grid.clone(),
+            max_arms: s.limits.max_arms,
+            max_inputs: s.limits.max_inputs_per_experiment,
+            max_strata: s.limits.max_strata_per_input,
+        }
+    }
+}
+
+/// State of one experiment.
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    /// Experiment id.
+    pub id: Box<str>,
+    /// Declared in config (otherwise equal weights are assumed).
+    pub declared: bool,
+    /// Arm names, in design order.
+    pub arms: Vec<Box<str>>,
+    /// Null hypothesis: design weights.
+    pub design: Design,
+    /// Overall arm counts and their e-process.
+    pub srm: DmEProcess,
+    /// SRM detector state.
+    pub srm_state: SrmState,
+    /// Watched inputs.
+    pub inputs: Vec<InputState>,
+    /// Inputs seen but not watched because `max_inputs` was reached.
+    pub inputs_over_limit: u64,
+    /// Times the statistics restarted because an undeclared experiment gained an arm.
+    pub restarts: u32,
+    /// First and last event time (epoch ms).
+    pub first_ts_ms: i64,
+    /// Last event time.
+    pub last_ts_ms: i64,
+    treatment_inputs: Vec<Box<str>>,
+    watch_inputs: Option<Vec<Box<str>>>,
+    numeric_bins: Vec<(Box<str>, Box<[f64]>)>,
+    limits: ExperimentLimits,
+}
+
+/// What one event touched, for the detectors.
+pub struct Observed {
+    /// Arm index.
+    pub arm: usize,
+    /// Bit i set when input i was updated.
+    pub touched: u64,
+}
+
+impl Experiment {
+    /// A declared experiment (arms in name order).
+    pub fn declared(cfg: &ExperimentSettings, limits: &ExperimentLimits) -> Experiment {
+        let arms: Vec<Box<str>> = cfg.arms.keys().map(|a| a.as_str().into()).collect();
+        let weights: Vec<f64> = cfg.arms.values().copied().collect();
+        let mut e = Experiment::with_design(&cfg.id, arms, &weights, limits);
+        e.declared = true;
+        e.treatment_inputs = cfg.treatment_inputs.iter().map(|s| s.as_str().into()).collect();
+        e.watch_inputs = cfg.watch_inputs.as_ref().map(|w| w.iter().map(|s| s.as_str().into()).collect());
+        e.numeric_bins = cfg
+            .numeric_bins
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), v.clone().into()))
+            .collect();
+        e
+    }
+
+    /// An undeclared experiment, first seen with `arm`.
+    pub fn undeclared(id: &str, limits: &ExperimentLimits) -> Experiment {
+        Experiment::with_design(id, Vec::new(), &[], limits)
+    }
+
+    fn with_design(id: &str, arms: Vec<Box<str>>, weights: &[f64], limits: &ExperimentLimits) -> Experiment {
+        let design = Design::new(weights, &limits.k_grid);
+        Experiment {
+            id: id.into(),
+            declared: false,
+            srm: DmEProcess::new(&design),
+            arms,
+            design,
+            srm_state: SrmState::default(),
+            inputs: Vec::new(),
+            inputs_over_limit: 0,
+            restarts: 0,
+            first_ts_ms: i64::MAX,
+            last_ts_ms: i64::MIN,
+            treatment_inputs: Vec::new(),
+            watch_inputs: None,
+            numeric_bins: Vec::new(),
+            limits: limits.clone(),
+        }
+    }
+
+    /// The number of inputs the experiment-level alpha is split over (Bonferroni).
+    pub fn alpha_divisor(&self) -> usize {
+        self.watch_inputs.as_ref().map_or(self.limits.max_inputs, |w| w.len().max(1))
+    }
+
+    /// Whether `name` is an input the treatment is meant to change.
+    pub fn is_treatment_input(&self, name: &str) -> bool {
+        self.treatment_inputs.iter().any(|t| &**t == name)
+    }
+
+    fn arm_index(&mut self, arm: &str) -> Result<usize, RejectReason> {
+        if let Some(i) = self.arms.iter().position(|a| &**a == arm) {
+            return Ok(i);
+        }
+        if self.declared || self.arms.len() >= self.limits.max_arms {
+            return Err(RejectReason::UnknownArm);
+        }
+        // undeclared: equal weights over the arms seen so far; restart the statistics
+        self.arms.push(arm.into());
+        let w = vec![1.0 / self.arms.len() as f64; self.arms.len()];
+        self.design = Design::new(&w, &self.limits.k_grid);
+        self.srm = DmEProcess::new(&self.design);
+        self.srm_state.sup_log_e = 0.0;
+        for i in &mut self.inputs {
+            i.reset(&self.design, self.limits.max_strata);
+        }
+        if self.arms.len() > 1 {
+            self.restarts += 1;
+        }
+        Ok(self.arms.len() - 1)
+    }
+
+    fn input_index(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self.inputs.iter().position(|x| &*x.name == name) {
+            return Some(i);
+        }
+        if self.is_treatment_input(name) {
+            return None;
+        }
+        if let Some(w) = &self.watch_inputs {
+            if !w.iter().any(|x| &**x == name) {
+                return None;
+            }
+        }
+        if self.inputs.len() >= self.limits.max_inputs {
+            self.inputs_over_limit += 1;
+            return None;
+        }
+        let bins = self
+            .numeric_bins
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map_or(Bins::HalfOctave, |(_, e)| Bins::Edges(e.clone()));
+        self.inputs.push(InputState::new(name, &self.design, self.limits.max_strata, bins));
+        Some(self.inputs.len() - 1)
+    }
+
+    /// Count one exposure event (a `prompt`, or any event with experiment and arm).
+    pub fn observe(&mut self, ev: &Event<'_>) -> Result<Observed, RejectReason> {
+        let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
+        let arm = self.arm_index(arm_name)?;
+        self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
+        self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
+        self.srm.observe(&self.design, arm);
+        let mut touched = 0u64;
+        for (name, value) in &ev.inputs {
+            if let Some(i) = self.input_index(name) {
+                if touched & (1 << i) != 0 {
+                    continue; // a repeated key in one object counts once
+                }
+                touched |= 1 << i;
+                self.inputs[i].observe(&self.design, value, arm);
+            }
+        }
+        Ok(Observed { arm, touched })
+    }
+
+    /// Merge the state of the same experiment from another partition (same design).
+    pub fn merge(&mut self, other: &Experiment) {
+        if self.arms != other.arms {
+            return; // designs differ (undeclared arms seen in another order): cannot merge
+        }
+        self.srm.merge(&other.srm, &self.design);
+        self.srm_state.merge(&other.srm_state);
+        for o in &other.inputs {
+            match self.inputs.iter().position(|i| i.name == o.name) {
+                Some(i) => self.inputs[i].merge(o, &self.design),
+                None if self.inputs.len() < self.limits.max_inputs => self.inputs.push(o.clone()),
+                None => self.inputs_over_limit += o.n,
+            }
+        }
+        self.inputs_over_limit += other.inputs_over_limit;
+        self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
+        self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);
+    }
+}

@@ -1,0 +1,164 @@
+//! Numeric inputs: per-arm quantiles (HdrHistogram) and moments, and the bins that turn values
+//! into strata for the stratified e-process.
+
+use crate::stats::moments::Moments;
+use hdrhistogram::Histogram;
+
+/// Values are recorded in the histogram as `round(x * SCALE)`: three decimals of resolution.
+pub const SCALE: f64 = 1000.0;
+const HIST_MAX: u64 = 1 << 50;
+
+/// How a numeric value maps to a bin.
+#[derive(Clone, Debug)]
+pub enum Bins {
+    /// Configured edges: bin i is `[edges[i-1], edges[i])`, with open bins at both ends.
+    Edges(Box<[f64]>),
+    /// Half-octave bins `[2^(j/2), 2^((j+1)/2))` by magnitude, signed; zero has its own bin.
+    HalfOctave,
+}
+
+impl Bins {
+    /// The bin index of `x`.
+    #[inline]
+    pub fn index(&self, x: f64) -> i32 {
+        match self {
+            Bins::Edges(e) => e.partition_point(|&edge| edge <= x) as i32,
+            Bins::HalfOctave => {
+                if x == 0.0 {
+                    return 0;
+                }
+                let j = (2.0 * x.abs().log2()).floor().clamp(-2000.0, 2000.0) as i32;
+                let mag = j + 2001; // >= 1
+                if x > 0.0 {
+                    mag
+                } else {
+                    -mag
+                }
+            }
+        }
+    }
+
+    /// A readable label of bin `i`.
+    pub fn label(&self, i: i32) -> String {
+        match self {
+            Bins::Edges(e) => {
+                let i = i as usize;
+                match (i.checked_sub(1).and_then(|j| e.get(j)), e.get(i)) {
+                    (None, Some(hi)) => format!("(-inf, {hi})"),
+                    (Some(lo), Some(hi)) => format!("[{lo}, {hi})"),
+                    (Some(lo), None) => format!("[{lo}, +inf)"),
+                    (None, None) => "(-inf, +inf)".into(),
+                }
+            }
+            Bins::HalfOctave => {
+                if i == 0 {
+                    return "0".into();
+                }
+                let j = i.abs() - 2001;
+                let lo = 2f64.powf(j as f64 / 2.0);
+                let hi = 2f64.powf((j + 1) as f64 / 2.0);
+                if i > 0 {
+                    format!("[{}, {})", fmt_g(lo), fmt_g(hi))
+                } else {
+                    format!("(-{}, -{}]", fmt_g(hi), fmt_g(lo))
+                }
+            }
+        }
+    }
+
+    /// The stratum identity of bin `i` (disjoint from string hashes by construction of a
+    /// tagged mix).
+    #[inline]
+    pub fn key(i: i32) -> u64 {
+        // splitmix64 of a tagged value
+        let mut z = (i as i64 as u64) ^ 0xA5A5_0000_0000_0000u64;
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn fmt_g(x: f64) -> String {
+    let s = format!("{x:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Per-arm distribution summary of a numeric input.
+#[derive(Clone, Debug)]
+pub struct NumericSummary {
+    /// Moments per arm.
+    pub moments: Vec<Moments>,
+    /// Histogram per arm of `max(x, 0) * SCALE` (quantiles of non-negative inputs).
+    pub hist: Vec<Histogram<u64>>,
+}
+
+impl NumericSummary {
+    /// Empty summaries for `arms` arms.
+    pub fn new(arms: usize) -> NumericSummary {
+        NumericSummary {
+            moments: vec![Moments::default(); arms],
+            hist: (0..arms).map(|_| new_hist()).collect(),
+        }
+    }
+
+    /// Record `x` for `arm`.
+    #[inline]
+    pub fn record(&mut self, arm: usize, x: f64) {
+        self.moments[arm].push(x);
+        let v = (x.max(0.0) * SCALE).round().min(HIST_MAX as f64) as u64;
+        // values are clamped to the histogram's range, so recording cannot fail
+        let _ = self.hist[arm].record(v);
+    }
+
+    /// Quantile `q` of `arm` in input units.
+    pub fn quantile(&self, arm: usize, q: f64) -> f64 {
+        self.hist[arm].value_at_quantile(q) as f64 / SCALE
+    }
+
+    /// Merge another partition's summary.
+    pub fn merge(&mut self, other: &NumericSummary) {
+        for (a, b) in self.moments.iter_mut().zip(&other.moments) {
+            a.merge(b);
+        }
+        for (a, b) in self.hist.iter_mut().zip(&other.hist) {
+            let _ = a.add(b);
+        }
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 2 significant digits over [1, 2^50]: a few KiB per arm, fixed
+    Histogram::new_with_bounds(1, HIST_MAX, 2).unwrap_or_else(|_| Histogram::new(2).expect("valid sigfig"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins() {
+        let b = Bins::HalfOctave;
+        assert_eq!(b.index(0.0), 0);
+        assert_eq!(b.index(1.0), b.index(1.4));
+        assert_ne!(b.index(1.0), b.index(1.5));
+        assert_eq!(b.label(b.index(1.2)), "[1, 1.4142)");
+        assert!(b.index(-3.0) < 0);
+        let e = Bins::Edges(vec![0.0, 0.5, 1.0].into());
+        assert_eq!(e.index(-1.0), 0);
+        assert_eq!(e.index(0.0), 1);
+        assert_eq!(e.index(0.7), 2);
+        assert_eq!(e.index(1.0), 3);
+        assert_eq!(e.label(2), "[0.5, 1)");
+        assert_eq!(e.label(3), "[1, +inf)");
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut s = NumericSummary::new(2);
+        for i in 0..1000 {
+            s.record(0, i as f64 / 1000.0);
+        }
+        assert!((s.quantile(0, 0.5) - 0.5).abs() < 0.01);
+    }
+}

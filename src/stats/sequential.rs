@@ -1,0 +1,239 @@
+//! Anytime-valid test of multinomial counts against known weights.
+//!
+//! Lindon & Malek, "Anytime-Valid Inference for Multinomial Count Data", NeurIPS 2022
+//! (arXiv 2011.03567); reference implementation: Optimizely's `ssrm-test`. With a
+//! `Dirichlet(k * theta0)` mixture over the arm probabilities, the Bayes factor against
+//! `H0: p = theta0` is
+//!
+//! ```text
+//! log BF_n = lnG(A) - lnG(A+n) + sum_i [lnG(a_i + x_i) - lnG(a_i)] - sum_i x_i ln theta0_i
+//! ```
+//!
+//! with `a_i = k theta0_i`, `A = k`. It is a nonnegative martingale under H0, so by Ville's
+//! inequality `P(sup_n BF_n >= 1/alpha) <= alpha`: it may be checked after every event. An
+//! equal-weight average over a grid of `k` is again an e-process; small `k` catches large
+//! imbalances early, large `k` catches small ones eventually.
+//!
+//! The state is just the counts (the Bayes factor is a function of them), which makes it
+//! mergeable across partitions; the per-`k` log factors are kept incrementally so that an
+//! update costs one `ln` per grid point.
+
+use super::log_mean_exp;
+use statrs::function::gamma::ln_gamma;
+
+/// The null hypothesis (design weights) and the mixture grid, shared by many e-processes.
+#[derive(Clone, Debug)]
+pub struct Design {
+    weights: Box<[f64]>,
+    ln_weights: Box<[f64]>,
+    ks: Box<[f64]>,
+}
+
+impl Design {
+    /// `weights` must be positive and sum to one; `ks` positive and non-empty (checked by the
+    /// config layer; here they are normalised defensively).
+    pub fn new(weights: &[f64], ks: &[f64]) -> Design {
+        let total: f64 = weights.iter().sum();
+        let weights: Box<[f64]> = weights.iter().map(|w| w / total).collect();
+        let ln_weights = weights.iter().map(|w| w.ln()).collect();
+        Design {
+            weights,
+            ln_weights,
+            ks: ks.into(),
+        }
+    }
+
+    /// Number of arms.
+    pub fn arms(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Design weight of each arm.
+    pub fn weights(&self) -> &[f64] {
+        &self.weights
+    }
+
+    /// The concentration grid.
+    pub fn ks(&self) -> &[f64] {
+        &self.ks
+    }
+}
+
+/// One Dirichlet-multinomial e-process (a mixture over the design's `k` grid).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DmEProcess {
+    counts: Box<[u64]>,
+    n: u64,
+    /// `log BF` per grid point.
+    log_bf: Box<[f64]>,
+}
+
+impl DmEProcess {
+    /// A fresh e-process (value 1) for `design`.
+    pub fn new(design: &Design) -> DmEProcess {
+        DmEProcess {
+            counts: vec![0; design.arms()].into(),
+            n: 0,
+            log_bf: vec![0.0; design.ks.len()].into(),
+        }
+    }
+
+    /// Count one observation in `arm`: `BF_n = BF_{n-1} (a_j + x_j) / ((A + n - 1) theta0_j)`.
+    #[inline]
+    pub fn observe(&mut self, design: &Design, arm: usize) {
+        let x = self.counts[arm] as f64;
+        let n = self.n as f64;
+        let w = design.weights[arm];
+        let lw = design.ln_weights[arm];
+        for (l, k) in self.log_bf.iter_mut().zip(design.ks.iter()) {
+            *l += ((k * w + x) / (k + n)).ln() - lw;
+        }
+        self.counts[arm] += 1;
+        self.n += 1;
+    }
+
+    /// The largest per-`k` log factor: an upper bound of [`Self::log_e`], cheap to test first.
+    #[inline]
+    pub fn max_log_bf(&self) -> f64 {
+        self.log_bf.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// The log e-value: `ln mean_k BF_n(k)`.
+    #[inline]
+    pub fn log_e(&self) -> f64 {
+        log_mean_exp(&self.log_bf)
+    }
+
+    /// Counts per arm.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Total count.
+    pub fn n(&self) -> u64 {
+        self.n
+    }
+
+    /// Largest deviation of an observed arm share from its design weight (0 when empty).
+    pub fn max_share_deviation(&self, design: &Design) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        self.counts
+            .iter()
+            .zip(design.weights.iter())
+            .map(|(&c, w)| (c as f64 / n - w).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Combine with the counts of another partition; the Bayes factor is recomputed from the
+    /// closed form, which depends on the counts alone.
+    pub fn merge(&mut self, other: &DmEProcess, design: &Design) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.n += other.n;
+        for (l, k) in self.log_bf.iter_mut().zip(design.ks.iter()) {
+            *l = log_bayes_factor(&self.counts, design.weights(), *k);
+        }
+    }
+}
+
+/// The closed-form `log BF` of `counts` against `theta0` with concentration `k`.
+pub fn log_bayes_factor(counts: &[u64], theta0: &[f64], k: f64) -> f64 {
+    let n: u64 = counts.iter().sum();
+    let mut out = ln_gamma(k) - ln_gamma(k + n as f64);
+    for (&x, &t) in counts.iter().zip(theta0) {
+        let a = k * t;
+        out += ln_gamma(a + x as f64) - ln_gamma(a) - x as f64 * t.ln();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lindon & Malek Bayes factors, `../shared/design/statistics.md` section 1.
+    #[test]
+    fn shared_vectors_closed_form() {
+        let half = [0.5, 0.5];
+        let cases = [
+            ([2600u64, 2400], 100.0, 1.954980),
+            ([2600, 2400], 10000.0, 1.130721),
+            ([600, 400], 100.0, 17.098940),
+            ([600, 400], 10000.0, 1.770790),
+        ];
+        for (counts, k, want) in cases {
+            let got = log_bayes_factor(&counts, &half, k);
+            assert!((got - want).abs() < 1e-5, "{counts:?} k={k}: {got} vs {want}");
+        }
+        assert!((log_bayes_factor(&[600, 400], &half, 100.0).exp() / 2.66671e7 - 1.0).abs() < 1e-5);
+    }
+
+    /// The `ssrm-test` sequence for design [0.4, 0.4, 0.2], k = 10000.
+    #[test]
+    fn shared_vectors_streaming_three_arms() {
+        let design = Design::new(&[0.4, 0.4, 0.2], &[10000.0]);
+        let mut e = DmEProcess::new(&design);
+        let checkpoints: [([u64; 3], f64); 4] = [
+            ([20, 17, 9], 0.996015),
+            ([38, 38, 17], 0.991768),
+            ([42, 44, 21], 0.989755),
+            ([60, 63, 32], 0.985463),
+        ];
+        for (target, want) in checkpoints {
+            // feed arms round-robin until the counts reach the checkpoint
+            while e.counts() != target {
+                for (arm, &t) in target.iter().enumerate() {
+                    if e.counts()[arm] < t {
+                        e.observe(&design, arm);
+                    }
+                }
+            }
+            assert!((e.log_e().exp() - want).abs() < 1e-6, "{target:?}: {}", e.log_e().exp());
+        }
+    }
+
+    #[test]
+    fn mixture_is_mean_of_factors() {
+        let design = Design::new(&[0.5, 0.5], &[100.0, 10000.0]);
+        let mut e = DmEProcess::new(&design);
+        for i in 0..1000 {
+            e.observe(&design, usize::from(i % 5 < 3));
+        }
+        let want = (log_bayes_factor(e.counts(), &[0.5, 0.5], 100.0).exp()
+            + log_bayes_factor(e.counts(), &[0.5, 0.5], 10000.0).exp())
+            / 2.0;
+        assert!((e.log_e() - want.ln()).abs() < 1e-9);
+    }
+
+    proptest! {
+        /// The incremental update equals the closed form whatever the order of arrivals.
+        #[test]
+        fn streaming_matches_closed_form(arms in proptest::collection::vec(0usize..3, 0..400)) {
+            let design = Design::new(&[0.5, 0.3, 0.2], &[10.0, 1000.0]);
+            let mut e = DmEProcess::new(&design);
+            for &a in &arms { e.observe(&design, a); }
+            for (i, k) in [10.0, 1000.0].iter().enumerate() {
+                let closed = log_bayes_factor(e.counts(), design.weights(), *k);
+                prop_assert!((e.log_bf[i] - closed).abs() < 1e-7 * (1.0 + closed.abs()));
+            }
+        }
+
+        /// Merging two partitions equals one pass over both streams.
+        #[test]
+        fn merge_equals_concatenation(a in proptest::collection::vec(0usize..2, 0..200),
+                                      b in proptest::collection::vec(0usize..2, 0..200)) {
+            let design = Design::new(&[0.6, 0.4], &[10.0, 100.0, 1000.0]);
+            let (mut x, mut y, mut all) = (DmEProcess::new(&design), DmEProcess::new(&design), DmEProcess::new(&design));
+            for &i in &a { x.observe(&design, i); all.observe(&design, i); }
+            for &i in &b { y.observe(&design, i); all.observe(&design, i); }
+            x.merge(&y, &design);
+            prop_assert_eq!(x.counts(), all.counts());
+            prop_assert!((x.log_e() - all.log_e()).abs() < 1e-7 * (1.0 + all.log_e().abs()));
+        }
+    }
+}

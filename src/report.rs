@@ -86,8 +86,12 @@ pub struct SrmReport {
 pub struct InputReport {
     /// Events that carried the input.
     pub events: u64,
-    /// Log e-value of the product over strata.
+    /// Log e-value for "the arm depends on the value" (marginal left free): what alerts.
     pub log_evalue: f64,
+    /// Log e-value of the strata against the design weights (includes any overall SRM).
+    pub log_evalue_vs_design: f64,
+    /// Arm shares over all values of the input.
+    pub pooled_shares: Vec<f64>,
     /// Log e-value the alert needs (`ln(m / alpha)`).
     pub evidence_threshold: f64,
     /// Whether the alert fired.
@@ -114,7 +118,7 @@ pub struct ValueReport {
     pub value: String,
     /// Events with it.
     pub events: u64,
-    /// Its log e-value.
+    /// Its contribution to the input's log e-value.
     pub log_evalue: f64,
     /// Arm shares within it.
     pub shares: Vec<f64>,
@@ -236,7 +240,7 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
         .map(|(label, ep)| ValueReport {
             value: label.to_string(),
             events: ep.n(),
-            log_evalue: ep.log_e(),
+            log_evalue: inp.strata.contribution(ep, &e.design),
             shares: shares(ep.counts()),
         })
         .collect();
@@ -265,7 +269,9 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
     });
     InputReport {
         events: inp.n,
-        log_evalue: inp.strata.log_e(),
+        log_evalue: inp.strata.log_e_independence(&e.design),
+        log_evalue_vs_design: inp.strata.log_e(),
+        pooled_shares: shares(inp.strata.totals()),
         evidence_threshold: (e.alpha_divisor() as f64 / alpha).ln(),
         alert: inp.detector.fired,
         strata: inp.strata.slots().len(),

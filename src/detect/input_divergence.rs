@@ -1,6 +1,12 @@
 //! `input_divergence`: an input decided before assignment whose arm shares differ between its
 //! values. The stratified e-process of design notes section 2, one per watched input, each at
 //! level `alpha / m` (Bonferroni over the experiment's `m` watched inputs).
+//!
+//! The null is "the arm does not depend on the value" with the marginal left free: the
+//! stratified Dirichlet-multinomial evidence is divided by the likelihood ratio of the pooled
+//! maximum-likelihood shares (universal inference, see [`crate::stats::sequential::mle_log_lr`]).
+//! Against the design weights alone, an overall imbalance would make every input "diverge";
+//! that is the `srm` check's finding, not a leak through an input.
 
 use super::alert::rfc3339;
 use super::{shares, Alert, Check, EvalContext};
@@ -28,7 +34,7 @@ impl DivergenceState {
 
 const RECHECK_EVERY: u64 = 8;
 
-/// The value with the largest log factor, with its e-process.
+/// The value contributing most to the independence evidence, with its e-process.
 pub fn top_stratum(exp: &Experiment, input: usize) -> Option<(String, &DmEProcess, f64)> {
     let s = &exp.inputs[input].strata;
     let mut best: Option<(String, &DmEProcess, f64)> = None;
@@ -41,7 +47,7 @@ pub fn top_stratum(exp: &Experiment, input: usize) -> Option<(String, &DmEProces
         if ep.n() == 0 {
             continue;
         }
-        let le = ep.log_e();
+        let le = s.contribution(ep, &exp.design);
         if best.as_ref().is_none_or(|b| le > b.2) {
             best = Some((label.to_string(), ep, le));
         }
@@ -60,14 +66,23 @@ pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Ale
     if input.n < input.detector.next_exact_at {
         return None;
     }
+    let penalty = input.strata.pooled_penalty(&exp.design);
+    if input.strata.log_e_upper_bound() - penalty < threshold {
+        return None;
+    }
     input.strata.refresh_bound();
-    let log_e = input.strata.log_e();
+    let log_e = input.strata.log_e() - penalty;
     if log_e < threshold {
         input.detector.next_exact_at = input.n + RECHECK_EVERY;
         return None;
     }
     let (value, ep, value_log_e) = top_stratum(exp, i)?;
-    let magnitude = ep.max_share_deviation(&exp.design);
+    let pooled = shares(exp.inputs[i].strata.totals());
+    let magnitude = shares(ep.counts())
+        .iter()
+        .zip(&pooled)
+        .map(|(s, p)| (s - p).abs())
+        .fold(0.0, f64::max);
     let value_counts = ep.counts().to_vec();
     let value_n = ep.n();
     if magnitude < ctx.min_share_deviation {
@@ -78,8 +93,8 @@ pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Ale
     let arms: Vec<&str> = exp.arms.iter().map(|a| &**a).collect();
     let detail: Vec<String> = arms
         .iter()
-        .zip(value_shares.iter().zip(exp.design.weights()))
-        .map(|(a, (o, w))| format!("{a} {:.1}% (design {:.1}%)", 100.0 * o, 100.0 * w))
+        .zip(value_shares.iter().zip(&pooled))
+        .map(|(a, (o, w))| format!("{a} {:.1}% (all values {:.1}%)", 100.0 * o, 100.0 * w))
         .collect();
     let input = &mut exp.inputs[i];
     input.detector.fired = true;
@@ -108,6 +123,7 @@ pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Ale
             "value_counts": value_counts,
             "value_shares": value_shares,
             "value_log_evalue": value_log_e,
+            "pooled_shares": pooled,
             "design": exp.design.weights(),
             "alpha_divisor": exp.alpha_divisor(),
             "design_assumed": !exp.declared,

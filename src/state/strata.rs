@@ -10,7 +10,7 @@
 //! value, never its arm, so validity does not depend on the routing rule.
 
 use super::Identity;
-use crate::stats::sequential::{Design, DmEProcess};
+use crate::stats::sequential::{mle_log_lr, Design, DmEProcess};
 use crate::stats::sketch::CountMin;
 use std::collections::HashMap;
 
@@ -47,6 +47,8 @@ pub struct Strata {
     min_hint: u64,
     max_strata: usize,
     promotions: u64,
+    /// Arm counts over all values of the input (the pooled marginal).
+    totals: Box<[u64]>,
 }
 
 /// Minimum sketch estimate before a tail value can be promoted.
@@ -67,12 +69,14 @@ impl Strata {
             min_hint: 0,
             max_strata,
             promotions: 0,
+            totals: vec![0; design.arms()].into(),
         }
     }
 
     /// Count one event whose input has identity `key` (label built only for a new stratum).
     #[inline]
     pub fn observe(&mut self, design: &Design, key: u64, label: impl FnOnce() -> Box<str>, arm: usize) {
+        self.totals[arm] += 1;
         let slot = match self.index.get(&key) {
             Some(&i) => i as usize,
             None if self.slots.len() < self.max_strata => self.insert(design, key, label()),
@@ -147,7 +151,37 @@ impl Strata {
         self.frozen_log_e + self.bound
     }
 
-    /// The log e-value of the product over all strata (active, tail and frozen).
+    /// Arm counts over all values.
+    pub fn totals(&self) -> &[u64] {
+        &self.totals
+    }
+
+    /// `n KL(p_hat || theta0)` of the pooled arm counts (see [`mle_log_lr`]).
+    pub fn pooled_penalty(&self, design: &Design) -> f64 {
+        mle_log_lr(&self.totals, design)
+    }
+
+    /// Log e-value for "the arm does not depend on the value" with an unknown marginal: the
+    /// stratified design-null evidence minus what the pooled marginal alone explains.
+    pub fn log_e_independence(&self, design: &Design) -> f64 {
+        self.log_e() - self.pooled_penalty(design)
+    }
+
+    /// One stratum's share of [`Self::log_e_independence`]: its log e-value re-based from the
+    /// design weights to the pooled shares, `log_e + sum_a x_a (ln theta0_a - ln p_hat_a)`.
+    pub fn contribution(&self, ep: &DmEProcess, design: &Design) -> f64 {
+        let n: u64 = self.totals.iter().sum();
+        let rebase: f64 = ep
+            .counts()
+            .iter()
+            .zip(self.totals.iter().zip(design.ln_weights()))
+            .filter(|(&x, _)| x > 0)
+            .map(|(&x, (&t, lw))| x as f64 * (lw - (t as f64 / n as f64).ln()))
+            .sum();
+        ep.log_e() + rebase
+    }
+
+    /// The log e-value of the product over all strata against the design weights.
     pub fn log_e(&self) -> f64 {
         self.frozen_log_e + self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e()
     }
@@ -215,6 +249,9 @@ impl Strata {
         for (a, b) in self.evicted_counts.iter_mut().zip(other.evicted_counts.iter()) {
             *a += b;
         }
+        for (a, b) in self.totals.iter_mut().zip(other.totals.iter()) {
+            *a += b;
+        }
         for s in &mut self.slots {
             s.bound = s.ep.max_log_bf();
         }
@@ -245,6 +282,26 @@ mod tests {
         }
         let direct: f64 = s.slots().iter().map(|x| x.ep.log_e()).sum::<f64>() + s.tail().log_e();
         assert!((s.log_e() - direct).abs() < 1e-12);
+        // contributions re-based to the pooled shares add up to the independence e-value
+        let parts: f64 = s.slots().iter().map(|x| s.contribution(&x.ep, &d)).sum::<f64>() + s.contribution(s.tail(), &d);
+        assert!((parts - s.log_e_independence(&d)).abs() < 1e-8);
+    }
+
+    /// An overall imbalance that is the same in every value is not a divergence: the
+    /// independence e-value stays low where the design-null one explodes.
+    #[test]
+    fn uniform_imbalance_is_not_divergence() {
+        let d = design();
+        let mut s = Strata::new(&d, 8);
+        let mut rng = 99u64;
+        for i in 0..40_000u64 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+            let v = format!("v{}", i % 4);
+            s.observe(&d, key_of(&v), || v.clone().into(), usize::from(u < 0.56));
+        }
+        assert!(s.log_e() > 50.0, "design-null evidence {}", s.log_e());
+        assert!(s.log_e_independence(&d) < 3.0, "independence evidence {}", s.log_e_independence(&d));
     }
 
     #[test]

@@ -57,6 +57,32 @@ impl Design {
     pub fn ks(&self) -> &[f64] {
         &self.ks
     }
+
+    /// `ln theta0` per arm.
+    pub fn ln_weights(&self) -> &[f64] {
+        &self.ln_weights
+    }
+}
+
+/// `sum_a x_a ln((x_a / n) / theta0_a) = n KL(p_hat || theta0)`: the log-likelihood ratio of the
+/// maximum-likelihood arm shares against the design. Subtracting it from a stratified
+/// design-null log e-value turns it into the universal-inference e-value for the composite null
+/// "the arm is independent of the stratum, with any marginal" (Wasserman, Ramdas & Balakrishnan,
+/// "Universal inference", PNAS 2020, running-MLE form: the denominator is the null likelihood
+/// maximised over all data so far, so the ratio is dominated by a test martingale for every
+/// null marginal and stays anytime-valid).
+pub fn mle_log_lr(counts: &[u64], design: &Design) -> f64 {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let n = n as f64;
+    counts
+        .iter()
+        .zip(design.ln_weights.iter())
+        .filter(|(&x, _)| x > 0)
+        .map(|(&x, lw)| x as f64 * ((x as f64 / n).ln() - lw))
+        .sum()
 }
 
 /// One Dirichlet-multinomial e-process (a mixture over the design's `k` grid).

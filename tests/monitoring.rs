@@ -1,0 +1,153 @@
+//! Continuous-monitoring guarantees (issue 2, must-show 2): on null streams the share of
+//! streams with any `srm` or `input_divergence` alert, checked after every event, stays at
+//! most alpha plus Monte Carlo error, while a chi-square test peeked at after every event
+//! alarms on most streams; an injected tier leak is detected, with the events to detection.
+//!
+//! Run with `--nocapture` to see the measured figures.
+
+use armwatch::config::Settings;
+use armwatch::detect::Check;
+use armwatch::engine::Engine;
+use armwatch::sim::{Faults, Simulator};
+use armwatch::stats::divergence::chi_square_p;
+
+const ALPHA: f64 = 0.05;
+const EVENTS: usize = 20_000;
+
+fn settings() -> Settings {
+    Settings::from_toml(&format!(
+        r#"
+[[experiment]]
+id = "prompt-variant"
+arms = {{ control = 0.5, treatment = 0.5 }}
+treatment_inputs = ["fragment"]
+watch_inputs = ["tier", "locale", "temperature", "max_tokens", "retrieved_docs", "tool_hash"]
+[alerts]
+alpha = {ALPHA}
+"#
+    ))
+    .expect("valid test config")
+}
+
+struct StreamResult {
+    srm_alarm: bool,
+    divergence_alarm: bool,
+    peeking_alarm: bool,
+    /// (event index, value) of the `tier` input_divergence alert
+    tier_alert: Option<(u64, Option<String>)>,
+    /// input_divergence alerts on other inputs
+    other_divergence: usize,
+}
+
+fn run_stream(seed: u64, faults: Faults, settings: &Settings) -> StreamResult {
+    let mut sim = Simulator::single(seed, faults);
+    let mut engine = Engine::new(settings);
+    let mut buf = Vec::new();
+    let mut out = StreamResult { srm_alarm: false, divergence_alarm: false, peeking_alarm: false, tier_alert: None, other_divergence: 0 };
+    for i in 0..EVENTS {
+        sim.next_event(&mut buf);
+        engine.process(&buf).expect("simulated events are valid");
+        // the alert state is read after every event
+        for a in engine.take_new_alerts() {
+            match a.check {
+                Check::Srm => out.srm_alarm = true,
+                Check::InputDivergence => {
+                    out.divergence_alarm = true;
+                    if a.subject == "tier" {
+                        out.tier_alert = Some((a.first_event, a.value.clone()));
+                    } else {
+                        out.other_divergence += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // the naive monitor: a fixed-sample chi-square test peeked at after every event
+        if i >= 100 && !out.peeking_alarm {
+            let counts = engine.experiments()[0].srm.counts();
+            out.peeking_alarm = chi_square_p(counts, &[0.5, 0.5]) < ALPHA;
+        }
+    }
+    out
+}
+
+fn run_many(streams: u64, seed0: u64, faults: Faults) -> Vec<StreamResult> {
+    let settings = settings();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (settings, faults) = (&settings, &faults);
+                s.spawn(move || {
+                    (0..streams)
+                        .filter(|i| i % threads == t)
+                        .map(|i| run_stream(seed0 + i, faults.clone(), settings))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("stream thread")).collect()
+    })
+}
+
+#[test]
+fn null_streams_keep_false_alarms_at_alpha_under_continuous_monitoring() {
+    let n = 200;
+    let results = run_many(n, 1_000, Faults::default());
+    let share = |f: &dyn Fn(&StreamResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n as f64;
+    let any = share(&|r| r.srm_alarm || r.divergence_alarm);
+    let srm = share(&|r| r.srm_alarm);
+    let div = share(&|r| r.divergence_alarm);
+    let peek = share(&|r| r.peeking_alarm);
+    // one-sided 99% Monte Carlo bound on a share estimated from n streams
+    let mc = 2.326 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt();
+    println!(
+        "null: {n} streams x {EVENTS} events, alpha {ALPHA}: any alert {any:.3} (srm {srm:.3}, input_divergence {div:.3}); \
+         bound alpha + MC = {:.3}; chi-square peeked after every event: {peek:.3}",
+        ALPHA + mc
+    );
+    assert!(any <= ALPHA + mc, "false-alarm share {any} exceeds {}", ALPHA + mc);
+    assert!(peek > 0.3, "the peeking baseline should alarm often ({peek}); is the stream really null?");
+}
+
+#[test]
+fn tier_leak_is_detected_and_named() {
+    let n = 40;
+    let leak = Faults { tier_leak: Some(("pro".into(), 0.55)), srm: None };
+    let results = run_many(n, 50_000, leak);
+    let mut delays: Vec<u64> = Vec::new();
+    let mut named_pro = 0usize;
+    for r in &results {
+        if let Some((at, value)) = &r.tier_alert {
+            named_pro += usize::from(value.as_deref() == Some("pro"));
+            delays.push(*at + 1);
+        }
+    }
+    let named_share = named_pro as f64 / delays.len().max(1) as f64;
+    let others: usize = results.iter().map(|r| r.other_divergence).sum();
+    delays.sort_unstable();
+    let power = delays.len() as f64 / n as f64;
+    let median = delays.get(delays.len() / 2).copied().unwrap_or(0);
+    println!(
+        "power: tier leak P(treatment | tier=pro) = 0.55 vs 0.5 (pro = 30% of traffic), {n} streams x {EVENTS} events, \
+         alpha {ALPHA}: `tier`=pro detected in {power:.2} of streams; events to detection median {median}, min {}, max {}; \
+         the alert named value `pro` in {named_share:.2} of them; alerts on the other (null) inputs: {others} in {n} streams",
+        delays.first().unwrap_or(&0),
+        delays.last().unwrap_or(&0)
+    );
+    assert!((others as f64) / (n as f64) <= 2.0 * ALPHA, "too many alerts on null inputs: {others}");
+    assert!(power >= 0.8, "power {power} too low");
+    assert!(named_share >= 0.8, "the leaking value should be named in most alerts ({named_share})");
+}
+
+#[test]
+fn srm_fault_is_detected() {
+    let n = 20;
+    let results = run_many(n, 90_000, Faults { tier_leak: None, srm: Some(0.52) });
+    let power = results.iter().filter(|r| r.srm_alarm).count() as f64 / n as f64;
+    let div = results.iter().filter(|r| r.divergence_alarm).count();
+    println!("power: SRM 52/48 against 50/50, {n} streams x {EVENTS} events: detected in {power:.2}; input_divergence alerts (should stay quiet): {div}");
+    assert!(power >= 0.8, "SRM power {power}");
+    // an imbalance that is the same for every value is SRM, not a leak through an input
+    assert!(div as f64 / n as f64 <= 2.0 * ALPHA, "{div} input_divergence alerts under a pure SRM");
+}

@@ -8,10 +8,15 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod engine;
 pub mod event;
+pub mod http;
+pub mod metrics;
 pub mod report;
 pub mod sim;
+pub mod sink;
+pub mod source;
 pub mod state;
 pub mod stats;

@@ -1,1 +1,307 @@
-fn main() {}
+//! The `armwatch` command line: `run` (Kafka daemon), `replay` (files), `demo` (embedded
+//! simulator, no Kafka needed) and `check-config`.
+
+use anyhow::{Context as _, Result};
+use armwatch::config::{LogSettings, Settings};
+use armwatch::daemon::{DeadLetter, EngineLoop};
+use armwatch::engine::Engine;
+use armwatch::http::Shared;
+use armwatch::metrics::Metrics;
+use armwatch::sim::{Faults, SimExperiment, Simulator};
+use armwatch::sink::SinkConfig;
+use armwatch::source::{file, kafka};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+#[derive(Parser)]
+#[command(name = "armwatch", version, about = "Tells you, while an LLM experiment runs, that its result cannot be trusted")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Consume events from Kafka and serve metrics, report and alerts.
+    Run {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the same pipeline over files (NDJSON, .gz, Parquet, Arrow IPC) and print the JSON report.
+    Replay {
+        /// TOML configuration file (optional: undeclared experiments get equal weights).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Exit with status 3 when any alert fired.
+        #[arg(long)]
+        fail_on_alert: bool,
+        /// Input files, replayed in order.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Simulated prompt traffic through the same pipeline, with switchable faults. No Kafka needed.
+    Demo {
+        /// Configuration (defaults to the embedded config/demo.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Faults to inject (repeatable).
+        #[arg(long = "fault", value_enum, default_values_t = [Fault::TierLeak, Fault::Srm])]
+        faults: Vec<Fault>,
+        /// Events per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Stop after this many events and print the report (default: run until Ctrl-C).
+        #[arg(long)]
+        events: Option<u64>,
+        /// HTTP listen address (overrides the config).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Validate a configuration file.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Fault {
+    /// P(treatment | tier = pro) = 0.6 in prompt-variant.
+    TierLeak,
+    /// 53/47 split instead of 50/50 in router-v2.
+    Srm,
+    /// No fault.
+    None,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => load(&config).and_then(run),
+        Cmd::Replay { config, fail_on_alert, inputs } => {
+            let settings = match config {
+                Some(c) => load(&c),
+                None => Settings::from_toml("").map_err(anyhow::Error::from),
+            };
+            settings.and_then(|s| replay(s, &inputs, fail_on_alert))
+        }
+        Cmd::Demo { config, faults, rate, events, listen, seed } => {
+            let settings = match config {
+                Some(c) => load(&c),
+                None => Settings::from_toml(DEMO_CONFIG).map_err(anyhow::Error::from),
+            };
+            settings.and_then(|mut s| {
+                if let Some(l) = listen {
+                    s.http.listen = l;
+                }
+                demo(s, &faults, rate, events, seed)
+            })
+        }
+        Cmd::CheckConfig { file } => load(&file).map(|s| {
+            println!("ok: {} declared experiment(s), {} topic(s)", s.experiments.len(), s.kafka.topics.len());
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("armwatch: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn load(path: &Path) -> Result<Settings> {
+    Ok(Settings::load(path)?)
+}
+
+fn init_logging(log: &LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if log.format == "json" { b.json().try_init() } else { b.try_init() };
+}
+
+fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result<()> {
+    init_logging(&settings.log);
+    let mut engine = Engine::new(&settings);
+    for path in inputs {
+        file::for_each_message(path, |m| {
+            let _ = engine.process(m);
+        })?;
+    }
+    let report = engine.report();
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if fail_on_alert && !report.alerts.is_empty() {
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+struct Outputs {
+    shared: Arc<Shared>,
+    metrics: Arc<Mutex<Metrics>>,
+    alerts: tokio::sync::mpsc::Sender<armwatch::detect::Alert>,
+    sinks: tokio::task::JoinHandle<()>,
+    http: tokio::task::JoinHandle<()>,
+    stop_http: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outputs> {
+    let shared = Arc::new(Shared::default());
+    let metrics = Arc::new(Mutex::new(Metrics::new(settings.metrics.max_label_values)));
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let kafka_sink = match &settings.alerts.kafka_topic {
+        Some(t) => Some((kafka::client_config(&settings.kafka).create().context("alerts.kafka_topic: cannot create the Kafka producer")?, t.clone())),
+        None => None,
+    };
+    let sink_cfg = SinkConfig {
+        webhook: settings.alerts.webhook.clone(),
+        kafka: kafka_sink,
+        resend: Duration::from_secs(settings.alerts.resend_interval_secs.max(1)),
+        stdout: stdout_alerts,
+    };
+    let sinks = tokio::spawn(armwatch::sink::run(rx, sink_cfg, metrics.clone()));
+    let listener = tokio::net::TcpListener::bind(&settings.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", settings.http.listen))?;
+    tracing::info!(addr = %settings.http.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sh = shared.clone();
+    let http = tokio::spawn(async move {
+        if let Err(e) = armwatch::http::serve(listener, sh, async move {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok(Outputs { shared, metrics, alerts: tx, sinks, http, stop_http })
+}
+
+async fn finish(out: Outputs, lp: EngineLoop) {
+    drop(lp); // closes the alert channel's last sender together with `out.alerts`
+    drop(out.alerts);
+    let _ = tokio::time::timeout(Duration::from_secs(10), out.sinks).await;
+    let _ = out.stop_http.send(());
+    let _ = out.http.await;
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn run(settings: Settings) -> Result<()> {
+    init_logging(&settings.log);
+    runtime()?.block_on(async move {
+        let out = start_outputs(&settings, false).await?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let lag = Arc::new(Mutex::new(Vec::new()));
+        let consumer = kafka::consumer(&settings.kafka, ready.clone(), lag.clone()).context("kafka: cannot create the consumer")?;
+        out.shared.ready.store(false, Ordering::Relaxed);
+        let dead_letter: Option<Box<dyn DeadLetter + Send>> = match &settings.kafka.dead_letter_topic {
+            Some(t) => Some(Box::new(kafka::KafkaDeadLetter::new(&settings.kafka, t).context("kafka.dead_letter_topic: cannot create the producer")?)),
+            None => None,
+        };
+        // readiness comes from the consumer's rebalance callback
+        let shared = out.shared.clone();
+        let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, ready2) = (stop.clone(), ready.clone());
+        let bridge = tokio::spawn(async move {
+            // mirror the consumer's readiness into the HTTP state
+            loop {
+                shared.ready.store(ready2.load(Ordering::Relaxed), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        tracing::info!(brokers = %settings.kafka.brokers, topics = ?settings.kafka.topics, group = %settings.kafka.group_id, "consuming");
+        let worker = std::thread::Builder::new()
+            .name("armwatch-engine".into())
+            .spawn(move || kafka::consume(consumer, lp, stop2, lag))?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        stop.store(true, Ordering::Relaxed);
+        bridge.abort();
+        let lp = tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
+        finish(out, lp).await;
+        Ok(())
+    })
+}
+
+fn demo(settings: Settings, faults: &[Fault], rate: u64, events: Option<u64>, seed: u64) -> Result<()> {
+    init_logging(&settings.log);
+    let has = |f: Fault| faults.contains(&f);
+    let experiments = vec![
+        SimExperiment {
+            id: "prompt-variant".into(),
+            treatment_weight: 0.5,
+            faults: Faults { tier_leak: has(Fault::TierLeak).then(|| ("pro".to_string(), 0.6)), srm: None },
+        },
+        SimExperiment {
+            id: "router-v2".into(),
+            treatment_weight: 0.5,
+            faults: Faults { tier_leak: None, srm: has(Fault::Srm).then_some(0.53) },
+        },
+    ];
+    runtime()?.block_on(async move {
+        let out = start_outputs(&settings, true).await?;
+        out.shared.ready.store(true, Ordering::Relaxed);
+        tracing::info!(faults = ?faults, rate, "demo: simulated prompt traffic for prompt-variant and router-v2");
+        let mut lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, None);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let worker = std::thread::Builder::new().name("armwatch-demo".into()).spawn(move || {
+            let mut sim = Simulator::new(seed, experiments);
+            let mut buf = Vec::new();
+            let start = Instant::now();
+            while !stop2.load(Ordering::Relaxed) && events.is_none_or(|n| sim.produced() < n) {
+                sim.next_event(&mut buf);
+                let _ = lp.on_message(Some(&buf));
+                if lp.publish_due() {
+                    lp.publish();
+                }
+                // pace to `rate` events per second
+                let due = Duration::from_secs_f64(sim.produced() as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            lp.publish();
+            lp
+        })?;
+        let lp = if events.is_some() {
+            tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("demo thread panicked"))?
+        } else {
+            shutdown_signal().await;
+            stop.store(true, Ordering::Relaxed);
+            tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("demo thread panicked"))?
+        };
+        if events.is_some() {
+            println!("{}", serde_json::to_string_pretty(&lp.engine().report())?);
+        }
+        finish(out, lp).await;
+        Ok(())
+    })
+}

@@ -1,0 +1,166 @@
+//! The IO shell around one [`Engine`]: feeds it messages, forwards new alerts to the sink task,
+//! logs rejections at a bounded rate, and publishes metrics and the report at a fixed cadence.
+//! Kafka (`run`) and the simulator (`demo`) both drive it.
+
+use crate::detect::Alert;
+use crate::engine::Engine;
+use crate::event::{Kind, RejectReason};
+use crate::http::Shared;
+use crate::metrics::Metrics;
+use prometheus::Histogram;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// At most `per_second` log lines per second; the rest are counted.
+pub struct RateLimiter {
+    per_second: u32,
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_second` events per second.
+    pub fn new(per_second: u32) -> RateLimiter {
+        RateLimiter { per_second, window: Instant::now(), used: 0, suppressed: 0 }
+    }
+
+    /// `Some(suppressed since the last allowed one)` when this one may be logged.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Something that forwards rejected messages (the dead-letter topic).
+pub trait DeadLetter {
+    /// Forward `payload` rejected for `reason`; false when it could not be queued.
+    fn forward(&mut self, payload: &[u8], reason: RejectReason) -> bool;
+}
+
+/// The engine and everything it reports to.
+pub struct EngineLoop {
+    engine: Engine,
+    metrics: Arc<Mutex<Metrics>>,
+    processing: Histogram,
+    shared: Arc<Shared>,
+    alerts: mpsc::Sender<Alert>,
+    reject_log: RateLimiter,
+    dead_letter: Option<Box<dyn DeadLetter + Send>>,
+    publish_every: Duration,
+    last_publish: Instant,
+    n: u64,
+}
+
+impl EngineLoop {
+    /// Wire an engine to its outputs.
+    pub fn new(
+        engine: Engine,
+        metrics: Arc<Mutex<Metrics>>,
+        shared: Arc<Shared>,
+        alerts: mpsc::Sender<Alert>,
+        rejected_log_per_second: u32,
+        dead_letter: Option<Box<dyn DeadLetter + Send>>,
+    ) -> EngineLoop {
+        let processing = metrics.lock().map(|m| m.processing.clone()).expect("metrics lock is not poisoned at startup");
+        EngineLoop {
+            engine,
+            metrics,
+            processing,
+            shared,
+            alerts,
+            reject_log: RateLimiter::new(rejected_log_per_second),
+            dead_letter,
+            publish_every: Duration::from_millis(500),
+            last_publish: Instant::now(),
+            n: 0,
+        }
+    }
+
+    /// Process one message (`None`: a message without payload).
+    #[inline]
+    pub fn on_message(&mut self, payload: Option<&[u8]>) -> Result<Kind, RejectReason> {
+        let timer = (self.n & 63 == 0).then(Instant::now);
+        self.n += 1;
+        let res = match payload {
+            Some(p) => self.engine.process(p),
+            None => {
+                self.engine.count_rejected(RejectReason::Empty);
+                Err(RejectReason::Empty)
+            }
+        };
+        if let Some(t) = timer {
+            self.processing.observe(t.elapsed().as_secs_f64());
+        }
+        if let Err(reason) = res {
+            self.rejected(payload.unwrap_or_default(), reason);
+        }
+        for a in self.engine.take_new_alerts() {
+            if self.alerts.try_send(a.clone()).is_err() {
+                tracing::error!(check = a.check.as_str(), "alert channel full: alert kept in the report but not sent to sinks");
+            }
+        }
+        res
+    }
+
+    fn rejected(&mut self, payload: &[u8], reason: RejectReason) {
+        if let Some(suppressed) = self.reject_log.allow() {
+            let preview = String::from_utf8_lossy(&payload[..payload.len().min(160)]);
+            tracing::warn!(reason = reason.as_str(), suppressed_since_last = suppressed, bytes = payload.len(), preview = %preview, "rejected message");
+        } else if let Ok(m) = self.metrics.lock() {
+            m.rejected_log_suppressed.inc();
+        }
+        if let Some(dl) = &mut self.dead_letter {
+            let ok = dl.forward(payload, reason);
+            if let Ok(m) = self.metrics.lock() {
+                m.dead_letter.with_label_values(&[if ok { "queued" } else { "dropped" }]).inc();
+            }
+        }
+    }
+
+    /// Whether the publish cadence is due.
+    #[inline]
+    pub fn publish_due(&self) -> bool {
+        self.last_publish.elapsed() >= self.publish_every
+    }
+
+    /// Publish metrics and the report now.
+    pub fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        let report = self.engine.report();
+        let text = match self.metrics.lock() {
+            Ok(mut m) => {
+                m.publish(&self.engine, &report);
+                m.encode()
+            }
+            Err(_) => String::new(),
+        };
+        self.shared.set(text, serde_json::to_string(&report).unwrap_or_default());
+    }
+
+    /// The engine (for the final report).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Shared state for the HTTP handlers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Mutex<Metrics>> {
+        &self.metrics
+    }
+}

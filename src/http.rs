@@ -1,0 +1,76 @@
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/api/v1/report`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the engine thread publishes and the HTTP handlers read (swapped at publish cadence,
+/// never touched per event).
+#[derive(Default)]
+pub struct Shared {
+    /// Prometheus text of the last publish.
+    pub metrics_text: Mutex<Arc<String>>,
+    /// Report JSON of the last publish.
+    pub report_json: Mutex<Arc<String>>,
+    /// The source is connected and consuming.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Replace the published texts.
+    pub fn set(&self, metrics: String, report: String) {
+        if let Ok(mut m) = self.metrics_text.lock() {
+            *m = Arc::new(metrics);
+        }
+        if let Ok(mut r) = self.report_json.lock() {
+            *r = Arc::new(report);
+        }
+    }
+
+    fn metrics(&self) -> Arc<String> {
+        self.metrics_text.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn report(&self) -> Arc<String> {
+        self.report_json.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// The router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/report", get(report))
+        .with_state(shared)
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics().as_str().to_owned())
+}
+
+async fn report(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], s.report().as_str().to_owned())
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "source not connected\n")
+    }
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+}

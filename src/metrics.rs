@@ -1,0 +1,244 @@
+//! Prometheus metrics. They are published from the engine's [`Report`] and counters at a fixed
+//! cadence (not per event), so the hot path touches no shared state. Label values that come
+//! from events (experiment, input, arm) are capped per label: past `max_label_values` distinct
+//! values, counters aggregate into `__other__` and gauges are not exported for the overflow
+//! (`armwatch_label_values_overflowed` says how many were refused).
+
+use crate::detect::Check;
+use crate::engine::Engine;
+use crate::event::{Kind, RejectReason};
+use crate::report::Report;
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The label value used for capped overflow.
+pub const OVERFLOW: &str = "__other__";
+
+/// Admits at most `max` distinct values for one label.
+#[derive(Debug)]
+struct LabelCap {
+    max: usize,
+    admitted: HashSet<String>,
+    refused: HashSet<String>,
+}
+
+impl LabelCap {
+    fn new(max: usize) -> LabelCap {
+        LabelCap { max, admitted: HashSet::new(), refused: HashSet::new() }
+    }
+
+    /// The value itself when admitted, `None` when over the cap.
+    fn admit<'a>(&mut self, v: &'a str) -> Option<&'a str> {
+        if self.admitted.contains(v) {
+            return Some(v);
+        }
+        if self.admitted.len() < self.max {
+            self.admitted.insert(v.to_string());
+            return Some(v);
+        }
+        if self.refused.len() < 10 * self.max {
+            self.refused.insert(v.to_string());
+        }
+        None
+    }
+}
+
+macro_rules! reg {
+    ($r:expr, $m:expr) => {{
+        let m = $m.expect("metric definition is valid");
+        $r.register(Box::new(m.clone())).expect("metric names are unique");
+        m
+    }};
+}
+
+/// Every metric armwatch exports.
+pub struct Metrics {
+    registry: Registry,
+    accepted: IntCounterVec,
+    rejected: IntCounterVec,
+    arm_events: IntCounterVec,
+    srm_log_e: GaugeVec,
+    srm_p: GaugeVec,
+    srm_chi2_p: GaugeVec,
+    div_log_e: GaugeVec,
+    div_kl: GaugeVec,
+    div_js: GaugeVec,
+    div_psi: GaugeVec,
+    input_smd: GaugeVec,
+    alerts_active: IntGaugeVec,
+    alerts_fired: IntCounterVec,
+    overflowed: IntGaugeVec,
+    /// Sampled per-event processing time.
+    pub processing: Histogram,
+    /// Consumer lag per partition (from librdkafka statistics).
+    pub consumer_lag: IntGaugeVec,
+    /// Dead-letter forwarding results.
+    pub dead_letter: IntCounterVec,
+    /// Alert sink deliveries by sink and result.
+    pub sink_deliveries: IntCounterVec,
+    /// Rejected messages whose log line was suppressed by the rate limit.
+    pub rejected_log_suppressed: IntCounter,
+    /// 1 while the source is connected and consuming.
+    pub source_ready: IntGauge,
+    /// Wall time of the last publish.
+    pub last_publish: Gauge,
+    caps: [LabelCap; 3],
+    last_accepted: [u64; Kind::ALL.len()],
+    last_rejected: [u64; RejectReason::ALL.len()],
+    last_arm: HashMap<(String, String), u64>,
+    last_fired: BTreeMap<Check, u64>,
+}
+
+const EXP: usize = 0;
+const INPUT: usize = 1;
+const ARM: usize = 2;
+
+impl Metrics {
+    /// Register everything in a fresh registry.
+    pub fn new(max_label_values: usize) -> Metrics {
+        let r = Registry::new();
+        let g = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
+        let m = Metrics {
+            accepted: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_accepted_total", "Events accepted, by kind."), &["kind"])),
+            rejected: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_rejected_total", "Messages rejected, by reason."), &["reason"])),
+            arm_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_arm_events_total", "Exposure (prompt) events per experiment and arm."), &["experiment", "arm"])),
+            srm_log_e: reg!(r, g("armwatch_srm_log_evalue", "SRM: log e-value of the Dirichlet-multinomial e-process (alert at ln(1/alpha)).", &["experiment"])),
+            srm_p: reg!(r, g("armwatch_srm_sequential_pvalue", "SRM: anytime-valid sequential p-value.", &["experiment"])),
+            srm_chi2_p: reg!(r, g("armwatch_srm_chisquare_pvalue", "SRM: fixed-sample chi-square p-value (descriptive; not valid under continuous monitoring).", &["experiment"])),
+            div_log_e: reg!(r, g("armwatch_input_divergence_log_evalue", "Arm-conditional input divergence: log e-value per watched input.", &["experiment", "input"])),
+            div_kl: reg!(r, g("armwatch_input_divergence_kl", "KL(reference arm || arm) of an input's value distribution (nats, descriptive).", &["experiment", "input", "arm"])),
+            div_js: reg!(r, g("armwatch_input_divergence_js", "Jensen-Shannon distance between the reference arm's and an arm's value distribution.", &["experiment", "input", "arm"])),
+            div_psi: reg!(r, g("armwatch_input_divergence_psi", "Population stability index of an arm's value distribution against the reference arm.", &["experiment", "input", "arm"])),
+            input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
+            alerts_active: reg!(r, IntGaugeVec::new(Opts::new("armwatch_alerts_active", "Active alerts by check and experiment."), &["check", "experiment"])),
+            alerts_fired: reg!(r, IntCounterVec::new(Opts::new("armwatch_alerts_fired_total", "Alerts fired, by check."), &["check"])),
+            overflowed: reg!(r, IntGaugeVec::new(Opts::new("armwatch_label_values_overflowed", "Distinct label values refused by the label cap (aggregated as __other__ or not exported)."), &["label"])),
+            processing: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_processing_seconds", "Per-message decode and state update time (1 in 64 messages sampled).").buckets(vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3]))),
+            consumer_lag: reg!(r, IntGaugeVec::new(Opts::new("armwatch_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics)."), &["topic", "partition"])),
+            dead_letter: reg!(r, IntCounterVec::new(Opts::new("armwatch_dead_letter_total", "Rejected messages forwarded to the dead-letter topic, by result."), &["result"])),
+            sink_deliveries: reg!(r, IntCounterVec::new(Opts::new("armwatch_alert_deliveries_total", "Alert deliveries by sink and result."), &["sink", "result"])),
+            rejected_log_suppressed: reg!(r, IntCounter::new("armwatch_rejected_log_suppressed_total", "Rejected messages not logged because of the log rate limit (still counted).")),
+            source_ready: reg!(r, IntGauge::new("armwatch_source_ready", "1 while the source is connected and consuming.")),
+            last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),
+            registry: r,
+            caps: [LabelCap::new(max_label_values), LabelCap::new(max_label_values), LabelCap::new(max_label_values)],
+            last_accepted: [0; Kind::ALL.len()],
+            last_rejected: [0; RejectReason::ALL.len()],
+            last_arm: HashMap::new(),
+            last_fired: BTreeMap::new(),
+        };
+        for k in Kind::ALL {
+            m.accepted.with_label_values(&[k.as_str()]);
+        }
+        for r in RejectReason::ALL {
+            m.rejected.with_label_values(&[r.as_str()]);
+        }
+        m
+    }
+
+    /// The registry to expose.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Copy the engine's counters and the report's figures into the metrics.
+    pub fn publish(&mut self, engine: &Engine, report: &Report) {
+        for k in Kind::ALL {
+            let now = engine.accepted()[k.index()];
+            let d = now.saturating_sub(self.last_accepted[k.index()]);
+            self.accepted.with_label_values(&[k.as_str()]).inc_by(d);
+            self.last_accepted[k.index()] = now;
+        }
+        for r in RejectReason::ALL {
+            let now = engine.rejected()[r.index()];
+            let d = now.saturating_sub(self.last_rejected[r.index()]);
+            self.rejected.with_label_values(&[r.as_str()]).inc_by(d);
+            self.last_rejected[r.index()] = now;
+        }
+        for (id, e) in &report.experiments {
+            let exp = self.caps[EXP].admit(id);
+            for (arm, &n) in e.arms.iter().zip(&e.counts) {
+                let last = self.last_arm.entry((id.clone(), arm.clone())).or_insert(0);
+                let d = n.saturating_sub(*last);
+                *last = n;
+                let arm_l = self.caps[ARM].admit(arm).unwrap_or(OVERFLOW);
+                self.arm_events.with_label_values(&[exp.unwrap_or(OVERFLOW), arm_l]).inc_by(d);
+            }
+            let Some(exp) = exp else { continue };
+            self.srm_log_e.with_label_values(&[exp]).set(e.srm.log_evalue);
+            self.srm_p.with_label_values(&[exp]).set(e.srm.sequential_p);
+            self.srm_chi2_p.with_label_values(&[exp]).set(e.srm.chi_square_p);
+            for (name, inp) in &e.inputs {
+                let Some(input) = self.caps[INPUT].admit(name) else { continue };
+                self.div_log_e.with_label_values(&[exp, input]).set(inp.log_evalue);
+                for (arm, d) in &inp.divergence {
+                    let Some(arm) = self.caps[ARM].admit(arm) else { continue };
+                    self.div_kl.with_label_values(&[exp, input, arm]).set(d.kl);
+                    self.div_js.with_label_values(&[exp, input, arm]).set(d.js);
+                    self.div_psi.with_label_values(&[exp, input, arm]).set(d.psi);
+                }
+                for (arm, n) in inp.numeric.iter().flatten() {
+                    if let (Some(smd), Some(arm)) = (n.smd, self.caps[ARM].admit(arm)) {
+                        self.input_smd.with_label_values(&[exp, input, arm]).set(smd);
+                    }
+                }
+            }
+        }
+        let mut active: BTreeMap<(Check, String), i64> = BTreeMap::new();
+        let mut fired: BTreeMap<Check, u64> = BTreeMap::new();
+        for a in &report.alerts {
+            let exp = a.experiment.as_deref().map_or("", |e| self.caps[EXP].admit(e).unwrap_or(OVERFLOW));
+            *active.entry((a.check, exp.to_string())).or_insert(0) += 1;
+            *fired.entry(a.check).or_insert(0) += 1;
+        }
+        for ((check, exp), n) in active {
+            self.alerts_active.with_label_values(&[check.as_str(), &exp]).set(n);
+        }
+        for (check, n) in fired {
+            let last = self.last_fired.entry(check).or_insert(0);
+            self.alerts_fired.with_label_values(&[check.as_str()]).inc_by(n.saturating_sub(*last));
+            *last = n;
+        }
+        for (i, label) in ["experiment", "input", "arm"].iter().enumerate() {
+            self.overflowed.with_label_values(&[label]).set(self.caps[i].refused.len() as i64);
+        }
+        self.last_publish.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn label_values_are_capped() {
+        let settings = Settings::from_toml("[metrics]\nmax_label_values = 3").unwrap();
+        let mut engine = Engine::new(&settings);
+        for i in 0..10 {
+            let ev = format!(r#"{{"kind":"prompt","ts":1,"experiment":"exp{i}","arm":"a","inputs":{{"x":"v"}}}}"#);
+            engine.process(ev.as_bytes()).unwrap();
+        }
+        let mut m = Metrics::new(settings.metrics.max_label_values);
+        m.publish(&engine, &engine.report());
+        let text = m.encode();
+        let series = text.lines().filter(|l| l.starts_with("armwatch_experiment_arm_events_total{")).count();
+        assert_eq!(series, 4, "3 admitted + __other__:\n{text}");
+        assert!(text.contains(r#"armwatch_experiment_arm_events_total{arm="a",experiment="__other__"} 7"#));
+        assert!(text.contains(r#"armwatch_label_values_overflowed{label="experiment"} 7"#));
+        assert!(text.contains(r#"armwatch_events_accepted_total{kind="prompt"} 10"#));
+    }
+}

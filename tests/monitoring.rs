@@ -43,7 +43,13 @@ fn run_stream(seed: u64, faults: Faults, settings: &Settings) -> StreamResult {
     let mut sim = Simulator::single(seed, faults);
     let mut engine = Engine::new(settings);
     let mut buf = Vec::new();
-    let mut out = StreamResult { srm_alarm: false, divergence_alarm: false, peeking_alarm: false, tier_alert: None, other_divergence: 0 };
+    let mut out = StreamResult {
+        srm_alarm: false,
+        divergence_alarm: false,
+        peeking_alarm: false,
+        tier_alert: None,
+        other_divergence: 0,
+    };
     for i in 0..EVENTS {
         sim.next_event(&mut buf);
         engine.process(&buf).expect("simulated events are valid");
@@ -86,7 +92,10 @@ fn run_many(streams: u64, seed0: u64, faults: Faults) -> Vec<StreamResult> {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("stream thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("stream thread"))
+            .collect()
     })
 }
 
@@ -94,7 +103,9 @@ fn run_many(streams: u64, seed0: u64, faults: Faults) -> Vec<StreamResult> {
 fn null_streams_keep_false_alarms_at_alpha_under_continuous_monitoring() {
     let n = 200;
     let results = run_many(n, 1_000, Faults::default());
-    let share = |f: &dyn Fn(&StreamResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n as f64;
+    let share = |f: &dyn Fn(&StreamResult) -> bool| {
+        results.iter().filter(|r| f(r)).count() as f64 / n as f64
+    };
     let any = share(&|r| r.srm_alarm || r.divergence_alarm);
     let srm = share(&|r| r.srm_alarm);
     let div = share(&|r| r.divergence_alarm);
@@ -106,14 +117,24 @@ fn null_streams_keep_false_alarms_at_alpha_under_continuous_monitoring() {
          bound alpha + MC = {:.3}; chi-square peeked after every event: {peek:.3}",
         ALPHA + mc
     );
-    assert!(any <= ALPHA + mc, "false-alarm share {any} exceeds {}", ALPHA + mc);
-    assert!(peek > 0.3, "the peeking baseline should alarm often ({peek}); is the stream really null?");
+    assert!(
+        any <= ALPHA + mc,
+        "false-alarm share {any} exceeds {}",
+        ALPHA + mc
+    );
+    assert!(
+        peek > 0.3,
+        "the peeking baseline should alarm often ({peek}); is the stream really null?"
+    );
 }
 
 #[test]
 fn tier_leak_is_detected_and_named() {
     let n = 40;
-    let leak = Faults { tier_leak: Some(("pro".into(), 0.55)), srm: None };
+    let leak = Faults {
+        tier_leak: Some(("pro".into(), 0.55)),
+        srm: None,
+    };
     let results = run_many(n, 50_000, leak);
     let mut delays: Vec<u64> = Vec::new();
     let mut named_pro = 0usize;
@@ -135,19 +156,35 @@ fn tier_leak_is_detected_and_named() {
         delays.first().unwrap_or(&0),
         delays.last().unwrap_or(&0)
     );
-    assert!((others as f64) / (n as f64) <= 2.0 * ALPHA, "too many alerts on null inputs: {others}");
+    assert!(
+        (others as f64) / (n as f64) <= 2.0 * ALPHA,
+        "too many alerts on null inputs: {others}"
+    );
     assert!(power >= 0.8, "power {power} too low");
-    assert!(named_share >= 0.8, "the leaking value should be named in most alerts ({named_share})");
+    assert!(
+        named_share >= 0.8,
+        "the leaking value should be named in most alerts ({named_share})"
+    );
 }
 
 #[test]
 fn srm_fault_is_detected() {
     let n = 20;
-    let results = run_many(n, 90_000, Faults { tier_leak: None, srm: Some(0.52) });
+    let results = run_many(
+        n,
+        90_000,
+        Faults {
+            tier_leak: None,
+            srm: Some(0.52),
+        },
+    );
     let power = results.iter().filter(|r| r.srm_alarm).count() as f64 / n as f64;
     let div = results.iter().filter(|r| r.divergence_alarm).count();
     println!("power: SRM 52/48 against 50/50, {n} streams x {EVENTS} events: detected in {power:.2}; input_divergence alerts (should stay quiet): {div}");
     assert!(power >= 0.8, "SRM power {power}");
     // an imbalance that is the same for every value is SRM, not a leak through an input
-    assert!(div as f64 / n as f64 <= 2.0 * ALPHA, "{div} input_divergence alerts under a pure SRM");
+    assert!(
+        div as f64 / n as f64 <= 2.0 * ALPHA,
+        "{div} input_divergence alerts under a pure SRM"
+    );
 }

@@ -69,7 +69,11 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
             exp.id,
             detail.join(", "),
             exp.srm.n(),
-            if exp.declared { "" } else { " (undeclared experiment: equal weights assumed)" }
+            if exp.declared {
+                ""
+            } else {
+                " (undeclared experiment: equal weights assumed)"
+            }
         ),
         details: json!({
             "arms": arms,

@@ -273,14 +273,20 @@ mod tests {
         assert_eq!(e.inputs.len(), 3);
         assert!(!e.inputs.spilled());
         assert!(matches!(e.inputs[0].0, Cow::Borrowed("tier")));
-        assert!(matches!(e.inputs[0].1, InputValue::Str(Cow::Borrowed("pro"))));
+        assert!(matches!(
+            e.inputs[0].1,
+            InputValue::Str(Cow::Borrowed("pro"))
+        ));
         assert_eq!(e.inputs[1].1, InputValue::Num(0.7));
         assert_eq!(e.inputs[2].1, InputValue::Bool(true));
     }
 
     #[test]
     fn escaped_strings_are_owned_and_correct() {
-        let e = dec(r#"{"kind":"prompt","ts":1,"experiment":"a\"b","arm":"c","inputs":{"t\u00e9":"x\ny"}}"#).unwrap();
+        let e = dec(
+            r#"{"kind":"prompt","ts":1,"experiment":"a\"b","arm":"c","inputs":{"t\u00e9":"x\ny"}}"#,
+        )
+        .unwrap();
         assert_eq!(e.experiment.as_deref(), Some("a\"b"));
         assert_eq!(e.inputs[0].0, "té");
         assert_eq!(e.inputs[0].1, InputValue::Str(Cow::Borrowed("x\ny")));
@@ -292,7 +298,10 @@ mod tests {
         let r = dec(r#"{"kind":"routing","ts":5,"router":"gate","score":0.8,"threshold":0.85,"route":"premium"}"#).unwrap();
         assert!(matches!(r.body, Body::Routing(Routing { score, .. }) if score == 0.8));
         let j = dec(r#"{"kind":"judgment","ts":5,"judge":"q","judge_version":"v2","score":7,"control":true,"experiment":"x","arm":"a"}"#).unwrap();
-        assert!(matches!(j.body, Body::Judgment(Judgment { control: true, .. })));
+        assert!(matches!(
+            j.body,
+            Body::Judgment(Judgment { control: true, .. })
+        ));
         let s = dec(r#"{"kind":"sample","ts":5,"eval_set":"nightly","weight":2.0,"inputs":{"tier":"free"}}"#).unwrap();
         assert_eq!(s.kind(), Kind::Sample);
     }
@@ -325,18 +334,33 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = decode(input, &Limits::default()).err();
-            assert_eq!(got, Some(*want), "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                got,
+                Some(*want),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn limits_apply() {
-        let limits = Limits { max_message_bytes: 40, max_inputs_per_event: 2 };
+        let limits = Limits {
+            max_message_bytes: 40,
+            max_inputs_per_event: 2,
+        };
         let big = br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{}}"#;
         assert_eq!(decode(big, &limits).err(), Some(RejectReason::Oversized));
-        let limits = Limits { max_message_bytes: 1000, max_inputs_per_event: 2 };
-        let many = br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"a":1,"b":2,"c":3}}"#;
-        assert_eq!(decode(many, &limits).err(), Some(RejectReason::TooManyInputs));
+        let limits = Limits {
+            max_message_bytes: 1000,
+            max_inputs_per_event: 2,
+        };
+        let many =
+            br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"a":1,"b":2,"c":3}}"#;
+        assert_eq!(
+            decode(many, &limits).err(),
+            Some(RejectReason::TooManyInputs)
+        );
     }
 
     proptest::proptest! {

@@ -32,7 +32,13 @@ impl Posted {
         }
         let mut annotations = BTreeMap::new();
         annotations.insert("summary", a.message.clone());
-        annotations.insert("evidence", format!("log e-value {:.2} (threshold {:.2})", a.evidence, a.evidence_threshold));
+        annotations.insert(
+            "evidence",
+            format!(
+                "log e-value {:.2} (threshold {:.2})",
+                a.evidence, a.evidence_threshold
+            ),
+        );
         annotations.insert("magnitude", format!("{:.4}", a.magnitude));
         annotations.insert("first_event", a.first_event.to_string());
         annotations.insert("event_ts", a.ts.clone());

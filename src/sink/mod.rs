@@ -24,13 +24,18 @@ pub struct SinkConfig {
 
 /// Deliver alerts from `rx` until the channel closes.
 pub async fn run(mut rx: mpsc::Receiver<Alert>, cfg: SinkConfig, metrics: Arc<Mutex<Metrics>>) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .ok();
     let mut active: Vec<alertmanager::Posted> = Vec::new();
     let mut resend = tokio::time::interval(cfg.resend);
     resend.tick().await;
     let count = |sink: &str, ok: bool| {
         if let Ok(m) = metrics.lock() {
-            m.sink_deliveries.with_label_values(&[sink, if ok { "ok" } else { "error" }]).inc();
+            m.sink_deliveries
+                .with_label_values(&[sink, if ok { "ok" } else { "error" }])
+                .inc();
         }
     };
     loop {

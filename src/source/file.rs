@@ -55,7 +55,11 @@ impl Format {
             Format::NdjsonGz
         } else if name.ends_with(".parquet") || name.ends_with(".pq") {
             Format::Parquet
-        } else if name.ends_with(".arrow") || name.ends_with(".ipc") || name.ends_with(".feather") || name.ends_with(".arrows") {
+        } else if name.ends_with(".arrow")
+            || name.ends_with(".ipc")
+            || name.ends_with(".feather")
+            || name.ends_with(".arrows")
+        {
             Format::ArrowIpc
         } else {
             Format::Ndjson
@@ -66,34 +70,61 @@ impl Format {
 /// Feed every message of `path` to `f`, in file order.
 pub fn for_each_message(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), FileError> {
     let p = path.display().to_string();
-    let io = |source| FileError::Io { path: p.clone(), source };
+    let io = |source| FileError::Io {
+        path: p.clone(),
+        source,
+    };
     let file = File::open(path).map_err(io)?;
     match Format::of(path) {
         Format::Ndjson => lines(BufReader::new(file), &mut f).map_err(io),
-        Format::NdjsonGz => lines(BufReader::new(flate2::read::MultiGzDecoder::new(file)), &mut f).map_err(io),
+        Format::NdjsonGz => lines(
+            BufReader::new(flate2::read::MultiGzDecoder::new(file)),
+            &mut f,
+        )
+        .map_err(io),
         Format::Parquet => {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| FileError::Format { path: p.clone(), message: e.to_string() })?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .and_then(|b| b.build())
+                    .map_err(|e| FileError::Format {
+                        path: p.clone(),
+                        message: e.to_string(),
+                    })?;
             for batch in reader {
-                let batch = batch.map_err(|e| FileError::Format { path: p.clone(), message: e.to_string() })?;
-                batch_rows(&batch, &mut f).map_err(|message| FileError::Format { path: p.clone(), message })?;
+                let batch = batch.map_err(|e| FileError::Format {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
+                batch_rows(&batch, &mut f).map_err(|message| FileError::Format {
+                    path: p.clone(),
+                    message,
+                })?;
             }
             Ok(())
         }
         Format::ArrowIpc => {
             let mut bytes = Vec::new();
             BufReader::new(file).read_to_end(&mut bytes).map_err(io)?;
-            let fmt = |e: arrow::error::ArrowError| FileError::Format { path: p.clone(), message: e.to_string() };
-            let batches: Vec<RecordBatch> = match arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(&bytes), None) {
-                Ok(r) => r.collect::<Result<_, _>>().map_err(fmt)?,
-                Err(_) => arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&bytes), None)
+            let fmt = |e: arrow::error::ArrowError| FileError::Format {
+                path: p.clone(),
+                message: e.to_string(),
+            };
+            let batches: Vec<RecordBatch> =
+                match arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(&bytes), None) {
+                    Ok(r) => r.collect::<Result<_, _>>().map_err(fmt)?,
+                    Err(_) => arrow::ipc::reader::StreamReader::try_new(
+                        std::io::Cursor::new(&bytes),
+                        None,
+                    )
                     .map_err(fmt)?
                     .collect::<Result<_, _>>()
                     .map_err(fmt)?,
-            };
+                };
             for batch in &batches {
-                batch_rows(batch, &mut f).map_err(|message| FileError::Format { path: p.clone(), message })?;
+                batch_rows(batch, &mut f).map_err(|message| FileError::Format {
+                    path: p.clone(),
+                    message,
+                })?;
             }
             Ok(())
         }
@@ -164,7 +195,9 @@ fn to_ms(col: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
             let ms = cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
             cast(&ms, &DataType::Int64)
         }
-        DataType::Dictionary(_, _) | DataType::Utf8View | DataType::LargeUtf8 => cast(col, &DataType::Utf8),
+        DataType::Dictionary(_, _) | DataType::Utf8View | DataType::LargeUtf8 => {
+            cast(col, &DataType::Utf8)
+        }
         _ => Ok(col.clone()),
     }
 }
@@ -198,7 +231,10 @@ mod tests {
         )
         .unwrap();
         let mut rows = Vec::new();
-        batch_rows(&batch, &mut |r: &[u8]| rows.push(String::from_utf8(r.to_vec()).unwrap())).unwrap();
+        batch_rows(&batch, &mut |r: &[u8]| {
+            rows.push(String::from_utf8(r.to_vec()).unwrap())
+        })
+        .unwrap();
         assert_eq!(rows.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&rows[0]).unwrap();
         assert_eq!(v["ts"], 1_767_225_600_000i64);

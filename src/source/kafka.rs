@@ -68,7 +68,11 @@ pub fn client_config(k: &KafkaSettings) -> ClientConfig {
 }
 
 /// Create the consumer (subscribed) for `k`.
-pub fn consumer(k: &KafkaSettings, ready: Arc<AtomicBool>, lag: Arc<Mutex<Vec<(String, i32, i64)>>>) -> Result<BaseConsumer<Context>, KafkaError> {
+pub fn consumer(
+    k: &KafkaSettings,
+    ready: Arc<AtomicBool>,
+    lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
+) -> Result<BaseConsumer<Context>, KafkaError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
         .set("group.id", &k.group_id)
@@ -94,20 +98,33 @@ pub struct KafkaDeadLetter {
 impl KafkaDeadLetter {
     /// A producer for `topic`.
     pub fn new(k: &KafkaSettings, topic: &str) -> Result<KafkaDeadLetter, KafkaError> {
-        Ok(KafkaDeadLetter { producer: client_config(k).create()?, topic: topic.to_string() })
+        Ok(KafkaDeadLetter {
+            producer: client_config(k).create()?,
+            topic: topic.to_string(),
+        })
     }
 }
 
 impl DeadLetter for KafkaDeadLetter {
     fn forward(&mut self, payload: &[u8], reason: RejectReason) -> bool {
-        let headers = OwnedHeaders::new().insert(Header { key: "armwatch-reject-reason", value: Some(reason.as_str()) });
-        let rec = BaseRecord::<(), [u8]>::to(&self.topic).payload(payload).headers(headers);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "armwatch-reject-reason",
+            value: Some(reason.as_str()),
+        });
+        let rec = BaseRecord::<(), [u8]>::to(&self.topic)
+            .payload(payload)
+            .headers(headers);
         self.producer.send(rec).is_ok()
     }
 }
 
 /// Consume until `stop` is set. Runs on its own thread.
-pub fn consume(consumer: BaseConsumer<Context>, mut lp: EngineLoop, stop: Arc<AtomicBool>, lag: Arc<Mutex<Vec<(String, i32, i64)>>>) -> EngineLoop {
+pub fn consume(
+    consumer: BaseConsumer<Context>,
+    mut lp: EngineLoop,
+    stop: Arc<AtomicBool>,
+    lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
+) -> EngineLoop {
     let mut errors = RateLimiter::new(1);
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
@@ -119,19 +136,19 @@ pub fn consume(consumer: BaseConsumer<Context>, mut lp: EngineLoop, stop: Arc<At
                     }
                 }
             }
-            Some(Err(e)) => {
-                if errors.allow().is_some() {
-                    tracing::warn!(error = %e, "consume error");
-                }
-            }
+            Some(Err(e)) if errors.allow().is_some() => tracing::warn!(error = %e, "consume error"),
+            Some(Err(_)) => {}
             None => {}
         }
         if lp.publish_due() {
             if let Ok(m) = lp.metrics().lock() {
-                m.source_ready.set(i64::from(lp.shared().ready.load(Ordering::Relaxed)));
+                m.source_ready
+                    .set(i64::from(lp.shared().ready.load(Ordering::Relaxed)));
                 if let Ok(l) = lag.lock() {
                     for (t, p, n) in l.iter() {
-                        m.consumer_lag.with_label_values(&[t, &p.to_string()]).set(*n);
+                        m.consumer_lag
+                            .with_label_values(&[t, &p.to_string()])
+                            .set(*n);
                     }
                 }
             }

@@ -78,8 +78,15 @@ impl Experiment {
         let weights: Vec<f64> = cfg.arms.values().copied().collect();
         let mut e = Experiment::with_design(&cfg.id, arms, &weights, limits);
         e.declared = true;
-        e.treatment_inputs = cfg.treatment_inputs.iter().map(|s| s.as_str().into()).collect();
-        e.watch_inputs = cfg.watch_inputs.as_ref().map(|w| w.iter().map(|s| s.as_str().into()).collect());
+        e.treatment_inputs = cfg
+            .treatment_inputs
+            .iter()
+            .map(|s| s.as_str().into())
+            .collect();
+        e.watch_inputs = cfg
+            .watch_inputs
+            .as_ref()
+            .map(|w| w.iter().map(|s| s.as_str().into()).collect());
         e.numeric_bins = cfg
             .numeric_bins
             .iter()
@@ -93,7 +100,12 @@ impl Experiment {
         Experiment::with_design(id, Vec::new(), &[], limits)
     }
 
-    fn with_design(id: &str, arms: Vec<Box<str>>, weights: &[f64], limits: &ExperimentLimits) -> Experiment {
+    fn with_design(
+        id: &str,
+        arms: Vec<Box<str>>,
+        weights: &[f64],
+        limits: &ExperimentLimits,
+    ) -> Experiment {
         let design = Design::new(weights, &limits.k_grid);
         Experiment {
             id: id.into(),
@@ -116,7 +128,9 @@ impl Experiment {
 
     /// The number of inputs the experiment-level alpha is split over (Bonferroni).
     pub fn alpha_divisor(&self) -> usize {
-        self.watch_inputs.as_ref().map_or(self.limits.max_inputs, |w| w.len().max(1))
+        self.watch_inputs
+            .as_ref()
+            .map_or(self.limits.max_inputs, |w| w.len().max(1))
     }
 
     /// Whether `name` is an input the treatment is meant to change.
@@ -167,7 +181,12 @@ impl Experiment {
             .iter()
             .find(|(n, _)| &**n == name)
             .map_or(Bins::HalfOctave, |(_, e)| Bins::Edges(e.clone()));
-        self.inputs.push(InputState::new(name, &self.design, self.limits.max_strata, bins));
+        self.inputs.push(InputState::new(
+            name,
+            &self.design,
+            self.limits.max_strata,
+            bins,
+        ));
         Some(self.inputs.len() - 1)
     }
 

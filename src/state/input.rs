@@ -42,7 +42,9 @@ impl InputState {
     pub fn observe(&mut self, design: &Design, value: &InputValue<'_>, arm: usize) {
         self.n += 1;
         match value {
-            InputValue::Str(s) => self.strata.observe(design, key_of(s), || display_label(s), arm),
+            InputValue::Str(s) => self
+                .strata
+                .observe(design, key_of(s), || display_label(s), arm),
             InputValue::Bool(b) => {
                 let s = if *b { "true" } else { "false" };
                 self.strata.observe(design, key_of(s), || s.into(), arm)
@@ -50,7 +52,8 @@ impl InputState {
             InputValue::Num(x) => {
                 let i = self.bins.index(*x);
                 let bins = &self.bins;
-                self.strata.observe(design, Bins::key(i), || bins.label(i).into(), arm);
+                self.strata
+                    .observe(design, Bins::key(i), || bins.label(i).into(), arm);
                 self.numeric
                     .get_or_insert_with(|| NumericSummary::new(design.arms()))
                     .record(arm, *x);

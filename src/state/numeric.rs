@@ -129,7 +129,8 @@ impl NumericSummary {
 
 fn new_hist() -> Histogram<u64> {
     // 2 significant digits over [1, 2^50]: a few KiB per arm, fixed
-    Histogram::new_with_bounds(1, HIST_MAX, 2).unwrap_or_else(|_| Histogram::new(2).expect("valid sigfig"))
+    Histogram::new_with_bounds(1, HIST_MAX, 2)
+        .unwrap_or_else(|_| Histogram::new(2).expect("valid sigfig"))
 }
 
 #[cfg(test)]

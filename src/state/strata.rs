@@ -75,7 +75,13 @@ impl Strata {
 
     /// Count one event whose input has identity `key` (label built only for a new stratum).
     #[inline]
-    pub fn observe(&mut self, design: &Design, key: u64, label: impl FnOnce() -> Box<str>, arm: usize) {
+    pub fn observe(
+        &mut self,
+        design: &Design,
+        key: u64,
+        label: impl FnOnce() -> Box<str>,
+        arm: usize,
+    ) {
         self.totals[arm] += 1;
         let slot = match self.index.get(&key) {
             Some(&i) => i as usize,
@@ -110,9 +116,17 @@ impl Strata {
         i
     }
 
-    fn maybe_promote(&mut self, design: &Design, key: u64, label: impl FnOnce() -> Box<str>) -> Option<usize> {
+    fn maybe_promote(
+        &mut self,
+        design: &Design,
+        key: u64,
+        label: impl FnOnce() -> Box<str>,
+    ) -> Option<usize> {
         let width = 4 * self.max_strata.max(64);
-        let est = self.sketch.get_or_insert_with(|| CountMin::new(width)).add(key);
+        let est = self
+            .sketch
+            .get_or_insert_with(|| CountMin::new(width))
+            .add(key);
         if est < PROMOTE_MIN || u64::from(est) <= 2 * self.min_hint {
             return None;
         }
@@ -246,7 +260,11 @@ impl Strata {
         }
         self.tail.merge(&other.tail, design);
         self.frozen_log_e += other.frozen_log_e;
-        for (a, b) in self.evicted_counts.iter_mut().zip(other.evicted_counts.iter()) {
+        for (a, b) in self
+            .evicted_counts
+            .iter_mut()
+            .zip(other.evicted_counts.iter())
+        {
             *a += b;
         }
         for (a, b) in self.totals.iter_mut().zip(other.totals.iter()) {
@@ -275,15 +293,27 @@ mod tests {
         let mut s = Strata::new(&d, 8);
         let mut rng = 12345u64;
         for i in 0..5000u64 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let v = format!("v{}", i % 5);
-            s.observe(&d, key_of(&v), || v.clone().into(), (rng >> 33) as usize % 2);
+            s.observe(
+                &d,
+                key_of(&v),
+                || v.clone().into(),
+                (rng >> 33) as usize % 2,
+            );
             assert!(s.log_e() <= s.log_e_upper_bound() + 1e-9);
         }
         let direct: f64 = s.slots().iter().map(|x| x.ep.log_e()).sum::<f64>() + s.tail().log_e();
         assert!((s.log_e() - direct).abs() < 1e-12);
         // contributions re-based to the pooled shares add up to the independence e-value
-        let parts: f64 = s.slots().iter().map(|x| s.contribution(&x.ep, &d)).sum::<f64>() + s.contribution(s.tail(), &d);
+        let parts: f64 = s
+            .slots()
+            .iter()
+            .map(|x| s.contribution(&x.ep, &d))
+            .sum::<f64>()
+            + s.contribution(s.tail(), &d);
         assert!((parts - s.log_e_independence(&d)).abs() < 1e-8);
     }
 
@@ -295,13 +325,19 @@ mod tests {
         let mut s = Strata::new(&d, 8);
         let mut rng = 99u64;
         for i in 0..40_000u64 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
             let v = format!("v{}", i % 4);
             s.observe(&d, key_of(&v), || v.clone().into(), usize::from(u < 0.56));
         }
         assert!(s.log_e() > 50.0, "design-null evidence {}", s.log_e());
-        assert!(s.log_e_independence(&d) < 3.0, "independence evidence {}", s.log_e_independence(&d));
+        assert!(
+            s.log_e_independence(&d) < 3.0,
+            "independence evidence {}",
+            s.log_e_independence(&d)
+        );
     }
 
     #[test]
@@ -310,7 +346,13 @@ mod tests {
         let mut s = Strata::new(&d, 4);
         for i in 0..20_000u64 {
             // 4 rare values first fill the table, then a flood of unique values plus one heavy one
-            let v = if i < 4 { format!("rare{i}") } else if i % 3 == 0 { "heavy".to_string() } else { format!("u{i}") };
+            let v = if i < 4 {
+                format!("rare{i}")
+            } else if i % 3 == 0 {
+                "heavy".to_string()
+            } else {
+                format!("u{i}")
+            };
             s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
         }
         assert_eq!(s.slots().len(), 4);

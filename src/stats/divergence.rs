@@ -94,7 +94,9 @@ mod tests {
         assert!(kl(&r, &r).abs() < 1e-15);
         assert!(js_distance(&r, &r).abs() < 1e-7);
         let z = [0, 20, 30];
-        assert!(psi(&r, &z).is_finite() && kl(&r, &z).is_finite() && js_distance(&r, &z).is_finite());
+        assert!(
+            psi(&r, &z).is_finite() && kl(&r, &z).is_finite() && js_distance(&r, &z).is_finite()
+        );
         assert_eq!(chi_square_p(&[0, 0], &[0.5, 0.5]), 1.0);
     }
 }

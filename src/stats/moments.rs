@@ -80,7 +80,11 @@ mod tests {
         let mut m = a;
         m.merge(&b);
         let mut all = Moments::default();
-        [1.0, 2.0, 4.0, 7.0, 2.0, 3.0, 3.0, 5.0, 9.0].iter().for_each(|&x| all.push(x));
-        assert!((m.mean() - all.mean()).abs() < 1e-12 && (m.variance() - all.variance()).abs() < 1e-12);
+        [1.0, 2.0, 4.0, 7.0, 2.0, 3.0, 3.0, 5.0, 9.0]
+            .iter()
+            .for_each(|&x| all.push(x));
+        assert!(
+            (m.mean() - all.mean()).abs() < 1e-12 && (m.variance() - all.variance()).abs() < 1e-12
+        );
     }
 }

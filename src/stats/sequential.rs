@@ -121,7 +121,10 @@ impl DmEProcess {
     /// The largest per-`k` log factor: an upper bound of [`Self::log_e`], cheap to test first.
     #[inline]
     pub fn max_log_bf(&self) -> f64 {
-        self.log_bf.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        self.log_bf
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 
     /// The log e-value: `ln mean_k BF_n(k)`.
@@ -194,7 +197,10 @@ mod tests {
         ];
         for (counts, k, want) in cases {
             let got = log_bayes_factor(&counts, &half, k);
-            assert!((got - want).abs() < 1e-5, "{counts:?} k={k}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{counts:?} k={k}: {got} vs {want}"
+            );
         }
         assert!((log_bayes_factor(&[600, 400], &half, 100.0).exp() / 2.66671e7 - 1.0).abs() < 1e-5);
     }
@@ -219,7 +225,11 @@ mod tests {
                     }
                 }
             }
-            assert!((e.log_e().exp() - want).abs() < 1e-6, "{target:?}: {}", e.log_e().exp());
+            assert!(
+                (e.log_e().exp() - want).abs() < 1e-6,
+                "{target:?}: {}",
+                e.log_e().exp()
+            );
         }
     }
 

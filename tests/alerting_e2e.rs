@@ -1,0 +1,168 @@
+//! Alerts and metrics against the real servers (Debian's `prometheus-alertmanager` and
+//! `prometheus`, installed by scripts/install-test-deps.sh): `armwatch demo` with a tier leak
+//! posts its alert to Alertmanager's v2 API, and Prometheus scrapes `/metrics` and answers
+//! queries over them.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+fn server(bin: &str, args: &[String]) -> Proc {
+    Proc(
+        Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin} starts ({e}); run scripts/install-test-deps.sh")),
+    )
+}
+
+#[test]
+fn demo_alert_reaches_alertmanager_and_prometheus_scrapes_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+
+    let am = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d("am.yml"),
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .expect("am config");
+    let _am = server(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", d("am.yml")),
+            format!("--storage.path={}", d("am-data")),
+            format!("--web.listen-address={am}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        || http_get(&am, "/-/ready").is_some_and(|r| r.0 == 200),
+        "alertmanager ready",
+    );
+
+    let aw = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d("armwatch.toml"),
+        format!(
+            r#"
+[[experiment]]
+id = "prompt-variant"
+arms = {{ control = 0.5, treatment = 0.5 }}
+treatment_inputs = ["fragment"]
+
+[[experiment]]
+id = "router-v2"
+arms = {{ control = 0.5, treatment = 0.5 }}
+treatment_inputs = ["fragment"]
+
+[alerts]
+alpha = 0.001
+webhook = "http://{am}/api/v2/alerts"
+
+[http]
+listen = "{aw}"
+"#
+        ),
+    )
+    .expect("armwatch config");
+
+    let prom = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d("prom.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: armwatch\n    static_configs:\n      - targets: ['{aw}']\n"),
+    )
+    .expect("prometheus config");
+    let _prom = server(
+        "prometheus",
+        &[
+            format!("--config.file={}", d("prom.yml")),
+            format!("--storage.tsdb.path={}", d("prom-data")),
+            format!("--web.listen-address={prom}"),
+        ],
+    );
+
+    let log = dir.path().join("demo.log");
+    let _demo = armwatch(
+        &[
+            "demo",
+            "--config",
+            &d("armwatch.toml"),
+            "--fault",
+            "tier-leak",
+            "--rate",
+            "5000",
+        ],
+        &log,
+    );
+
+    // Alertmanager holds the alert, labelled with the input and the leaking value
+    let mut last = String::new();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((200, body)) = http_get(&am, "/api/v2/alerts") {
+            let alerts: serde_json::Value =
+                serde_json::from_str(&body).expect("alertmanager answers JSON");
+            let found = alerts.as_array().into_iter().flatten().any(|a| {
+                a["labels"]["alertname"] == "armwatch_input_divergence"
+                    && a["labels"]["experiment"] == "prompt-variant"
+                    && a["labels"]["subject"] == "tier"
+                    && a["labels"]["value"] == "pro"
+                    && a["status"]["state"] == "active"
+            });
+            if found {
+                break;
+            }
+            last = body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "alert not in Alertmanager: {last}\ndemo log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Prometheus scrapes armwatch and sees the active alert and the event counter
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+                .replace(',', "%2C")
+        );
+        http_get(&prom, &path)
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let up = query(r#"up{job="armwatch"}"#);
+        let active = query(
+            r#"armwatch_alerts_active{check="input_divergence",experiment="prompt-variant"}"#,
+        );
+        let accepted = query(r#"armwatch_events_accepted_total{kind="prompt"}"#);
+        let ok = up.first().is_some_and(|r| r["value"][1] == "1")
+            && active.first().is_some_and(|r| r["value"][1] == "1")
+            && accepted
+                .first()
+                .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0);
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "prometheus did not scrape armwatch: up={up:?} active={active:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -17,6 +17,7 @@ pub struct Engine {
     limits: Limits,
     exp_limits: ExperimentLimits,
     alpha: f64,
+    log_threshold: f64,
     min_share_deviation: f64,
     max_experiments: usize,
     experiments: Vec<Experiment>,
@@ -39,6 +40,7 @@ impl Engine {
                 max_inputs_per_event: settings.limits.max_inputs_per_event,
             },
             alpha: settings.alerts.alpha,
+            log_threshold: (1.0 / settings.alerts.alpha).ln(),
             min_share_deviation: settings.alerts.min_share_deviation,
             max_experiments: settings
                 .limits
@@ -123,6 +125,7 @@ impl Engine {
             seq,
             ts_ms: ev.ts_ms,
             alpha: self.alpha,
+            log_threshold: self.log_threshold,
             min_share_deviation: self.min_share_deviation,
         };
         if let Some(a) = srm::evaluate(exp, &ctx) {

@@ -17,6 +17,8 @@ pub struct EvalContext {
     pub ts_ms: i64,
     /// The anytime-valid level of one check.
     pub alpha: f64,
+    /// `ln(1 / alpha)`.
+    pub log_threshold: f64,
     /// The minimum arm-share deviation for an alert.
     pub min_share_deviation: f64,
 }

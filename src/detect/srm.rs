@@ -31,13 +31,9 @@ impl SrmState {
 /// Evaluate after an event of `exp`.
 #[inline]
 pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
-    let threshold = (1.0 / ctx.alpha).ln();
-    let upper = exp.srm.max_log_bf();
-    let st = &mut exp.srm_state;
-    if upper <= st.sup_log_e && (st.fired || upper < threshold) {
-        return None; // nothing can change: the exact value is below both sup and threshold
-    }
+    let threshold = ctx.log_threshold;
     let log_e = exp.srm.log_e();
+    let st = &mut exp.srm_state;
     st.sup_log_e = st.sup_log_e.max(log_e);
     if st.fired || log_e < threshold || exp.arms.len() < 2 {
         return None;

@@ -35,10 +35,11 @@ pub fn decode<'a>(payload: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejec
     if payload.len() > limits.max_message_bytes {
         return Err(RejectReason::Oversized);
     }
-    if std::str::from_utf8(payload).is_err() {
+    let Ok(text) = std::str::from_utf8(payload) else {
         return Err(RejectReason::NotUtf8);
-    }
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    };
+    // from_str: UTF-8 was validated once, above, and the parser does not validate it again
+    let mut de = serde_json::Deserializer::from_str(text);
     let raw = RawEvent::deserialize(&mut de).map_err(|e| RejectReason::classify(&e))?;
     de.end().map_err(|e| RejectReason::classify(&e))?;
     if raw.inputs.as_ref().map_or(0, |i| i.0.len()) > limits.max_inputs_per_event {

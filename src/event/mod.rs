@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use std::borrow::Cow;
 
 /// How many inputs an event keeps inline before spilling to the heap.
-pub const INLINE_INPUTS: usize = 12;
+pub const INLINE_INPUTS: usize = 8;
 
 /// The four event kinds of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,10 +2,12 @@
 
 use super::input::InputState;
 use super::numeric::Bins;
+use super::{key_of, Identity};
 use crate::config::{ExperimentSettings, Settings};
 use crate::detect::srm::SrmState;
 use crate::event::{Event, RejectReason};
 use crate::stats::sequential::{Design, DmEProcess};
+use std::collections::HashMap;
 
 /// Bounds and grid shared by all experiments.
 #[derive(Clone, Debug)]
@@ -61,7 +63,14 @@ pub struct Experiment {
     watch_inputs: Option<Vec<Box<str>>>,
     numeric_bins: Vec<(Box<str>, Box<[f64]>)>,
     limits: ExperimentLimits,
+    /// Input name hash -> input index (>= 0) or ignored-name index (-1 - i): one hash and one
+    /// compare per input per event instead of a scan.
+    name_index: HashMap<u64, i32, Identity>,
+    ignored: Vec<Box<str>>,
 }
+
+/// Ignored (treatment or unwatched) input names remembered at most.
+const MAX_IGNORED: usize = 256;
 
 /// What one event touched, for the detectors.
 pub struct Observed {
@@ -123,6 +132,8 @@ impl Experiment {
             watch_inputs: None,
             numeric_bins: Vec::new(),
             limits: limits.clone(),
+            name_index: HashMap::default(),
+            ignored: Vec::new(),
         }
     }
 
@@ -160,7 +171,36 @@ impl Experiment {
         Ok(self.arms.len() - 1)
     }
 
+    #[inline]
     fn input_index(&mut self, name: &str) -> Option<usize> {
+        let h = key_of(name);
+        if let Some(&v) = self.name_index.get(&h) {
+            if v >= 0 && *self.inputs[v as usize].name == *name {
+                return Some(v as usize);
+            }
+            if v < 0 && *self.ignored[(-1 - v) as usize] == *name {
+                return None;
+            }
+        }
+        let found = self.resolve_input(name);
+        if !self.name_index.contains_key(&h) {
+            match found {
+                Some(i) => {
+                    self.name_index.insert(h, i as i32);
+                }
+                None if self.ignored.len() < MAX_IGNORED
+                    && self.inputs.len() < self.limits.max_inputs =>
+                {
+                    self.name_index.insert(h, -1 - self.ignored.len() as i32);
+                    self.ignored.push(name.into());
+                }
+                None => {}
+            }
+        }
+        found
+    }
+
+    fn resolve_input(&mut self, name: &str) -> Option<usize> {
         if let Some(i) = self.inputs.iter().position(|x| &*x.name == name) {
             return Some(i);
         }

@@ -15,10 +15,9 @@
 //! imbalances early, large `k` catches small ones eventually.
 //!
 //! The state is just the counts (the Bayes factor is a function of them), which makes it
-//! mergeable across partitions; the per-`k` log factors are kept incrementally so that an
-//! update costs one `ln` per grid point.
+//! mergeable across partitions; the per-`k` factors are kept incrementally in linear scale so
+//! that an update costs a multiply-divide per grid point and reading the value one `ln`.
 
-use super::log_mean_exp;
 use statrs::function::gamma::ln_gamma;
 
 /// The null hypothesis (design weights) and the mixture grid, shared by many e-processes.
@@ -86,13 +85,22 @@ pub fn mle_log_lr(counts: &[u64], design: &Design) -> f64 {
 }
 
 /// One Dirichlet-multinomial e-process (a mixture over the design's `k` grid).
+///
+/// Each grid point's Bayes factor is kept as `exp(base) * m_k` with linear-scale `m_k`: an
+/// update multiplies every `m_k` by its ratio (no logarithm), and the mixture's log e-value
+/// costs one `ln`. `base` absorbs the scale whenever the largest `m_k` drifts far from 1, so
+/// it never overflows; a grid point more than ~1e300 times smaller than the largest may
+/// underflow to zero, which changes the mixture by less than 1e-300 relative.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DmEProcess {
     counts: Box<[u64]>,
     n: u64,
-    /// `log BF` per grid point.
-    log_bf: Box<[f64]>,
+    base: f64,
+    m: Box<[f64]>,
 }
+
+const RESCALE_HI: f64 = 1e150;
+const RESCALE_LO: f64 = 1e-150;
 
 impl DmEProcess {
     /// A fresh e-process (value 1) for `design`.
@@ -100,7 +108,8 @@ impl DmEProcess {
         DmEProcess {
             counts: vec![0; design.arms()].into(),
             n: 0,
-            log_bf: vec![0.0; design.ks.len()].into(),
+            base: 0.0,
+            m: vec![1.0; design.ks.len()].into(),
         }
     }
 
@@ -110,27 +119,39 @@ impl DmEProcess {
         let x = self.counts[arm] as f64;
         let n = self.n as f64;
         let w = design.weights[arm];
-        let lw = design.ln_weights[arm];
-        for (l, k) in self.log_bf.iter_mut().zip(design.ks.iter()) {
-            *l += ((k * w + x) / (k + n)).ln() - lw;
+        let mut hi = 0.0f64;
+        for (m, k) in self.m.iter_mut().zip(design.ks.iter()) {
+            *m *= (k * w + x) / ((k + n) * w);
+            hi = hi.max(*m);
         }
         self.counts[arm] += 1;
         self.n += 1;
+        if !(RESCALE_LO..=RESCALE_HI).contains(&hi) {
+            self.rescale();
+        }
     }
 
-    /// The largest per-`k` log factor: an upper bound of [`Self::log_e`], cheap to test first.
-    #[inline]
-    pub fn max_log_bf(&self) -> f64 {
-        self.log_bf
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max)
+    #[cold]
+    fn rescale(&mut self) {
+        let hi = self.m.iter().copied().fold(0.0f64, f64::max);
+        if hi > 0.0 && hi.is_finite() {
+            self.base += hi.ln();
+            for m in self.m.iter_mut() {
+                *m /= hi;
+            }
+        }
+    }
+
+    /// `log BF` of grid point `i`.
+    pub fn log_bf(&self, i: usize) -> f64 {
+        self.base + self.m[i].ln()
     }
 
     /// The log e-value: `ln mean_k BF_n(k)`.
     #[inline]
     pub fn log_e(&self) -> f64 {
-        log_mean_exp(&self.log_bf)
+        let sum: f64 = self.m.iter().sum();
+        self.base + (sum / self.m.len() as f64).ln()
     }
 
     /// Counts per arm.
@@ -163,8 +184,14 @@ impl DmEProcess {
             *a += b;
         }
         self.n += other.n;
-        for (l, k) in self.log_bf.iter_mut().zip(design.ks.iter()) {
-            *l = log_bayes_factor(&self.counts, design.weights(), *k);
+        let logs: Vec<f64> = design
+            .ks
+            .iter()
+            .map(|&k| log_bayes_factor(&self.counts, design.weights(), k))
+            .collect();
+        self.base = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        for (m, l) in self.m.iter_mut().zip(&logs) {
+            *m = (l - self.base).exp();
         }
     }
 }
@@ -246,6 +273,28 @@ mod tests {
         assert!((e.log_e() - want.ln()).abs() < 1e-9);
     }
 
+    /// A long, very unbalanced stream forces rescaling; the value stays exact.
+    #[test]
+    fn rescaling_keeps_exact_values() {
+        let design = Design::new(&[0.5, 0.5], &[10.0, 10000.0]);
+        let mut e = DmEProcess::new(&design);
+        for i in 0..200_000u64 {
+            e.observe(&design, usize::from(i % 10 < 7));
+        }
+        let closed: Vec<f64> = [10.0, 10000.0]
+            .iter()
+            .map(|&k| log_bayes_factor(e.counts(), design.weights(), k))
+            .collect();
+        let hi = closed.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mixture = hi + (closed.iter().map(|l| (l - hi).exp()).sum::<f64>() / 2.0).ln();
+        assert!(
+            (e.log_e() - mixture).abs() < 1e-6 * mixture.abs(),
+            "{} vs {mixture}",
+            e.log_e()
+        );
+        assert!(e.log_e() > 1000.0);
+    }
+
     proptest! {
         /// The incremental update equals the closed form whatever the order of arrivals.
         #[test]
@@ -255,7 +304,7 @@ mod tests {
             for &a in &arms { e.observe(&design, a); }
             for (i, k) in [10.0, 1000.0].iter().enumerate() {
                 let closed = log_bayes_factor(e.counts(), design.weights(), *k);
-                prop_assert!((e.log_bf[i] - closed).abs() < 1e-7 * (1.0 + closed.abs()));
+                prop_assert!((e.log_bf(i) - closed).abs() < 1e-7 * (1.0 + closed.abs()));
             }
         }
 

@@ -6,7 +6,7 @@
 
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
-use armwatch::event::{decode, Limits};
+use armwatch::event::{decode_into, Inputs, Limits};
 use armwatch::sim::{Faults, Simulator};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
@@ -45,7 +45,8 @@ fn bench(c: &mut Criterion) {
         let limits = Limits::default();
         b.iter(|| {
             for e in &evs {
-                let _ = black_box(decode(black_box(e), &limits));
+                let mut inputs = Inputs::new();
+                let _ = black_box(decode_into(black_box(e), &limits, &mut inputs).map(|e| e.ts_ms));
             }
         })
     });

@@ -5,7 +5,7 @@
 
 use crate::config::Settings;
 use crate::detect::{input_divergence, srm, Alert, EvalContext};
-use crate::event::{decode, Event, Kind, Limits, RejectReason};
+use crate::event::{decode_into, Event, Inputs, Kind, Limits, RejectReason};
 use crate::report::Report;
 use crate::state::experiment::{Experiment, ExperimentLimits};
 use crate::state::{key_of, Identity};
@@ -69,7 +69,8 @@ impl Engine {
     pub fn process(&mut self, payload: &[u8]) -> Result<Kind, RejectReason> {
         let seq = self.seq;
         self.seq += 1;
-        let res = decode(payload, &self.limits).and_then(|ev| {
+        let mut inputs = Inputs::new();
+        let res = decode_into(payload, &self.limits, &mut inputs).and_then(|ev| {
             self.apply(&ev, seq)?;
             Ok(ev.kind())
         });

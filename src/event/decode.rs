@@ -4,7 +4,7 @@
 //! `inputs` keep it allocation-free; the semantic checks (required fields per kind) follow.
 
 use super::{Body, Event, InputValue, Inputs, Judgment, Kind, RejectReason, Routing, Sample};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
@@ -27,8 +27,13 @@ impl Default for Limits {
     }
 }
 
-/// Decode one message. Never panics on any input.
-pub fn decode<'a>(payload: &'a [u8], limits: &Limits) -> Result<Event<'a>, RejectReason> {
+/// Decode one message into an [`Event`] whose inputs live in the caller's `inputs` buffer (on
+/// the caller's stack: no heap allocation, and the inputs are never moved). Never panics.
+pub fn decode_into<'s, 'a: 's>(
+    payload: &'a [u8],
+    limits: &Limits,
+    inputs: &'s mut Inputs<'a>,
+) -> Result<Event<'s>, RejectReason> {
     if payload.is_empty() {
         return Err(RejectReason::Empty);
     }
@@ -38,18 +43,33 @@ pub fn decode<'a>(payload: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejec
     let Ok(text) = std::str::from_utf8(payload) else {
         return Err(RejectReason::NotUtf8);
     };
+    inputs.clear();
     // from_str: UTF-8 was validated once, above, and the parser does not validate it again
     let mut de = serde_json::Deserializer::from_str(text);
-    let raw = RawEvent::deserialize(&mut de).map_err(|e| RejectReason::classify(&e))?;
+    let raw = de
+        .deserialize_map(EventVisitor {
+            inputs: &mut *inputs,
+        })
+        .map_err(|e| RejectReason::classify(&e))?;
     de.end().map_err(|e| RejectReason::classify(&e))?;
-    if raw.inputs.as_ref().map_or(0, |i| i.0.len()) > limits.max_inputs_per_event {
+    if inputs.len() > limits.max_inputs_per_event {
         return Err(RejectReason::TooManyInputs);
     }
-    raw.validate()
+    raw.validate(&inputs[..])
 }
 
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
+/// Decode one message, with the inputs in a buffer the caller keeps alive.
+/// Convenience for tests and tools; the engine uses [`decode_into`].
+pub fn decode<'a>(
+    payload: &'a [u8],
+    limits: &Limits,
+    inputs: &'a mut Inputs<'a>,
+) -> Result<Event<'a>, RejectReason> {
+    decode_into(payload, limits, inputs)
+}
+
+/// The top-level fields, before the semantic checks.
+#[derive(Default)]
 struct RawEvent<'a> {
     kind: Option<BStr<'a>>,
     ts: Option<Ts>,
@@ -57,7 +77,6 @@ struct RawEvent<'a> {
     arm: Option<BStr<'a>>,
     unit: Option<BStr<'a>>,
     cluster: Option<BStr<'a>>,
-    inputs: Option<RawInputs<'a>>,
     router: Option<BStr<'a>>,
     score: Option<f64>,
     threshold: Option<f64>,
@@ -68,6 +87,75 @@ struct RawEvent<'a> {
     control: Option<bool>,
     eval_set: Option<BStr<'a>>,
     weight: Option<f64>,
+}
+
+/// Visits the top-level object; `inputs` is parsed straight into the caller's buffer.
+struct EventVisitor<'b, 'a> {
+    inputs: &'b mut Inputs<'a>,
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for EventVisitor<'_, 'a> {
+    type Value = RawEvent<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<RawEvent<'a>, M::Error> {
+        let mut r = RawEvent::default();
+        let mut seen = 0u32;
+        while let Some(BStr(key)) = m.next_key::<BStr<'de>>()? {
+            let bit = match &*key {
+                "kind" => 0,
+                "ts" => 1,
+                "experiment" => 2,
+                "arm" => 3,
+                "unit" => 4,
+                "cluster" => 5,
+                "inputs" => 6,
+                "router" => 7,
+                "score" => 8,
+                "threshold" => 9,
+                "route" => 10,
+                "judge" => 11,
+                "judge_version" => 12,
+                "category" => 13,
+                "control" => 14,
+                "eval_set" => 15,
+                "weight" => 16,
+                _ => {
+                    m.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if seen & (1 << bit) != 0 {
+                return Err(de::Error::custom(RejectReason::DuplicateField.tag()));
+            }
+            seen |= 1 << bit;
+            match bit {
+                0 => r.kind = m.next_value()?,
+                1 => r.ts = m.next_value()?,
+                2 => r.experiment = m.next_value()?,
+                3 => r.arm = m.next_value()?,
+                4 => r.unit = m.next_value()?,
+                5 => r.cluster = m.next_value()?,
+                6 => m.next_value_seed(InputsSeed {
+                    out: &mut *self.inputs,
+                })?,
+                7 => r.router = m.next_value()?,
+                8 => r.score = m.next_value()?,
+                9 => r.threshold = m.next_value()?,
+                10 => r.route = m.next_value()?,
+                11 => r.judge = m.next_value()?,
+                12 => r.judge_version = m.next_value()?,
+                13 => r.category = m.next_value()?,
+                14 => r.control = m.next_value()?,
+                15 => r.eval_set = m.next_value()?,
+                _ => r.weight = m.next_value()?,
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// A required string: present and not empty.
@@ -81,7 +169,7 @@ fn optional(v: Option<BStr<'_>>) -> Option<Cow<'_, str>> {
 }
 
 /// A string that borrows from the message unless it has escapes. (serde's own `Cow<str>`
-/// impl always copies, and `#[serde(borrow)]` does not reach inside `Option`.)
+/// impl always copies.)
 struct BStr<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for BStr<'a> {
@@ -107,7 +195,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for BStr<'a> {
 }
 
 impl<'a> RawEvent<'a> {
-    fn validate(self) -> Result<Event<'a>, RejectReason> {
+    fn validate<'s>(
+        self,
+        inputs: &'s [(Cow<'s, str>, InputValue<'s>)],
+    ) -> Result<Event<'s>, RejectReason>
+    where
+        'a: 's,
+    {
         let kind_name = self.kind.ok_or(RejectReason::MissingField)?.0;
         let kind = Kind::parse(&kind_name).ok_or(RejectReason::UnknownKind)?;
         let ts_ms = self.ts.ok_or(RejectReason::MissingField)?.0;
@@ -148,7 +242,7 @@ impl<'a> RawEvent<'a> {
             arm,
             unit: optional(self.unit),
             cluster: optional(self.cluster),
-            inputs: self.inputs.map(|i| i.0).unwrap_or_default(),
+            inputs,
             body,
         })
     }
@@ -186,34 +280,39 @@ impl<'de> Deserialize<'de> for Ts {
     }
 }
 
-/// `inputs`: an object of name -> string | number | bool.
-struct RawInputs<'a>(Inputs<'a>);
+/// `inputs`: an object of name -> string | number | bool (or null: none), pushed into `out`.
+struct InputsSeed<'b, 'a> {
+    out: &'b mut Inputs<'a>,
+}
 
-/// Hard cap while parsing, so a hostile object cannot grow the vector without bound; the
+/// Hard cap while parsing, so a hostile object cannot grow the buffer without bound; the
 /// configurable (lower) limit is applied after.
 const PARSE_INPUT_CAP: usize = 1024;
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawInputs<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = RawInputs<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of name -> string | number | bool")
+impl<'de: 'a, 'a> DeserializeSeed<'de> for InputsSeed<'_, 'a> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for InputsSeed<'_, 'a> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of name -> string | number | bool")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
+        while let Some(BStr(name)) = m.next_key::<BStr<'a>>()? {
+            let value = m.next_value::<RawValue<'a>>()?;
+            if self.out.len() == PARSE_INPUT_CAP {
+                return Err(de::Error::custom(RejectReason::TooManyInputs.tag()));
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<RawInputs<'a>, M::Error> {
-                let mut out = Inputs::new();
-                while let Some(BStr(name)) = m.next_key::<BStr<'a>>()? {
-                    let value = m.next_value::<RawValue<'a>>()?;
-                    if out.len() == PARSE_INPUT_CAP {
-                        return Err(de::Error::custom(RejectReason::TooManyInputs.tag()));
-                    }
-                    out.push((name, value.0));
-                }
-                Ok(RawInputs(out))
-            }
+            self.out.push((name, value.0));
         }
-        d.deserialize_map(V(std::marker::PhantomData))
+        Ok(())
     }
 }
 
@@ -261,8 +360,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawValue<'a> {
 mod tests {
     use super::*;
 
-    fn dec(s: &str) -> Result<Event<'_>, RejectReason> {
-        decode(s.as_bytes(), &Limits::default())
+    fn dec(s: &'static str) -> Result<Event<'static>, RejectReason> {
+        decode(s.as_bytes(), &Limits::default(), Box::leak(Box::default()))
+    }
+
+    fn dec_bytes(b: &[u8], limits: &Limits) -> Option<RejectReason> {
+        let mut inputs = Inputs::new();
+        decode_into(b, limits, &mut inputs).err()
     }
 
     #[test]
@@ -272,7 +376,6 @@ mod tests {
         assert_eq!(e.ts_ms, 1_767_323_045_000);
         assert!(matches!(e.experiment, Some(Cow::Borrowed("x"))));
         assert_eq!(e.inputs.len(), 3);
-        assert!(!e.inputs.spilled());
         assert!(matches!(e.inputs[0].0, Cow::Borrowed("tier")));
         assert!(matches!(
             e.inputs[0].1,
@@ -292,6 +395,13 @@ mod tests {
         assert_eq!(e.inputs[0].0, "té");
         assert_eq!(e.inputs[0].1, InputValue::Str(Cow::Borrowed("x\ny")));
         assert!(matches!(e.arm, Some(Cow::Borrowed("c"))));
+    }
+
+    #[test]
+    fn null_inputs_mean_none() {
+        let e =
+            dec(r#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":null}"#).unwrap();
+        assert!(e.inputs.is_empty());
     }
 
     #[test]
@@ -334,7 +444,7 @@ mod tests {
             (br#"{"kind":"sample","ts":1,"eval_set":"e","weight":-1}"#, WrongType),
         ];
         for (input, want) in cases {
-            let got = decode(input, &Limits::default()).err();
+            let got = dec_bytes(input, &Limits::default());
             assert_eq!(
                 got,
                 Some(*want),
@@ -351,23 +461,20 @@ mod tests {
             max_inputs_per_event: 2,
         };
         let big = br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{}}"#;
-        assert_eq!(decode(big, &limits).err(), Some(RejectReason::Oversized));
+        assert_eq!(dec_bytes(big, &limits), Some(RejectReason::Oversized));
         let limits = Limits {
             max_message_bytes: 1000,
             max_inputs_per_event: 2,
         };
         let many =
             br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"a":1,"b":2,"c":3}}"#;
-        assert_eq!(
-            decode(many, &limits).err(),
-            Some(RejectReason::TooManyInputs)
-        );
+        assert_eq!(dec_bytes(many, &limits), Some(RejectReason::TooManyInputs));
     }
 
     proptest::proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
-            let _ = decode(&bytes, &Limits::default());
+            let _ = dec_bytes(&bytes, &Limits::default());
         }
 
         #[test]
@@ -376,7 +483,7 @@ mod tests {
             let f = flip % v.len();
             v[f] = byte;
             v.truncate(cut.min(v.len()));
-            let _ = decode(&v, &Limits::default());
+            let _ = dec_bytes(&v, &Limits::default());
         }
     }
 }

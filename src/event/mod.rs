@@ -1,14 +1,14 @@
 //! Event contract v1: one JSON object per Kafka message, decoded without copying.
 //!
 //! Strings borrow from the message buffer (`Cow::Borrowed`) unless they contain JSON escapes,
-//! and up to [`INLINE_INPUTS`] prompt inputs live on the stack, so decoding a typical event does
-//! not allocate.
+//! and up to [`INLINE_INPUTS`] prompt inputs live in a buffer on the caller's stack, so decoding
+//! a typical event does not allocate and the inputs are never copied.
 
 mod decode;
 mod reject;
 mod time;
 
-pub use decode::{decode, Limits};
+pub use decode::{decode, decode_into, Limits};
 pub use reject::RejectReason;
 pub use time::parse_rfc3339_ms;
 
@@ -138,8 +138,8 @@ pub struct Event<'a> {
     pub unit: Option<Cow<'a, str>>,
     /// Cluster (workspace) id.
     pub cluster: Option<Cow<'a, str>>,
-    /// Prompt-side inputs (or a sample's segment fields).
-    pub inputs: Inputs<'a>,
+    /// Prompt-side inputs (or a sample's segment fields), in the decoder's buffer.
+    pub inputs: &'a [(Cow<'a, str>, InputValue<'a>)],
     /// The kind-specific fields.
     pub body: Body<'a>,
 }

@@ -86,6 +86,7 @@ impl RejectReason {
             Self::InvalidTs => "armwatch:invalid_ts",
             Self::TooManyInputs => "armwatch:too_many_inputs",
             Self::NonFinite => "armwatch:non_finite",
+            Self::DuplicateField => "armwatch:duplicate_field",
             _ => "armwatch:wrong_type",
         }
     }
@@ -110,10 +111,9 @@ impl RejectReason {
                         "invalid_ts" => Self::InvalidTs,
                         "too_many_inputs" => Self::TooManyInputs,
                         "non_finite" => Self::NonFinite,
+                        "duplicate_field" => Self::DuplicateField,
                         _ => Self::WrongType,
                     }
-                } else if msg.starts_with("duplicate field") {
-                    Self::DuplicateField
                 } else {
                     Self::WrongType
                 }

@@ -238,7 +238,7 @@ impl Experiment {
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
         self.srm.observe(&self.design, arm);
         let mut touched = 0u64;
-        for (name, value) in &ev.inputs {
+        for (name, value) in ev.inputs {
             if let Some(i) = self.input_index(name) {
                 if touched & (1 << i) != 0 {
                     continue; // a repeated key in one object counts once

@@ -95,13 +95,7 @@ fn main() {
             config,
             fail_on_alert,
             inputs,
-        } => {
-            let settings = match config {
-                Some(c) => load(&c),
-                None => Settings::from_toml("").map_err(anyhow::Error::from),
-            };
-            settings.and_then(|s| replay(s, &inputs, fail_on_alert))
-        }
+        } => load_or(config, "").and_then(|s| replay(s, &inputs, fail_on_alert)),
         Cmd::Demo {
             config,
             faults,
@@ -109,18 +103,12 @@ fn main() {
             events,
             listen,
             seed,
-        } => {
-            let settings = match config {
-                Some(c) => load(&c),
-                None => Settings::from_toml(DEMO_CONFIG).map_err(anyhow::Error::from),
-            };
-            settings.and_then(|mut s| {
-                if let Some(l) = listen {
-                    s.http.listen = l;
-                }
-                demo(s, &faults, rate, events, seed)
-            })
-        }
+        } => load_or(config, DEMO_CONFIG).and_then(|mut s| {
+            if let Some(l) = listen {
+                s.http.listen = l;
+            }
+            demo(s, &faults, rate, events, seed)
+        }),
         Cmd::CheckConfig { file } => load(&file).map(|s| {
             println!(
                 "ok: {} declared experiment(s), {} topic(s)",
@@ -137,6 +125,14 @@ fn main() {
 
 fn load(path: &Path) -> Result<Settings> {
     Ok(Settings::load(path)?)
+}
+
+/// The file when given, else the embedded `default` TOML.
+fn load_or(path: Option<PathBuf>, default: &str) -> Result<Settings> {
+    match path {
+        Some(p) => load(&p),
+        None => Ok(Settings::from_toml(default)?),
+    }
 }
 
 fn init_logging(log: &LogSettings) {

@@ -10,7 +10,13 @@ use armwatch::sim::{Faults, Simulator};
 fn dashboard_queries_only_exported_metrics() {
     let settings = Settings::from_toml(include_str!("../config/armwatch.toml")).expect("config");
     let mut engine = Engine::new(&settings);
-    let mut sim = Simulator::single(3, Faults { tier_leak: Some(("pro".into(), 0.8)), srm: None });
+    let mut sim = Simulator::single(
+        3,
+        Faults {
+            tier_leak: Some(("pro".into(), 0.8)),
+            srm: None,
+        },
+    );
     let mut buf = Vec::new();
     for _ in 0..5000 {
         sim.next_event(&mut buf);
@@ -24,13 +30,16 @@ fn dashboard_queries_only_exported_metrics() {
     m.sink_deliveries.with_label_values(&["log", "ok"]).inc();
     m.publish(&engine, &engine.report());
     let exported = m.encode();
-    let dash: serde_json::Value = serde_json::from_str(include_str!("../dashboards/armwatch.json")).expect("dashboard JSON");
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../dashboards/armwatch.json")).expect("dashboard JSON");
     let text = dash.to_string();
     let mut names: Vec<&str> = text
         .match_indices("armwatch_")
         .map(|(i, _)| {
             let rest = &text[i..];
-            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
             &rest[..end]
         })
         .filter(|n| n.len() > "armwatch_".len())
@@ -39,7 +48,10 @@ fn dashboard_queries_only_exported_metrics() {
     names.dedup();
     assert!(names.len() >= 10, "{names:?}");
     for n in names {
-        assert!(exported.lines().any(|l| l.starts_with(n)), "dashboard queries {n}, which armwatch does not export");
+        assert!(
+            exported.lines().any(|l| l.starts_with(n)),
+            "dashboard queries {n}, which armwatch does not export"
+        );
     }
 }
 
@@ -53,7 +65,8 @@ fn kubernetes_configmap_config_is_valid() {
         .take_while(|l| l.is_empty() || l.starts_with("    "))
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect();
-    let s = Settings::from_toml(&block.join("\n")).expect("the ConfigMap's config parses and validates");
+    let s = Settings::from_toml(&block.join("\n"))
+        .expect("the ConfigMap's config parses and validates");
     assert_eq!(s.kafka.topics, vec!["llm.events".to_string()]);
     assert_eq!(s.log.format, "json");
 }

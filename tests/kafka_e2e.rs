@@ -55,6 +55,25 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// Produce one message to `llm.events`, keyed by the experiment.
+fn send(
+    producer: &FutureProducer,
+    payload: Vec<u8>,
+) -> tokio::task::JoinHandle<Result<(), rdkafka::error::KafkaError>> {
+    let p = producer.clone();
+    tokio::spawn(async move {
+        p.send(
+            FutureRecord::to("llm.events")
+                .key("prompt-variant")
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_leak_through_real_broker() {
     let broker = Broker::start();
@@ -84,33 +103,11 @@ async fn tier_leak_through_real_broker() {
     for i in 0..VALID {
         sim.next_event(&mut buf);
         let payload = buf.clone();
-        let p = producer.clone();
-        sends.push(tokio::spawn(async move {
-            p.send(
-                FutureRecord::to("llm.events")
-                    .key("prompt-variant")
-                    .payload(&payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        }));
+        sends.push(send(&producer, payload));
         if i % 500 == 250 {
             let (reason, payload) = bad[(i / 500) % bad.len()].clone();
             *expected_rejected.entry(reason).or_insert(0) += 1;
-            let p = producer.clone();
-            sends.push(tokio::spawn(async move {
-                p.send(
-                    FutureRecord::to("llm.events")
-                        .key("prompt-variant")
-                        .payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-            }));
+            sends.push(send(&producer, payload));
         }
     }
     for s in sends {

@@ -9,7 +9,7 @@
 //! that is the `srm` check's finding, not a leak through an input.
 
 use super::alert::rfc3339;
-use super::{shares, Alert, Check, EvalContext};
+use super::{describe_shares, shares, Alert, Check, EvalContext};
 use crate::state::experiment::Experiment;
 use crate::state::strata::TAIL_LABEL;
 use crate::stats::sequential::DmEProcess;
@@ -91,11 +91,7 @@ pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Ale
     }
     let value_shares = shares(&value_counts);
     let arms: Vec<&str> = exp.arms.iter().map(|a| &**a).collect();
-    let detail: Vec<String> = arms
-        .iter()
-        .zip(value_shares.iter().zip(&pooled))
-        .map(|(a, (o, w))| format!("{a} {:.1}% (all values {:.1}%)", 100.0 * o, 100.0 * w))
-        .collect();
+    let detail = describe_shares(&arms, &value_shares, &pooled, "all values");
     let input = &mut exp.inputs[i];
     input.detector.fired = true;
     Some(Alert {
@@ -115,7 +111,7 @@ pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Ale
             exp.id,
             input.name,
             value,
-            detail.join(", "),
+            detail,
             value_n
         ),
         details: json!({

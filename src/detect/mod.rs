@@ -31,3 +31,18 @@ pub fn shares(counts: &[u64]) -> Vec<f64> {
         .map(|&c| if n == 0 { 0.0 } else { c as f64 / n as f64 })
         .collect()
 }
+
+/// `"control 40.3% (design 50.0%), treatment 59.7% (design 50.0%)"`: observed arm shares with the
+/// shares they are compared against, for alert messages.
+pub fn describe_shares(
+    arms: &[&str],
+    observed: &[f64],
+    against: &[f64],
+    against_name: &str,
+) -> String {
+    arms.iter()
+        .zip(observed.iter().zip(against))
+        .map(|(a, (o, w))| format!("{a} {:.1}% ({against_name} {:.1}%)", 100.0 * o, 100.0 * w))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -2,7 +2,7 @@
 //! counts against its design weights (design notes section 1), checked after every event.
 
 use super::alert::rfc3339;
-use super::{shares, Alert, Check, EvalContext};
+use super::{describe_shares, shares, Alert, Check, EvalContext};
 use crate::state::experiment::Experiment;
 use serde_json::json;
 
@@ -45,11 +45,7 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
     exp.srm_state.fired = true;
     let observed = shares(exp.srm.counts());
     let arms: Vec<&str> = exp.arms.iter().map(|a| &**a).collect();
-    let detail: Vec<String> = arms
-        .iter()
-        .zip(observed.iter().zip(exp.design.weights()))
-        .map(|(a, (o, w))| format!("{a} {:.1}% (design {:.1}%)", 100.0 * o, 100.0 * w))
-        .collect();
+    let detail = describe_shares(&arms, &observed, exp.design.weights(), "design");
     Some(Alert {
         check: Check::Srm,
         experiment: Some(exp.id.to_string()),
@@ -63,7 +59,7 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
         message: format!(
             "sample ratio mismatch in {}: {} after {} events{}",
             exp.id,
-            detail.join(", "),
+            detail,
             exp.srm.n(),
             if exp.declared {
                 ""

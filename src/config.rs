@@ -218,6 +218,14 @@ pub struct LimitSettings {
     /// Arms per undeclared experiment at most.
     #[serde(default = "default_max_arms")]
     pub max_arms: usize,
+    /// Units (first exposures) counted per experiment; about 1.2 bytes each of fixed memory
+    /// (a Bloom filter at 1% false positives), allocated when the first `unit` arrives.
+    #[serde(default = "default_units")]
+    pub units_per_experiment: u64,
+}
+
+fn default_units() -> u64 {
+    1_000_000
 }
 
 fn default_max_message() -> usize {
@@ -248,6 +256,7 @@ impl Default for LimitSettings {
             max_inputs_per_experiment: default_max_inputs_exp(),
             max_strata_per_input: default_max_strata(),
             max_arms: default_max_arms(),
+            units_per_experiment: default_units(),
         }
     }
 }
@@ -424,6 +433,10 @@ impl Settings {
             ),
             ("limits.max_strata_per_input", l.max_strata_per_input),
             ("limits.max_arms", l.max_arms),
+            (
+                "limits.units_per_experiment",
+                l.units_per_experiment as usize,
+            ),
             ("metrics.max_label_values", self.metrics.max_label_values),
         ] {
             if v == 0 {
@@ -433,6 +446,13 @@ impl Settings {
                     "remove the key to use the default",
                 ));
             }
+        }
+        if l.units_per_experiment > 1_000_000_000 {
+            return Err(invalid(
+                "limits.units_per_experiment",
+                "is above 1e9 (about 1.2 GB per experiment)",
+                "lower it; the filter is allocated per experiment",
+            ));
         }
         if l.max_inputs_per_experiment > 64 {
             return Err(invalid(

@@ -122,6 +122,9 @@ impl Engine {
         let i = self.experiment_index(id)?;
         let exp = &mut self.experiments[i];
         let obs = exp.observe(ev)?;
+        if !obs.counted {
+            return Ok(());
+        }
         let ctx = EvalContext {
             seq,
             ts_ms: ev.ts_ms,

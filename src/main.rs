@@ -303,6 +303,7 @@ fn demo(
                 tier_leak: has(Fault::TierLeak).then(|| ("pro".to_string(), 0.6)),
                 srm: None,
             },
+            users: None,
         },
         SimExperiment {
             id: "router-v2".into(),
@@ -311,6 +312,7 @@ fn demo(
                 tier_leak: None,
                 srm: has(Fault::Srm).then_some(0.53),
             },
+            users: None,
         },
     ];
     runtime()?.block_on(async move {

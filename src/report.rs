@@ -46,8 +46,10 @@ pub struct ExperimentReport {
     pub arms: Vec<String>,
     /// Design weights.
     pub design: Vec<f64>,
-    /// Exposure events per arm.
+    /// Counted exposures per arm: first exposures of units (events without `unit` count each).
     pub counts: Vec<u64>,
+    /// Unit de-duplication.
+    pub units: UnitsReport,
     /// First event time (epoch ms).
     pub first_ts_ms: Option<i64>,
     /// Last event time (epoch ms).
@@ -60,6 +62,19 @@ pub struct ExperimentReport {
     pub inputs_over_limit: u64,
     /// Times statistics restarted because an undeclared experiment gained an arm.
     pub restarts: u32,
+}
+
+/// First-exposure counting.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitsReport {
+    /// Units counted (first exposures).
+    pub counted: u64,
+    /// Events of already-counted units (not counted again).
+    pub repeat_events: u64,
+    /// Events of new units after the filter filled (not counted).
+    pub uncounted_events: u64,
+    /// Whether new units are no longer counted (`limits.units_per_experiment` reached).
+    pub filter_full: bool,
 }
 
 /// SRM figures.
@@ -197,6 +212,12 @@ fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
         arms: e.arms.iter().map(|a| a.to_string()).collect(),
         design: e.design.weights().to_vec(),
         counts: e.srm.counts().to_vec(),
+        units: UnitsReport {
+            counted: e.units.as_ref().map_or(0, |u| u.inserted()),
+            repeat_events: e.repeat_events,
+            uncounted_events: e.uncounted_events,
+            filter_full: e.units.as_ref().is_some_and(|u| u.is_full()),
+        },
         first_ts_ms: (e.srm.n() > 0).then_some(e.first_ts_ms),
         last_ts_ms: (e.srm.n() > 0).then_some(e.last_ts_ms),
         srm: SrmReport {

@@ -15,6 +15,16 @@ pub struct Faults {
     pub srm: Option<f64>,
 }
 
+/// Returning users: a pool whose activity is heavy-tailed (user `floor(pool * u^3)`), each
+/// with a fixed tier and a fixed arm (a hash of the user), as in production traffic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Users {
+    /// Pool size.
+    pub pool: u32,
+    /// Whether events carry `unit` (without it, armwatch must count events).
+    pub emit_unit: bool,
+}
+
 /// One simulated two-arm experiment.
 #[derive(Clone, Debug)]
 pub struct SimExperiment {
@@ -24,6 +34,29 @@ pub struct SimExperiment {
     pub treatment_weight: f64,
     /// Faults.
     pub faults: Faults,
+    /// Returning users (`None`: every event is a new user with a fresh draw).
+    pub users: Option<Users>,
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn unit_float(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn pick_at<'a>(mut u: f64, table: &'a [(&'a str, f64)]) -> &'a str {
+    for (v, p) in table {
+        if u < *p {
+            return v;
+        }
+        u -= p;
+    }
+    table[table.len() - 1].0
 }
 
 /// Tiers with their population shares.
@@ -39,19 +72,13 @@ const TEMPERATURES: [f64; 3] = [0.2, 0.7, 1.0];
 const MAX_TOKENS: [u32; 3] = [256, 512, 1024];
 
 fn pick<'a>(rng: &mut SmallRng, table: &'a [(&'a str, f64)]) -> &'a str {
-    let mut u: f64 = rng.random();
-    for (v, p) in table {
-        if u < *p {
-            return v;
-        }
-        u -= p;
-    }
-    table[table.len() - 1].0
+    pick_at(rng.random(), table)
 }
 
 /// The traffic generator.
 pub struct Simulator {
     rng: SmallRng,
+    seed: u64,
     experiments: Vec<SimExperiment>,
     ts_ms: i64,
     produced: u64,
@@ -62,6 +89,7 @@ impl Simulator {
     pub fn new(seed: u64, experiments: Vec<SimExperiment>) -> Simulator {
         Simulator {
             rng: SmallRng::seed_from_u64(seed),
+            seed,
             experiments,
             ts_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
             produced: 0,
@@ -76,6 +104,7 @@ impl Simulator {
                 id: "prompt-variant".into(),
                 treatment_weight: 0.5,
                 faults,
+                users: None,
             }],
         )
     }
@@ -92,37 +121,48 @@ impl Simulator {
         self.ts_ms += self.rng.random_range(1..40);
         let e = self.rng.random_range(0..self.experiments.len());
         let exp = &self.experiments[e];
-        let tier = pick(&mut self.rng, &TIERS);
+        let (user, tier_u, arm_u) = match exp.users {
+            None => (
+                self.rng.random_range(0..1_000_000u32),
+                self.rng.random::<f64>(),
+                self.rng.random::<f64>(),
+            ),
+            Some(u) => {
+                let r: f64 = self.rng.random();
+                let user = (u.pool as f64 * r * r * r) as u32;
+                let h = mix(u64::from(user) ^ mix(self.seed ^ mix(e as u64)));
+                (user, unit_float(h), unit_float(mix(h)))
+            }
+        };
+        let tier = pick_at(tier_u, &TIERS);
         let mut p_treat = exp.faults.srm.unwrap_or(exp.treatment_weight);
         if let Some((leak_tier, p)) = &exp.faults.tier_leak {
             if leak_tier == tier {
                 p_treat = *p;
             }
         }
-        let treatment = self.rng.random::<f64>() < p_treat;
+        let treatment = arm_u < p_treat;
         let arm = if treatment { "treatment" } else { "control" };
         let locale = pick(&mut self.rng, &LOCALES);
         let temperature = TEMPERATURES[self.rng.random_range(0..TEMPERATURES.len())];
         let max_tokens = MAX_TOKENS[self.rng.random_range(0..MAX_TOKENS.len())];
         let docs = self.rng.random_range(0..9u32);
-        let user = self.rng.random_range(0..1_000_000u32);
         let tool = self.rng.random_range(0..500u32);
         let fragment = if treatment { "sys-v2" } else { "sys-v1" };
+        let emit_unit = exp.users.is_none_or(|u| u.emit_unit);
         // writing into a Vec cannot fail
         let _ = write!(
             buf,
-            r#"{{"kind":"prompt","ts":{},"experiment":"{}","arm":"{}","unit":"u{}","inputs":{{"tier":"{}","locale":"{}","temperature":{},"max_tokens":{},"retrieved_docs":{},"tool_hash":"t{:04x}","fragment":"{}"}}}}"#,
-            self.ts_ms,
-            exp.id,
-            arm,
-            user,
-            tier,
-            locale,
-            temperature,
-            max_tokens,
-            docs,
-            tool,
-            fragment
+            r#"{{"kind":"prompt","ts":{},"experiment":"{}","arm":"{}","#,
+            self.ts_ms, exp.id, arm
+        );
+        if emit_unit {
+            let _ = write!(buf, r#""unit":"u{user}","#);
+        }
+        let _ = write!(
+            buf,
+            r#""inputs":{{"tier":"{}","locale":"{}","temperature":{},"max_tokens":{},"retrieved_docs":{},"tool_hash":"t{:04x}","fragment":"{}"}}}}"#,
+            tier, locale, temperature, max_tokens, docs, tool, fragment
         );
     }
 

@@ -2,6 +2,7 @@
 
 use super::input::InputState;
 use super::numeric::Bins;
+use super::units::{Exposure, UnitFilter};
 use super::{key_of, Identity};
 use crate::config::{ExperimentSettings, Settings};
 use crate::detect::srm::SrmState;
@@ -20,6 +21,8 @@ pub struct ExperimentLimits {
     pub max_inputs: usize,
     /// Exact strata per input.
     pub max_strata: usize,
+    /// Units counted per experiment (first exposures) before counting stops.
+    pub units: u64,
 }
 
 impl ExperimentLimits {
@@ -30,6 +33,7 @@ impl ExperimentLimits {
             max_arms: s.limits.max_arms,
             max_inputs: s.limits.max_inputs_per_experiment,
             max_strata: s.limits.max_strata_per_input,
+            units: s.limits.units_per_experiment,
         }
     }
 }
@@ -59,6 +63,12 @@ pub struct Experiment {
     pub first_ts_ms: i64,
     /// Last event time.
     pub last_ts_ms: i64,
+    /// First exposure per unit (allocated when the first event with a `unit` arrives).
+    pub units: Option<UnitFilter>,
+    /// Events of units already counted (not counted again).
+    pub repeat_events: u64,
+    /// Events of new units after the unit filter filled up (not counted).
+    pub uncounted_events: u64,
     treatment_inputs: Vec<Box<str>>,
     watch_inputs: Option<Vec<Box<str>>>,
     numeric_bins: Vec<(Box<str>, Box<[f64]>)>,
@@ -76,6 +86,8 @@ const MAX_IGNORED: usize = 256;
 pub struct Observed {
     /// Arm index.
     pub arm: usize,
+    /// Whether the event was counted (not a repeat exposure of a unit).
+    pub counted: bool,
     /// Bit i set when input i was updated.
     pub touched: u64,
 }
@@ -128,6 +140,9 @@ impl Experiment {
             restarts: 0,
             first_ts_ms: i64::MAX,
             last_ts_ms: i64::MIN,
+            units: None,
+            repeat_events: 0,
+            uncounted_events: 0,
             treatment_inputs: Vec::new(),
             watch_inputs: None,
             numeric_bins: Vec::new(),
@@ -230,12 +245,38 @@ impl Experiment {
         Some(self.inputs.len() - 1)
     }
 
-    /// Count one exposure event (a `prompt`, or any event with experiment and arm).
+    /// Count one exposure event: its unit's first exposure, or every event without a unit.
     pub fn observe(&mut self, ev: &Event<'_>) -> Result<Observed, RejectReason> {
         let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
         let arm = self.arm_index(arm_name)?;
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
+        if let Some(unit) = ev.unit.as_deref() {
+            let cap = self.limits.units;
+            match self
+                .units
+                .get_or_insert_with(|| UnitFilter::new(cap))
+                .observe(unit)
+            {
+                Exposure::First => {}
+                Exposure::Repeat => {
+                    self.repeat_events += 1;
+                    return Ok(Observed {
+                        arm,
+                        counted: false,
+                        touched: 0,
+                    });
+                }
+                Exposure::Full => {
+                    self.uncounted_events += 1;
+                    return Ok(Observed {
+                        arm,
+                        counted: false,
+                        touched: 0,
+                    });
+                }
+            }
+        }
         self.srm.observe(&self.design, arm);
         let mut touched = 0u64;
         for (name, value) in ev.inputs {
@@ -247,7 +288,11 @@ impl Experiment {
                 self.inputs[i].observe(&self.design, value, arm);
             }
         }
-        Ok(Observed { arm, touched })
+        Ok(Observed {
+            arm,
+            counted: true,
+            touched,
+        })
     }
 
     /// Merge the state of the same experiment from another partition (same design).
@@ -265,6 +310,13 @@ impl Experiment {
             }
         }
         self.inputs_over_limit += other.inputs_over_limit;
+        self.repeat_events += other.repeat_events;
+        self.uncounted_events += other.uncounted_events;
+        match (&mut self.units, &other.units) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.units = Some(b.clone()),
+            _ => {}
+        }
         self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);
     }

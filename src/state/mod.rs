@@ -5,6 +5,7 @@ pub mod experiment;
 pub mod input;
 pub mod numeric;
 pub mod strata;
+pub mod units;
 
 use std::hash::{BuildHasherDefault, Hasher};
 

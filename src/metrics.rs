@@ -65,6 +65,7 @@ pub struct Metrics {
     accepted: IntCounterVec,
     rejected: IntCounterVec,
     arm_events: IntCounterVec,
+    repeat_events: IntCounterVec,
     srm_log_e: GaugeVec,
     srm_p: GaugeVec,
     srm_chi2_p: GaugeVec,
@@ -94,6 +95,7 @@ pub struct Metrics {
     last_accepted: [u64; Kind::ALL.len()],
     last_rejected: [u64; RejectReason::ALL.len()],
     last_arm: HashMap<(String, String), u64>,
+    last_repeat: HashMap<String, u64>,
     last_fired: BTreeMap<Check, u64>,
 }
 
@@ -110,7 +112,8 @@ impl Metrics {
         let m = Metrics {
             accepted: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_accepted_total", "Events accepted, by kind."), &["kind"])),
             rejected: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_rejected_total", "Messages rejected, by reason."), &["reason"])),
-            arm_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_arm_events_total", "Exposure (prompt) events per experiment and arm."), &["experiment", "arm"])),
+            arm_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_arm_exposures_total", "Counted exposures per experiment and arm: first exposure per unit (events without unit count each)."), &["experiment", "arm"])),
+            repeat_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_repeat_events_total", "Prompt events of units already counted (not counted again)."), &["experiment"])),
             srm_log_e: reg!(r, g("armwatch_srm_log_evalue", "SRM: log e-value of the Dirichlet-multinomial e-process (alert at ln(1/alpha)).", &["experiment"])),
             srm_p: reg!(r, g("armwatch_srm_sequential_pvalue", "SRM: anytime-valid sequential p-value.", &["experiment"])),
             srm_chi2_p: reg!(r, g("armwatch_srm_chisquare_pvalue", "SRM: fixed-sample chi-square p-value (descriptive; not valid under continuous monitoring).", &["experiment"])),
@@ -134,6 +137,7 @@ impl Metrics {
             last_accepted: [0; Kind::ALL.len()],
             last_rejected: [0; RejectReason::ALL.len()],
             last_arm: HashMap::new(),
+            last_repeat: HashMap::new(),
             last_fired: BTreeMap::new(),
         };
         for k in Kind::ALL {
@@ -175,6 +179,12 @@ impl Metrics {
                     .with_label_values(&[exp.unwrap_or(OVERFLOW), arm_l])
                     .inc_by(d);
             }
+            let last = self.last_repeat.entry(id.clone()).or_insert(0);
+            let d = e.units.repeat_events.saturating_sub(*last);
+            *last = e.units.repeat_events;
+            self.repeat_events
+                .with_label_values(&[exp.unwrap_or(OVERFLOW)])
+                .inc_by(d);
             let Some(exp) = exp else { continue };
             self.srm_log_e
                 .with_label_values(&[exp])
@@ -272,11 +282,12 @@ mod tests {
         let text = m.encode();
         let series = text
             .lines()
-            .filter(|l| l.starts_with("armwatch_experiment_arm_events_total{"))
+            .filter(|l| l.starts_with("armwatch_experiment_arm_exposures_total{"))
             .count();
         assert_eq!(series, 4, "3 admitted + __other__:\n{text}");
-        assert!(text
-            .contains(r#"armwatch_experiment_arm_events_total{arm="a",experiment="__other__"} 7"#));
+        assert!(text.contains(
+            r#"armwatch_experiment_arm_exposures_total{arm="a",experiment="__other__"} 7"#
+        ));
         assert!(text.contains(r#"armwatch_label_values_overflowed{label="experiment"} 7"#));
         assert!(text.contains(r#"armwatch_events_accepted_total{kind="prompt"} 10"#));
     }

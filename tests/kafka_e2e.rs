@@ -100,8 +100,11 @@ async fn tier_leak_through_real_broker() {
     let mut expected_rejected: BTreeMap<&str, u64> = BTreeMap::new();
     let mut sends = Vec::new();
     let mut buf = Vec::new();
+    let mut units = std::collections::HashSet::new();
     for i in 0..VALID {
         sim.next_event(&mut buf);
+        let ev: serde_json::Value = serde_json::from_slice(&buf).expect("simulated JSON");
+        units.insert(ev["unit"].as_str().expect("unit").to_string());
         let payload = buf.clone();
         sends.push(send(&producer, payload));
         if i % 500 == 250 {
@@ -192,12 +195,19 @@ max_message_bytes = 4096
         );
         assert_eq!(got, Some(*n as f64), "rejected count for {reason}");
     }
-    // exact arm counts: sum over arms equals what was produced
+    // exact counts: one exposure per distinct unit, the rest counted as repeats
     let arms: f64 = ["control", "treatment"]
         .iter()
-        .map(|a| metric(&text, &format!(r#"armwatch_experiment_arm_events_total{{arm="{a}",experiment="prompt-variant"}}"#)).unwrap_or(0.0))
+        .map(|a| metric(&text, &format!(r#"armwatch_experiment_arm_exposures_total{{arm="{a}",experiment="prompt-variant"}}"#)).unwrap_or(0.0))
         .sum();
-    assert_eq!(arms as usize, VALID);
+    assert_eq!(arms as usize, units.len());
+    assert_eq!(
+        metric(
+            &text,
+            r#"armwatch_experiment_repeat_events_total{experiment="prompt-variant"}"#
+        ),
+        Some((VALID - units.len()) as f64)
+    );
     // the alert names tier and the leaking value
     assert_eq!(
         metric(

@@ -7,14 +7,13 @@
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
 use armwatch::event::{decode_into, Inputs, Limits};
-use armwatch::sim::{Faults, Simulator};
+use armwatch::sim::{Faults, SimExperiment, Simulator, Users};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 
 const N: usize = 10_000;
 
-fn events() -> Vec<Vec<u8>> {
-    let mut sim = Simulator::single(1, Faults::default());
+fn collect(mut sim: Simulator) -> Vec<Vec<u8>> {
     (0..N)
         .map(|_| {
             let mut b = Vec::new();
@@ -22,6 +21,27 @@ fn events() -> Vec<Vec<u8>> {
             b
         })
         .collect()
+}
+
+/// Events with `unit`: ids from a pool of 1M, so ~99% are first exposures for the engine.
+fn events(seed: u64) -> Vec<Vec<u8>> {
+    collect(Simulator::single(seed, Faults::default()))
+}
+
+/// Events without `unit`: every event is counted (the most state work per event).
+fn events_without_unit(seed: u64) -> Vec<Vec<u8>> {
+    collect(Simulator::new(
+        seed,
+        vec![SimExperiment {
+            id: "prompt-variant".into(),
+            treatment_weight: 0.5,
+            faults: Faults::default(),
+            users: Some(Users {
+                pool: u32::MAX,
+                emit_unit: false,
+            }),
+        }],
+    ))
 }
 
 fn settings() -> Settings {
@@ -37,7 +57,7 @@ treatment_inputs = ["fragment"]
 }
 
 fn bench(c: &mut Criterion) {
-    let evs = events();
+    let evs = events(1);
     let bytes: usize = evs.iter().map(|e| e.len()).sum();
     let mut g = c.benchmark_group("prompt_events");
     g.throughput(Throughput::Elements(N as u64));
@@ -50,22 +70,30 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    // a warmed-up engine (strata and inputs exist), as in a long-running daemon
+    // a warmed-up engine (inputs and strata exist), as in a long-running daemon, warmed on
+    // other traffic so that the measured events are new exposures, not repeats
     let mut warm = Engine::new(&settings());
-    for e in events().iter().cycle().take(5 * N) {
-        let _ = warm.process(e);
+    for seed in 100..105 {
+        for e in events_without_unit(seed) {
+            let _ = warm.process(&e);
+        }
     }
-    g.bench_function("decode_update_detect", |b| {
-        b.iter_batched_ref(
-            || warm.clone(),
-            |engine| {
-                for e in &evs {
-                    let _ = black_box(engine.process(black_box(e)));
-                }
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    for (name, evs) in [
+        ("decode_update_detect", &evs),
+        ("decode_update_detect_no_unit", &events_without_unit(2)),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || warm.clone(),
+                |engine| {
+                    for e in evs.iter() {
+                        let _ = black_box(engine.process(black_box(e)));
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
     eprintln!("mean event size: {} bytes", bytes / N);
 }

@@ -52,6 +52,9 @@ impl RateLimiter {
 pub trait DeadLetter {
     /// Forward `payload` rejected for `reason`; false when it could not be queued.
     fn forward(&mut self, payload: &[u8], reason: RejectReason) -> bool;
+
+    /// Deliver what is queued (at shutdown).
+    fn flush(&mut self) {}
 }
 
 /// The engine and everything it reports to.
@@ -161,6 +164,13 @@ impl EngineLoop {
         };
         self.shared
             .set(text, serde_json::to_string(&report).unwrap_or_default());
+    }
+
+    /// Deliver queued dead letters (at shutdown).
+    pub fn flush_dead_letter(&mut self) {
+        if let Some(dl) = &mut self.dead_letter {
+            dl.flush();
+        }
     }
 
     /// The engine (for the final report).

@@ -116,6 +116,13 @@ impl DeadLetter for KafkaDeadLetter {
             .headers(headers);
         self.producer.send(rec).is_ok()
     }
+
+    fn flush(&mut self) {
+        use rdkafka::producer::Producer;
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "dead letters not all delivered at shutdown");
+        }
+    }
 }
 
 /// Consume until `stop` is set. Runs on its own thread.
@@ -156,6 +163,7 @@ pub fn consume(
         }
     }
     lp.publish();
+    lp.flush_dead_letter();
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed");
     }

@@ -258,7 +258,9 @@ impl Strata {
     }
 
     /// Merge another partition's table: matching values are merged, others inserted while
-    /// there is room, the rest pooled into the tail (counts-based, closed-form evidence).
+    /// there is room, the rest pooled into the tail (counts-based, closed-form evidence). Exact
+    /// when every value has its own stratum on both sides; otherwise the counts are exact and
+    /// the evidence is a valid e-value over a different grouping of the events.
     pub fn merge(&mut self, other: &Strata, design: &Design) {
         for s in &other.slots {
             match self.index.get(&s.key) {

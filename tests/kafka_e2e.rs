@@ -74,12 +74,30 @@ fn send(
     })
 }
 
+/// A consumer reading `topic` from the start.
+fn reader(brokers: &str, topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "10000")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_leak_through_real_broker() {
     let broker = Broker::start();
     create_topics(
         &broker.addr,
-        &[("llm.events", 3), ("llm.events.rejected", 1)],
+        &[
+            ("llm.events", 3),
+            ("llm.events.rejected", 1),
+            ("armwatch.alerts", 1),
+        ],
     )
     .await;
 
@@ -140,6 +158,7 @@ treatment_inputs = ["fragment"]
 
 [alerts]
 alpha = 0.001
+kafka_topic = "armwatch.alerts"
 
 [http]
 listen = "{http}"
@@ -245,15 +264,7 @@ max_message_bytes = 4096
     assert_eq!(http_get(&http, "/healthz").map(|r| r.0), Some(200));
 
     // every rejected message is in the dead-letter topic with its reason
-    let dlq: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", "dlq-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("max.poll.interval.ms", "10000")
-        .create()
-        .expect("dlq consumer");
-    dlq.subscribe(&["llm.events.rejected"]).expect("subscribe");
+    let dlq = reader(&broker.addr, "llm.events.rejected");
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     let start = std::time::Instant::now();
     while dead.values().sum::<u64>() < rejected_total && start.elapsed() < Duration::from_secs(60) {
@@ -274,6 +285,25 @@ max_message_bytes = 4096
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
     assert_eq!(dead, expected, "dead-letter topic");
+
+    // the alert sink topic holds the same alert as the report
+    let alerts_topic = reader(&broker.addr, "armwatch.alerts");
+    let mut published: Vec<serde_json::Value> = Vec::new();
+    let start = std::time::Instant::now();
+    while !published.iter().any(|a| a["check"] == "input_divergence")
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        if let Some(Ok(m)) = alerts_topic.poll(Duration::from_millis(200)) {
+            assert_eq!(m.key(), Some(&b"prompt-variant"[..]));
+            published
+                .push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert JSON"));
+        }
+    }
+    let sent = published
+        .iter()
+        .find(|a| a["check"] == "input_divergence")
+        .expect("alert on the Kafka topic");
+    assert_eq!(sent, leak, "the Kafka sink sends the report's alert");
 
     // graceful shutdown on SIGTERM
     let pid = daemon.0.id().to_string();

@@ -7,7 +7,7 @@
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
 use armwatch::event::{decode_into, Inputs, Limits};
-use armwatch::sim::{Faults, SimExperiment, Simulator, Users};
+use armwatch::sim::{Faults, Simulator, Users};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 
@@ -30,17 +30,13 @@ fn events(seed: u64) -> Vec<Vec<u8>> {
 
 /// Events without `unit`: every event is counted (the most state work per event).
 fn events_without_unit(seed: u64) -> Vec<Vec<u8>> {
-    collect(Simulator::new(
+    collect(Simulator::single_with_users(
         seed,
-        vec![SimExperiment {
-            id: "prompt-variant".into(),
-            treatment_weight: 0.5,
-            faults: Faults::default(),
-            users: Some(Users {
-                pool: u32::MAX,
-                emit_unit: false,
-            }),
-        }],
+        Faults::default(),
+        Some(Users {
+            pool: u32::MAX,
+            emit_unit: false,
+        }),
     ))
 }
 

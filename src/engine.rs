@@ -217,7 +217,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Faults, SimExperiment, Simulator, Users};
+    use crate::sim::{Faults, Simulator, Users};
 
     /// Two partitions processed apart and merged give the state of one pass over the stream.
     #[test]
@@ -226,20 +226,16 @@ mod tests {
             "[[experiment]]\nid = \"prompt-variant\"\narms = { control = 0.5, treatment = 0.5 }\ntreatment_inputs = [\"fragment\"]",
         )
         .unwrap();
-        let mut sim = Simulator::new(
+        let mut sim = Simulator::single_with_users(
             9,
-            vec![SimExperiment {
-                id: "prompt-variant".into(),
-                treatment_weight: 0.5,
-                faults: Faults {
-                    tier_leak: Some(("pro".into(), 0.53)),
-                    srm: None,
-                },
-                users: Some(Users {
-                    pool: u32::MAX,
-                    emit_unit: false,
-                }),
-            }],
+            Faults {
+                tier_leak: Some(("pro".into(), 0.53)),
+                srm: None,
+            },
+            Some(Users {
+                pool: u32::MAX,
+                emit_unit: false,
+            }),
         );
         let (mut a, mut b, mut all) = (
             Engine::new(&settings),

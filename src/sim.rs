@@ -96,15 +96,20 @@ impl Simulator {
         }
     }
 
-    /// A single experiment `prompt-variant`, 50/50, with `faults`.
+    /// A single experiment `prompt-variant`, 50/50, with `faults`; every event a new user.
     pub fn single(seed: u64, faults: Faults) -> Simulator {
+        Simulator::single_with_users(seed, faults, None)
+    }
+
+    /// A single experiment `prompt-variant`, 50/50, with `faults` and a user model.
+    pub fn single_with_users(seed: u64, faults: Faults, users: Option<Users>) -> Simulator {
         Simulator::new(
             seed,
             vec![SimExperiment {
                 id: "prompt-variant".into(),
                 treatment_weight: 0.5,
                 faults,
-                users: None,
+                users,
             }],
         )
     }

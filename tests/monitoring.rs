@@ -8,7 +8,7 @@
 use armwatch::config::Settings;
 use armwatch::detect::Check;
 use armwatch::engine::Engine;
-use armwatch::sim::{Faults, SimExperiment, Simulator, Users};
+use armwatch::sim::{Faults, Simulator, Users};
 use armwatch::stats::divergence::chi_square_p;
 
 const ALPHA: f64 = 0.05;
@@ -208,17 +208,13 @@ fn returning_users_are_counted_once() {
     let n = 100;
     let make = |emit_unit: bool| {
         move |seed: u64| {
-            Simulator::new(
+            Simulator::single_with_users(
                 seed,
-                vec![SimExperiment {
-                    id: "prompt-variant".into(),
-                    treatment_weight: 0.5,
-                    faults: Faults::default(),
-                    users: Some(Users {
-                        pool: 20_000,
-                        emit_unit,
-                    }),
-                }],
+                Faults::default(),
+                Some(Users {
+                    pool: 20_000,
+                    emit_unit,
+                }),
             )
         }
     };

@@ -259,16 +259,12 @@ impl Experiment {
                 .observe(unit)
             {
                 Exposure::First => {}
-                Exposure::Repeat => {
-                    self.repeat_events += 1;
-                    return Ok(Observed {
-                        arm,
-                        counted: false,
-                        touched: 0,
-                    });
-                }
-                Exposure::Full => {
-                    self.uncounted_events += 1;
+                skipped => {
+                    if skipped == Exposure::Repeat {
+                        self.repeat_events += 1;
+                    } else {
+                        self.uncounted_events += 1;
+                    }
                     return Ok(Observed {
                         arm,
                         counted: false,

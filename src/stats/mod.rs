@@ -2,5 +2,6 @@
 
 pub mod divergence;
 pub mod moments;
+pub mod msprt;
 pub mod sequential;
 pub mod sketch;

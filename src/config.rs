@@ -60,6 +60,78 @@ pub struct Settings {
     /// Metric export.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// Declared routers (`[[router]]`).
+    #[serde(default, rename = "router")]
+    pub routers: Vec<RouterSettings>,
+    /// Declared judges (`[[judge]]`); judges are also discovered from events.
+    #[serde(default, rename = "judge")]
+    pub judges: Vec<JudgeSettings>,
+}
+
+/// `[[router]]`: a score-threshold routing rule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Router name as in events.
+    pub name: String,
+    /// The threshold (otherwise taken from the events' `threshold`).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// The route expected for `score < threshold`; any other route is expected above.
+    #[serde(default)]
+    pub below: Option<String>,
+    /// Half-width of the band around the threshold where compliance is checked.
+    #[serde(default = "default_band")]
+    pub band: f64,
+    /// Share of in-band decisions allowed to disagree with the rule.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_band() -> f64 {
+    0.05
+}
+fn default_tolerance() -> f64 {
+    0.01
+}
+
+/// `[[judge]]`: a judge endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSettings {
+    /// Endpoint name as in events.
+    pub name: String,
+    /// Control-set judgments that form the baseline of the score-shift test.
+    #[serde(default = "default_judge_baseline")]
+    pub baseline: u64,
+    /// Mixing standard deviation of the mSPRT, in baseline standard deviations.
+    #[serde(default = "default_judge_tau")]
+    pub tau_sd: f64,
+    /// Minimum standardized shift (in baseline standard deviations) for an alert.
+    #[serde(default = "default_judge_min_shift")]
+    pub min_shift_sd: f64,
+}
+
+fn default_judge_baseline() -> u64 {
+    200
+}
+fn default_judge_tau() -> f64 {
+    0.5
+}
+fn default_judge_min_shift() -> f64 {
+    0.1
+}
+
+impl JudgeSettings {
+    /// Settings for a judge discovered from events.
+    pub fn discovered(name: &str) -> JudgeSettings {
+        JudgeSettings {
+            name: name.to_string(),
+            baseline: default_judge_baseline(),
+            tau_sd: default_judge_tau(),
+            min_shift_sd: default_judge_min_shift(),
+        }
+    }
 }
 
 /// `[kafka]`
@@ -122,6 +194,10 @@ pub struct ExperimentSettings {
     /// Bin edges for numeric inputs (otherwise half-octave bins).
     #[serde(default)]
     pub numeric_bins: BTreeMap<String, Vec<f64>>,
+    /// Inputs that name the substrate (e.g. `embedding_model`, `model`, `retriever_index`): a
+    /// new value while the experiment runs is a `substrate_change`.
+    #[serde(default)]
+    pub substrate_inputs: Vec<String>,
 }
 
 /// `[alerts]`
@@ -460,6 +536,61 @@ impl Settings {
                 "must be at most 64",
                 "watch fewer inputs per experiment",
             ));
+        }
+        for (i, r) in self.routers.iter().enumerate() {
+            let key = format!("router[{i}]");
+            if r.name.is_empty() {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "is empty",
+                    "give the router name used in events",
+                ));
+            }
+            if r.threshold.is_some_and(|t| !t.is_finite()) {
+                return Err(invalid(
+                    format!("{key}.threshold"),
+                    "is not finite",
+                    "e.g. threshold = 0.85",
+                ));
+            }
+            if !(r.band.is_finite() && r.band > 0.0) {
+                return Err(invalid(
+                    format!("{key}.band"),
+                    "must be positive",
+                    "e.g. band = 0.05",
+                ));
+            }
+            if !(r.tolerance > 0.0 && r.tolerance < 1.0) {
+                return Err(invalid(
+                    format!("{key}.tolerance"),
+                    "must be in (0, 1)",
+                    "e.g. tolerance = 0.01",
+                ));
+            }
+        }
+        for (i, j) in self.judges.iter().enumerate() {
+            let key = format!("judge[{i}]");
+            if j.name.is_empty() {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "is empty",
+                    "give the judge endpoint name used in events",
+                ));
+            }
+            if j.baseline < 10 {
+                return Err(invalid(
+                    format!("{key}.baseline"),
+                    "must be at least 10",
+                    "e.g. baseline = 200 control judgments",
+                ));
+            }
+            if !(j.tau_sd > 0.0 && j.tau_sd.is_finite()) {
+                return Err(invalid(
+                    format!("{key}.tau_sd"),
+                    "must be positive",
+                    "e.g. tau_sd = 0.5",
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, e) in self.experiments.iter().enumerate() {

@@ -3,11 +3,14 @@
 //! One `Engine` is owned by one thread; there are no locks and, for a typical event, no heap
 //! allocation. The IO shell feeds it messages and drains new alerts and reports.
 
-use crate::config::Settings;
-use crate::detect::{input_divergence, srm, Alert, EvalContext};
-use crate::event::{decode_into, Event, Inputs, Kind, Limits, RejectReason};
+use crate::config::{JudgeSettings, Settings};
+use crate::detect::{input_divergence, judge, srm, Alert, EvalContext};
+use crate::event::{
+    decode_into, Body, Event, InputValue, Inputs, Judgment, Kind, Limits, RejectReason,
+};
 use crate::report::Report;
 use crate::state::experiment::{Experiment, ExperimentLimits};
+use crate::state::judge::JudgeState;
 use crate::state::{key_of, Identity};
 use std::collections::HashMap;
 
@@ -28,7 +31,13 @@ pub struct Engine {
     seq: u64,
     alerts: Vec<Alert>,
     delivered: usize,
+    judges: Vec<JudgeState>,
+    judge_index: HashMap<u64, usize, Identity>,
+    judge_settings: Vec<JudgeSettings>,
 }
+
+/// Judges (and routers) tracked at most.
+pub const MAX_INSTRUMENTS: usize = 256;
 
 impl Engine {
     /// An engine with the declared experiments of `settings` pre-registered.
@@ -54,6 +63,9 @@ impl Engine {
             seq: 0,
             alerts: Vec::new(),
             delivered: 0,
+            judges: Vec::new(),
+            judge_index: HashMap::default(),
+            judge_settings: settings.judges.clone(),
             exp_limits,
         };
         for cfg in &settings.experiments {
@@ -115,16 +127,6 @@ impl Engine {
 
     /// Apply a decoded event to the state and run the detectors it concerns.
     pub fn apply(&mut self, ev: &Event<'_>, seq: u64) -> Result<(), RejectReason> {
-        if ev.kind() != Kind::Prompt {
-            return Ok(()); // routing, judgment, sample: validated and counted only
-        }
-        let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
-        let i = self.experiment_index(id)?;
-        let exp = &mut self.experiments[i];
-        let obs = exp.observe(ev)?;
-        if !obs.counted {
-            return Ok(());
-        }
         let ctx = EvalContext {
             seq,
             ts_ms: ev.ts_ms,
@@ -132,14 +134,88 @@ impl Engine {
             log_threshold: self.log_threshold,
             min_share_deviation: self.min_share_deviation,
         };
-        if let Some(a) = srm::evaluate(exp, &ctx) {
+        match &ev.body {
+            Body::Prompt => self.apply_prompt(ev, &ctx),
+            Body::Judgment(j) => self.apply_judgment(ev, j, &ctx),
+            Body::Routing(_) | Body::Sample(_) => Ok(()), // validated and counted
+        }
+    }
+
+    fn judge_index(&mut self, name: &str) -> Result<usize, RejectReason> {
+        let key = key_of(name);
+        match self.judge_index.get(&key) {
+            Some(&i) if &*self.judges[i].name == name => Ok(i),
+            Some(_) => Err(RejectReason::InstrumentLimit),
+            None if self.judges.len() >= MAX_INSTRUMENTS => Err(RejectReason::InstrumentLimit),
+            None => {
+                let cfg = self
+                    .judge_settings
+                    .iter()
+                    .find(|j| j.name == name)
+                    .cloned()
+                    .unwrap_or_else(|| JudgeSettings::discovered(name));
+                self.judges.push(JudgeState::new(cfg));
+                self.judge_index.insert(key, self.judges.len() - 1);
+                Ok(self.judges.len() - 1)
+            }
+        }
+    }
+
+    fn apply_judgment(
+        &mut self,
+        ev: &Event<'_>,
+        j: &Judgment<'_>,
+        ctx: &EvalContext,
+    ) -> Result<(), RejectReason> {
+        // the judge-version mix of an experiment's arms is an input of that experiment
+        if let (Some(id), Some(arm)) = (ev.experiment.as_deref(), ev.arm.as_deref()) {
+            let e = self.experiment_index(id)?;
+            let exp = &mut self.experiments[e];
+            if let Some(i) = exp.observe_input(
+                arm,
+                "judge_version",
+                &InputValue::Str(j.judge_version.clone()),
+            )? {
+                if let Some(a) = input_divergence::evaluate(exp, i, ctx) {
+                    self.alerts.push(a);
+                }
+            }
+        }
+        let k = self.judge_index(&j.judge)?;
+        let judge = &mut self.judges[k];
+        if let Some((v, new)) =
+            judge.observe(&j.judge_version, j.score, j.control, ev.ts_ms, ctx.seq)
+        {
+            if new {
+                if let Some(a) = judge::version_change(judge, v, ctx) {
+                    self.alerts.push(a);
+                }
+            }
+        }
+        if j.control {
+            if let Some(a) = judge::score_shift(judge, ctx) {
+                self.alerts.push(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_prompt(&mut self, ev: &Event<'_>, ctx: &EvalContext) -> Result<(), RejectReason> {
+        let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
+        let i = self.experiment_index(id)?;
+        let exp = &mut self.experiments[i];
+        let obs = exp.observe(ev)?;
+        if !obs.counted {
+            return Ok(());
+        }
+        if let Some(a) = srm::evaluate(exp, ctx) {
             self.alerts.push(a);
         }
         let mut touched = obs.touched;
         while touched != 0 {
             let j = touched.trailing_zeros() as usize;
             touched &= touched - 1;
-            if let Some(a) = input_divergence::evaluate(exp, j, &ctx) {
+            if let Some(a) = input_divergence::evaluate(exp, j, ctx) {
                 self.alerts.push(a);
             }
         }
@@ -161,6 +237,11 @@ impl Engine {
     /// Experiments tracked.
     pub fn experiments(&self) -> &[Experiment] {
         &self.experiments
+    }
+
+    /// Judges tracked.
+    pub fn judges(&self) -> &[JudgeState] {
+        &self.judges
     }
 
     /// Accepted counts by kind, in `Kind::ALL` order.

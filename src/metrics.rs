@@ -75,6 +75,10 @@ pub struct Metrics {
     div_psi: GaugeVec,
     input_smd: GaugeVec,
     alerts_active: IntGaugeVec,
+    judge_log_e: GaugeVec,
+    judge_shift: GaugeVec,
+    judge_cusum: GaugeVec,
+    judge_version_judgments: IntGaugeVec,
     alerts_fired: IntCounterVec,
     overflowed: IntGaugeVec,
     /// Sampled per-event processing time.
@@ -122,6 +126,10 @@ impl Metrics {
             div_js: reg!(r, g("armwatch_input_divergence_js", "Jensen-Shannon distance between the reference arm's and an arm's value distribution.", &["experiment", "input", "arm"])),
             div_psi: reg!(r, g("armwatch_input_divergence_psi", "Population stability index of an arm's value distribution against the reference arm.", &["experiment", "input", "arm"])),
             input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
+            judge_log_e: reg!(r, g("armwatch_judge_score_shift_log_evalue", "Judge control-set score shift: log e-value of the two-sample mSPRT.", &["judge"])),
+            judge_shift: reg!(r, g("armwatch_judge_control_shift_sd", "Judge control-set mean after the baseline minus baseline mean, in baseline sd.", &["judge"])),
+            judge_cusum: reg!(r, g("armwatch_judge_control_cusum", "Two-sided CUSUM of standardized control-set scores (k = 0.5).", &["judge"])),
+            judge_version_judgments: reg!(r, IntGaugeVec::new(Opts::new("armwatch_judge_version_judgments", "Judgments per judge and model version."), &["judge", "version"])),
             alerts_active: reg!(r, IntGaugeVec::new(Opts::new("armwatch_alerts_active", "Active alerts by check and experiment."), &["check", "experiment"])),
             alerts_fired: reg!(r, IntCounterVec::new(Opts::new("armwatch_alerts_fired_total", "Alerts fired, by check."), &["check"])),
             overflowed: reg!(r, IntGaugeVec::new(Opts::new("armwatch_label_values_overflowed", "Distinct label values refused by the label cap (aggregated as __other__ or not exported)."), &["label"])),
@@ -217,6 +225,21 @@ impl Metrics {
                             .set(smd);
                     }
                 }
+            }
+        }
+        for (name, j) in &report.judges {
+            let Some(judge) = self.caps[INPUT].admit(name) else {
+                continue;
+            };
+            self.judge_log_e
+                .with_label_values(&[judge])
+                .set(j.log_evalue);
+            self.judge_shift.with_label_values(&[judge]).set(j.shift_sd);
+            self.judge_cusum.with_label_values(&[judge]).set(j.cusum);
+            for v in &j.versions {
+                self.judge_version_judgments
+                    .with_label_values(&[judge, &v.version])
+                    .set(v.judgments as i64);
             }
         }
         let mut active: BTreeMap<(Check, String), i64> = BTreeMap::new();

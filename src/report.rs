@@ -6,6 +6,7 @@ use crate::engine::Engine;
 use crate::event::{Kind, RejectReason};
 use crate::state::experiment::Experiment;
 use crate::state::input::InputState;
+use crate::state::judge::JudgeState;
 use crate::state::strata::TAIL_LABEL;
 use crate::stats::divergence::{chi_square_p, js_distance, kl, psi};
 use crate::stats::moments::smd;
@@ -21,6 +22,54 @@ pub struct Report {
     pub alerts: Vec<Alert>,
     /// Per experiment.
     pub experiments: BTreeMap<String, ExperimentReport>,
+    /// Per judge endpoint.
+    pub judges: BTreeMap<String, JudgeReport>,
+}
+
+/// One judge endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct JudgeReport {
+    /// Versions in order of appearance.
+    pub versions: Vec<JudgeVersionReport>,
+    /// Control judgments in the baseline.
+    pub baseline_n: u64,
+    /// Baseline control mean.
+    pub baseline_mean: f64,
+    /// Baseline control standard deviation.
+    pub baseline_sd: f64,
+    /// Control judgments after the baseline.
+    pub post_n: u64,
+    /// Their mean.
+    pub post_mean: f64,
+    /// `(post_mean - baseline_mean) / baseline_sd`.
+    pub shift_sd: f64,
+    /// Log e-value of the shift test (mSPRT).
+    pub log_evalue: f64,
+    /// Log e-value the alert needs.
+    pub evidence_threshold: f64,
+    /// Two-sided CUSUM statistic (in sd units, k = 0.5).
+    pub cusum: f64,
+    /// Change-point estimate: the post-baseline control judgment where the CUSUM began to rise.
+    pub onset_index: u64,
+    /// Whether `judge_score_shift` fired.
+    pub alert: bool,
+}
+
+/// One version behind a judge endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct JudgeVersionReport {
+    /// Version.
+    pub version: String,
+    /// First judgment's time (epoch ms).
+    pub first_ts_ms: i64,
+    /// Judgments.
+    pub judgments: u64,
+    /// Share of the judge's judgments.
+    pub share: f64,
+    /// Control-set judgments.
+    pub control_n: u64,
+    /// Their mean score.
+    pub control_mean: f64,
 }
 
 /// Accepted and rejected counts.
@@ -194,6 +243,11 @@ impl Report {
                 .iter()
                 .map(|e| (e.id.to_string(), experiment_report(e, engine)))
                 .collect(),
+            judges: engine
+                .judges()
+                .iter()
+                .map(|j| (j.name.to_string(), judge_report(j, engine.alpha())))
+                .collect(),
         }
     }
 }
@@ -321,5 +375,44 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
             .unwrap_or_default(),
         divergence,
         numeric,
+    }
+}
+
+fn judge_report(j: &JudgeState, alpha: f64) -> JudgeReport {
+    let total: u64 = j.versions.iter().map(|v| v.judgments).sum();
+    let sd = j.baseline.variance().sqrt();
+    let (cusum, onset_index, _) = j.cusum.peak();
+    JudgeReport {
+        versions: j
+            .versions
+            .iter()
+            .map(|v| JudgeVersionReport {
+                version: v.version.to_string(),
+                first_ts_ms: v.first_ts_ms,
+                judgments: v.judgments,
+                share: if total == 0 {
+                    0.0
+                } else {
+                    v.judgments as f64 / total as f64
+                },
+                control_n: v.control.n(),
+                control_mean: v.control.mean(),
+            })
+            .collect(),
+        baseline_n: j.baseline.n(),
+        baseline_mean: j.baseline.mean(),
+        baseline_sd: sd,
+        post_n: j.post.n(),
+        post_mean: j.post.mean(),
+        shift_sd: if sd > 0.0 && j.post.n() > 0 {
+            (j.post.mean() - j.baseline.mean()) / sd
+        } else {
+            0.0
+        },
+        log_evalue: j.detector.log_e,
+        evidence_threshold: (1.0 / alpha).ln(),
+        cusum,
+        onset_index,
+        alert: j.detector.shift_fired,
     }
 }

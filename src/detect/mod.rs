@@ -4,6 +4,7 @@
 
 pub mod alert;
 pub mod input_divergence;
+pub mod judge;
 pub mod srm;
 
 pub use alert::{Alert, Check};

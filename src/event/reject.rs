@@ -34,11 +34,13 @@ pub enum RejectReason {
     ExperimentLimit,
     /// An empty Kafka message (tombstone or null payload).
     Empty,
+    /// A new judge or router beyond the instrument limit.
+    InstrumentLimit,
 }
 
 impl RejectReason {
     /// All reasons, for pre-registering metric series at zero.
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         Self::Oversized,
         Self::NotUtf8,
         Self::NotJson,
@@ -53,6 +55,7 @@ impl RejectReason {
         Self::UnknownArm,
         Self::ExperimentLimit,
         Self::Empty,
+        Self::InstrumentLimit,
     ];
 
     /// The stable label value.
@@ -72,6 +75,7 @@ impl RejectReason {
             Self::UnknownArm => "unknown_arm",
             Self::ExperimentLimit => "experiment_limit",
             Self::Empty => "empty",
+            Self::InstrumentLimit => "instrument_limit",
         }
     }
 

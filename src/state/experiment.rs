@@ -6,7 +6,7 @@ use super::units::{Exposure, UnitFilter};
 use super::{key_of, Identity};
 use crate::config::{ExperimentSettings, Settings};
 use crate::detect::srm::SrmState;
-use crate::event::{Event, RejectReason};
+use crate::event::{Event, InputValue, RejectReason};
 use crate::stats::sequential::{Design, DmEProcess};
 use std::collections::HashMap;
 
@@ -289,6 +289,23 @@ impl Experiment {
             counted: true,
             touched,
         })
+    }
+
+    /// Count one value of an input carried by a non-exposure event of this experiment (e.g. the
+    /// `judge_version` of a judgment): same watched-input rules and divergence machinery.
+    /// Returns the input's index when it is watched.
+    pub fn observe_input(
+        &mut self,
+        arm_name: &str,
+        name: &str,
+        value: &InputValue<'_>,
+    ) -> Result<Option<usize>, RejectReason> {
+        let arm = self.arm_index(arm_name)?;
+        let Some(i) = self.input_index(name) else {
+            return Ok(None);
+        };
+        self.inputs[i].observe(&self.design, value, arm);
+        Ok(Some(i))
     }
 
     /// Merge the state of the same experiment from another partition (same design).

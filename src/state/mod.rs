@@ -3,6 +3,7 @@
 
 pub mod experiment;
 pub mod input;
+pub mod judge;
 pub mod numeric;
 pub mod strata;
 pub mod units;

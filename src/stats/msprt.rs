@@ -40,29 +40,35 @@ pub struct Cusum {
     pub down: f64,
     up_start: u64,
     down_start: u64,
+    up_tag: i64,
+    down_tag: i64,
     n: u64,
 }
 
 impl Cusum {
-    /// Add one standardized value `z` with reference value `k`.
-    pub fn push(&mut self, z: f64, k: f64) {
+    /// Add one standardized value `z` with reference value `k`; `tag` (e.g. a timestamp) is
+    /// remembered for the value at which a side starts to rise.
+    pub fn push(&mut self, z: f64, k: f64, tag: i64) {
         if self.up == 0.0 {
             self.up_start = self.n;
+            self.up_tag = tag;
         }
         if self.down == 0.0 {
             self.down_start = self.n;
+            self.down_tag = tag;
         }
         self.up = (self.up + z - k).max(0.0);
         self.down = (self.down - z - k).max(0.0);
         self.n += 1;
     }
 
-    /// The larger side and the index (0-based, among pushed values) where it began to rise.
-    pub fn peak(&self) -> (f64, u64) {
+    /// The larger side, the index (0-based, among pushed values) where it began to rise, and
+    /// that value's tag: the change-point estimate.
+    pub fn peak(&self) -> (f64, u64, i64) {
         if self.up >= self.down {
-            (self.up, self.up_start)
+            (self.up, self.up_start, self.up_tag)
         } else {
-            (self.down, self.down_start)
+            (self.down, self.down_start, self.down_tag)
         }
     }
 }
@@ -103,7 +109,7 @@ mod tests {
             // Box-Muller standard normal
             let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
             let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() + shift;
-            c.push(z, 0.5);
+            c.push(z, 0.5, 0);
             if c.up > h || (two_sided && c.down > h) {
                 return t;
             }

@@ -3,14 +3,15 @@
 //! One `Engine` is owned by one thread; there are no locks and, for a typical event, no heap
 //! allocation. The IO shell feeds it messages and drains new alerts and reports.
 
-use crate::config::{JudgeSettings, Settings};
-use crate::detect::{input_divergence, judge, srm, Alert, EvalContext};
+use crate::config::{JudgeSettings, RouterSettings, Settings};
+use crate::detect::{input_divergence, judge, srm, substrate, threshold, Alert, EvalContext};
 use crate::event::{
-    decode_into, Body, Event, InputValue, Inputs, Judgment, Kind, Limits, RejectReason,
+    decode_into, Body, Event, InputValue, Inputs, Judgment, Kind, Limits, RejectReason, Routing,
 };
 use crate::report::Report;
 use crate::state::experiment::{Experiment, ExperimentLimits};
 use crate::state::judge::JudgeState;
+use crate::state::router::RouterState;
 use crate::state::{key_of, Identity};
 use std::collections::HashMap;
 
@@ -34,6 +35,9 @@ pub struct Engine {
     judges: Vec<JudgeState>,
     judge_index: HashMap<u64, usize, Identity>,
     judge_settings: Vec<JudgeSettings>,
+    routers: Vec<RouterState>,
+    router_index: HashMap<u64, usize, Identity>,
+    router_settings: Vec<RouterSettings>,
 }
 
 /// Judges (and routers) tracked at most.
@@ -66,6 +70,9 @@ impl Engine {
             judges: Vec::new(),
             judge_index: HashMap::default(),
             judge_settings: settings.judges.clone(),
+            routers: Vec::new(),
+            router_index: HashMap::default(),
+            router_settings: settings.routers.clone(),
             exp_limits,
         };
         for cfg in &settings.experiments {
@@ -137,7 +144,8 @@ impl Engine {
         match &ev.body {
             Body::Prompt => self.apply_prompt(ev, &ctx),
             Body::Judgment(j) => self.apply_judgment(ev, j, &ctx),
-            Body::Routing(_) | Body::Sample(_) => Ok(()), // validated and counted
+            Body::Routing(r) => self.apply_routing(r, &ctx),
+            Body::Sample(_) => Ok(()), // validated and counted
         }
     }
 
@@ -159,6 +167,33 @@ impl Engine {
                 Ok(self.judges.len() - 1)
             }
         }
+    }
+
+    fn apply_routing(&mut self, r: &Routing<'_>, ctx: &EvalContext) -> Result<(), RejectReason> {
+        let key = key_of(&r.router);
+        let i = match self.router_index.get(&key) {
+            Some(&i) if *self.routers[i].name == *r.router => i,
+            Some(_) => return Err(RejectReason::InstrumentLimit),
+            None if self.routers.len() >= MAX_INSTRUMENTS => {
+                return Err(RejectReason::InstrumentLimit)
+            }
+            None => {
+                let cfg = self
+                    .router_settings
+                    .iter()
+                    .find(|c| c.name == *r.router)
+                    .cloned();
+                self.routers.push(RouterState::new(&r.router, cfg));
+                self.router_index.insert(key, self.routers.len() - 1);
+                self.routers.len() - 1
+            }
+        };
+        let router = &mut self.routers[i];
+        let decision = router.observe(r.score, r.threshold, &r.route);
+        if let Some(a) = threshold::compliance(router, decision, ctx) {
+            self.alerts.push(a);
+        }
+        Ok(())
     }
 
     fn apply_judgment(
@@ -204,7 +239,12 @@ impl Engine {
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
         let i = self.experiment_index(id)?;
         let exp = &mut self.experiments[i];
-        let obs = exp.observe(ev)?;
+        let obs = exp.observe(ev, ctx.seq)?;
+        if let Some((k, i)) = obs.substrate_change {
+            if let Some(a) = substrate::change(&exp.id, &exp.arms, &exp.substrates[k], i, ctx) {
+                self.alerts.push(a);
+            }
+        }
         if !obs.counted {
             return Ok(());
         }
@@ -237,6 +277,11 @@ impl Engine {
     /// Experiments tracked.
     pub fn experiments(&self) -> &[Experiment] {
         &self.experiments
+    }
+
+    /// Routers tracked.
+    pub fn routers(&self) -> &[RouterState] {
+        &self.routers
     }
 
     /// Judges tracked.
@@ -287,7 +332,10 @@ impl Engine {
         }
         for a in &other.alerts {
             if !self.alerts.iter().any(|x| {
-                x.check == a.check && x.experiment == a.experiment && x.subject == a.subject
+                x.check == a.check
+                    && x.experiment == a.experiment
+                    && x.subject == a.subject
+                    && x.value == a.value
             }) {
                 self.alerts.push(a.clone());
             }

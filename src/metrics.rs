@@ -76,6 +76,9 @@ pub struct Metrics {
     input_smd: GaugeVec,
     alerts_active: IntGaugeVec,
     judge_log_e: GaugeVec,
+    router_log_e: GaugeVec,
+    router_share: GaugeVec,
+    router_in_band: IntGaugeVec,
     judge_shift: GaugeVec,
     judge_cusum: GaugeVec,
     judge_version_judgments: IntGaugeVec,
@@ -126,6 +129,9 @@ impl Metrics {
             div_js: reg!(r, g("armwatch_input_divergence_js", "Jensen-Shannon distance between the reference arm's and an arm's value distribution.", &["experiment", "input", "arm"])),
             div_psi: reg!(r, g("armwatch_input_divergence_psi", "Population stability index of an arm's value distribution against the reference arm.", &["experiment", "input", "arm"])),
             input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
+            router_log_e: reg!(r, g("armwatch_router_compliance_log_evalue", "Routing-rule compliance: log e-value for a disagreement share above tolerance.", &["router"])),
+            router_share: reg!(r, g("armwatch_router_disagreement_share", "Share of in-band routing decisions that disagree with the rule.", &["router"])),
+            router_in_band: reg!(r, IntGaugeVec::new(Opts::new("armwatch_router_in_band_decisions", "Routing decisions within the band around the threshold."), &["router"])),
             judge_log_e: reg!(r, g("armwatch_judge_score_shift_log_evalue", "Judge control-set score shift: log e-value of the two-sample mSPRT.", &["judge"])),
             judge_shift: reg!(r, g("armwatch_judge_control_shift_sd", "Judge control-set mean after the baseline minus baseline mean, in baseline sd.", &["judge"])),
             judge_cusum: reg!(r, g("armwatch_judge_control_cusum", "Two-sided CUSUM of standardized control-set scores (k = 0.5).", &["judge"])),
@@ -226,6 +232,20 @@ impl Metrics {
                     }
                 }
             }
+        }
+        for (name, r) in &report.routers {
+            let Some(router) = self.caps[INPUT].admit(name) else {
+                continue;
+            };
+            self.router_log_e
+                .with_label_values(&[router])
+                .set(r.compliance_log_evalue);
+            self.router_share
+                .with_label_values(&[router])
+                .set(r.disagreement_share);
+            self.router_in_band
+                .with_label_values(&[router])
+                .set(r.in_band as i64);
         }
         for (name, j) in &report.judges {
             let Some(judge) = self.caps[INPUT].admit(name) else {

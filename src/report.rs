@@ -24,6 +24,29 @@ pub struct Report {
     pub experiments: BTreeMap<String, ExperimentReport>,
     /// Per judge endpoint.
     pub judges: BTreeMap<String, JudgeReport>,
+    /// Per router.
+    pub routers: BTreeMap<String, RouterReport>,
+}
+
+/// One router.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouterReport {
+    /// Whether a rule is declared (compliance is checked only then).
+    pub declared: bool,
+    /// The threshold in use.
+    pub threshold: Option<f64>,
+    /// Decisions seen.
+    pub decisions: u64,
+    /// Decisions within the band around the threshold.
+    pub in_band: u64,
+    /// In-band decisions against the rule.
+    pub disagree: u64,
+    /// `disagree / in_band`.
+    pub disagreement_share: f64,
+    /// Log e-value for "disagreement share above tolerance".
+    pub compliance_log_evalue: f64,
+    /// Whether `threshold_compliance` fired.
+    pub compliance_alert: bool,
 }
 
 /// One judge endpoint.
@@ -111,6 +134,19 @@ pub struct ExperimentReport {
     pub inputs_over_limit: u64,
     /// Times statistics restarted because an undeclared experiment gained an arm.
     pub restarts: u32,
+    /// Declared substrate inputs: each value, when it appeared, and its events per arm.
+    pub substrates: BTreeMap<String, Vec<SubstrateValueReport>>,
+}
+
+/// One value of a substrate input.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubstrateValueReport {
+    /// The value.
+    pub value: String,
+    /// First event time (epoch ms).
+    pub first_ts_ms: i64,
+    /// Events per arm, in arm order.
+    pub events_per_arm: Vec<u64>,
 }
 
 /// First-exposure counting.
@@ -243,6 +279,27 @@ impl Report {
                 .iter()
                 .map(|e| (e.id.to_string(), experiment_report(e, engine)))
                 .collect(),
+            routers: engine
+                .routers()
+                .iter()
+                .map(|r| {
+                    let rep = RouterReport {
+                        declared: r.cfg.is_some(),
+                        threshold: r.threshold,
+                        decisions: r.decisions,
+                        in_band: r.in_band,
+                        disagree: r.disagree,
+                        disagreement_share: if r.in_band == 0 {
+                            0.0
+                        } else {
+                            r.disagree as f64 / r.in_band as f64
+                        },
+                        compliance_log_evalue: r.compliance.log_e,
+                        compliance_alert: r.compliance.fired,
+                    };
+                    (r.name.to_string(), rep)
+                })
+                .collect(),
             judges: engine
                 .judges()
                 .iter()
@@ -290,6 +347,22 @@ fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
             .collect(),
         inputs_over_limit: e.inputs_over_limit,
         restarts: e.restarts,
+        substrates: e
+            .substrates
+            .iter()
+            .map(|s| {
+                let values = s
+                    .values
+                    .iter()
+                    .map(|v| SubstrateValueReport {
+                        value: v.value.to_string(),
+                        first_ts_ms: v.first_ts_ms,
+                        events_per_arm: v.per_arm.clone(),
+                    })
+                    .collect();
+                (s.name.to_string(), values)
+            })
+            .collect(),
     }
 }
 

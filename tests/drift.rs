@@ -73,7 +73,7 @@ fn run(seed: u64, n: u64, switch_at: Option<u64>, shift: f64) -> JudgeRun {
     out
 }
 
-fn many(streams: u64, f: &(dyn Fn(u64) -> JudgeRun + Sync)) -> Vec<JudgeRun> {
+fn many<T: Send>(streams: u64, f: &(dyn Fn(u64) -> T + Sync)) -> Vec<T> {
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..2u64)
             .map(|t| {
@@ -192,4 +192,125 @@ fn judge_version_mix_differing_by_arm_is_input_divergence() {
     let (subject, at) = found.expect("input_divergence on judge_version");
     assert_eq!(subject, "judge_version");
     println!("judge-version mix 60/30 by arm detected after {at} judgments");
+}
+
+/// One routing stream: scores uniform on [0, 1], threshold 0.85, `below` = premium; within
+/// 0.05 of the threshold a share `overrides` of decisions take the other route.
+fn routing_alerts(seed: u64, n: u64, overrides: f64) -> Option<u64> {
+    let settings = Settings::from_toml(&format!(
+        "[alerts]\nalpha = {ALPHA}\n[[router]]\nname = \"confidence-gate\"\nthreshold = 0.85\nbelow = \"premium\"\nband = 0.05\ntolerance = 0.01\n"
+    ))
+    .expect("config");
+    let mut engine = Engine::new(&settings);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for i in 0..n {
+        let score: f64 = rng.random();
+        let mut premium = score < 0.85;
+        if (score - 0.85).abs() <= 0.05 && rng.random::<f64>() < overrides {
+            premium = !premium;
+        }
+        let ev = format!(
+            r#"{{"kind":"routing","ts":{i},"router":"confidence-gate","score":{score},"route":"{}"}}"#,
+            if premium { "premium" } else { "standard" }
+        );
+        engine.process(ev.as_bytes()).expect("valid routing event");
+        if engine
+            .take_new_alerts()
+            .iter()
+            .any(|a| a.check == Check::ThresholdCompliance)
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[test]
+fn routing_overrides_near_the_threshold_alert_and_a_sharp_rule_does_not() {
+    let n = 100;
+    let sharp = many(n, &|i| routing_alerts(30_000 + i, 20_000, 0.0));
+    let at_tolerance = many(n, &|i| routing_alerts(50_000 + i, 20_000, 0.01));
+    let fuzzy = many(n, &|i| routing_alerts(40_000 + i, 20_000, 0.05));
+    let sharp_alarms = sharp.iter().flatten().count();
+    let boundary_alarms = at_tolerance.iter().flatten().count();
+    let mut at: Vec<u64> = fuzzy.iter().flatten().copied().collect();
+    at.sort_unstable();
+    let mc = 2.326 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt();
+    println!(
+        "compliance: {n} streams x 20000 decisions (10% in band, tolerance 1%): sharp rule alarms {sharp_alarms}; \
+         1% overrides (the null's boundary) alarm {boundary_alarms}; 5% overrides detected in {} (median decision {})",
+        at.len(),
+        at.get(at.len() / 2).unwrap_or(&0)
+    );
+    assert_eq!(sharp_alarms, 0, "a sharp rule never alerts");
+    assert!(
+        boundary_alarms as f64 / n as f64 <= ALPHA + mc,
+        "false alarms at the tolerance: {boundary_alarms}"
+    );
+    assert!(at.len() as f64 >= 0.9 * n as f64);
+}
+
+/// A substrate rotation mid-experiment alerts at its first event, with per-arm exposure; a
+/// stable substrate stays quiet.
+#[test]
+fn substrate_rotation_alerts_at_once() {
+    let settings = Settings::from_toml(
+        "[[experiment]]\nid = \"rag\"\narms = { control = 0.5, treatment = 0.5 }\nsubstrate_inputs = [\"embedding_model\"]\n",
+    )
+    .expect("config");
+    let mut engine = Engine::new(&settings);
+    let mut rng = SmallRng::seed_from_u64(8);
+    let mut alerts = Vec::new();
+    for i in 0..3000u64 {
+        let treatment = rng.random::<bool>();
+        // from event 2000 the treatment arm's retrieval runs on the new embedding model
+        let model = if i >= 2000 && treatment {
+            "e5-v2"
+        } else {
+            "e5-v1"
+        };
+        let ev = format!(
+            r#"{{"kind":"prompt","ts":{},"experiment":"rag","arm":"{}","inputs":{{"embedding_model":"{model}"}}}}"#,
+            1_767_225_600_000u64 + i,
+            if treatment { "treatment" } else { "control" }
+        );
+        engine.process(ev.as_bytes()).expect("valid");
+        alerts.extend(engine.take_new_alerts().iter().cloned());
+    }
+    let change: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.check == Check::SubstrateChange)
+        .collect();
+    assert_eq!(change.len(), 1, "{alerts:?}");
+    let a = change[0];
+    assert_eq!(
+        (a.subject.as_str(), a.value.as_deref()),
+        ("embedding_model", Some("e5-v2"))
+    );
+    assert!(
+        a.first_event >= 2000 && a.first_event < 2010,
+        "alerted at the first event: {}",
+        a.first_event
+    );
+    let r = engine.report();
+    let values = &r.experiments["rag"].substrates["embedding_model"];
+    assert_eq!(
+        values[1].events_per_arm[0], 0,
+        "the control arm never saw e5-v2"
+    );
+    assert!(values[1].events_per_arm[1] > 400);
+    // the uneven rotation is also an arm-conditional divergence of the input
+    assert!(alerts
+        .iter()
+        .any(|a| a.check == Check::InputDivergence && a.subject == "embedding_model"));
+
+    let mut quiet = Engine::new(&settings);
+    for i in 0..3000u64 {
+        let ev = format!(
+            r#"{{"kind":"prompt","ts":{i},"experiment":"rag","arm":"{}","inputs":{{"embedding_model":"e5-v1"}}}}"#,
+            if i % 2 == 0 { "control" } else { "treatment" }
+        );
+        quiet.process(ev.as_bytes()).expect("valid");
+    }
+    assert!(quiet.alerts().is_empty());
 }

@@ -6,6 +6,8 @@ pub mod alert;
 pub mod input_divergence;
 pub mod judge;
 pub mod srm;
+pub mod substrate;
+pub mod threshold;
 
 pub use alert::{Alert, Check};
 

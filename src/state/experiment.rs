@@ -2,6 +2,7 @@
 
 use super::input::InputState;
 use super::numeric::Bins;
+use super::substrate::SubstrateState;
 use super::units::{Exposure, UnitFilter};
 use super::{key_of, Identity};
 use crate::config::{ExperimentSettings, Settings};
@@ -69,6 +70,8 @@ pub struct Experiment {
     pub repeat_events: u64,
     /// Events of new units after the unit filter filled up (not counted).
     pub uncounted_events: u64,
+    /// Declared substrate inputs.
+    pub substrates: Vec<SubstrateState>,
     treatment_inputs: Vec<Box<str>>,
     watch_inputs: Option<Vec<Box<str>>>,
     numeric_bins: Vec<(Box<str>, Box<[f64]>)>,
@@ -90,6 +93,8 @@ pub struct Observed {
     pub counted: bool,
     /// Bit i set when input i was updated.
     pub touched: u64,
+    /// (substrate index, value index) of a substrate value first seen in this event.
+    pub substrate_change: Option<(usize, usize)>,
 }
 
 impl Experiment {
@@ -103,6 +108,11 @@ impl Experiment {
             .treatment_inputs
             .iter()
             .map(|s| s.as_str().into())
+            .collect();
+        e.substrates = cfg
+            .substrate_inputs
+            .iter()
+            .map(|s| SubstrateState::new(s))
             .collect();
         e.watch_inputs = cfg
             .watch_inputs
@@ -143,6 +153,7 @@ impl Experiment {
             units: None,
             repeat_events: 0,
             uncounted_events: 0,
+            substrates: Vec::new(),
             treatment_inputs: Vec::new(),
             watch_inputs: None,
             numeric_bins: Vec::new(),
@@ -246,11 +257,12 @@ impl Experiment {
     }
 
     /// Count one exposure event: its unit's first exposure, or every event without a unit.
-    pub fn observe(&mut self, ev: &Event<'_>) -> Result<Observed, RejectReason> {
+    pub fn observe(&mut self, ev: &Event<'_>, seq: u64) -> Result<Observed, RejectReason> {
         let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
         let arm = self.arm_index(arm_name)?;
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
+        let substrate_change = self.observe_substrates(ev, arm, seq);
         if let Some(unit) = ev.unit.as_deref() {
             let cap = self.limits.units;
             match self
@@ -269,6 +281,7 @@ impl Experiment {
                         arm,
                         counted: false,
                         touched: 0,
+                        substrate_change,
                     });
                 }
             }
@@ -288,7 +301,34 @@ impl Experiment {
             arm,
             counted: true,
             touched,
+            substrate_change,
         })
+    }
+
+    /// Substrate values of an exposure event (every event, repeats included).
+    fn observe_substrates(
+        &mut self,
+        ev: &Event<'_>,
+        arm: usize,
+        seq: u64,
+    ) -> Option<(usize, usize)> {
+        let mut change = None;
+        for (k, s) in self.substrates.iter_mut().enumerate() {
+            let Some((_, v)) = ev.inputs.iter().find(|(n, _)| **n == *s.name) else {
+                continue;
+            };
+            let text: std::borrow::Cow<'_, str> = match v {
+                InputValue::Str(t) => std::borrow::Cow::Borrowed(&**t),
+                InputValue::Bool(b) => {
+                    std::borrow::Cow::Borrowed(if *b { "true" } else { "false" })
+                }
+                InputValue::Num(x) => std::borrow::Cow::Owned(x.to_string()),
+            };
+            if let Some(i) = s.observe(&text, arm, self.arms.len(), ev.ts_ms, seq) {
+                change.get_or_insert((k, i));
+            }
+        }
+        change
     }
 
     /// Count one value of an input carried by a non-exposure event of this experiment (e.g. the

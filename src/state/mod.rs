@@ -5,7 +5,9 @@ pub mod experiment;
 pub mod input;
 pub mod judge;
 pub mod numeric;
+pub mod router;
 pub mod strata;
+pub mod substrate;
 pub mod units;
 
 use std::hash::{BuildHasherDefault, Hasher};

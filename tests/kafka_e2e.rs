@@ -17,6 +17,7 @@ use std::time::Duration;
 use support::*;
 
 const VALID: usize = 6000;
+const JUDGMENTS: u64 = 60;
 
 fn malformed() -> Vec<(&'static str, Vec<u8>)> {
     vec![
@@ -134,6 +135,18 @@ async fn tier_leak_through_real_broker() {
     for s in sends {
         s.await.expect("join").expect("produced");
     }
+    // judgments: the judge behind `quality-judge` is upgraded half-way
+    for i in 0..JUDGMENTS {
+        let ev = format!(
+            r#"{{"kind":"judgment","ts":{},"judge":"quality-judge","judge_version":"{}","score":7.5,"control":true}}"#,
+            1_767_225_600_000u64 + i,
+            if i < JUDGMENTS / 2 { "v1" } else { "v2" }
+        );
+        send(&producer, ev.into_bytes())
+            .await
+            .expect("join")
+            .expect("produced");
+    }
     let rejected_total: u64 = expected_rejected.values().sum();
 
     // run the daemon
@@ -187,7 +200,11 @@ max_message_bytes = 4096
                 .filter(|l| l.starts_with("armwatch_events_rejected_total{"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
-            return accepted as usize == VALID && rejected as u64 == rejected_total;
+            let judgments =
+                metric(text, r#"armwatch_events_accepted_total{kind="judgment"}"#).unwrap_or(0.0);
+            return accepted as usize == VALID
+                && rejected as u64 == rejected_total
+                && judgments as u64 == JUDGMENTS;
         }
         false
     };
@@ -259,6 +276,23 @@ max_message_bytes = 4096
             .iter()
             .all(|a| a["check"] != "input_divergence" || a["subject"] == "tier"),
         "only tier leaks: {alerts:?}"
+    );
+    // the judge upgrade (issue 3's judge_version_change) end to end
+    let upgrade = alerts
+        .iter()
+        .find(|a| a["check"] == "judge_version_change")
+        .expect("judge_version_change alert");
+    assert_eq!(
+        (upgrade["subject"].as_str(), upgrade["value"].as_str()),
+        (Some("quality-judge"), Some("v2"))
+    );
+    assert_eq!(upgrade["details"]["old_version"], "v1");
+    assert_eq!(
+        metric(
+            &text,
+            r#"armwatch_judge_version_judgments{judge="quality-judge",version="v2"}"#
+        ),
+        Some((JUDGMENTS / 2) as f64)
     );
     assert_eq!(http_get(&http, "/readyz").map(|r| r.0), Some(200));
     assert_eq!(http_get(&http, "/healthz").map(|r| r.0), Some(200));

@@ -7,7 +7,7 @@ use armwatch::daemon::{DeadLetter, EngineLoop};
 use armwatch::engine::Engine;
 use armwatch::http::Shared;
 use armwatch::metrics::Metrics;
-use armwatch::sim::{Faults, SimExperiment, Simulator};
+use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
 use armwatch::sink::SinkConfig;
 use armwatch::source::{file, kafka};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -83,6 +83,12 @@ enum Fault {
     TierLeak,
     /// 53/47 split instead of 50/50 in router-v2.
     Srm,
+    /// quality-judge is upgraded to v2 at event 10,000, scoring the control set 0.5 sd higher.
+    JudgeUpgrade,
+    /// From event 8,000 the treatment arm of prompt-variant retrieves with embedding model e5-v2.
+    SubstrateRotation,
+    /// 5% of confidence-gate's decisions near its 0.85 threshold take the other route.
+    RouterOverrides,
     /// No fault.
     None,
 }
@@ -315,6 +321,16 @@ fn demo(
             users: None,
         },
     ];
+    let instruments = Instruments {
+        enabled: true,
+        judge_upgrade: has(Fault::JudgeUpgrade).then_some((10_000, 0.5)),
+        router_overrides: if has(Fault::RouterOverrides) {
+            0.05
+        } else {
+            0.0
+        },
+        substrate_rotation: has(Fault::SubstrateRotation).then_some(8_000),
+    };
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, true).await?;
         out.shared.ready.store(true, Ordering::Relaxed);
@@ -323,7 +339,7 @@ fn demo(
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let worker = std::thread::Builder::new().name("armwatch-demo".into()).spawn(move || {
-            let mut sim = Simulator::new(seed, experiments);
+            let mut sim = Simulator::new(seed, experiments).with_instruments(instruments);
             let mut buf = Vec::new();
             let start = Instant::now();
             while !stop2.load(Ordering::Relaxed) && events.is_none_or(|n| sim.produced() < n) {

@@ -6,6 +6,22 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 
+/// Instrument traffic besides prompts, with its faults (the demo's judge, router and
+/// embedding model).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Instruments {
+    /// Emit judgments (15% of events) and routing decisions (15%), and an `embedding_model`
+    /// input on prompts.
+    pub enabled: bool,
+    /// From this event on, `quality-judge` runs version v2, scoring the control set this many
+    /// sd higher.
+    pub judge_upgrade: Option<(u64, f64)>,
+    /// Share of decisions within 0.05 of the 0.85 threshold that take the other route.
+    pub router_overrides: f64,
+    /// From this event on, the treatment arm's retrieval uses `e5-v2`.
+    pub substrate_rotation: Option<u64>,
+}
+
 /// Faults to inject.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Faults {
@@ -79,6 +95,7 @@ fn pick<'a>(rng: &mut SmallRng, table: &'a [(&'a str, f64)]) -> &'a str {
 pub struct Simulator {
     rng: SmallRng,
     seed: u64,
+    instruments: Instruments,
     experiments: Vec<SimExperiment>,
     ts_ms: i64,
     produced: u64,
@@ -90,6 +107,7 @@ impl Simulator {
         Simulator {
             rng: SmallRng::seed_from_u64(seed),
             seed,
+            instruments: Instruments::default(),
             experiments,
             ts_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
             produced: 0,
@@ -114,6 +132,55 @@ impl Simulator {
         )
     }
 
+    /// Also produce judge, router and substrate traffic.
+    pub fn with_instruments(mut self, instruments: Instruments) -> Simulator {
+        self.instruments = instruments;
+        self
+    }
+
+    fn instrument_event(&mut self, buf: &mut Vec<u8>) -> bool {
+        if !self.instruments.enabled {
+            return false;
+        }
+        let u: f64 = self.rng.random();
+        let n = self.produced;
+        if u < 0.15 {
+            let upgraded = self.instruments.judge_upgrade.filter(|(at, _)| n >= *at);
+            let control = self.rng.random::<bool>();
+            let z = {
+                let (u1, u2): (f64, f64) =
+                    (self.rng.random::<f64>().max(1e-300), self.rng.random());
+                (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+            };
+            let shift = upgraded.map_or(0.0, |(_, s)| s);
+            let score = 7.0 + 1.5 * (z + if control { shift } else { 0.0 });
+            let version = if upgraded.is_some() { "v2" } else { "v1" };
+            let _ = write!(
+                buf,
+                r#"{{"kind":"judgment","ts":{},"judge":"quality-judge","judge_version":"{version}","score":{score:.3},"control":{control}}}"#,
+                self.ts_ms
+            );
+            true
+        } else if u < 0.30 {
+            let score: f64 = self.rng.random();
+            let mut premium = score < 0.85;
+            if (score - 0.85).abs() <= 0.05
+                && self.rng.random::<f64>() < self.instruments.router_overrides
+            {
+                premium = !premium;
+            }
+            let route = if premium { "premium" } else { "standard" };
+            let _ = write!(
+                buf,
+                r#"{{"kind":"routing","ts":{},"router":"confidence-gate","score":{score:.4},"threshold":0.85,"route":"{route}"}}"#,
+                self.ts_ms
+            );
+            true
+        } else {
+            false
+        }
+    }
+
     /// Events produced so far.
     pub fn produced(&self) -> u64 {
         self.produced
@@ -124,6 +191,9 @@ impl Simulator {
         buf.clear();
         self.produced += 1;
         self.ts_ms += self.rng.random_range(1..40);
+        if self.instrument_event(buf) {
+            return;
+        }
         let e = self.rng.random_range(0..self.experiments.len());
         let exp = &self.experiments[e];
         let (user, tier_u, arm_u) = match exp.users {
@@ -155,6 +225,18 @@ impl Simulator {
         let tool = self.rng.random_range(0..500u32);
         let fragment = if treatment { "sys-v2" } else { "sys-v1" };
         let emit_unit = exp.users.is_none_or(|u| u.emit_unit);
+        let embedding = if !self.instruments.enabled {
+            None
+        } else if treatment
+            && self
+                .instruments
+                .substrate_rotation
+                .is_some_and(|at| self.produced > at)
+        {
+            Some("e5-v2")
+        } else {
+            Some("e5-v1")
+        };
         // writing into a Vec cannot fail
         let _ = write!(
             buf,
@@ -166,9 +248,13 @@ impl Simulator {
         }
         let _ = write!(
             buf,
-            r#""inputs":{{"tier":"{}","locale":"{}","temperature":{},"max_tokens":{},"retrieved_docs":{},"tool_hash":"t{:04x}","fragment":"{}"}}}}"#,
+            r#""inputs":{{"tier":"{}","locale":"{}","temperature":{},"max_tokens":{},"retrieved_docs":{},"tool_hash":"t{:04x}","fragment":"{}""#,
             tier, locale, temperature, max_tokens, docs, tool, fragment
         );
+        if let Some(m) = embedding {
+            let _ = write!(buf, r#","embedding_model":"{m}""#);
+        }
+        buf.extend_from_slice(b"}}");
     }
 
     /// Produce `n` events as NDJSON.

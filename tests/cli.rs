@@ -64,11 +64,21 @@ fn demo_runs_without_setup_and_reports() {
         &[
             "demo",
             "--events",
-            "20000",
+            "30000",
             "--rate",
             "1000000",
             "--listen",
             "127.0.0.1:0",
+            "--fault",
+            "tier-leak",
+            "--fault",
+            "srm",
+            "--fault",
+            "judge-upgrade",
+            "--fault",
+            "substrate-rotation",
+            "--fault",
+            "router-overrides",
         ],
         &[],
     );
@@ -83,18 +93,28 @@ fn demo_runs_without_setup_and_reports() {
         .collect::<Result<_, _>>()
         .expect("JSON values on stdout");
     let report = values.last().expect("a report");
-    assert_eq!(report["events"]["accepted"], 20_000);
+    let accepted = report["events"]["accepted"].as_u64().expect("accepted");
+    assert_eq!(accepted, 30_000);
     let alerts = report["alerts"].as_array().expect("alerts");
+    let has = |check: &str, field: &str, v: &str| {
+        alerts.iter().any(|a| a["check"] == check && a[field] == v)
+    };
+    assert!(has("input_divergence", "value", "pro"), "{alerts:?}");
+    assert!(has("srm", "experiment", "router-v2"), "{alerts:?}");
     assert!(
-        alerts.iter().any(|a| a["check"] == "input_divergence"
-            && a["subject"] == "tier"
-            && a["value"] == "pro"),
+        has("judge_version_change", "subject", "quality-judge"),
         "{alerts:?}"
     );
     assert!(
-        alerts
-            .iter()
-            .any(|a| a["check"] == "srm" && a["experiment"] == "router-v2"),
+        has("judge_score_shift", "subject", "quality-judge"),
+        "{alerts:?}"
+    );
+    assert!(
+        has("substrate_change", "subject", "embedding_model"),
+        "{alerts:?}"
+    );
+    assert!(
+        has("threshold_compliance", "subject", "confidence-gate"),
         "{alerts:?}"
     );
     assert_eq!(

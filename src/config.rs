@@ -86,6 +86,19 @@ pub struct RouterSettings {
     /// Share of in-band decisions allowed to disagree with the rule.
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
+    /// The range of scores, for the density test's fixed fine histogram (4096 bins).
+    #[serde(default = "default_score_range")]
+    pub score_range: [f64; 2],
+    /// Minimum |ln f+ - ln f-| at the threshold for a `threshold_density` alert.
+    #[serde(default = "default_min_log_ratio")]
+    pub min_log_density_ratio: f64,
+}
+
+fn default_score_range() -> [f64; 2] {
+    [0.0, 1.0]
+}
+fn default_min_log_ratio() -> f64 {
+    0.1
 }
 
 fn default_band() -> f64 {
@@ -558,6 +571,16 @@ impl Settings {
                     format!("{key}.band"),
                     "must be positive",
                     "e.g. band = 0.05",
+                ));
+            }
+            if !(r.score_range[0].is_finite()
+                && r.score_range[1].is_finite()
+                && r.score_range[0] < r.score_range[1])
+            {
+                return Err(invalid(
+                    format!("{key}.score_range"),
+                    "must be [low, high] with low < high",
+                    "e.g. score_range = [0.0, 1.0]",
                 ));
             }
             if !(r.tolerance > 0.0 && r.tolerance < 1.0) {

@@ -193,6 +193,9 @@ impl Engine {
         if let Some(a) = threshold::compliance(router, decision, ctx) {
             self.alerts.push(a);
         }
+        if let Some(a) = threshold::density(router, self.alpha, ctx) {
+            self.alerts.push(a);
+        }
         Ok(())
     }
 

@@ -79,6 +79,7 @@ pub struct Metrics {
     router_log_e: GaugeVec,
     router_share: GaugeVec,
     router_in_band: IntGaugeVec,
+    router_density: GaugeVec,
     judge_shift: GaugeVec,
     judge_cusum: GaugeVec,
     judge_version_judgments: IntGaugeVec,
@@ -129,6 +130,7 @@ impl Metrics {
             div_js: reg!(r, g("armwatch_input_divergence_js", "Jensen-Shannon distance between the reference arm's and an arm's value distribution.", &["experiment", "input", "arm"])),
             div_psi: reg!(r, g("armwatch_input_divergence_psi", "Population stability index of an arm's value distribution against the reference arm.", &["experiment", "input", "arm"])),
             input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
+            router_density: reg!(r, g("armwatch_router_density", "McCrary density test at the routing threshold, last look: stat = theta | se | z | p.", &["router", "stat"])),
             router_log_e: reg!(r, g("armwatch_router_compliance_log_evalue", "Routing-rule compliance: log e-value for a disagreement share above tolerance.", &["router"])),
             router_share: reg!(r, g("armwatch_router_disagreement_share", "Share of in-band routing decisions that disagree with the rule.", &["router"])),
             router_in_band: reg!(r, IntGaugeVec::new(Opts::new("armwatch_router_in_band_decisions", "Routing decisions within the band around the threshold."), &["router"])),
@@ -246,6 +248,13 @@ impl Metrics {
             self.router_in_band
                 .with_label_values(&[router])
                 .set(r.in_band as i64);
+            if let Some(d) = &r.density {
+                for (stat, v) in [("theta", d.theta), ("se", d.se), ("z", d.z), ("p", d.p)] {
+                    self.router_density
+                        .with_label_values(&[router, stat])
+                        .set(v);
+                }
+            }
         }
         for (name, j) in &report.judges {
             let Some(judge) = self.caps[INPUT].admit(name) else {

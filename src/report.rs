@@ -47,6 +47,25 @@ pub struct RouterReport {
     pub compliance_log_evalue: f64,
     /// Whether `threshold_compliance` fired.
     pub compliance_alert: bool,
+    /// The last density look: McCrary theta, z and p (`None` before the first look).
+    pub density: Option<DensityReport>,
+    /// Whether `threshold_density` fired.
+    pub density_alert: bool,
+}
+
+/// The last McCrary look of a router.
+#[derive(Clone, Debug, Serialize)]
+pub struct DensityReport {
+    /// Looks taken (at 1000, 2000, 4000, ... decisions).
+    pub looks: u32,
+    /// `ln f+ - ln f-` at the threshold.
+    pub theta: f64,
+    /// Its standard error.
+    pub se: f64,
+    /// `theta / se`.
+    pub z: f64,
+    /// Two-sided p-value of that look.
+    pub p: f64,
 }
 
 /// One judge endpoint.
@@ -296,6 +315,14 @@ impl Report {
                         },
                         compliance_log_evalue: r.compliance.log_e,
                         compliance_alert: r.compliance.fired,
+                        density: r.density_test.last.map(|(m, p)| DensityReport {
+                            looks: r.density_test.looks,
+                            theta: m.theta,
+                            se: m.se,
+                            z: m.z,
+                            p,
+                        }),
+                        density_alert: r.density_test.fired,
                     };
                     (r.name.to_string(), rep)
                 })

@@ -314,3 +314,54 @@ fn substrate_rotation_alerts_at_once() {
     }
     assert!(quiet.alerts().is_empty());
 }
+
+/// Beta(5, 2) scores (the 5th smallest of 6 uniforms), threshold 0.85; with `nudge`, that
+/// share of the scores in (0.85, 0.90) is moved just below the threshold.
+fn density_alert(seed: u64, n: u64, nudge: f64) -> Option<u64> {
+    let settings = Settings::from_toml(&format!(
+        "[alerts]\nalpha = {ALPHA}\n[[router]]\nname = \"confidence-gate\"\nthreshold = 0.85\n"
+    ))
+    .expect("config");
+    let mut engine = Engine::new(&settings);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for i in 0..n {
+        let mut u: [f64; 6] = std::array::from_fn(|_| rng.random());
+        u.sort_by(f64::total_cmp);
+        let mut score = u[4];
+        if score > 0.85 && score < 0.90 && rng.random::<f64>() < nudge {
+            score -= 0.05;
+        }
+        let ev = format!(
+            r#"{{"kind":"routing","ts":{i},"router":"confidence-gate","score":{score},"route":"x"}}"#
+        );
+        engine.process(ev.as_bytes()).expect("valid");
+        if engine
+            .take_new_alerts()
+            .iter()
+            .any(|a| a.check == Check::ThresholdDensity)
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[test]
+fn density_manipulation_at_the_threshold_alerts_and_smooth_densities_do_not() {
+    let n = 100;
+    let null = many(n, &|i| density_alert(60_000 + i, 32_000, 0.0));
+    let nudged = many(n, &|i| density_alert(70_000 + i, 32_000, 0.3));
+    let null_alarms = null.iter().flatten().count();
+    let mut at: Vec<u64> = nudged.iter().flatten().copied().collect();
+    at.sort_unstable();
+    let mc = 2.326 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt();
+    println!(
+        "density: {n} streams x 32000 decisions, Beta(5,2) scores, threshold 0.85, looks at 1000 x 2^j: smooth density alarms {null_alarms} \
+         (bound {:.1}); 30% of (0.85, 0.90) nudged below: detected in {} (median decision {})",
+        (ALPHA + mc) * n as f64,
+        at.len(),
+        at.get(at.len() / 2).unwrap_or(&0)
+    );
+    assert!(null_alarms as f64 / n as f64 <= ALPHA + mc);
+    assert!(at.len() as f64 >= 0.9 * n as f64, "power {}", at.len());
+}

@@ -1,3 +1,11 @@
+//! Routing thresholds: `threshold_density` and `threshold_compliance`.
+//!
+//! `threshold_density`: McCrary's test ([`crate::stats::mccrary`]) on the fixed fine histogram
+//! of scores, re-binned at each look. Looks happen at 1000, 2000, 4000, ... decisions, look j
+//! (from 0) at level `alpha / 2^(j+1)`: the levels sum to alpha, so checking it continuously
+//! keeps the false-alarm level (Bonferroni alpha spending). An alert also needs
+//! `|theta| >= min_log_density_ratio`.
+//!
 //! `threshold_compliance`: near a sharp routing threshold every decision should follow the
 //! rule (`score < threshold` takes the `below` route). A share of in-band decisions that
 //! disagree means overrides, jitter or a fuzzy design, and the regression-discontinuity reading
@@ -13,6 +21,7 @@
 use super::alert::rfc3339;
 use super::{Alert, Check, EvalContext};
 use crate::state::router::{Decision, RouterState};
+use crate::stats::mccrary::{dc_density, two_sided_p, McCrary};
 use serde_json::json;
 
 /// Detector state of one router.
@@ -67,5 +76,70 @@ pub fn compliance(r: &mut RouterState, decision: Decision, ctx: &EvalContext) ->
             100.0 * p0
         ),
         details: json!({"in_band": r.in_band, "disagree": r.disagree, "share": share, "tolerance": p0, "band": cfg.band, "threshold": r.threshold, "below": cfg.below}),
+    })
+}
+
+/// State of the density test of one router.
+#[derive(Clone, Debug, Default)]
+pub struct DensityTest {
+    /// Looks taken.
+    pub looks: u32,
+    /// The last look's result and p-value.
+    pub last: Option<(McCrary, f64)>,
+    /// Whether the alert fired.
+    pub fired: bool,
+}
+
+/// Decisions at the first look.
+pub const FIRST_LOOK: u64 = 1000;
+
+/// After a routing decision: take a look when one is due.
+pub fn density(r: &mut RouterState, alpha: f64, ctx: &EvalContext) -> Option<Alert> {
+    let d = r.density.as_ref()?;
+    let n = d.moments.n();
+    let t = &mut r.density_test;
+    if t.fired || n != FIRST_LOOK << t.looks {
+        return None;
+    }
+    let level = alpha / f64::from(2u32).powi(t.looks as i32 + 1);
+    t.looks += 1;
+    let m = dc_density(
+        &d.points(),
+        d.threshold,
+        n,
+        d.moments.variance().sqrt(),
+        d.min,
+        d.max,
+    )?;
+    let p = two_sided_p(m.z);
+    t.last = Some((m, p));
+    let min_theta = r.cfg.as_ref().map_or(0.1, |c| c.min_log_density_ratio);
+    if p >= level || m.theta.abs() < min_theta {
+        return None;
+    }
+    t.fired = true;
+    let side = if m.theta < 0.0 { "below" } else { "above" };
+    Some(Alert {
+        check: Check::ThresholdDensity,
+        experiment: None,
+        subject: r.name.to_string(),
+        value: Some(format!("{}", d.threshold)),
+        evidence: -p.ln(),
+        evidence_threshold: -level.ln(),
+        magnitude: m.theta,
+        first_event: ctx.seq,
+        ts: rfc3339(ctx.ts_ms),
+        message: format!(
+            "scores of router `{}` pile up just {side} its threshold {}: the density jumps by a factor {:.2} at the threshold \
+             (McCrary theta {:.3}, z {:.2}, p {:.2e} at look {} of its alpha-spending schedule): something nudges scores across it",
+            r.name,
+            d.threshold,
+            m.theta.exp(),
+            m.theta,
+            m.z,
+            p,
+            t.looks
+        ),
+        details: json!({"theta": m.theta, "se": m.se, "z": m.z, "p": p, "level": level, "look": t.looks, "n": n, "bin": m.bin, "bandwidth": m.bw}),
     })
 }

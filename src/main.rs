@@ -89,6 +89,8 @@ enum Fault {
     SubstrateRotation,
     /// 5% of confidence-gate's decisions near its 0.85 threshold take the other route.
     RouterOverrides,
+    /// 30% of confidence-gate's scores in (0.85, 0.90) are nudged just below the threshold.
+    ScoreNudging,
     /// No fault.
     None,
 }
@@ -330,6 +332,7 @@ fn demo(
             0.0
         },
         substrate_rotation: has(Fault::SubstrateRotation).then_some(8_000),
+        score_nudging: if has(Fault::ScoreNudging) { 0.3 } else { 0.0 },
     };
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, true).await?;

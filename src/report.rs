@@ -66,6 +66,9 @@ pub struct DensityReport {
     pub z: f64,
     /// Two-sided p-value of that look.
     pub p: f64,
+    /// Binomial complement: counts below/above in the smallest symmetric window with 20 per
+    /// side, and its exact p-value.
+    pub window: Option<(f64, u64, u64, f64)>,
 }
 
 /// One judge endpoint.
@@ -321,6 +324,7 @@ impl Report {
                             se: m.se,
                             z: m.z,
                             p,
+                            window: r.density_test.window,
                         }),
                         density_alert: r.density_test.fired,
                     };

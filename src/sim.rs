@@ -20,6 +20,8 @@ pub struct Instruments {
     pub router_overrides: f64,
     /// From this event on, the treatment arm's retrieval uses `e5-v2`.
     pub substrate_rotation: Option<u64>,
+    /// Share of router scores in (0.85, 0.90) nudged just below the threshold.
+    pub score_nudging: f64,
 }
 
 /// Faults to inject.
@@ -162,7 +164,16 @@ impl Simulator {
             );
             true
         } else if u < 0.30 {
-            let score: f64 = self.rng.random();
+            // a confidence score: Beta(5, 2), the 5th smallest of 6 uniforms
+            let mut u: [f64; 6] = std::array::from_fn(|_| self.rng.random());
+            u.sort_by(f64::total_cmp);
+            let mut score = u[4];
+            if score > 0.85
+                && score < 0.90
+                && self.rng.random::<f64>() < self.instruments.score_nudging
+            {
+                score -= 0.05;
+            }
             let mut premium = score < 0.85;
             if (score - 0.85).abs() <= 0.05
                 && self.rng.random::<f64>() < self.instruments.router_overrides

@@ -79,6 +79,8 @@ fn demo_runs_without_setup_and_reports() {
             "substrate-rotation",
             "--fault",
             "router-overrides",
+            "--fault",
+            "score-nudging",
         ],
         &[],
     );
@@ -115,6 +117,10 @@ fn demo_runs_without_setup_and_reports() {
     );
     assert!(
         has("threshold_compliance", "subject", "confidence-gate"),
+        "{alerts:?}"
+    );
+    assert!(
+        has("threshold_density", "subject", "confidence-gate"),
         "{alerts:?}"
     );
     assert_eq!(

@@ -21,7 +21,7 @@
 use super::alert::rfc3339;
 use super::{Alert, Check, EvalContext};
 use crate::state::router::{Decision, RouterState};
-use crate::stats::mccrary::{dc_density, two_sided_p, McCrary};
+use crate::stats::mccrary::{binomial_window_p, dc_density, two_sided_p, McCrary};
 use serde_json::json;
 
 /// Detector state of one router.
@@ -86,6 +86,8 @@ pub struct DensityTest {
     pub looks: u32,
     /// The last look's result and p-value.
     pub last: Option<(McCrary, f64)>,
+    /// The last look's binomial window complement: (half-width, below, above, p).
+    pub window: Option<(f64, u64, u64, f64)>,
     /// Whether the alert fired.
     pub fired: bool,
 }
@@ -113,6 +115,11 @@ pub fn density(r: &mut RouterState, alpha: f64, ctx: &EvalContext) -> Option<Ale
     )?;
     let p = two_sided_p(m.z);
     t.last = Some((m, p));
+    // the smallest window (a few McCrary bins wide) with at least 20 values on each side
+    t.window = (1..=16).map(|k| k as f64 * m.bin).find_map(|h| {
+        let (below, above) = d.window(h);
+        (below >= 20 && above >= 20).then(|| (h, below, above, binomial_window_p(below, above)))
+    });
     let min_theta = r.cfg.as_ref().map_or(0.1, |c| c.min_log_density_ratio);
     if p >= level || m.theta.abs() < min_theta {
         return None;
@@ -140,6 +147,7 @@ pub fn density(r: &mut RouterState, alpha: f64, ctx: &EvalContext) -> Option<Ale
             p,
             t.looks
         ),
-        details: json!({"theta": m.theta, "se": m.se, "z": m.z, "p": p, "level": level, "look": t.looks, "n": n, "bin": m.bin, "bandwidth": m.bw}),
+        details: json!({"theta": m.theta, "se": m.se, "z": m.z, "p": p, "level": level, "look": t.looks, "n": n, "bin": m.bin, "bandwidth": m.bw,
+            "binomial_window": t.window.map(|(h, below, above, p)| json!({"half_width": h, "below": below, "above": above, "p": p}))}),
     })
 }

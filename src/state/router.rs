@@ -50,6 +50,19 @@ impl Density {
         self.max = self.max.max(x);
     }
 
+    /// Counts just below and at-or-above the threshold within `half_width`.
+    pub fn window(&self, half_width: f64) -> (u64, u64) {
+        let k = (half_width / self.width).round().max(1.0) as i64;
+        let at = self.offset.clamp(0, self.counts.len() as i64);
+        let lo = (at - k).max(0) as usize;
+        let hi = (at + k).min(self.counts.len() as i64) as usize;
+        let at = at as usize;
+        (
+            self.counts[lo..at].iter().sum(),
+            self.counts[at..hi].iter().sum(),
+        )
+    }
+
     /// Non-empty fine bins as (centre, count).
     pub fn points(&self) -> Vec<(f64, u64)> {
         self.counts

@@ -143,8 +143,10 @@ pub fn dc_density(
         let range = if left { c - l } else { r - c };
         Some(3.348 * (mse * range / fpp2).powf(0.2))
     };
-    let bw = 0.5 * (side_h(true)? + side_h(false)?);
-    if !(bw.is_finite() && bw > 0.0) {
+    // a flat density has f'' ~ 0 and an unbounded rule-of-thumb bandwidth: cap it at the data
+    // range (the fit then uses the whole side, and the zero padding stays bounded)
+    let bw = (0.5 * (side_h(true)? + side_h(false)?)).min(max - min);
+    if bw.is_nan() || bw <= 0.0 {
         return None;
     }
 
@@ -194,6 +196,20 @@ pub fn dc_density(
     })
 }
 
+/// The complement of Cattaneo, Jansson & Ma (`rddensity`'s binomial test; Cattaneo, Frandsen
+/// & Titiunik 2015): in a small symmetric window around the cutoff a smooth density puts each
+/// value on either side with probability 1/2, so the count below is Binomial(n, 1/2). Exact
+/// two-sided p-value (twice the smaller tail, at most 1).
+pub fn binomial_window_p(below: u64, above: u64) -> f64 {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    let n = below + above;
+    let Ok(b) = Binomial::new(0.5, n) else {
+        return 1.0;
+    };
+    let k = below.min(above);
+    (2.0 * b.cdf(k)).min(1.0)
+}
+
 /// Two-sided normal p-value of `z`.
 pub fn two_sided_p(z: f64) -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};
@@ -204,6 +220,24 @@ pub fn two_sided_p(z: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::stats::moments::Moments;
+
+    /// Exact: 2 * sum_{k <= 15} C(50, k) / 2^50 = 0.006600447966810918 (rational arithmetic,
+    /// as scipy.stats.binomtest(15, 50).pvalue); (25, 25) -> 1.0
+    #[test]
+    fn binomial_window_matches_scipy() {
+        assert!((binomial_window_p(15, 35) / 0.006600447966810918 - 1.0).abs() < 1e-9);
+        assert!((binomial_window_p(35, 15) / 0.006600447966810918 - 1.0).abs() < 1e-9);
+        assert_eq!(binomial_window_p(25, 25), 1.0);
+    }
+
+    /// A flat density (f'' = 0) still gives a finite test, near zero.
+    #[test]
+    fn flat_density_is_finite() {
+        let pts: Vec<(f64, u64)> = (0..1000).map(|i| ((i as f64 + 0.5) / 1000.0, 1)).collect();
+        let t =
+            dc_density(&pts, 0.5, 1000, (1.0f64 / 12.0).sqrt(), 0.0005, 0.9995).expect("finite");
+        assert!(t.theta.abs() < 0.05 && t.bw <= 1.0, "{t:?}");
+    }
 
     /// `../shared/design/statistics.md` section 4: `x = linspace(-1.5, 1.5, 200) +
     /// 0.05 sin(0..199)`, c = 0, against R `rdd::DCdensity`.

@@ -66,6 +66,53 @@ pub struct Settings {
     /// Declared judges (`[[judge]]`); judges are also discovered from events.
     #[serde(default, rename = "judge")]
     pub judges: Vec<JudgeSettings>,
+    /// Eval-set sampling skew (`[sampling]`); without it, production is tracked from the
+    /// first `sample` event on, in UTC, over hour-of-week only.
+    #[serde(default)]
+    pub sampling: Option<SamplingSettings>,
+}
+
+/// `[sampling]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingSettings {
+    /// IANA time zone for hour-of-week, e.g. `America/New_York`.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Inputs whose values are compared between samples and production (e.g. `tier`).
+    #[serde(default)]
+    pub segments: Vec<String>,
+    /// Numeric production input weighting the coverage figure (e.g. revenue).
+    #[serde(default)]
+    pub weight_input: Option<String>,
+    /// Production events before the evidence starts (the reference must be estimated first).
+    #[serde(default = "default_min_reference")]
+    pub min_reference: u64,
+    /// Minimum Jensen-Shannon distance for an alert.
+    #[serde(default = "default_min_js")]
+    pub min_js_distance: f64,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_min_reference() -> u64 {
+    1000
+}
+fn default_min_js() -> f64 {
+    0.1
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        SamplingSettings {
+            timezone: default_tz(),
+            segments: Vec::new(),
+            weight_input: None,
+            min_reference: default_min_reference(),
+            min_js_distance: default_min_js(),
+        }
+    }
 }
 
 /// `[[router]]`: a score-threshold routing rule.
@@ -612,6 +659,22 @@ impl Settings {
                     format!("{key}.tau_sd"),
                     "must be positive",
                     "e.g. tau_sd = 0.5",
+                ));
+            }
+        }
+        if let Some(s) = &self.sampling {
+            if s.timezone.parse::<chrono_tz::Tz>().is_err() {
+                return Err(invalid(
+                    "sampling.timezone",
+                    format!("`{}` is not an IANA time zone", s.timezone),
+                    "e.g. timezone = \"America/New_York\" or \"UTC\"",
+                ));
+            }
+            if s.segments.len() > 8 {
+                return Err(invalid(
+                    "sampling.segments",
+                    "lists more than 8 inputs",
+                    "compare at most 8 segment inputs",
                 ));
             }
         }

@@ -3,8 +3,10 @@
 //! One `Engine` is owned by one thread; there are no locks and, for a typical event, no heap
 //! allocation. The IO shell feeds it messages and drains new alerts and reports.
 
-use crate::config::{JudgeSettings, RouterSettings, Settings};
-use crate::detect::{input_divergence, judge, srm, substrate, threshold, Alert, EvalContext};
+use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
+use crate::detect::{
+    input_divergence, judge, sampling, srm, substrate, threshold, Alert, EvalContext,
+};
 use crate::event::{
     decode_into, Body, Event, InputValue, Inputs, Judgment, Kind, Limits, RejectReason, Routing,
 };
@@ -12,6 +14,7 @@ use crate::report::Report;
 use crate::state::experiment::{Experiment, ExperimentLimits};
 use crate::state::judge::JudgeState;
 use crate::state::router::RouterState;
+use crate::state::sampling::{EvalSet, Production, MAX_EVAL_SETS};
 use crate::state::{key_of, Identity};
 use std::collections::HashMap;
 
@@ -38,6 +41,9 @@ pub struct Engine {
     routers: Vec<RouterState>,
     router_index: HashMap<u64, usize, Identity>,
     router_settings: Vec<RouterSettings>,
+    production: Option<Production>,
+    eval_sets: Vec<EvalSet>,
+    k_grid: Vec<f64>,
 }
 
 /// Judges (and routers) tracked at most.
@@ -73,6 +79,9 @@ impl Engine {
             routers: Vec::new(),
             router_index: HashMap::default(),
             router_settings: settings.routers.clone(),
+            production: settings.sampling.clone().map(Production::new),
+            eval_sets: Vec::new(),
+            k_grid: settings.alerts.k_grid.clone(),
             exp_limits,
         };
         for cfg in &settings.experiments {
@@ -145,7 +154,7 @@ impl Engine {
             Body::Prompt => self.apply_prompt(ev, &ctx),
             Body::Judgment(j) => self.apply_judgment(ev, j, &ctx),
             Body::Routing(r) => self.apply_routing(r, &ctx),
-            Body::Sample(_) => Ok(()), // validated and counted
+            Body::Sample(smp) => self.apply_sample(ev, &smp.eval_set, &ctx),
         }
     }
 
@@ -238,7 +247,36 @@ impl Engine {
         Ok(())
     }
 
+    fn apply_sample(
+        &mut self,
+        ev: &Event<'_>,
+        name: &str,
+        ctx: &EvalContext,
+    ) -> Result<(), RejectReason> {
+        let production = self
+            .production
+            .get_or_insert_with(|| Production::new(SamplingSettings::default()));
+        let i = match self.eval_sets.iter().position(|s| &*s.name == name) {
+            Some(i) => i,
+            None if self.eval_sets.len() < MAX_EVAL_SETS => {
+                self.eval_sets
+                    .push(EvalSet::new(name, production, self.k_grid.len()));
+                self.eval_sets.len() - 1
+            }
+            None => return Err(RejectReason::InstrumentLimit),
+        };
+        let set = &mut self.eval_sets[i];
+        set.observe(production, ev.ts_ms, ev.inputs, &self.k_grid);
+        if let Some(a) = sampling::evaluate(set, production, ctx) {
+            self.alerts.push(a);
+        }
+        Ok(())
+    }
+
     fn apply_prompt(&mut self, ev: &Event<'_>, ctx: &EvalContext) -> Result<(), RejectReason> {
+        if let Some(p) = &mut self.production {
+            p.observe(ev.ts_ms, ev.inputs);
+        }
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
         let i = self.experiment_index(id)?;
         let exp = &mut self.experiments[i];
@@ -280,6 +318,11 @@ impl Engine {
     /// Experiments tracked.
     pub fn experiments(&self) -> &[Experiment] {
         &self.experiments
+    }
+
+    /// Production reference and eval sets (sampling skew).
+    pub fn sampling(&self) -> (Option<&Production>, &[EvalSet]) {
+        (self.production.as_ref(), &self.eval_sets)
     }
 
     /// Routers tracked.

@@ -80,6 +80,7 @@ pub struct Metrics {
     router_share: GaugeVec,
     router_in_band: IntGaugeVec,
     router_density: GaugeVec,
+    sampling: GaugeVec,
     judge_shift: GaugeVec,
     judge_cusum: GaugeVec,
     judge_version_judgments: IntGaugeVec,
@@ -131,6 +132,7 @@ impl Metrics {
             div_psi: reg!(r, g("armwatch_input_divergence_psi", "Population stability index of an arm's value distribution against the reference arm.", &["experiment", "input", "arm"])),
             input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
             router_density: reg!(r, g("armwatch_router_density", "McCrary density test at the routing threshold, last look: stat = theta | se | z | p.", &["router", "stat"])),
+            sampling: reg!(r, g("armwatch_sampling_skew", "Eval set against production per dimension: stat = log_evalue | js | kl | uncovered_share.", &["eval_set", "dimension", "stat"])),
             router_log_e: reg!(r, g("armwatch_router_compliance_log_evalue", "Routing-rule compliance: log e-value for a disagreement share above tolerance.", &["router"])),
             router_share: reg!(r, g("armwatch_router_disagreement_share", "Share of in-band routing decisions that disagree with the rule.", &["router"])),
             router_in_band: reg!(r, IntGaugeVec::new(Opts::new("armwatch_router_in_band_decisions", "Routing decisions within the band around the threshold."), &["router"])),
@@ -252,6 +254,26 @@ impl Metrics {
                 for (stat, v) in [("theta", d.theta), ("se", d.se), ("z", d.z), ("p", d.p)] {
                     self.router_density
                         .with_label_values(&[router, stat])
+                        .set(v);
+                }
+            }
+        }
+        for (name, set) in report.sampling.iter().flat_map(|s| s.eval_sets.iter()) {
+            let Some(set_l) = self.caps[INPUT].admit(name) else {
+                continue;
+            };
+            for (dim, f) in &set.dimensions {
+                let Some(dim_l) = self.caps[INPUT].admit(dim) else {
+                    continue;
+                };
+                for (stat, v) in [
+                    ("log_evalue", f.log_evalue),
+                    ("js", f.js),
+                    ("kl", f.kl),
+                    ("uncovered_share", f.uncovered_share),
+                ] {
+                    self.sampling
+                        .with_label_values(&[set_l, dim_l, stat])
                         .set(v);
                 }
             }

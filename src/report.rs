@@ -26,6 +26,33 @@ pub struct Report {
     pub judges: BTreeMap<String, JudgeReport>,
     /// Per router.
     pub routers: BTreeMap<String, RouterReport>,
+    /// Eval-set sampling against production (present once tracked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingReport>,
+}
+
+/// Eval sets against production.
+#[derive(Clone, Debug, Serialize)]
+pub struct SamplingReport {
+    /// Time zone of hour-of-week.
+    pub timezone: String,
+    /// Production (prompt) events counted.
+    pub production_events: u64,
+    /// Per eval set.
+    pub eval_sets: BTreeMap<String, EvalSetReport>,
+}
+
+/// One eval set.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalSetReport {
+    /// Samples seen.
+    pub samples: u64,
+    /// Samples counted in the evidence (after the production warm-up).
+    pub samples_in_evidence: u64,
+    /// Per dimension (`hour_of_week` and each segment input).
+    pub dimensions: BTreeMap<String, crate::detect::sampling::DimensionFigures>,
+    /// Whether `sampling_skew` fired.
+    pub alert: bool,
 }
 
 /// One router.
@@ -331,6 +358,35 @@ impl Report {
                     (r.name.to_string(), rep)
                 })
                 .collect(),
+            sampling: {
+                let (production, sets) = engine.sampling();
+                production.map(|p| SamplingReport {
+                    timezone: p.cfg.timezone.clone(),
+                    production_events: p.n,
+                    eval_sets: sets
+                        .iter()
+                        .map(|s| {
+                            let dims = (0..s.dims.len())
+                                .map(|d| {
+                                    (
+                                        s.dims[d].name.to_string(),
+                                        crate::detect::sampling::figures(s, p, d),
+                                    )
+                                })
+                                .collect();
+                            (
+                                s.name.to_string(),
+                                EvalSetReport {
+                                    samples: s.n,
+                                    samples_in_evidence: s.n_evidence,
+                                    dimensions: dims,
+                                    alert: s.detector.fired,
+                                },
+                            )
+                        })
+                        .collect(),
+                })
+            },
             judges: engine
                 .judges()
                 .iter()

@@ -365,3 +365,114 @@ fn density_manipulation_at_the_threshold_alerts_and_smooth_densities_do_not() {
     assert!(null_alarms as f64 / n as f64 <= ALPHA + mc);
     assert!(at.len() as f64 >= 0.9 * n as f64, "power {}", at.len());
 }
+
+/// Production over two weeks (time-ordered prompt events, tiers 60/30/10); after every 10
+/// prompts one trace is sampled into `nightly`: from all past traces (null), or only from
+/// those at 02:00-04:00 New York time (skewed). Returns the event index of a `sampling_skew`
+/// alert.
+fn sampling_alert(seed: u64, night_only: bool) -> Option<u64> {
+    use chrono::{TimeZone, Timelike};
+    let settings = Settings::from_toml(&format!(
+        "[alerts]\nalpha = {ALPHA}\n[sampling]\ntimezone = \"America/New_York\"\nsegments = [\"tier\"]\n"
+    ))
+    .expect("config");
+    let ny: chrono_tz::Tz = "America/New_York".parse().expect("tz");
+    let mut engine = Engine::new(&settings);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (start, span) = (1_767_225_600_000i64, 14 * 86_400_000i64);
+    let n = 30_000;
+    let (mut past, mut nights): (Vec<(i64, &str)>, Vec<(i64, &str)>) = (Vec::new(), Vec::new());
+    let mut seq = 0u64;
+    let emit = |engine: &mut Engine, ev: String, seq: &mut u64| -> bool {
+        engine.process(ev.as_bytes()).expect("valid");
+        *seq += 1;
+        engine
+            .take_new_alerts()
+            .iter()
+            .any(|a| a.check == Check::SamplingSkew)
+    };
+    for i in 0..n {
+        let ts = start + span * i / n;
+        let tier = match rng.random::<f64>() {
+            u if u < 0.6 => "free",
+            u if u < 0.9 => "pro",
+            _ => "enterprise",
+        };
+        past.push((ts, tier));
+        let hour = ny.timestamp_millis_opt(ts).single().map_or(0, |t| t.hour());
+        if (2..4).contains(&hour) {
+            nights.push((ts, tier));
+        }
+        let ev = format!(
+            r#"{{"kind":"prompt","ts":{ts},"experiment":"x","arm":"a","inputs":{{"tier":"{tier}"}}}}"#
+        );
+        if emit(&mut engine, ev, &mut seq) {
+            return Some(seq);
+        }
+        if i % 10 == 9 {
+            let pool = if night_only && !nights.is_empty() {
+                &nights
+            } else {
+                &past
+            };
+            let (sts, stier) = pool[rng.random_range(0..pool.len())];
+            let ev = format!(
+                r#"{{"kind":"sample","ts":{sts},"eval_set":"nightly","inputs":{{"tier":"{stier}"}}}}"#
+            );
+            if emit(&mut engine, ev, &mut seq) {
+                return Some(seq);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn eval_set_from_night_hours_alerts_and_a_uniform_one_does_not() {
+    let n = 100;
+    let null = many(n, &|i| sampling_alert(80_000 + i, false));
+    let night = many(50, &|i| sampling_alert(90_000 + i, true));
+    let null_alarms = null.iter().flatten().count();
+    let mut at: Vec<u64> = night.iter().flatten().copied().collect();
+    at.sort_unstable();
+    let mc = 2.326 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt();
+    println!(
+        "sampling: 30000 production events over 2 weeks, 3000 samples, America/New_York, alpha {ALPHA}: uniform sampler alarms in \
+         {null_alarms} of {n} (bound {:.1}); 02:00-04:00 sampler detected in {} of 50 (median event {})",
+        (ALPHA + mc) * n as f64,
+        at.len(),
+        at.get(at.len() / 2).unwrap_or(&0)
+    );
+    assert!(null_alarms as f64 / n as f64 <= ALPHA + mc);
+    assert!(at.len() >= 45);
+}
+
+#[test]
+fn sampling_report_names_uncovered_production() {
+    let settings = Settings::from_toml("[sampling]\ntimezone = \"UTC\"\n").expect("config");
+    let mut engine = Engine::new(&settings);
+    for i in 0..2000i64 {
+        let ts = 1_767_225_600_000 + i * 3_600_000 / 10; // 10 events an hour
+        engine
+            .process(
+                format!(r#"{{"kind":"prompt","ts":{ts},"experiment":"x","arm":"a"}}"#).as_bytes(),
+            )
+            .expect("valid");
+    }
+    // samples only from the first 24 hours (Thursday, 2026-01-01)
+    for i in 0..100i64 {
+        let ts = 1_767_225_600_000 + (i % 24) * 3_600_000;
+        engine
+            .process(format!(r#"{{"kind":"sample","ts":{ts},"eval_set":"day-one"}}"#).as_bytes())
+            .expect("valid");
+    }
+    let r = engine.report();
+    let s = &r.sampling.as_ref().expect("sampling").eval_sets["day-one"];
+    let how = &s.dimensions["hour_of_week"];
+    // production: 200 hours from Thursday 00:00, so the 24 Thursday hours of the week hold 20
+    // events each (they recur on day 8) and the other 144 hold 10: the samples reach 480 of 2000
+    assert!(
+        (how.uncovered_share - (1.0 - 480.0 / 2000.0)).abs() < 1e-9,
+        "{how:?}"
+    );
+}

@@ -5,6 +5,7 @@
 pub mod alert;
 pub mod input_divergence;
 pub mod judge;
+pub mod sampling;
 pub mod srm;
 pub mod substrate;
 pub mod threshold;

@@ -6,6 +6,7 @@ pub mod input;
 pub mod judge;
 pub mod numeric;
 pub mod router;
+pub mod sampling;
 pub mod strata;
 pub mod substrate;
 pub mod units;

@@ -381,7 +381,8 @@ fn sampling_alert(seed: u64, night_only: bool) -> Option<u64> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let (start, span) = (1_767_225_600_000i64, 14 * 86_400_000i64);
     let n = 30_000;
-    let (mut past, mut nights): (Vec<(i64, &str)>, Vec<(i64, &str)>) = (Vec::new(), Vec::new());
+    let mut past: Vec<(i64, &str)> = Vec::new();
+    let mut nights: Vec<(i64, &str)> = Vec::new();
     let mut seq = 0u64;
     let emit = |engine: &mut Engine, ev: String, seq: &mut u64| -> bool {
         engine.process(ev.as_bytes()).expect("valid");

@@ -91,6 +91,8 @@ enum Fault {
     RouterOverrides,
     /// 30% of confidence-gate's scores in (0.85, 0.90) are nudged just below the threshold.
     ScoreNudging,
+    /// The `nightly` eval set samples only traces from 02:00-04:00 UTC.
+    NightSampler,
     /// No fault.
     None,
 }
@@ -333,6 +335,7 @@ fn demo(
         },
         substrate_rotation: has(Fault::SubstrateRotation).then_some(8_000),
         score_nudging: if has(Fault::ScoreNudging) { 0.3 } else { 0.0 },
+        sampler_night_only: Some(has(Fault::NightSampler)),
     };
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, true).await?;

@@ -22,6 +22,10 @@ pub struct Instruments {
     pub substrate_rotation: Option<u64>,
     /// Share of router scores in (0.85, 0.90) nudged just below the threshold.
     pub score_nudging: f64,
+    /// Sample 5% of traces into eval set `nightly`: from all past traffic uniformly, or (`true`)
+    /// only from 02:00-04:00 UTC. With instruments on, simulated time runs ~30 s per event so
+    /// that hours of the week mean something.
+    pub sampler_night_only: Option<bool>,
 }
 
 /// Faults to inject.
@@ -93,6 +97,9 @@ fn pick<'a>(rng: &mut SmallRng, table: &'a [(&'a str, f64)]) -> &'a str {
     pick_at(rng.random(), table)
 }
 
+/// Simulated time starts at 2026-01-01T00:00:00Z.
+const START_MS: i64 = 1_767_225_600_000;
+
 /// The traffic generator.
 pub struct Simulator {
     rng: SmallRng,
@@ -111,7 +118,7 @@ impl Simulator {
             seed,
             instruments: Instruments::default(),
             experiments,
-            ts_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            ts_ms: START_MS,
             produced: 0,
         }
     }
@@ -187,6 +194,24 @@ impl Simulator {
                 self.ts_ms
             );
             true
+        } else if u < 0.35 && self.instruments.sampler_night_only.is_some() {
+            const HOUR: i64 = 3_600_000;
+            let since_start = self.rng.random_range(0..(self.ts_ms - START_MS).max(1));
+            let ts = if self.instruments.sampler_night_only == Some(true) {
+                // the most recent 02:00-04:00 UTC window
+                let into_day = self.ts_ms.rem_euclid(24 * HOUR);
+                let back = (into_day - 2 * HOUR).rem_euclid(24 * HOUR);
+                self.ts_ms - back + self.rng.random_range(0..2 * HOUR)
+                    - if back < 2 * HOUR { 24 * HOUR } else { 0 }
+            } else {
+                START_MS + since_start
+            };
+            let tier = pick(&mut self.rng, &TIERS);
+            let _ = write!(
+                buf,
+                r#"{{"kind":"sample","ts":{ts},"eval_set":"nightly","inputs":{{"tier":"{tier}"}}}}"#
+            );
+            true
         } else {
             false
         }
@@ -201,7 +226,11 @@ impl Simulator {
     pub fn next_event(&mut self, buf: &mut Vec<u8>) {
         buf.clear();
         self.produced += 1;
-        self.ts_ms += self.rng.random_range(1..40);
+        self.ts_ms += if self.instruments.enabled {
+            self.rng.random_range(1..60_000)
+        } else {
+            self.rng.random_range(1..40)
+        };
         if self.instrument_event(buf) {
             return;
         }

@@ -81,6 +81,8 @@ fn demo_runs_without_setup_and_reports() {
             "router-overrides",
             "--fault",
             "score-nudging",
+            "--fault",
+            "night-sampler",
         ],
         &[],
     );
@@ -123,9 +125,44 @@ fn demo_runs_without_setup_and_reports() {
         has("threshold_density", "subject", "confidence-gate"),
         "{alerts:?}"
     );
+    assert!(has("sampling_skew", "subject", "nightly"), "{alerts:?}");
     assert_eq!(
         values.len() - 1,
         alerts.len(),
         "every alert was also printed as a line"
     );
+}
+
+#[test]
+fn clean_demo_stays_quiet() {
+    let out = armwatch(
+        &[
+            "demo",
+            "--events",
+            "30000",
+            "--rate",
+            "1000000",
+            "--listen",
+            "127.0.0.1:0",
+            "--fault",
+            "none",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("JSON values on stdout");
+    let report = values.last().expect("a report");
+    assert_eq!(
+        report["alerts"],
+        serde_json::json!([]),
+        "healthy simulated traffic raised alerts"
+    );
+    assert_eq!(values.len(), 1);
 }

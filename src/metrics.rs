@@ -81,6 +81,7 @@ pub struct Metrics {
     router_in_band: IntGaugeVec,
     router_density: GaugeVec,
     sampling: GaugeVec,
+    substrate: IntGaugeVec,
     judge_shift: GaugeVec,
     judge_cusum: GaugeVec,
     judge_version_judgments: IntGaugeVec,
@@ -133,6 +134,7 @@ impl Metrics {
             input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
             router_density: reg!(r, g("armwatch_router_density", "McCrary density test at the routing threshold, last look: stat = theta | se | z | p.", &["router", "stat"])),
             sampling: reg!(r, g("armwatch_sampling_skew", "Eval set against production per dimension: stat = log_evalue | js | kl | uncovered_share.", &["eval_set", "dimension", "stat"])),
+            substrate: reg!(r, IntGaugeVec::new(Opts::new("armwatch_substrate_value_events", "Events per substrate input value and arm (at most 16 values per input)."), &["experiment", "input", "value", "arm"])),
             router_log_e: reg!(r, g("armwatch_router_compliance_log_evalue", "Routing-rule compliance: log e-value for a disagreement share above tolerance.", &["router"])),
             router_share: reg!(r, g("armwatch_router_disagreement_share", "Share of in-band routing decisions that disagree with the rule.", &["router"])),
             router_in_band: reg!(r, IntGaugeVec::new(Opts::new("armwatch_router_in_band_decisions", "Routing decisions within the band around the threshold."), &["router"])),
@@ -211,6 +213,15 @@ impl Metrics {
             self.srm_chi2_p
                 .with_label_values(&[exp])
                 .set(e.srm.chi_square_p);
+            for (input, values) in &e.substrates {
+                for v in values {
+                    for (arm, n) in e.arms.iter().zip(&v.events_per_arm) {
+                        self.substrate
+                            .with_label_values(&[exp, input, &v.value, arm])
+                            .set(*n as i64);
+                    }
+                }
+            }
             for (name, inp) in &e.inputs {
                 let Some(input) = self.caps[INPUT].admit(name) else {
                     continue;

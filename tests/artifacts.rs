@@ -23,6 +23,25 @@ fn dashboard_queries_only_exported_metrics() {
         let _ = engine.process(&buf);
     }
     let _ = engine.process(b"garbage");
+    for (i, ev) in [
+        r#"{"kind":"judgment","ts":1,"judge":"quality-judge","judge_version":"v1","score":7,"control":true}"#,
+        r#"{"kind":"routing","ts":1,"router":"confidence-gate","score":0.84,"route":"premium"}"#,
+        r#"{"kind":"sample","ts":1,"eval_set":"nightly","inputs":{"tier":"pro"}}"#,
+        r#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"control","inputs":{"embedding_model":"e5"}}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        engine.process(ev.as_bytes()).unwrap_or_else(|r| panic!("event {i}: {r}"));
+    }
+    // enough routing decisions for a density look
+    for i in 0..1000 {
+        let ev = format!(
+            r#"{{"kind":"routing","ts":1,"router":"confidence-gate","score":{},"route":"premium"}}"#,
+            (i as f64 + 0.5) / 1000.0
+        );
+        engine.process(ev.as_bytes()).expect("routing");
+    }
     let mut m = Metrics::new(100);
     m.processing.observe(1e-6);
     m.consumer_lag.with_label_values(&["t", "0"]).set(0);

@@ -58,74 +58,65 @@ fn config_errors_name_the_key() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
 }
 
-#[test]
-fn demo_runs_without_setup_and_reports() {
-    let out = armwatch(
-        &[
-            "demo",
-            "--events",
-            "30000",
-            "--rate",
-            "1000000",
-            "--listen",
-            "127.0.0.1:0",
-            "--fault",
-            "tier-leak",
-            "--fault",
-            "srm",
-            "--fault",
-            "judge-upgrade",
-            "--fault",
-            "substrate-rotation",
-            "--fault",
-            "router-overrides",
-            "--fault",
-            "score-nudging",
-            "--fault",
-            "night-sampler",
-        ],
-        &[],
-    );
+/// Run `armwatch demo` for 30,000 events with `faults`; the JSON values it prints (one per
+/// alert, then the report).
+fn demo(faults: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "demo",
+        "--events",
+        "30000",
+        "--rate",
+        "1000000",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    for f in faults {
+        args.extend(["--fault", f]);
+    }
+    let out = armwatch(&args, &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // stdout: one JSON line per alert, then the pretty-printed report
-    let values: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+    serde_json::Deserializer::from_slice(&out.stdout)
         .into_iter()
         .collect::<Result<_, _>>()
-        .expect("JSON values on stdout");
+        .expect("JSON values on stdout")
+}
+
+#[test]
+fn demo_runs_without_setup_and_reports() {
+    let values = demo(&[
+        "tier-leak",
+        "srm",
+        "judge-upgrade",
+        "substrate-rotation",
+        "router-overrides",
+        "score-nudging",
+        "night-sampler",
+    ]);
     let report = values.last().expect("a report");
-    let accepted = report["events"]["accepted"].as_u64().expect("accepted");
-    assert_eq!(accepted, 30_000);
+    assert_eq!(report["events"]["accepted"], 30_000);
     let alerts = report["alerts"].as_array().expect("alerts");
     let has = |check: &str, field: &str, v: &str| {
         alerts.iter().any(|a| a["check"] == check && a[field] == v)
     };
-    assert!(has("input_divergence", "value", "pro"), "{alerts:?}");
-    assert!(has("srm", "experiment", "router-v2"), "{alerts:?}");
-    assert!(
-        has("judge_version_change", "subject", "quality-judge"),
-        "{alerts:?}"
-    );
-    assert!(
-        has("judge_score_shift", "subject", "quality-judge"),
-        "{alerts:?}"
-    );
-    assert!(
-        has("substrate_change", "subject", "embedding_model"),
-        "{alerts:?}"
-    );
-    assert!(
-        has("threshold_compliance", "subject", "confidence-gate"),
-        "{alerts:?}"
-    );
-    assert!(
-        has("threshold_density", "subject", "confidence-gate"),
-        "{alerts:?}"
-    );
-    assert!(has("sampling_skew", "subject", "nightly"), "{alerts:?}");
+    for (check, field, v) in [
+        ("input_divergence", "value", "pro"),
+        ("srm", "experiment", "router-v2"),
+        ("judge_version_change", "subject", "quality-judge"),
+        ("judge_score_shift", "subject", "quality-judge"),
+        ("substrate_change", "subject", "embedding_model"),
+        ("threshold_compliance", "subject", "confidence-gate"),
+        ("threshold_density", "subject", "confidence-gate"),
+        ("sampling_skew", "subject", "nightly"),
+    ] {
+        assert!(
+            has(check, field, v),
+            "no {check} with {field} = {v}: {alerts:?}"
+        );
+    }
     assert_eq!(
         values.len() - 1,
         alerts.len(),
@@ -135,32 +126,9 @@ fn demo_runs_without_setup_and_reports() {
 
 #[test]
 fn clean_demo_stays_quiet() {
-    let out = armwatch(
-        &[
-            "demo",
-            "--events",
-            "30000",
-            "--rate",
-            "1000000",
-            "--listen",
-            "127.0.0.1:0",
-            "--fault",
-            "none",
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let values: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .expect("JSON values on stdout");
-    let report = values.last().expect("a report");
+    let values = demo(&["none"]);
     assert_eq!(
-        report["alerts"],
+        values.last().expect("a report")["alerts"],
         serde_json::json!([]),
         "healthy simulated traffic raised alerts"
     );

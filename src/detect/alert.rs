@@ -81,6 +81,34 @@ pub struct Alert {
     pub details: serde_json::Value,
 }
 
+impl Alert {
+    /// An alert for a deterministic event (a version or substrate change): a fact, not a
+    /// statistical finding, so evidence and threshold are 0 and the magnitude 1.
+    pub fn deterministic(
+        check: Check,
+        experiment: Option<String>,
+        subject: String,
+        value: String,
+        ctx: &super::EvalContext,
+        message: String,
+        details: serde_json::Value,
+    ) -> Alert {
+        Alert {
+            check,
+            experiment,
+            subject,
+            value: Some(value),
+            evidence: 0.0,
+            evidence_threshold: 0.0,
+            magnitude: 1.0,
+            first_event: ctx.seq,
+            ts: rfc3339(ctx.ts_ms),
+            message,
+            details,
+        }
+    }
+}
+
 /// RFC 3339 (UTC, milliseconds) of epoch milliseconds.
 pub fn rfc3339(ts_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ts_ms)

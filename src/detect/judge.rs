@@ -36,18 +36,13 @@ fn share(n: u64, total: u64) -> f64 {
 pub fn version_change(j: &JudgeState, v: usize, ctx: &EvalContext) -> Option<Alert> {
     let (old, new) = (j.versions.get(v.checked_sub(1)?)?, j.versions.get(v)?);
     let total: u64 = j.versions.iter().map(|x| x.judgments).sum();
-    Some(Alert {
-        check: Check::JudgeVersionChange,
-        experiment: None,
-        subject: j.name.to_string(),
-        value: Some(new.version.to_string()),
-        // a version change is a fact, not a statistical finding
-        evidence: 0.0,
-        evidence_threshold: 0.0,
-        magnitude: 1.0,
-        first_event: ctx.seq,
-        ts: rfc3339(ctx.ts_ms),
-        message: format!(
+    Some(Alert::deterministic(
+        Check::JudgeVersionChange,
+        None,
+        j.name.to_string(),
+        new.version.to_string(),
+        ctx,
+        format!(
             "judge `{}` changed model version behind its endpoint: {} -> {} (first seen {}); scores before and after \
              are not comparable until the control set shows they agree",
             j.name,
@@ -55,14 +50,14 @@ pub fn version_change(j: &JudgeState, v: usize, ctx: &EvalContext) -> Option<Ale
             new.version,
             rfc3339(new.first_ts_ms)
         ),
-        details: json!({
+        json!({
             "old_version": &*old.version,
             "new_version": &*new.version,
             "old_first_seen": rfc3339(old.first_ts_ms),
             "new_first_seen": rfc3339(new.first_ts_ms),
             "versions": j.versions.iter().map(|x| json!({"version": &*x.version, "judgments": x.judgments, "share": share(x.judgments, total)})).collect::<Vec<_>>(),
         }),
-    })
+    ))
 }
 
 /// The version whose first post-baseline control judgment coincides with `onset`.

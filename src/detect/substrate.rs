@@ -24,17 +24,13 @@ pub fn change(
         .iter()
         .map(|v| json!({"value": &*v.value, "first_seen": rfc3339(v.first_ts_ms), "events_per_arm": arms.iter().map(|a| a.to_string()).zip(v.per_arm.iter().copied()).collect::<std::collections::BTreeMap<_, _>>()}))
         .collect();
-    Some(Alert {
-        check: Check::SubstrateChange,
-        experiment: Some(experiment.to_string()),
-        subject: s.name.to_string(),
-        value: Some(new.value.to_string()),
-        evidence: 0.0,
-        evidence_threshold: 0.0,
-        magnitude: 1.0,
-        first_event: ctx.seq,
-        ts: rfc3339(ctx.ts_ms),
-        message: format!(
+    Some(Alert::deterministic(
+        Check::SubstrateChange,
+        Some(experiment.to_string()),
+        s.name.to_string(),
+        new.value.to_string(),
+        ctx,
+        format!(
             "substrate `{}` changed in {experiment} while it runs: {} -> {} (first seen {}); results before and after \
              measure different systems, and if the new value reaches one arm more than the other the comparison is confounded",
             s.name,
@@ -42,6 +38,6 @@ pub fn change(
             new.value,
             rfc3339(new.first_ts_ms)
         ),
-        details: json!({ "old_value": &*old.value, "new_value": &*new.value, "values": exposure }),
-    })
+        json!({ "old_value": &*old.value, "new_value": &*new.value, "values": exposure }),
+    ))
 }

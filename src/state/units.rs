@@ -46,7 +46,7 @@ impl UnitFilter {
     fn probes(&self, unit: &str) -> (usize, [u32; HASHES as usize]) {
         let h = twox_hash::XxHash3_64::oneshot(unit.as_bytes());
         let blocks = (self.bits.len() / 8) as u64;
-        let block = ((h >> 32) * blocks >> 32) as usize * 8;
+        let block = (((h >> 32) * blocks) >> 32) as usize * 8;
         let mut g = h as u32 | 1;
         let mut bits = [0u32; HASHES as usize];
         for b in &mut bits {

@@ -202,7 +202,7 @@ impl Engine {
         if let Some(a) = threshold::compliance(router, decision, ctx) {
             self.alerts.push(a);
         }
-        if let Some(a) = threshold::density(router, self.alpha, ctx) {
+        if let Some(a) = threshold::density(router, ctx) {
             self.alerts.push(a);
         }
         Ok(())
@@ -430,6 +430,16 @@ mod tests {
         }
         a.merge(&b);
         let (m, w) = (&a.experiments()[0], &all.experiments()[0]);
+        // no watch_inputs: alpha is split over limits.max_inputs_per_experiment
+        assert_eq!(m.alpha_divisor(), 16);
+        let watched = Settings::from_toml(
+            "[[experiment]]\nid = \"e\"\narms = { a = 0.5, b = 0.5 }\nwatch_inputs = [\"tier\", \"locale\", \"temperature\"]",
+        )
+        .unwrap();
+        let engine = Engine::new(&watched);
+        let e = &engine.experiments()[0];
+        assert_eq!(e.alpha_divisor(), 3);
+        assert!((e.ln_alpha_divisor() - 3f64.ln()).abs() < 1e-15);
         assert_eq!(m.srm.counts(), w.srm.counts());
         assert!((m.srm.log_e() - w.srm.log_e()).abs() < 1e-9 * (1.0 + w.srm.log_e().abs()));
         for (x, y) in m.inputs.iter().zip(&w.inputs) {

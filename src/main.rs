@@ -262,26 +262,16 @@ fn run(settings: Settings) -> Result<()> {
     init_logging(&settings.log);
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, false).await?;
-        let ready = Arc::new(AtomicBool::new(false));
         let lag = Arc::new(Mutex::new(Vec::new()));
-        let consumer = kafka::consumer(&settings.kafka, ready.clone(), lag.clone()).context("kafka: cannot create the consumer")?;
-        out.shared.ready.store(false, Ordering::Relaxed);
+        // readiness is set by the consumer's rebalance callback
+        let consumer = kafka::consumer(&settings.kafka, out.shared.clone(), lag.clone()).context("kafka: cannot create the consumer")?;
         let dead_letter: Option<Box<dyn DeadLetter + Send>> = match &settings.kafka.dead_letter_topic {
             Some(t) => Some(Box::new(kafka::KafkaDeadLetter::new(&settings.kafka, t).context("kafka.dead_letter_topic: cannot create the producer")?)),
             None => None,
         };
-        // readiness comes from the consumer's rebalance callback
-        let shared = out.shared.clone();
-        let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
+        let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
         let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, ready2) = (stop.clone(), ready.clone());
-        let bridge = tokio::spawn(async move {
-            // mirror the consumer's readiness into the HTTP state
-            loop {
-                shared.ready.store(ready2.load(Ordering::Relaxed), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        let stop2 = stop.clone();
         tracing::info!(brokers = %settings.kafka.brokers, topics = ?settings.kafka.topics, group = %settings.kafka.group_id, "consuming");
         let worker = std::thread::Builder::new()
             .name("armwatch-engine".into())
@@ -289,7 +279,6 @@ fn run(settings: Settings) -> Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         stop.store(true, Ordering::Relaxed);
-        bridge.abort();
         let lp = tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
         finish(out, lp).await;
         Ok(())

@@ -1,6 +1,6 @@
 //! Prometheus metrics. They are published from the engine's [`Report`] and counters at a fixed
 //! cadence (not per event), so the hot path touches no shared state. Label values that come
-//! from events (experiment, input, arm) are capped per label: past `max_label_values` distinct
+//! from events (experiment, input, arm; judge, router, eval set as `instrument`) are capped per label: past `max_label_values` distinct
 //! values, counters aggregate into `__other__` and gauges are not exported for the overflow
 //! (`armwatch_label_values_overflowed` says how many were refused).
 
@@ -101,7 +101,7 @@ pub struct Metrics {
     pub source_ready: IntGauge,
     /// Wall time of the last publish.
     pub last_publish: Gauge,
-    caps: [LabelCap; 3],
+    caps: [LabelCap; 4],
     last_accepted: [u64; Kind::ALL.len()],
     last_rejected: [u64; RejectReason::ALL.len()],
     last_arm: HashMap<(String, String), u64>,
@@ -112,6 +112,8 @@ pub struct Metrics {
 const EXP: usize = 0;
 const INPUT: usize = 1;
 const ARM: usize = 2;
+/// Judges, routers, eval sets and their dimensions.
+const INSTRUMENT: usize = 3;
 
 impl Metrics {
     /// Register everything in a fresh registry.
@@ -153,7 +155,7 @@ impl Metrics {
             source_ready: reg!(r, IntGauge::new("armwatch_source_ready", "1 while the source is connected and consuming.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),
             registry: r,
-            caps: [LabelCap::new(max_label_values), LabelCap::new(max_label_values), LabelCap::new(max_label_values)],
+            caps: std::array::from_fn(|_| LabelCap::new(max_label_values)),
             last_accepted: [0; Kind::ALL.len()],
             last_rejected: [0; RejectReason::ALL.len()],
             last_arm: HashMap::new(),
@@ -249,7 +251,7 @@ impl Metrics {
             }
         }
         for (name, r) in &report.routers {
-            let Some(router) = self.caps[INPUT].admit(name) else {
+            let Some(router) = self.caps[INSTRUMENT].admit(name) else {
                 continue;
             };
             self.router_log_e
@@ -270,11 +272,11 @@ impl Metrics {
             }
         }
         for (name, set) in report.sampling.iter().flat_map(|s| s.eval_sets.iter()) {
-            let Some(set_l) = self.caps[INPUT].admit(name) else {
+            let Some(set_l) = self.caps[INSTRUMENT].admit(name) else {
                 continue;
             };
             for (dim, f) in &set.dimensions {
-                let Some(dim_l) = self.caps[INPUT].admit(dim) else {
+                let Some(dim_l) = self.caps[INSTRUMENT].admit(dim) else {
                     continue;
                 };
                 for (stat, v) in [
@@ -290,7 +292,7 @@ impl Metrics {
             }
         }
         for (name, j) in &report.judges {
-            let Some(judge) = self.caps[INPUT].admit(name) else {
+            let Some(judge) = self.caps[INSTRUMENT].admit(name) else {
                 continue;
             };
             self.judge_log_e
@@ -326,7 +328,10 @@ impl Metrics {
                 .inc_by(n.saturating_sub(*last));
             *last = n;
         }
-        for (i, label) in ["experiment", "input", "arm"].iter().enumerate() {
+        for (i, label) in ["experiment", "input", "arm", "instrument"]
+            .iter()
+            .enumerate()
+        {
             self.overflowed
                 .with_label_values(&[label])
                 .set(self.caps[i].refused.len() as i64);
@@ -362,6 +367,12 @@ mod tests {
             );
             engine.process(ev.as_bytes()).unwrap();
         }
+        for i in 0..5 {
+            let ev = format!(
+                r#"{{"kind":"judgment","ts":1,"judge":"judge{i}","judge_version":"v1","score":1}}"#
+            );
+            engine.process(ev.as_bytes()).unwrap();
+        }
         let mut m = Metrics::new(settings.metrics.max_label_values);
         m.publish(&engine, &engine.report());
         let text = m.encode();
@@ -374,6 +385,11 @@ mod tests {
             r#"armwatch_experiment_arm_exposures_total{arm="a",experiment="__other__"} 7"#
         ));
         assert!(text.contains(r#"armwatch_label_values_overflowed{label="experiment"} 7"#));
+        assert!(
+            text.contains(r#"armwatch_label_values_overflowed{label="instrument"} 2"#),
+            "judges use their own cap"
+        );
+        assert!(text.contains(r#"armwatch_label_values_overflowed{label="input"} 0"#));
         assert!(text.contains(r#"armwatch_events_accepted_total{kind="prompt"} 10"#));
     }
 }

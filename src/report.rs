@@ -523,7 +523,7 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
         log_evalue: inp.strata.log_e_independence(&e.design),
         log_evalue_vs_design: inp.strata.log_e(),
         pooled_shares: shares(inp.strata.totals()),
-        evidence_threshold: (e.alpha_divisor() as f64 / alpha).ln(),
+        evidence_threshold: (1.0 / alpha).ln() + e.ln_alpha_divisor(),
         alert: inp.detector.fired,
         strata: inp.strata.slots().len(),
         promotions: inp.strata.promotions(),

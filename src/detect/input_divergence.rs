@@ -58,7 +58,7 @@ pub fn top_stratum(exp: &Experiment, input: usize) -> Option<(String, &DmEProces
 /// Evaluate input `i` of `exp` after an event touched it.
 #[inline]
 pub fn evaluate(exp: &mut Experiment, i: usize, ctx: &EvalContext) -> Option<Alert> {
-    let threshold = ctx.log_threshold + (exp.alpha_divisor() as f64).ln();
+    let threshold = ctx.log_threshold + exp.ln_alpha_divisor();
     let input = &mut exp.inputs[i];
     // the design-null evidence bounds the independence evidence (the penalty is >= 0)
     if input.detector.fired || exp.arms.len() < 2 || input.strata.log_e_fast() < threshold {

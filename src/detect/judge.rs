@@ -97,7 +97,7 @@ pub fn score_shift(j: &mut JudgeState, ctx: &EvalContext) -> Option<Alert> {
     // (a component not started has e-value 1), with weights 1/2, 1/4, 1/8, ... and the mass of
     // switches still to come at e-value 1
     let base_sd = j.baseline.variance().sqrt();
-    let mut terms: Vec<(f64, f64, Option<usize>)> = Vec::with_capacity(2 + j.switches.len());
+    let mut terms: smallvec::SmallVec<[(f64, f64, Option<usize>); 8]> = smallvec::SmallVec::new();
     let base_shift = if base_sd > 0.0 {
         (j.post.mean() - j.baseline.mean()) / base_sd
     } else {

@@ -96,14 +96,14 @@ pub struct DensityTest {
 pub const FIRST_LOOK: u64 = 1000;
 
 /// After a routing decision: take a look when one is due.
-pub fn density(r: &mut RouterState, alpha: f64, ctx: &EvalContext) -> Option<Alert> {
+pub fn density(r: &mut RouterState, ctx: &EvalContext) -> Option<Alert> {
     let d = r.density.as_ref()?;
     let n = d.moments.n();
     let t = &mut r.density_test;
     if t.fired || n != FIRST_LOOK << t.looks {
         return None;
     }
-    let level = alpha / f64::from(2u32).powi(t.looks as i32 + 1);
+    let level = ctx.alpha / f64::from(2u32).powi(t.looks as i32 + 1);
     t.looks += 1;
     let m = dc_density(
         &d.points(),

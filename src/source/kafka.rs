@@ -4,6 +4,7 @@
 use crate::config::KafkaSettings;
 use crate::daemon::{DeadLetter, EngineLoop, RateLimiter};
 use crate::event::RejectReason;
+use crate::http::Shared;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -15,9 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Consumer callbacks: readiness on assignment, lag from statistics.
+/// Consumer callbacks: readiness (straight into the HTTP state) on assignment, lag from
+/// statistics.
 pub struct Context {
-    ready: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
 }
 
@@ -46,11 +48,11 @@ impl ConsumerContext for Context {
         match r {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.ready.store(true, Ordering::Relaxed);
+                self.shared.ready.store(true, Ordering::Relaxed);
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                self.ready.store(false, Ordering::Relaxed);
+                self.shared.ready.store(false, Ordering::Relaxed);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -70,7 +72,7 @@ pub fn client_config(k: &KafkaSettings) -> ClientConfig {
 /// Create the consumer (subscribed) for `k`.
 pub fn consumer(
     k: &KafkaSettings,
-    ready: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
 ) -> Result<BaseConsumer<Context>, KafkaError> {
     let mut c = ClientConfig::new();
@@ -83,7 +85,7 @@ pub fn consumer(
     for (key, v) in &k.options {
         c.set(key, v);
     }
-    let consumer: BaseConsumer<Context> = c.create_with_context(Context { ready, lag })?;
+    let consumer: BaseConsumer<Context> = c.create_with_context(Context { shared, lag })?;
     let topics: Vec<&str> = k.topics.iter().map(|t| t.as_str()).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

@@ -80,6 +80,8 @@ pub struct Experiment {
     /// compare per input per event instead of a scan.
     name_index: HashMap<u64, i32, Identity>,
     ignored: Vec<Box<str>>,
+    alpha_divisor: usize,
+    ln_alpha_divisor: f64,
 }
 
 /// Ignored (treatment or unwatched) input names remembered at most.
@@ -123,6 +125,7 @@ impl Experiment {
             .iter()
             .map(|(k, v)| (k.as_str().into(), v.clone().into()))
             .collect();
+        e.set_alpha_divisor();
         e
     }
 
@@ -138,7 +141,7 @@ impl Experiment {
         limits: &ExperimentLimits,
     ) -> Experiment {
         let design = Design::new(weights, &limits.k_grid);
-        Experiment {
+        let mut e = Experiment {
             id: id.into(),
             declared: false,
             srm: DmEProcess::new(&design),
@@ -160,14 +163,30 @@ impl Experiment {
             limits: limits.clone(),
             name_index: HashMap::default(),
             ignored: Vec::new(),
-        }
+            alpha_divisor: 1,
+            ln_alpha_divisor: 0.0,
+        };
+        e.set_alpha_divisor();
+        e
     }
 
     /// The number of inputs the experiment-level alpha is split over (Bonferroni).
     pub fn alpha_divisor(&self) -> usize {
-        self.watch_inputs
+        self.alpha_divisor
+    }
+
+    /// `ln` of [`Self::alpha_divisor`], added to the per-check log threshold.
+    #[inline]
+    pub fn ln_alpha_divisor(&self) -> f64 {
+        self.ln_alpha_divisor
+    }
+
+    fn set_alpha_divisor(&mut self) {
+        self.alpha_divisor = self
+            .watch_inputs
             .as_ref()
-            .map_or(self.limits.max_inputs, |w| w.len().max(1))
+            .map_or(self.limits.max_inputs, |w| w.len().max(1));
+        self.ln_alpha_divisor = (self.alpha_divisor as f64).ln();
     }
 
     /// Whether `name` is an input the treatment is meant to change.

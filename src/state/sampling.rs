@@ -63,6 +63,7 @@ pub struct Dimension {
     pub counts: Vec<f64>,
     /// Weighted counts per cell (production coverage).
     pub weights: Vec<f64>,
+    total: f64,
 }
 
 impl Dimension {
@@ -73,6 +74,7 @@ impl Dimension {
             labels: Vec::new(),
             counts: vec![0.0; 168],
             weights: vec![0.0; 168],
+            total: 0.0,
         }
     }
 
@@ -83,6 +85,7 @@ impl Dimension {
             labels: Vec::new(),
             counts: Vec::new(),
             weights: Vec::new(),
+            total: 0.0,
         }
     }
 
@@ -110,11 +113,12 @@ impl Dimension {
         }
         self.counts[cell] += 1.0;
         self.weights[cell] += weight;
+        self.total += 1.0;
     }
 
     /// Total count.
     pub fn total(&self) -> f64 {
-        self.counts.iter().sum()
+        self.total
     }
 }
 

@@ -258,6 +258,59 @@ pub struct ExperimentSettings {
     /// new value while the experiment runs is a `substrate_change`.
     #[serde(default)]
     pub substrate_inputs: Vec<String>,
+    /// What was randomized: each `unit`, or each `cluster` (e.g. a workspace) as a whole. In a
+    /// cluster experiment the cluster is the unit of the SRM and divergence tests.
+    #[serde(default)]
+    pub unit_of_assignment: UnitOfAssignment,
+    /// How the assignment service hashes units into arms, re-derived per event
+    /// (`assignment_mismatch`).
+    #[serde(default)]
+    pub assignment: Option<AssignmentSettings>,
+}
+
+/// `unit_of_assignment`
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitOfAssignment {
+    /// Each unit (user) is randomized on its own.
+    #[default]
+    Unit,
+    /// Each cluster is randomized as a whole.
+    Cluster,
+}
+
+/// `[experiment.assignment]`: the declared hash assignment.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentSettings {
+    /// `xxh3_64` or `xxh64`.
+    #[serde(default = "default_hash")]
+    pub hash: String,
+    /// Hash seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Substituted for `{salt}` in the key.
+    pub salt: String,
+    /// The bytes hashed (UTF-8), with `{salt}`, `{unit}`, `{cluster}`, `{input.NAME}`.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// `bucket = hash % buckets`.
+    pub buckets: u64,
+    /// `[start, end)` buckets per arm.
+    pub ranges: BTreeMap<String, [u64; 2]>,
+    /// Mismatch rate tolerated (e.g. manual overrides) before alerting.
+    #[serde(default = "default_mismatch_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_hash() -> String {
+    "xxh3_64".into()
+}
+fn default_key() -> String {
+    "{salt}:{unit}".into()
+}
+fn default_mismatch_tolerance() -> f64 {
+    0.001
 }
 
 /// `[alerts]`
@@ -282,6 +335,19 @@ pub struct AlertSettings {
     /// How often active alerts are re-sent to Alertmanager (it expires silent ones).
     #[serde(default = "default_resend")]
     pub resend_interval_secs: u64,
+    /// Share of units seen in more than one arm that makes `multiple_exposure` alert.
+    #[serde(default = "default_exposure_rate")]
+    pub multiple_exposure_rate: f64,
+    /// `arm_predictable` needs the prequential AUC to exceed 0.5 by at least this much.
+    #[serde(default = "default_auc_margin")]
+    pub min_auc_margin: f64,
+}
+
+fn default_exposure_rate() -> f64 {
+    0.01
+}
+fn default_auc_margin() -> f64 {
+    0.02
 }
 
 fn default_alpha() -> f64 {
@@ -306,6 +372,8 @@ impl Default for AlertSettings {
             webhook: None,
             kafka_topic: None,
             resend_interval_secs: default_resend(),
+            multiple_exposure_rate: default_exposure_rate(),
+            min_auc_margin: default_auc_margin(),
         }
     }
 }
@@ -358,6 +426,14 @@ pub struct LimitSettings {
     /// (a blocked Bloom filter at 1% false positives), allocated when the first `unit` arrives.
     #[serde(default = "default_units")]
     pub units_per_experiment: u64,
+    /// Units followed per experiment for `multiple_exposure` (a consistent hash sample that
+    /// halves when full), and clusters followed for `cluster_mixed`.
+    #[serde(default = "default_exposure_sample")]
+    pub exposure_sample_units: usize,
+}
+
+fn default_exposure_sample() -> usize {
+    65_536
 }
 
 fn default_units() -> u64 {
@@ -393,6 +469,7 @@ impl Default for LimitSettings {
             max_strata_per_input: default_max_strata(),
             max_arms: default_max_arms(),
             units_per_experiment: default_units(),
+            exposure_sample_units: default_exposure_sample(),
         }
     }
 }
@@ -521,6 +598,20 @@ impl Settings {
                 "e.g. 0.005 (half a percentage point)",
             ));
         }
+        if !(a.multiple_exposure_rate > 0.0 && a.multiple_exposure_rate < 1.0) {
+            return Err(invalid(
+                "alerts.multiple_exposure_rate",
+                format!("{} is not in (0, 1)", a.multiple_exposure_rate),
+                "e.g. 0.01 (1% of units in more than one arm)",
+            ));
+        }
+        if !(0.0..0.5).contains(&a.min_auc_margin) {
+            return Err(invalid(
+                "alerts.min_auc_margin",
+                format!("{} is not in [0, 0.5)", a.min_auc_margin),
+                "e.g. 0.02 (alert only when the AUC exceeds 0.52)",
+            ));
+        }
         if let Some(url) = &a.webhook {
             if !url.starts_with("http://") {
                 return Err(invalid(
@@ -574,6 +665,7 @@ impl Settings {
                 l.units_per_experiment as usize,
             ),
             ("metrics.max_label_values", self.metrics.max_label_values),
+            ("limits.exposure_sample_units", l.exposure_sample_units),
         ] {
             if v == 0 {
                 return Err(invalid(
@@ -736,6 +828,9 @@ impl Settings {
                     ));
                 }
             }
+            if let Some(a) = &e.assignment {
+                validate_assignment(&key, e, a)?;
+            }
             for (name, edges) in &e.numeric_bins {
                 if edges.is_empty()
                     || edges.windows(2).any(|p| p[0] >= p[1])
@@ -751,6 +846,77 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn validate_assignment(
+    key: &str,
+    e: &ExperimentSettings,
+    a: &AssignmentSettings,
+) -> Result<(), ConfigError> {
+    let key = format!("{key}.assignment");
+    if crate::state::assignment::HashFn::parse(&a.hash).is_none() {
+        return Err(invalid(
+            format!("{key}.hash"),
+            format!("`{}` is not a supported hash", a.hash),
+            "use \"xxh3_64\" or \"xxh64\"",
+        ));
+    }
+    if let Err(why) = crate::state::assignment::Template::parse(&a.key) {
+        return Err(invalid(
+            format!("{key}.key"),
+            why,
+            "use placeholders {salt}, {unit}, {cluster} and {input.NAME}; write {{ and }} for braces",
+        ));
+    }
+    if a.buckets == 0 {
+        return Err(invalid(
+            format!("{key}.buckets"),
+            "must be at least 1",
+            "e.g. buckets = 10000",
+        ));
+    }
+    if !(a.tolerance > 0.0 && a.tolerance < 1.0) {
+        return Err(invalid(
+            format!("{key}.tolerance"),
+            format!("{} is not in (0, 1)", a.tolerance),
+            "e.g. tolerance = 0.001",
+        ));
+    }
+    if let Some(arm) = e.arms.keys().find(|arm| !a.ranges.contains_key(*arm)) {
+        return Err(invalid(
+            format!("{key}.ranges"),
+            format!("has no range for arm `{arm}`"),
+            "give every arm its [start, end) buckets, e.g. { control = [0, 5000], treatment = [5000, 10000] }",
+        ));
+    }
+    if let Some(arm) = a.ranges.keys().find(|arm| !e.arms.contains_key(*arm)) {
+        return Err(invalid(
+            format!("{key}.ranges.{arm}"),
+            format!("`{arm}` is not an arm of the experiment"),
+            "use the arm names of `arms`",
+        ));
+    }
+    let mut spans: Vec<(&String, [u64; 2])> = a.ranges.iter().map(|(k, v)| (k, *v)).collect();
+    spans.sort_by_key(|(_, r)| r[0]);
+    for (arm, r) in &spans {
+        if r[0] >= r[1] || r[1] > a.buckets {
+            return Err(invalid(
+                format!("{key}.ranges.{arm}"),
+                format!("[{}, {}) is empty or outside 0..{}", r[0], r[1], a.buckets),
+                "give [start, end) with start < end <= buckets",
+            ));
+        }
+    }
+    for w in spans.windows(2) {
+        if w[1].1[0] < w[0].1[1] {
+            return Err(invalid(
+                format!("{key}.ranges.{}", w[1].0),
+                format!("overlaps the range of `{}`", w[0].0),
+                "arm ranges must not overlap",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

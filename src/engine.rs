@@ -5,7 +5,8 @@
 
 use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
 use crate::detect::{
-    input_divergence, judge, sampling, srm, substrate, threshold, Alert, EvalContext,
+    assignment, exposure, input_divergence, judge, predictable, sampling, srm, substrate,
+    threshold, Alert, EvalContext,
 };
 use crate::event::{
     decode_into, Body, Event, InputValue, Inputs, Judgment, Kind, Limits, RejectReason, Routing,
@@ -26,6 +27,8 @@ pub struct Engine {
     alpha: f64,
     log_threshold: f64,
     min_share_deviation: f64,
+    exposure_rate: f64,
+    min_auc_margin: f64,
     max_experiments: usize,
     experiments: Vec<Experiment>,
     index: HashMap<u64, usize, Identity>,
@@ -61,6 +64,8 @@ impl Engine {
             alpha: settings.alerts.alpha,
             log_threshold: (1.0 / settings.alerts.alpha).ln(),
             min_share_deviation: settings.alerts.min_share_deviation,
+            exposure_rate: settings.alerts.multiple_exposure_rate,
+            min_auc_margin: settings.alerts.min_auc_margin,
             max_experiments: settings
                 .limits
                 .max_experiments
@@ -149,6 +154,8 @@ impl Engine {
             alpha: self.alpha,
             log_threshold: self.log_threshold,
             min_share_deviation: self.min_share_deviation,
+            exposure_rate: self.exposure_rate,
+            min_auc_margin: self.min_auc_margin,
         };
         match &ev.body {
             Body::Prompt => self.apply_prompt(ev, &ctx),
@@ -286,10 +293,26 @@ impl Engine {
                 self.alerts.push(a);
             }
         }
+        if obs.unit {
+            if let Some(a) = exposure::multiple(exp, ctx) {
+                self.alerts.push(a);
+            }
+        }
+        if obs.cluster_mixed {
+            if let Some(a) = exposure::cluster(exp, ctx) {
+                self.alerts.push(a);
+            }
+        }
+        if let Some(a) = assignment::evaluate(exp, ctx) {
+            self.alerts.push(a);
+        }
         if !obs.counted {
             return Ok(());
         }
         if let Some(a) = srm::evaluate(exp, ctx) {
+            self.alerts.push(a);
+        }
+        if let Some(a) = predictable::evaluate(exp, ctx) {
             self.alerts.push(a);
         }
         let mut touched = obs.touched;

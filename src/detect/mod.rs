@@ -3,8 +3,11 @@
 //! minimum), fires once per (check, experiment, subject) and stays active.
 
 pub mod alert;
+pub mod assignment;
+pub mod exposure;
 pub mod input_divergence;
 pub mod judge;
+pub mod predictable;
 pub mod sampling;
 pub mod srm;
 pub mod substrate;
@@ -25,6 +28,10 @@ pub struct EvalContext {
     pub log_threshold: f64,
     /// The minimum arm-share deviation for an alert.
     pub min_share_deviation: f64,
+    /// Share of units in more than one arm that alerts.
+    pub exposure_rate: f64,
+    /// Minimum AUC above 0.5 for `arm_predictable`.
+    pub min_auc_margin: f64,
 }
 
 /// Arm shares of a count vector.

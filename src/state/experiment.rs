@@ -1,11 +1,14 @@
 //! The state of one experiment: its design, overall arm counts (SRM) and watched inputs.
 
+use super::assignment::AssignmentState;
+use super::exposure::{Clusters, ExposureSample};
 use super::input::InputState;
 use super::numeric::Bins;
+use super::predict::{ArmModel, MISSING, MODEL_INPUTS};
 use super::substrate::SubstrateState;
 use super::units::{Exposure, UnitFilter};
 use super::{key_of, Identity};
-use crate::config::{ExperimentSettings, Settings};
+use crate::config::{ExperimentSettings, Settings, UnitOfAssignment};
 use crate::detect::srm::SrmState;
 use crate::event::{Event, InputValue, RejectReason};
 use crate::stats::sequential::{Design, DmEProcess};
@@ -24,6 +27,8 @@ pub struct ExperimentLimits {
     pub max_strata: usize,
     /// Units counted per experiment (first exposures) before counting stops.
     pub units: u64,
+    /// Units (and clusters) followed for multiple exposures.
+    pub exposure_sample: usize,
 }
 
 impl ExperimentLimits {
@@ -35,6 +40,7 @@ impl ExperimentLimits {
             max_inputs: s.limits.max_inputs_per_experiment,
             max_strata: s.limits.max_strata_per_input,
             units: s.limits.units_per_experiment,
+            exposure_sample: s.limits.exposure_sample_units,
         }
     }
 }
@@ -72,6 +78,15 @@ pub struct Experiment {
     pub uncounted_events: u64,
     /// Declared substrate inputs.
     pub substrates: Vec<SubstrateState>,
+    /// The declared hash assignment, re-derived per event.
+    pub assignment: Option<AssignmentState>,
+    /// Units followed for multiple exposures (allocated with the first `unit`).
+    pub exposures: Option<ExposureSample>,
+    /// Clusters of a cluster-randomized experiment (their first exposures are what SRM and
+    /// divergence count).
+    pub clusters: Option<Clusters>,
+    /// The online arm model (allocated with the first counted event carrying inputs).
+    pub model: Option<Box<ArmModel>>,
     treatment_inputs: Vec<Box<str>>,
     watch_inputs: Option<Vec<Box<str>>>,
     numeric_bins: Vec<(Box<str>, Box<[f64]>)>,
@@ -97,6 +112,10 @@ pub struct Observed {
     pub touched: u64,
     /// (substrate index, value index) of a substrate value first seen in this event.
     pub substrate_change: Option<(usize, usize)>,
+    /// The event carried a unit (the multiple-exposure sample may have changed).
+    pub unit: bool,
+    /// The event's cluster just became mixed.
+    pub cluster_mixed: bool,
 }
 
 impl Experiment {
@@ -125,6 +144,13 @@ impl Experiment {
             .iter()
             .map(|(k, v)| (k.as_str().into(), v.clone().into()))
             .collect();
+        e.assignment = cfg
+            .assignment
+            .as_ref()
+            .map(|a| AssignmentState::new(a, &e.arms));
+        if cfg.unit_of_assignment == UnitOfAssignment::Cluster {
+            e.clusters = Some(Clusters::new(limits.exposure_sample));
+        }
         e.set_alpha_divisor();
         e
     }
@@ -157,6 +183,10 @@ impl Experiment {
             repeat_events: 0,
             uncounted_events: 0,
             substrates: Vec::new(),
+            assignment: None,
+            exposures: None,
+            clusters: None,
+            model: None,
             treatment_inputs: Vec::new(),
             watch_inputs: None,
             numeric_bins: Vec::new(),
@@ -210,6 +240,7 @@ impl Experiment {
         for i in &mut self.inputs {
             i.reset(&self.design, self.limits.max_strata);
         }
+        self.model = None;
         if self.arms.len() > 1 {
             self.restarts += 1;
         }
@@ -282,46 +313,86 @@ impl Experiment {
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
         let substrate_change = self.observe_substrates(ev, arm, seq);
-        if let Some(unit) = ev.unit.as_deref() {
-            let cap = self.limits.units;
-            match self
-                .units
-                .get_or_insert_with(|| UnitFilter::new(cap))
-                .observe(unit)
-            {
-                Exposure::First => {}
-                skipped => {
-                    if skipped == Exposure::Repeat {
+        let mut obs = Observed {
+            arm,
+            counted: false,
+            touched: 0,
+            substrate_change,
+            unit: false,
+            cluster_mixed: false,
+        };
+        let unit_key = ev.unit.as_deref().map(key_of);
+        if let Some(h) = unit_key {
+            let cap = self.limits.exposure_sample;
+            self.exposures
+                .get_or_insert_with(|| ExposureSample::new(cap))
+                .observe(h, arm);
+            obs.unit = true;
+        }
+        // the randomization unit: the cluster in a cluster experiment, else the unit
+        let id_key = match &mut self.clusters {
+            Some(clusters) => match ev.cluster.as_deref() {
+                Some(c) => {
+                    let h = key_of(c);
+                    obs.cluster_mixed = clusters.observe(c, h, arm);
+                    Some(h)
+                }
+                None => {
+                    clusters.missing += 1;
+                    return Ok(obs);
+                }
+            },
+            None => unit_key,
+        };
+        let first = match id_key {
+            Some(h) => {
+                let cap = self.limits.units;
+                match self
+                    .units
+                    .get_or_insert_with(|| UnitFilter::new(cap))
+                    .observe_hash(h)
+                {
+                    Exposure::First => true,
+                    Exposure::Repeat => {
                         self.repeat_events += 1;
-                    } else {
-                        self.uncounted_events += 1;
+                        false
                     }
-                    return Ok(Observed {
-                        arm,
-                        counted: false,
-                        touched: 0,
-                        substrate_change,
-                    });
+                    Exposure::Full => {
+                        self.uncounted_events += 1;
+                        false
+                    }
                 }
             }
+            None => true,
+        };
+        if let Some(a) = &mut self.assignment {
+            a.observe(ev, arm, first);
         }
+        if !first {
+            return Ok(obs);
+        }
+        obs.counted = true;
         self.srm.observe(&self.design, arm);
-        let mut touched = 0u64;
+        let mut keys = [MISSING; MODEL_INPUTS];
         for (name, value) in ev.inputs {
             if let Some(i) = self.input_index(name) {
-                if touched & (1 << i) != 0 {
+                if obs.touched & (1 << i) != 0 {
                     continue; // a repeated key in one object counts once
                 }
-                touched |= 1 << i;
-                self.inputs[i].observe(&self.design, value, arm);
+                obs.touched |= 1 << i;
+                let key = self.inputs[i].observe(&self.design, value, arm);
+                if let Some(k) = keys.get_mut(i) {
+                    *k = key;
+                }
             }
         }
-        Ok(Observed {
-            arm,
-            counted: true,
-            touched,
-            substrate_change,
-        })
+        if !self.inputs.is_empty() && self.arms.len() > 1 {
+            let design = &self.design;
+            self.model
+                .get_or_insert_with(|| Box::new(ArmModel::new(design)))
+                .observe(design, &keys, self.inputs.len().min(MODEL_INPUTS), arm);
+        }
+        Ok(obs)
     }
 
     /// Substrate values of an exposure event (every event, repeats included).
@@ -384,12 +455,25 @@ impl Experiment {
         self.inputs_over_limit += other.inputs_over_limit;
         self.repeat_events += other.repeat_events;
         self.uncounted_events += other.uncounted_events;
-        match (&mut self.units, &other.units) {
-            (Some(a), Some(b)) => a.merge(b),
-            (None, Some(b)) => self.units = Some(b.clone()),
-            _ => {}
-        }
+        merge_opt(&mut self.units, &other.units, UnitFilter::merge);
+        merge_opt(&mut self.exposures, &other.exposures, ExposureSample::merge);
+        merge_opt(&mut self.clusters, &other.clusters, Clusters::merge);
+        merge_opt(
+            &mut self.assignment,
+            &other.assignment,
+            AssignmentState::merge,
+        );
+        merge_opt(&mut self.model, &other.model, |a, b| a.merge(b));
         self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);
+    }
+}
+
+/// Merge an optional part of another partition's state into ours.
+fn merge_opt<T: Clone>(a: &mut Option<T>, b: &Option<T>, merge: impl Fn(&mut T, &T)) {
+    match (a.as_mut(), b) {
+        (Some(x), Some(y)) => merge(x, y),
+        (None, Some(y)) => *a = Some(y.clone()),
+        _ => {}
     }
 }

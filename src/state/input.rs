@@ -37,26 +37,33 @@ impl InputState {
         }
     }
 
-    /// Count one event in `arm` with this input's `value`.
+    /// Count one event in `arm` with this input's `value`. Returns the value's stratum key
+    /// (its hash, or its numeric bin's), which the arm model reuses.
     #[inline]
-    pub fn observe(&mut self, design: &Design, value: &InputValue<'_>, arm: usize) {
+    pub fn observe(&mut self, design: &Design, value: &InputValue<'_>, arm: usize) -> u64 {
         self.n += 1;
         match value {
-            InputValue::Str(s) => self
-                .strata
-                .observe(design, key_of(s), || display_label(s), arm),
+            InputValue::Str(s) => {
+                let key = key_of(s);
+                self.strata.observe(design, key, || display_label(s), arm);
+                key
+            }
             InputValue::Bool(b) => {
                 let s = if *b { "true" } else { "false" };
-                self.strata.observe(design, key_of(s), || s.into(), arm)
+                let key = key_of(s);
+                self.strata.observe(design, key, || s.into(), arm);
+                key
             }
             InputValue::Num(x) => {
                 let i = self.bins.index(*x);
                 let bins = &self.bins;
+                let key = Bins::key(i);
                 self.strata
-                    .observe(design, Bins::key(i), || bins.label(i).into(), arm);
+                    .observe(design, key, || bins.label(i).into(), arm);
                 self.numeric
                     .get_or_insert_with(|| NumericSummary::new(design.arms()))
                     .record(arm, *x);
+                key
             }
         }
     }

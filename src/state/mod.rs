@@ -1,10 +1,13 @@
 //! Per-experiment state, updated once per event. Everything here is plain data with bounded
 //! size, mergeable across partitions, and free of IO.
 
+pub mod assignment;
 pub mod experiment;
+pub mod exposure;
 pub mod input;
 pub mod judge;
 pub mod numeric;
+pub mod predict;
 pub mod router;
 pub mod sampling;
 pub mod strata;

@@ -43,8 +43,7 @@ impl UnitFilter {
 
     /// The block (8 words = one cache line) and the bit positions of `unit` within it.
     #[inline]
-    fn probes(&self, unit: &str) -> (usize, [u32; HASHES as usize]) {
-        let h = twox_hash::XxHash3_64::oneshot(unit.as_bytes());
+    fn probes(&self, h: u64) -> (usize, [u32; HASHES as usize]) {
         let blocks = (self.bits.len() / 8) as u64;
         let block = (((h >> 32) * blocks) >> 32) as usize * 8;
         let mut g = h as u32 | 1;
@@ -60,7 +59,13 @@ impl UnitFilter {
     /// Test and insert `unit`.
     #[inline]
     pub fn observe(&mut self, unit: &str) -> Exposure {
-        let (block, bits) = self.probes(unit);
+        self.observe_hash(super::key_of(unit))
+    }
+
+    /// Test and insert a unit by its [`super::key_of`] hash.
+    #[inline]
+    pub fn observe_hash(&mut self, h: u64) -> Exposure {
+        let (block, bits) = self.probes(h);
         let line = &mut self.bits[block..block + 8];
         if bits
             .iter()

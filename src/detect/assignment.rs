@@ -1,0 +1,89 @@
+//! `assignment_mismatch`: the logged arms disagree with the declared hash assignment more often
+//! than the tolerance allows. Evidence is the one-sided plug-in e-process of the mismatch rate
+//! of first exposures against the tolerance ([`crate::stats::proportion`]); the alert names
+//! examples and, when a candidate key reproduces the logged arms, the input the assignment
+//! service hashed in.
+
+use super::alert::rfc3339;
+use super::{Alert, Check, EvalContext};
+use crate::state::assignment::MIN_EXPLAIN;
+use crate::state::experiment::Experiment;
+use serde_json::json;
+
+/// Mismatched first exposures needed before an alert (with the evidence), so the alert can
+/// already explain the mismatch in most cases.
+pub const MIN_MISMATCHES: u64 = MIN_EXPLAIN;
+
+/// Evaluate after an event of `exp` (cheap unless the evidence has crossed).
+#[inline]
+pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
+    let a = exp.assignment.as_mut()?;
+    if a.fired || a.test.log_e() < ctx.log_threshold || a.test.successes() < MIN_MISMATCHES {
+        return None;
+    }
+    a.fired = true;
+    let a = exp.assignment.as_ref()?;
+    let arm = |i: Option<usize>| {
+        i.and_then(|i| exp.arms.get(i))
+            .map_or_else(|| "(no arm's range)".to_string(), |a| a.to_string())
+    };
+    let examples: Vec<serde_json::Value> = a
+        .examples
+        .iter()
+        .map(|e| json!({"unit": &*e.unit, "logged": arm(Some(e.logged)), "expected": arm(e.expected), "bucket": e.bucket}))
+        .collect();
+    let shown: Vec<String> = a
+        .examples
+        .iter()
+        .take(3)
+        .map(|e| {
+            format!(
+                "{} logged {} expected {}",
+                e.unit,
+                arm(Some(e.logged)),
+                arm(e.expected)
+            )
+        })
+        .collect();
+    let explanation = a.explanation();
+    let why = match explanation {
+        Some(c) => format!(
+            "; the logged arms are exactly hash(<declared key>:{{input.{}}}) ({:.1}% of {} events agree): the assignment key includes {}",
+            c.input,
+            100.0 * c.agreement(),
+            c.scored,
+            c.input
+        ),
+        None => String::new(),
+    };
+    Some(Alert {
+        check: Check::AssignmentMismatch,
+        experiment: Some(exp.id.to_string()),
+        subject: exp.id.to_string(),
+        value: explanation.map(|c| c.input.to_string()),
+        evidence: a.test.log_e(),
+        evidence_threshold: ctx.log_threshold,
+        magnitude: a.test.rate(),
+        first_event: ctx.seq,
+        ts: rfc3339(ctx.ts_ms),
+        message: format!(
+            "logged arms disagree with the declared assignment hash in {}: {:.2}% of {} units (tolerance {:.2}%), e.g. {}{why}",
+            exp.id,
+            100.0 * a.test.rate(),
+            a.test.n(),
+            100.0 * a.test.p0(),
+            shown.join(", ")
+        ),
+        details: json!({
+            "units_checked": a.test.n(),
+            "units_mismatched": a.test.successes(),
+            "mismatch_rate": a.test.rate(),
+            "tolerance": a.test.p0(),
+            "events_checked": a.events_checked,
+            "events_mismatched": a.events_mismatched,
+            "examples": examples,
+            "key_includes_input": explanation.map(|c| c.input.to_string()),
+            "candidates": a.candidates.iter().map(|c| json!({"input": &*c.input, "scored": c.scored, "agreement": c.agreement()})).collect::<Vec<_>>(),
+        }),
+    })
+}

@@ -1,0 +1,412 @@
+//! Re-deriving the declared hash assignment of each event (`assignment_mismatch`).
+//!
+//! The exact rule, so an assignment service can reproduce it:
+//! 1. render the key template to UTF-8 bytes: `{salt}` is the configured salt, `{unit}` and
+//!    `{cluster}` the event's fields, `{input.NAME}` the event's input `NAME` (strings as they
+//!    are, `true`/`false`, integral numbers below 2^53 in magnitude without a decimal point,
+//!    other numbers in Rust's shortest round-trip form); `{{` and `}}` are literal braces;
+//! 2. `h = xxh3_64(bytes, seed)` or `xxh64(bytes, seed)` (the reference xxHash algorithms, as
+//!    in Python's `xxhash.xxh3_64_intdigest(key, seed)` / `xxhash.xxh64_intdigest`);
+//! 3. `bucket = h % buckets`; the expected arm is the one whose `[start, end)` holds it.
+//!
+//! When the logged arms disagree, the state also scores candidate keys that append one input
+//! (`<declared key>:{input.NAME}`): the input whose candidate reproduces the logged arms is the
+//! one the assignment service hashed in.
+
+use super::display_label;
+use crate::config::AssignmentSettings;
+use crate::event::{Event, InputValue};
+use crate::stats::proportion::RateEProcess;
+use std::io::Write;
+
+/// A supported hash function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashFn {
+    /// XXH3, 64-bit.
+    Xxh3_64,
+    /// XXH64.
+    Xxh64,
+}
+
+impl HashFn {
+    /// From its config name.
+    pub fn parse(s: &str) -> Option<HashFn> {
+        match s {
+            "xxh3_64" => Some(HashFn::Xxh3_64),
+            "xxh64" => Some(HashFn::Xxh64),
+            _ => None,
+        }
+    }
+
+    /// Hash `bytes` with `seed`.
+    #[inline]
+    pub fn hash(self, seed: u64, bytes: &[u8]) -> u64 {
+        match self {
+            HashFn::Xxh3_64 => twox_hash::XxHash3_64::oneshot_with_seed(seed, bytes),
+            HashFn::Xxh64 => twox_hash::XxHash64::oneshot(seed, bytes),
+        }
+    }
+}
+
+/// One piece of a key template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    /// Literal bytes.
+    Lit(Box<str>),
+    /// `{salt}`
+    Salt,
+    /// `{unit}`
+    Unit,
+    /// `{cluster}`
+    Cluster,
+    /// `{input.NAME}`
+    Input(Box<str>),
+}
+
+/// A parsed key template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Parse `"{salt}:{unit}"`-style text; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if rest.starts_with("{{") || rest.starts_with("}}") {
+                lit.push(c);
+                rest = &rest[2..];
+            } else if c == '{' {
+                let end = rest
+                    .find('}')
+                    .ok_or_else(|| format!("`{text}` has an unclosed `{{`"))?;
+                let name = &rest[1..end];
+                let part = match name {
+                    "salt" => Part::Salt,
+                    "unit" => Part::Unit,
+                    "cluster" => Part::Cluster,
+                    _ => match name.strip_prefix("input.") {
+                        Some(n) if !n.is_empty() => Part::Input(n.into()),
+                        _ => return Err(format!("`{{{name}}}` is not a known placeholder")),
+                    },
+                };
+                if !lit.is_empty() {
+                    parts.push(Part::Lit(std::mem::take(&mut lit).into()));
+                }
+                parts.push(part);
+                rest = &rest[end + 1..];
+            } else if c == '}' {
+                return Err(format!("`{text}` has an unmatched `}}`"));
+            } else {
+                lit.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit.into()));
+        }
+        if !parts
+            .iter()
+            .any(|p| matches!(p, Part::Unit | Part::Cluster))
+        {
+            return Err(format!("`{text}` uses neither {{unit}} nor {{cluster}}"));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Whether the template reads input `name`.
+    pub fn reads_input(&self, name: &str) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Input(n) if **n == *name))
+    }
+
+    /// Render into `buf`; false when a field the template needs is missing from the event.
+    pub fn render(&self, salt: &str, ev: &Event<'_>, buf: &mut Vec<u8>) -> bool {
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => buf.extend_from_slice(s.as_bytes()),
+                Part::Salt => buf.extend_from_slice(salt.as_bytes()),
+                Part::Unit => match ev.unit.as_deref() {
+                    Some(u) => buf.extend_from_slice(u.as_bytes()),
+                    None => return false,
+                },
+                Part::Cluster => match ev.cluster.as_deref() {
+                    Some(c) => buf.extend_from_slice(c.as_bytes()),
+                    None => return false,
+                },
+                Part::Input(name) => match ev.inputs.iter().find(|(n, _)| **n == **name) {
+                    Some((_, v)) => render_value(v, buf),
+                    None => return false,
+                },
+            }
+        }
+        true
+    }
+}
+
+/// The text of an input value in a key (see the module docs).
+pub fn render_value(v: &InputValue<'_>, buf: &mut Vec<u8>) {
+    match v {
+        InputValue::Str(s) => buf.extend_from_slice(s.as_bytes()),
+        InputValue::Bool(b) => buf.extend_from_slice(if *b { b"true" } else { b"false" }),
+        InputValue::Num(x) if x.fract() == 0.0 && x.abs() < 9_007_199_254_740_992.0 => {
+            let _ = write!(buf, "{}", *x as i64);
+        }
+        InputValue::Num(x) => {
+            let _ = write!(buf, "{x}");
+        }
+    }
+}
+
+/// A logged arm that the declared hash does not give.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    /// The unit (or cluster) id.
+    pub unit: Box<str>,
+    /// Arm in the event.
+    pub logged: usize,
+    /// Arm the hash gives (`None`: the bucket is in no arm's range).
+    pub expected: Option<usize>,
+    /// The bucket.
+    pub bucket: u64,
+}
+
+/// A candidate key: the declared key plus `:{input.NAME}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// The input appended.
+    pub input: Box<str>,
+    /// Events scored.
+    pub scored: u64,
+    /// Events whose logged arm the candidate reproduces.
+    pub agree: u64,
+}
+
+impl Candidate {
+    /// Share of scored events reproduced.
+    pub fn agreement(&self) -> f64 {
+        if self.scored == 0 {
+            0.0
+        } else {
+            self.agree as f64 / self.scored as f64
+        }
+    }
+}
+
+/// Examples kept per experiment.
+pub const MAX_EXAMPLES: usize = 8;
+/// Candidate inputs scored per experiment.
+pub const MAX_CANDIDATES: usize = 16;
+/// Events scored by candidates before a mismatch has been seen (then candidates sleep until one
+/// is).
+const CANDIDATE_WARMUP: u64 = 1000;
+/// Scored events a candidate needs before it can explain the mismatches.
+pub const MIN_EXPLAIN: u64 = 20;
+/// Agreement a candidate needs to explain them.
+pub const EXPLAIN_AGREEMENT: f64 = 0.99;
+
+/// Mismatch counts and evidence of one experiment with a declared assignment.
+#[derive(Clone, Debug)]
+pub struct AssignmentState {
+    hash: HashFn,
+    seed: u64,
+    salt: Box<str>,
+    template: Template,
+    buckets: u64,
+    /// `[start, end)` per arm index.
+    ranges: Vec<(u64, u64)>,
+    /// Mismatch rate of first exposures against the tolerance.
+    pub test: RateEProcess,
+    /// Events with the template's fields checked (repeats included).
+    pub events_checked: u64,
+    /// Of those, mismatched.
+    pub events_mismatched: u64,
+    /// Events lacking a field the key needs.
+    pub unresolved: u64,
+    /// First mismatches seen.
+    pub examples: Vec<Example>,
+    /// Candidate keys.
+    pub candidates: Vec<Candidate>,
+    /// Whether the alert fired.
+    pub fired: bool,
+    buf: Vec<u8>,
+}
+
+impl AssignmentState {
+    /// From validated settings; `arms` in the experiment's order.
+    pub fn new(cfg: &AssignmentSettings, arms: &[Box<str>]) -> AssignmentState {
+        let template = Template::parse(&cfg.key).unwrap_or(Template {
+            parts: vec![Part::Unit],
+        });
+        AssignmentState {
+            hash: HashFn::parse(&cfg.hash).unwrap_or(HashFn::Xxh3_64),
+            seed: cfg.seed,
+            salt: cfg.salt.as_str().into(),
+            template,
+            buckets: cfg.buckets.max(1),
+            ranges: arms
+                .iter()
+                .map(|a| cfg.ranges.get(&**a).map_or((0, 0), |r| (r[0], r[1])))
+                .collect(),
+            test: RateEProcess::new(cfg.tolerance),
+            events_checked: 0,
+            events_mismatched: 0,
+            unresolved: 0,
+            examples: Vec::new(),
+            candidates: Vec::new(),
+            fired: false,
+            buf: Vec::with_capacity(128),
+        }
+    }
+
+    /// The bucket and expected arm of the rendered key in `buf[..len]`.
+    #[inline]
+    fn expected(&self, len: usize) -> (u64, Option<usize>) {
+        let bucket = self.hash.hash(self.seed, &self.buf[..len]) % self.buckets;
+        let arm = self
+            .ranges
+            .iter()
+            .position(|&(s, e)| s <= bucket && bucket < e);
+        (bucket, arm)
+    }
+
+    /// Check one event logged in `arm`; `first` when it is the unit's first exposure (only those
+    /// feed the evidence: a unit's events are not independent draws).
+    pub fn observe(&mut self, ev: &Event<'_>, arm: usize, first: bool) {
+        self.buf.clear();
+        if !self.template.render(&self.salt, ev, &mut self.buf) {
+            self.unresolved += 1;
+            return;
+        }
+        let len = self.buf.len();
+        let (bucket, expected) = self.expected(len);
+        let mismatch = expected != Some(arm);
+        self.events_checked += 1;
+        if mismatch {
+            self.events_mismatched += 1;
+            if self.examples.len() < MAX_EXAMPLES {
+                let unit = ev.unit.as_deref().or(ev.cluster.as_deref()).unwrap_or("");
+                self.examples.push(Example {
+                    unit: display_label(unit),
+                    logged: arm,
+                    expected,
+                    bucket,
+                });
+            }
+        }
+        if first {
+            self.test.observe(mismatch);
+        }
+        if self.events_mismatched > 0 || self.events_checked <= CANDIDATE_WARMUP {
+            self.score_candidates(ev, arm, len);
+        }
+    }
+
+    fn score_candidates(&mut self, ev: &Event<'_>, arm: usize, len: usize) {
+        for (name, value) in ev.inputs {
+            if self.template.reads_input(name) {
+                continue;
+            }
+            let c = match self.candidates.iter().position(|c| *c.input == **name) {
+                Some(c) => c,
+                None if self.candidates.len() < MAX_CANDIDATES => {
+                    self.candidates.push(Candidate {
+                        input: display_label(name),
+                        scored: 0,
+                        agree: 0,
+                    });
+                    self.candidates.len() - 1
+                }
+                None => continue,
+            };
+            self.buf.truncate(len);
+            self.buf.push(b':');
+            render_value(value, &mut self.buf);
+            let n = self.buf.len();
+            let (_, expected) = self.expected(n);
+            let cand = &mut self.candidates[c];
+            cand.scored += 1;
+            cand.agree += u64::from(expected == Some(arm));
+        }
+    }
+
+    /// The candidate input that reproduces the logged arms, if one does.
+    pub fn explanation(&self) -> Option<&Candidate> {
+        self.candidates
+            .iter()
+            .filter(|c| c.scored >= MIN_EXPLAIN && c.agreement() >= EXPLAIN_AGREEMENT)
+            .max_by(|a, b| a.agreement().total_cmp(&b.agreement()))
+    }
+
+    /// Events' mismatch share (repeats included).
+    pub fn event_mismatch_rate(&self) -> f64 {
+        if self.events_checked == 0 {
+            0.0
+        } else {
+            self.events_mismatched as f64 / self.events_checked as f64
+        }
+    }
+
+    /// Merge another partition's counts.
+    pub fn merge(&mut self, o: &AssignmentState) {
+        self.test.merge(&o.test);
+        self.events_checked += o.events_checked;
+        self.events_mismatched += o.events_mismatched;
+        self.unresolved += o.unresolved;
+        for e in &o.examples {
+            if self.examples.len() < MAX_EXAMPLES {
+                self.examples.push(e.clone());
+            }
+        }
+        for c in &o.candidates {
+            match self.candidates.iter().position(|x| x.input == c.input) {
+                Some(x) => {
+                    let x = &mut self.candidates[x];
+                    x.scored += c.scored;
+                    x.agree += c.agree;
+                }
+                None if self.candidates.len() < MAX_CANDIDATES => self.candidates.push(c.clone()),
+                None => {}
+            }
+        }
+        self.fired |= o.fired;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_and_refuse() {
+        let t = Template::parse("{salt}:{unit}:{input.tier}").unwrap();
+        assert!(t.reads_input("tier"));
+        assert_eq!(
+            Template::parse("a{{b}}{unit}").unwrap().parts[0],
+            Part::Lit("a{b}".into())
+        );
+        assert!(Template::parse("{salt}:{user}")
+            .unwrap_err()
+            .contains("{user}"));
+        assert!(Template::parse("{salt}:{unit")
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(Template::parse("{salt}").unwrap_err().contains("neither"));
+        assert!(Template::parse("{input.}:{unit}").is_err());
+    }
+
+    #[test]
+    fn numbers_render_like_json_integers_when_integral() {
+        let mut b = Vec::new();
+        render_value(&InputValue::Num(3.0), &mut b);
+        b.push(b'|');
+        render_value(&InputValue::Num(0.25), &mut b);
+        b.push(b'|');
+        render_value(&InputValue::Bool(true), &mut b);
+        assert_eq!(b, b"3|0.25|true");
+    }
+}

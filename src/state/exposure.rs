@@ -1,0 +1,223 @@
+//! Units (or clusters) seen in more than one arm, in fixed memory.
+//!
+//! Following every unit of a large experiment would take memory proportional to its users. A
+//! unit is followed only when its hash falls in a fixed sample: the top `level` bits of a mixed
+//! 64-bit hash are zero (rate `2^-level`). When more than `cap` units are followed, `level`
+//! grows by one and the units outside the smaller sample are dropped (adaptive sampling,
+//! Gibbons & Matias 1998, "New sampling-based summary statistics"; Flajolet 1990). Membership
+//! depends only on the id, never on the arm or on when it was seen, so the followed units are a
+//! uniform random sample of all units seen and the share of them seen in more than one arm
+//! estimates the population share with a binomial (Wilson) interval.
+
+use super::Identity;
+use crate::stats::proportion::wilson;
+use std::collections::HashMap;
+
+/// Memory of one followed id: the key, the arm bit mask and the hash table's overhead.
+pub const BYTES_PER_FOLLOWED: usize = 24;
+
+/// A consistent hash sample of ids with the arms each was seen in.
+#[derive(Clone, Debug)]
+pub struct ExposureSample {
+    arms_of: HashMap<u64, u64, Identity>,
+    cap: usize,
+    level: u32,
+    mixed: u64,
+    /// Whether the detector has fired.
+    pub fired: bool,
+}
+
+#[inline]
+fn mix(h: u64) -> u64 {
+    // a multiply spreads every bit of the id hash into the top bits the sample reads
+    h.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ h
+}
+
+impl ExposureSample {
+    /// An empty sample that follows at most `cap` ids.
+    pub fn new(cap: usize) -> ExposureSample {
+        ExposureSample {
+            arms_of: HashMap::default(),
+            cap: cap.max(1),
+            level: 0,
+            mixed: 0,
+            fired: false,
+        }
+    }
+
+    #[inline]
+    fn sampled(&self, h: u64) -> bool {
+        self.level == 0 || mix(h).leading_zeros() >= self.level
+    }
+
+    /// Record id hash `h` seen in `arm` (< 64). True when this makes the id mixed.
+    #[inline]
+    pub fn observe(&mut self, h: u64, arm: usize) -> bool {
+        if !self.sampled(h) {
+            return false;
+        }
+        let bit = 1u64 << (arm & 63);
+        let m = self.arms_of.entry(h).or_insert(0);
+        let newly = *m != 0 && *m & bit == 0 && m.count_ones() == 1;
+        *m |= bit;
+        if newly {
+            self.mixed += 1;
+        }
+        if self.arms_of.len() > self.cap {
+            self.shrink();
+        }
+        newly
+    }
+
+    fn shrink(&mut self) {
+        while self.arms_of.len() > self.cap && self.level < 63 {
+            self.level += 1;
+            let level = self.level;
+            self.arms_of.retain(|h, _| mix(*h).leading_zeros() >= level);
+        }
+        self.mixed = self.arms_of.values().filter(|m| m.count_ones() > 1).count() as u64;
+    }
+
+    /// Ids followed now.
+    pub fn followed(&self) -> u64 {
+        self.arms_of.len() as u64
+    }
+
+    /// Followed ids seen in more than one arm.
+    pub fn mixed(&self) -> u64 {
+        self.mixed
+    }
+
+    /// The sampling rate, `2^-level`.
+    pub fn sample_rate(&self) -> f64 {
+        0.5f64.powi(self.level as i32)
+    }
+
+    /// Estimated ids seen in all (followed / sample rate).
+    pub fn estimated_ids(&self) -> f64 {
+        self.followed() as f64 / self.sample_rate()
+    }
+
+    /// Estimated share of ids seen in more than one arm.
+    pub fn rate(&self) -> f64 {
+        if self.arms_of.is_empty() {
+            0.0
+        } else {
+            self.mixed as f64 / self.arms_of.len() as f64
+        }
+    }
+
+    /// Wilson interval of the share at normal quantile `z`.
+    pub fn interval(&self, z: f64) -> (f64, f64) {
+        wilson(self.mixed, self.followed(), z)
+    }
+
+    /// Bytes held (bounded by `cap`).
+    pub fn memory_bytes(&self) -> usize {
+        self.arms_of.capacity() * BYTES_PER_FOLLOWED
+    }
+
+    /// Arm masks of followed ids, for callers that need the ids' arms (e.g. clusters per arm).
+    pub fn masks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.arms_of.values().copied()
+    }
+
+    /// Merge another partition's sample (same ids hash the same way).
+    pub fn merge(&mut self, o: &ExposureSample) {
+        let level = self.level.max(o.level);
+        for (h, m) in &o.arms_of {
+            *self.arms_of.entry(*h).or_insert(0) |= *m;
+        }
+        self.level = level;
+        self.arms_of
+            .retain(|h, _| level == 0 || mix(*h).leading_zeros() >= level);
+        self.shrink();
+        self.fired |= o.fired;
+    }
+}
+
+/// Mixed cluster names kept for the report.
+pub const MAX_MIXED_NAMES: usize = 20;
+
+/// The clusters of a cluster-randomized experiment.
+#[derive(Clone, Debug)]
+pub struct Clusters {
+    /// Clusters and their arms.
+    pub sample: ExposureSample,
+    /// The first mixed clusters, by name.
+    pub mixed_names: Vec<Box<str>>,
+    /// Exposure events without a `cluster` (not counted).
+    pub missing: u64,
+}
+
+impl Clusters {
+    /// Follow at most `cap` clusters.
+    pub fn new(cap: usize) -> Clusters {
+        Clusters {
+            sample: ExposureSample::new(cap),
+            mixed_names: Vec::new(),
+            missing: 0,
+        }
+    }
+
+    /// Record `cluster` (hash `h`) seen in `arm`; true when it just became mixed.
+    #[inline]
+    pub fn observe(&mut self, cluster: &str, h: u64, arm: usize) -> bool {
+        let newly = self.sample.observe(h, arm);
+        if newly && self.mixed_names.len() < MAX_MIXED_NAMES {
+            self.mixed_names.push(super::display_label(cluster));
+        }
+        newly
+    }
+
+    /// Clusters per arm among the followed ones (a mixed cluster counts in each of its arms).
+    pub fn per_arm(&self, arms: usize) -> Vec<u64> {
+        let mut n = vec![0u64; arms];
+        for m in self.sample.masks() {
+            for (a, c) in n.iter_mut().enumerate() {
+                *c += (m >> a) & 1;
+            }
+        }
+        n
+    }
+
+    /// Merge another partition's clusters.
+    pub fn merge(&mut self, o: &Clusters) {
+        self.sample.merge(&o.sample);
+        for n in &o.mixed_names {
+            if self.mixed_names.len() < MAX_MIXED_NAMES && !self.mixed_names.contains(n) {
+                self.mixed_names.push(n.clone());
+            }
+        }
+        self.missing += o.missing;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::key_of;
+
+    #[test]
+    fn memory_stays_flat_and_estimate_holds() {
+        let mut s = ExposureSample::new(4096);
+        let mut truth_mixed = 0u64;
+        let n = 200_000u64;
+        for u in 0..n {
+            let h = key_of(&format!("u{u}"));
+            s.observe(h, 0);
+            if u % 50 == 0 {
+                // 2% of units cross over
+                s.observe(h, 1);
+                truth_mixed += 1;
+            }
+        }
+        assert!(s.followed() <= 4096);
+        assert!(s.sample_rate() < 0.05);
+        let truth = truth_mixed as f64 / n as f64;
+        let (lo, hi) = s.interval(2.58);
+        assert!(lo <= truth && truth <= hi, "{lo} {truth} {hi}");
+        let est = s.estimated_ids();
+        assert!((est / n as f64 - 1.0).abs() < 0.1, "{est}");
+    }
+}

@@ -429,6 +429,7 @@ mod tests {
             Faults {
                 tier_leak: Some(("pro".into(), 0.53)),
                 srm: None,
+                ..Default::default()
             },
             Some(Users {
                 pool: u32::MAX,

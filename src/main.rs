@@ -7,7 +7,7 @@ use armwatch::daemon::{DeadLetter, EngineLoop};
 use armwatch::engine::Engine;
 use armwatch::http::Shared;
 use armwatch::metrics::Metrics;
-use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
+use armwatch::sim::{Faults, Instruments, SimAssignment, SimExperiment, Simulator, Users};
 use armwatch::sink::SinkConfig;
 use armwatch::source::{file, kafka};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -93,6 +93,14 @@ enum Fault {
     ScoreNudging,
     /// The `nightly` eval set samples only traces from 02:00-04:00 UTC.
     NightSampler,
+    /// ranker-v3's assignment service hashes `{salt}:{unit}:{tier}`, not the declared `{salt}:{unit}`.
+    AssignmentKeyTier,
+    /// 3% of ranker-v3's users land in the other arm half of the time.
+    Crossover,
+    /// 3 of workspace-collab's 400 workspaces have their users assigned one by one.
+    MixedClusters,
+    /// prompt-variant's arm depends on tier x locale jointly (each balanced on its own).
+    InteractionLeak,
     /// No fault.
     None,
 }
@@ -301,8 +309,11 @@ fn demo(
             faults: Faults {
                 tier_leak: has(Fault::TierLeak).then(|| ("pro".to_string(), 0.6)),
                 srm: None,
+                interaction_leak: has(Fault::InteractionLeak).then_some(0.08),
+                ..Default::default()
             },
             users: None,
+            assignment: SimAssignment::Random,
         },
         SimExperiment {
             id: "router-v2".into(),
@@ -310,8 +321,42 @@ fn demo(
             faults: Faults {
                 tier_leak: None,
                 srm: has(Fault::Srm).then_some(0.53),
+                ..Default::default()
             },
             users: None,
+            assignment: SimAssignment::Random,
+        },
+        SimExperiment {
+            id: "ranker-v3".into(),
+            treatment_weight: 0.5,
+            faults: Faults {
+                key_includes_tier: has(Fault::AssignmentKeyTier),
+                crossover: if has(Fault::Crossover) { 0.03 } else { 0.0 },
+                ..Default::default()
+            },
+            users: Some(Users {
+                pool: 20_000,
+                emit_unit: true,
+            }),
+            assignment: SimAssignment::Hash {
+                salt: "ranker-v3".into(),
+            },
+        },
+        SimExperiment {
+            id: "workspace-collab".into(),
+            treatment_weight: 0.5,
+            faults: Faults {
+                mixed_clusters: if has(Fault::MixedClusters) { 3 } else { 0 },
+                ..Default::default()
+            },
+            users: Some(Users {
+                pool: 50_000,
+                emit_unit: true,
+            }),
+            assignment: SimAssignment::Cluster {
+                salt: "workspace-collab".into(),
+                clusters: 400,
+            },
         },
     ];
     let instruments = Instruments {

@@ -35,6 +35,45 @@ pub struct Faults {
     pub tier_leak: Option<(String, f64)>,
     /// Overall `P(treatment)` instead of the design weight.
     pub srm: Option<f64>,
+    /// The arm leaks through the combination of tier and locale only:
+    /// `P(treatment) = w + d s(tier) s(locale)` with `s(locale) = +1` for en-US and -1
+    /// otherwise, `s(tier) = +1` free, -1 pro, -3 enterprise. Both have mean zero under the
+    /// population shares, so each input alone stays balanced.
+    pub interaction_leak: Option<f64>,
+    /// The assignment service of a hash-assigned experiment hashes `{salt}:{unit}:{tier}`
+    /// instead of the declared `{salt}:{unit}`.
+    pub key_includes_tier: bool,
+    /// Share of units whose events land in the other arm half of the time (a second service
+    /// assigns them differently). Needs `users`.
+    pub crossover: f64,
+    /// Clusters of a cluster-randomized experiment whose users are assigned one by one.
+    pub mixed_clusters: u32,
+}
+
+/// How a simulated experiment assigns arms.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SimAssignment {
+    /// A random draw per event (or per user, with `users`).
+    #[default]
+    Random,
+    /// `xxh3_64("{salt}:{unit}") % 10000`: control `[0, 5000)`, treatment `[5000, 10000)`.
+    Hash {
+        /// The salt.
+        salt: String,
+    },
+    /// Users belong to cluster `ws-{user % clusters}`; the cluster is hashed as
+    /// `xxh3_64("{salt}:{cluster}") % 10000` with the same ranges. Events carry `cluster`.
+    Cluster {
+        /// The salt.
+        salt: String,
+        /// Number of clusters.
+        clusters: u32,
+    },
+}
+
+/// The arm of a declared hash assignment (50/50 over 10,000 buckets).
+pub fn hash_arm(key: &str) -> bool {
+    twox_hash::XxHash3_64::oneshot(key.as_bytes()) % 10_000 >= 5_000
 }
 
 /// Returning users: a pool whose activity is heavy-tailed (user `floor(pool * u^3)`), each
@@ -58,6 +97,8 @@ pub struct SimExperiment {
     pub faults: Faults,
     /// Returning users (`None`: every event is a new user with a fresh draw).
     pub users: Option<Users>,
+    /// How arms are assigned.
+    pub assignment: SimAssignment,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -137,6 +178,7 @@ impl Simulator {
                 treatment_weight: 0.5,
                 faults,
                 users,
+                assignment: SimAssignment::Random,
             }],
         )
     }
@@ -256,9 +298,51 @@ impl Simulator {
                 p_treat = *p;
             }
         }
-        let treatment = arm_u < p_treat;
+        // drawn before the arm only when the arm depends on it (keeps other streams unchanged)
+        let early_locale = exp
+            .faults
+            .interaction_leak
+            .map(|d| (d, pick(&mut self.rng, &LOCALES)));
+        if let Some((d, locale)) = early_locale {
+            let s_tier = match tier {
+                "free" => 1.0,
+                "pro" => -1.0,
+                _ => -3.0,
+            };
+            let s_locale = if locale == "en-US" { 1.0 } else { -1.0 };
+            p_treat += d * s_tier * s_locale;
+        }
+        let mut cluster = None;
+        let mut treatment = match &exp.assignment {
+            SimAssignment::Random => arm_u < p_treat,
+            SimAssignment::Hash { salt } => {
+                if exp.faults.key_includes_tier {
+                    hash_arm(&format!("{salt}:u{user}:{tier}"))
+                } else {
+                    hash_arm(&format!("{salt}:u{user}"))
+                }
+            }
+            SimAssignment::Cluster { salt, clusters } => {
+                let k = user % (*clusters).max(1);
+                cluster = Some(k);
+                if k < exp.faults.mixed_clusters {
+                    arm_u < p_treat
+                } else {
+                    hash_arm(&format!("{salt}:ws-{k}"))
+                }
+            }
+        };
+        if exp.faults.crossover > 0.0
+            && unit_float(mix(u64::from(user) ^ 0xC0FF_EE00)) < exp.faults.crossover
+            && self.rng.random::<bool>()
+        {
+            treatment = !treatment;
+        }
         let arm = if treatment { "treatment" } else { "control" };
-        let locale = pick(&mut self.rng, &LOCALES);
+        let locale = match early_locale {
+            Some((_, l)) => l,
+            None => pick(&mut self.rng, &LOCALES),
+        };
         let temperature = TEMPERATURES[self.rng.random_range(0..TEMPERATURES.len())];
         let max_tokens = MAX_TOKENS[self.rng.random_range(0..MAX_TOKENS.len())];
         let docs = self.rng.random_range(0..9u32);
@@ -285,6 +369,9 @@ impl Simulator {
         );
         if emit_unit {
             let _ = write!(buf, r#""unit":"u{user}","#);
+        }
+        if let Some(k) = cluster {
+            let _ = write!(buf, r#""cluster":"ws-{k}","#);
         }
         let _ = write!(
             buf,

@@ -15,6 +15,7 @@ fn dashboard_queries_only_exported_metrics() {
         Faults {
             tier_leak: Some(("pro".into(), 0.8)),
             srm: None,
+            ..Default::default()
         },
     );
     let mut buf = Vec::new();

@@ -113,6 +113,7 @@ async fn tier_leak_through_real_broker() {
         Faults {
             tier_leak: Some(("pro".into(), 0.7)),
             srm: None,
+            ..Default::default()
         },
     );
     let bad = malformed();

@@ -143,6 +143,7 @@ fn tier_leak_is_detected_and_named() {
     let leak = Faults {
         tier_leak: Some(("pro".into(), 0.55)),
         srm: None,
+        ..Default::default()
     };
     let results = run_many(n, 50_000, leak);
     let mut delays: Vec<u64> = Vec::new();
@@ -185,6 +186,7 @@ fn srm_fault_is_detected() {
         Faults {
             tier_leak: None,
             srm: Some(0.52),
+            ..Default::default()
         },
     );
     let power = results.iter().filter(|r| r.srm_alarm).count() as f64 / n as f64;

@@ -78,6 +78,7 @@ fn ndjson_parquet_and_arrow_give_identical_reports() {
         Faults {
             tier_leak: Some(("pro".into(), 0.65)),
             srm: None,
+            ..Default::default()
         },
     )
     .ndjson(12_000);

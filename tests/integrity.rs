@@ -556,3 +556,46 @@ fn new_checks_null_false_alarms() {
         assert!(n as f64 / streams as f64 <= bound, "{}: {n}", c.as_str());
     }
 }
+
+/// The Wilson interval against statsmodels and the binned AUC against scikit-learn, with the
+/// Hanley-McNeil standard error (tests/fixtures/integrity_stats.json, from
+/// scripts/reference/integrity_stats.py).
+#[test]
+fn wilson_and_auc_match_statsmodels_and_sklearn() {
+    use armwatch::stats::auc::{hanley_mcneil_se, Roc};
+    use armwatch::stats::proportion::{wilson, z_two_sided};
+    let v = fixture("integrity_stats.json");
+    for w in v["wilson"].as_array().expect("wilson") {
+        let (s, n, alpha) = (
+            w["successes"].as_u64().expect("s"),
+            w["n"].as_u64().expect("n"),
+            w["alpha"].as_f64().expect("alpha"),
+        );
+        let (lo, hi) = wilson(s, n, z_two_sided(alpha));
+        let (rlo, rhi) = (
+            w["low"].as_f64().expect("low"),
+            w["high"].as_f64().expect("high"),
+        );
+        assert!(
+            (lo - rlo).abs() < 1e-9 && (hi - rhi).abs() < 1e-9,
+            "{w}: {lo} {hi}"
+        );
+    }
+    for a in v["auc"].as_array().expect("auc") {
+        let mut roc = Roc::default();
+        let scores = a["scores"].as_array().expect("scores");
+        let labels = a["labels"].as_array().expect("labels");
+        for (s, y) in scores.iter().zip(labels) {
+            roc.record(s.as_f64().expect("score"), y.as_u64() == Some(1));
+        }
+        let want = a["auc"].as_f64().expect("auc");
+        assert!(
+            (roc.auc() - want).abs() < 1e-12,
+            "auc {} vs {want}",
+            roc.auc()
+        );
+        let (n1, n2) = roc.counts();
+        let se = hanley_mcneil_se(want, n1, n2);
+        assert!((se - a["hanley_mcneil_se"].as_f64().expect("se")).abs() < 1e-12);
+    }
+}

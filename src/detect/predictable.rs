@@ -12,6 +12,18 @@ use serde_json::json;
 /// the penalty cost O(bins) and O(arms)).
 const RECHECK_EVERY: u64 = 16;
 
+/// The expert with the most posterior weight, by input names (`"tier x locale"`), and its
+/// weight.
+pub fn top_predictor(exp: &Experiment) -> (String, f64) {
+    let name = |i: usize| exp.inputs.get(i).map_or("?", |x| &*x.name).to_string();
+    match exp.model.as_deref().and_then(|m| m.top_expert()) {
+        Some((_, _, true, s)) => ("all model inputs together".to_string(), s),
+        Some((i, Some(j), false, s)) => (format!("{} x {}", name(i), name(j)), s),
+        Some((i, None, false, s)) => (name(i), s),
+        None => (String::new(), 0.0),
+    }
+}
+
 /// Evaluate after a counted event of `exp`.
 #[inline]
 pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
@@ -34,13 +46,8 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
         return None;
     }
     m.fired = true;
-    let name = |i: usize| exp.inputs.get(i).map_or("?", |x| &*x.name).to_string();
-    let (top, share) = match m.top_expert() {
-        Some((_, _, true, s)) => ("all model inputs together".to_string(), s),
-        Some((i, Some(j), false, s)) => (format!("{} x {}", name(i), name(j)), s),
-        Some((i, None, false, s)) => (name(i), s),
-        None => (String::new(), 0.0),
-    };
+    let (top, share) = top_predictor(exp);
+    let m = exp.model.as_deref()?;
     Some(Alert {
         check: Check::ArmPredictable,
         experiment: Some(exp.id.to_string()),

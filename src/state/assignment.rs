@@ -38,6 +38,14 @@ impl HashFn {
         }
     }
 
+    /// Its config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashFn::Xxh3_64 => "xxh3_64",
+            HashFn::Xxh64 => "xxh64",
+        }
+    }
+
     /// Hash `bytes` with `seed`.
     #[inline]
     pub fn hash(self, seed: u64, bytes: &[u8]) -> u64 {
@@ -212,7 +220,10 @@ pub const EXPLAIN_AGREEMENT: f64 = 0.99;
 /// Mismatch counts and evidence of one experiment with a declared assignment.
 #[derive(Clone, Debug)]
 pub struct AssignmentState {
-    hash: HashFn,
+    /// The hash function.
+    pub hash: HashFn,
+    /// The key template as configured.
+    pub key: Box<str>,
     seed: u64,
     salt: Box<str>,
     template: Template,
@@ -244,6 +255,7 @@ impl AssignmentState {
         });
         AssignmentState {
             hash: HashFn::parse(&cfg.hash).unwrap_or(HashFn::Xxh3_64),
+            key: cfg.key.as_str().into(),
             seed: cfg.seed,
             salt: cfg.salt.as_str().into(),
             template,

@@ -81,7 +81,7 @@ enum Cmd {
 enum Fault {
     /// P(treatment | tier = pro) = 0.6 in prompt-variant.
     TierLeak,
-    /// 53/47 split instead of 50/50 in router-v2.
+    /// 55/45 split instead of 50/50 in router-v2.
     Srm,
     /// quality-judge is upgraded to v2 at event 10,000, scoring the control set 0.5 sd higher.
     JudgeUpgrade,
@@ -95,7 +95,7 @@ enum Fault {
     NightSampler,
     /// ranker-v3's assignment service hashes `{salt}:{unit}:{tier}`, not the declared `{salt}:{unit}`.
     AssignmentKeyTier,
-    /// 3% of ranker-v3's users land in the other arm half of the time.
+    /// 10% of ranker-v3's users land in the other arm half of the time.
     Crossover,
     /// 3 of workspace-collab's 400 workspaces have their users assigned one by one.
     MixedClusters,
@@ -320,7 +320,7 @@ fn demo(
             treatment_weight: 0.5,
             faults: Faults {
                 tier_leak: None,
-                srm: has(Fault::Srm).then_some(0.53),
+                srm: has(Fault::Srm).then_some(0.55),
                 ..Default::default()
             },
             users: None,
@@ -331,11 +331,11 @@ fn demo(
             treatment_weight: 0.5,
             faults: Faults {
                 key_includes_tier: has(Fault::AssignmentKeyTier),
-                crossover: if has(Fault::Crossover) { 0.03 } else { 0.0 },
+                crossover: if has(Fault::Crossover) { 0.1 } else { 0.0 },
                 ..Default::default()
             },
             users: Some(Users {
-                pool: 20_000,
+                pool: 5_000,
                 emit_unit: true,
             }),
             assignment: SimAssignment::Hash {
@@ -374,7 +374,7 @@ fn demo(
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, true).await?;
         out.shared.ready.store(true, Ordering::Relaxed);
-        tracing::info!(faults = ?faults, rate, "demo: simulated prompt traffic for prompt-variant and router-v2");
+        tracing::info!(faults = ?faults, rate, "demo: simulated prompt traffic for prompt-variant, router-v2, ranker-v3 (hash-assigned) and workspace-collab (cluster-randomized)");
         let mut lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, None);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();

@@ -86,6 +86,16 @@ pub struct Metrics {
     judge_cusum: GaugeVec,
     judge_version_judgments: IntGaugeVec,
     alerts_fired: IntCounterVec,
+    mismatch_log_e: GaugeVec,
+    mismatch_ratio: GaugeVec,
+    candidate_agreement: GaugeVec,
+    exposure_ratio: GaugeVec,
+    exposure_followed: IntGaugeVec,
+    exposure_memory: IntGaugeVec,
+    mixed_clusters: IntGaugeVec,
+    clusters: IntGaugeVec,
+    predictable_log_e: GaugeVec,
+    predictable_auc: GaugeVec,
     overflowed: IntGaugeVec,
     /// Sampled per-event processing time.
     pub processing: Histogram,
@@ -146,6 +156,16 @@ impl Metrics {
             judge_version_judgments: reg!(r, IntGaugeVec::new(Opts::new("armwatch_judge_version_judgments", "Judgments per judge and model version."), &["judge", "version"])),
             alerts_active: reg!(r, IntGaugeVec::new(Opts::new("armwatch_alerts_active", "Active alerts by check and experiment."), &["check", "experiment"])),
             alerts_fired: reg!(r, IntCounterVec::new(Opts::new("armwatch_alerts_fired_total", "Alerts fired, by check."), &["check"])),
+            mismatch_log_e: reg!(r, g("armwatch_assignment_mismatch_log_evalue", "Assignment re-derivation: log e-value that the mismatch share of units exceeds the tolerance.", &["experiment"])),
+            mismatch_ratio: reg!(r, g("armwatch_assignment_mismatch_ratio", "Share of checked units whose logged arm differs from the declared hash's.", &["experiment"])),
+            candidate_agreement: reg!(r, g("armwatch_assignment_candidate_agreement_ratio", "Share of events whose logged arm the candidate key <declared key>:{input} reproduces.", &["experiment", "input"])),
+            exposure_ratio: reg!(r, g("armwatch_multiple_exposure_ratio", "Estimated share of units seen in more than one arm, with its 95% interval: bound = estimate | lower | upper.", &["experiment", "bound"])),
+            exposure_followed: reg!(r, IntGaugeVec::new(Opts::new("armwatch_multiple_exposure_followed_units", "Units followed by the consistent hash sample."), &["experiment"])),
+            exposure_memory: reg!(r, IntGaugeVec::new(Opts::new("armwatch_multiple_exposure_sample_bytes", "Memory of the multiple-exposure sample."), &["experiment"])),
+            mixed_clusters: reg!(r, IntGaugeVec::new(Opts::new("armwatch_cluster_mixed_clusters", "Clusters of a cluster-randomized experiment seen in more than one arm."), &["experiment"])),
+            clusters: reg!(r, IntGaugeVec::new(Opts::new("armwatch_cluster_clusters", "Clusters seen per arm of a cluster-randomized experiment."), &["experiment", "arm"])),
+            predictable_log_e: reg!(r, g("armwatch_arm_predictable_log_evalue", "Joint arm model: log e-value that the arm depends on the watched inputs (arm shares left free).", &["experiment"])),
+            predictable_auc: reg!(r, g("armwatch_arm_predictable_auc", "Joint arm model: prequential AUC with its 95% interval: bound = estimate | lower | upper.", &["experiment", "bound"])),
             overflowed: reg!(r, IntGaugeVec::new(Opts::new("armwatch_label_values_overflowed", "Distinct label values refused by the label cap (aggregated as __other__ or not exported)."), &["label"])),
             processing: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_processing_seconds", "Per-message decode and state update time (1 in 64 messages sampled).").buckets(vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3]))),
             consumer_lag: reg!(r, IntGaugeVec::new(Opts::new("armwatch_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics)."), &["topic", "partition"])),
@@ -169,6 +189,62 @@ impl Metrics {
             m.rejected.with_label_values(&[r.as_str()]);
         }
         m
+    }
+
+    /// The assignment-integrity figures of one experiment (label already admitted).
+    fn publish_integrity(&mut self, exp: &str, e: &crate::report::ExperimentReport) {
+        if let Some(a) = &e.assignment {
+            self.mismatch_log_e
+                .with_label_values(&[exp])
+                .set(a.log_evalue);
+            self.mismatch_ratio
+                .with_label_values(&[exp])
+                .set(a.mismatch_rate);
+            for c in &a.candidates {
+                if let Some(input) = self.caps[INPUT].admit(&c.input) {
+                    self.candidate_agreement
+                        .with_label_values(&[exp, input])
+                        .set(c.agreement);
+                }
+            }
+        }
+        if let Some(x) = &e.multiple_exposure {
+            for (bound, v) in [
+                ("estimate", x.estimated_rate),
+                ("lower", x.interval_95[0]),
+                ("upper", x.interval_95[1]),
+            ] {
+                self.exposure_ratio.with_label_values(&[exp, bound]).set(v);
+            }
+            self.exposure_followed
+                .with_label_values(&[exp])
+                .set(x.followed_units as i64);
+            self.exposure_memory
+                .with_label_values(&[exp])
+                .set(x.memory_bytes as i64);
+        }
+        if let Some(c) = &e.clusters {
+            self.mixed_clusters
+                .with_label_values(&[exp])
+                .set(c.mixed as i64);
+            for (arm, n) in e.arms.iter().zip(&c.clusters_per_arm) {
+                if let Some(arm) = self.caps[ARM].admit(arm) {
+                    self.clusters.with_label_values(&[exp, arm]).set(*n as i64);
+                }
+            }
+        }
+        if let Some(p) = &e.predictability {
+            self.predictable_log_e
+                .with_label_values(&[exp])
+                .set(p.log_evalue);
+            for (bound, v) in [
+                ("estimate", p.auc),
+                ("lower", p.auc_interval_95[0]),
+                ("upper", p.auc_interval_95[1]),
+            ] {
+                self.predictable_auc.with_label_values(&[exp, bound]).set(v);
+            }
+        }
     }
 
     /// The registry to expose.
@@ -215,6 +291,7 @@ impl Metrics {
             self.srm_chi2_p
                 .with_label_values(&[exp])
                 .set(e.srm.chi_square_p);
+            self.publish_integrity(exp, e);
             for (input, values) in &e.substrates {
                 for v in values {
                     for (arm, n) in e.arms.iter().zip(&v.events_per_arm) {

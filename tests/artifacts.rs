@@ -29,6 +29,8 @@ fn dashboard_queries_only_exported_metrics() {
         r#"{"kind":"routing","ts":1,"router":"confidence-gate","score":0.84,"route":"premium"}"#,
         r#"{"kind":"sample","ts":1,"eval_set":"nightly","inputs":{"tier":"pro"}}"#,
         r#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"control","inputs":{"embedding_model":"e5"}}"#,
+        r#"{"kind":"prompt","ts":1,"experiment":"ranker-v3","arm":"control","unit":"u1","inputs":{"tier":"pro"}}"#,
+        r#"{"kind":"prompt","ts":1,"experiment":"workspace-collab","arm":"control","unit":"u1","cluster":"ws-1"}"#,
     ]
     .iter()
     .enumerate()

@@ -95,6 +95,10 @@ fn demo_runs_without_setup_and_reports() {
         "router-overrides",
         "score-nudging",
         "night-sampler",
+        "assignment-key-tier",
+        "crossover",
+        "mixed-clusters",
+        "interaction-leak",
     ]);
     let report = values.last().expect("a report");
     assert_eq!(report["events"]["accepted"], 30_000);
@@ -111,6 +115,10 @@ fn demo_runs_without_setup_and_reports() {
         ("threshold_compliance", "subject", "confidence-gate"),
         ("threshold_density", "subject", "confidence-gate"),
         ("sampling_skew", "subject", "nightly"),
+        ("assignment_mismatch", "value", "tier"),
+        ("multiple_exposure", "experiment", "ranker-v3"),
+        ("cluster_mixed", "experiment", "workspace-collab"),
+        ("arm_predictable", "experiment", "prompt-variant"),
     ] {
         assert!(
             has(check, field, v),

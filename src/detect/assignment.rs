@@ -48,7 +48,7 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
     let explanation = a.explanation();
     let why = match explanation {
         Some(c) => format!(
-            "; the logged arms are exactly hash(<declared key>:{{input.{}}}) ({:.1}% of {} events agree): the assignment key includes {}",
+            "; the logged arms follow hash(<declared key>:{{input.{}}}) ({:.1}% of {} events): the assignment key includes {}",
             c.input,
             100.0 * c.agreement(),
             c.scored,

@@ -38,7 +38,8 @@ pub struct AssignmentReport {
     pub examples: Vec<MismatchExample>,
     /// Candidate keys `<declared key>:{input.NAME}` and how often each reproduces the logged arm.
     pub candidates: Vec<CandidateReport>,
-    /// The input whose candidate key reproduces the logged arms (>= 99% of >= 20 events).
+    /// The input whose candidate key reproduces the logged arms (>= 90% of >= 20 events, and at
+    /// least half of the declared key's disagreement removed).
     pub key_includes_input: Option<String>,
     /// Whether the alert fired.
     pub alert: bool,

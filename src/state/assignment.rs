@@ -214,8 +214,9 @@ pub const MAX_CANDIDATES: usize = 16;
 const CANDIDATE_WARMUP: u64 = 1000;
 /// Scored events a candidate needs before it can explain the mismatches.
 pub const MIN_EXPLAIN: u64 = 20;
-/// Agreement a candidate needs to explain them.
-pub const EXPLAIN_AGREEMENT: f64 = 0.99;
+/// Agreement a candidate needs to explain them (below 1 so that a second fault, such as
+/// crossover units, does not hide the key's input).
+pub const EXPLAIN_AGREEMENT: f64 = 0.9;
 
 /// Mismatch counts and evidence of one experiment with a declared assignment.
 #[derive(Clone, Debug)]
@@ -346,11 +347,15 @@ impl AssignmentState {
         }
     }
 
-    /// The candidate input that reproduces the logged arms, if one does.
+    /// The candidate input that reproduces the logged arms, if one does: at least
+    /// [`EXPLAIN_AGREEMENT`] of its scored events agree, and it removes at least half of the
+    /// declared key's disagreement.
     pub fn explanation(&self) -> Option<&Candidate> {
+        let declared = 1.0 - self.event_mismatch_rate();
+        let need = EXPLAIN_AGREEMENT.max(declared + 0.5 * (1.0 - declared));
         self.candidates
             .iter()
-            .filter(|c| c.scored >= MIN_EXPLAIN && c.agreement() >= EXPLAIN_AGREEMENT)
+            .filter(|c| c.scored >= MIN_EXPLAIN && c.agreement() >= need)
             .max_by(|a, b| a.agreement().total_cmp(&b.agreement()))
     }
 

@@ -142,7 +142,7 @@ impl ArmModel {
             q[a] = self.null_weight * t;
         }
         let mut factor = [1f64; EXPERTS];
-        for f in 0..EXPERTS {
+        for (f, fac) in factor.iter_mut().enumerate() {
             let (i, j, joint) = self.layout[f];
             let started = if joint {
                 active >= 2
@@ -163,7 +163,7 @@ impl ArmModel {
             for (a, t) in w0.iter().enumerate() {
                 q[a] += w * (f64::from(row[a]) + CONCENTRATION * t) * inv;
             }
-            factor[f] = (f64::from(row[arm]) + CONCENTRATION * w0[arm]) * inv / w0[arm];
+            *fac = (f64::from(row[arm]) + CONCENTRATION * w0[arm]) * inv / w0[arm];
             row[arm] = row[arm].saturating_add(1);
             row[arms] = row[arms].saturating_add(1);
         }

@@ -117,11 +117,12 @@ fn ndjson_parquet_and_arrow_give_identical_reports() {
         "{alerts:?}"
     );
     for other in [&gz, &pq, &pq_flat, &ipc] {
-        assert_eq!(
-            replay(&[other]),
-            reference,
-            "report of {} differs from NDJSON",
-            other.display()
+        let got = replay(&[other]);
+        assert!(
+            got == reference,
+            "report of {} differs from NDJSON at {:?}",
+            other.display(),
+            first_difference(&got, &reference, String::new())
         );
     }
 }
@@ -146,4 +147,37 @@ fn bad_lines_are_counted_by_reason_and_replay_goes_on() {
         r["experiments"]["prompt-variant"]["note"],
         "undeclared experiment: equal design weights assumed"
     );
+}
+
+/// The path and values of the first difference between two JSON values.
+fn first_difference(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    path: String,
+) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) => {
+                        if let Some(d) = first_difference(v, w, format!("{path}.{k}")) {
+                            return Some(d);
+                        }
+                    }
+                    None => return Some((format!("{path}.{k}"), v.to_string(), "absent".into())),
+                }
+            }
+            y.keys()
+                .find(|k| !x.contains_key(*k))
+                .map(|k| (format!("{path}.{k}"), "absent".into(), y[k].to_string()))
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (v, w))| first_difference(v, w, format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ => Some((path, a.to_string(), b.to_string())),
+    }
 }

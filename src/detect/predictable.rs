@@ -15,7 +15,13 @@ const RECHECK_EVERY: u64 = 16;
 /// The expert with the most posterior weight, by input names (`"tier x locale"`), and its
 /// weight.
 pub fn top_predictor(exp: &Experiment) -> (String, f64) {
-    let name = |i: usize| exp.inputs.get(i).map_or("?", |x| &*x.name).to_string();
+    let name = |k: u64| {
+        exp.inputs
+            .iter()
+            .find(|x| x.name_key == k)
+            .map_or("?", |x| &*x.name)
+            .to_string()
+    };
     match exp.model.as_deref().and_then(|m| m.top_expert()) {
         Some((_, _, true, s)) => ("all model inputs together".to_string(), s),
         Some((i, Some(j), false, s)) => (format!("{} x {}", name(i), name(j)), s),

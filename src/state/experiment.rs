@@ -388,9 +388,21 @@ impl Experiment {
         }
         if !self.inputs.is_empty() && self.arms.len() > 1 {
             let design = &self.design;
-            self.model
-                .get_or_insert_with(|| Box::new(ArmModel::new(design)))
-                .observe(design, &keys, self.inputs.len().min(MODEL_INPUTS), arm);
+            let model = self
+                .model
+                .get_or_insert_with(|| Box::new(ArmModel::new(design)));
+            let n = self.inputs.len().min(MODEL_INPUTS);
+            for inp in &self.inputs[model.inputs()..n] {
+                model.add_input(inp.name_key);
+            }
+            // `keys` is by input index; the model reads by slot (inputs sorted by name hash)
+            let mut by_slot = [MISSING; MODEL_INPUTS];
+            for (inp, key) in self.inputs[..n].iter().zip(keys) {
+                if let Some(s) = model.slot(inp.name_key) {
+                    by_slot[s] = key;
+                }
+            }
+            model.observe(design, &by_slot, arm);
         }
         Ok(obs)
     }

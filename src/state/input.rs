@@ -12,6 +12,8 @@ use crate::stats::sequential::Design;
 pub struct InputState {
     /// Input name.
     pub name: Box<str>,
+    /// Its [`key_of`] hash.
+    pub name_key: u64,
     /// Stratified e-process over its values.
     pub strata: Strata,
     /// Present once a numeric value has been seen.
@@ -29,6 +31,7 @@ impl InputState {
     pub fn new(name: &str, design: &Design, max_strata: usize, bins: Bins) -> InputState {
         InputState {
             name: name.into(),
+            name_key: key_of(name),
             strata: Strata::new(design, max_strata),
             numeric: None,
             bins,

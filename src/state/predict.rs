@@ -14,7 +14,10 @@
 //! its own, which a marginal test per input cannot see.
 //!
 //! Memory is fixed: `EXPERTS x CELLS x (arms + 1)` counters, values hashed into cells (a
-//! collision only merges two cells and costs power, never validity).
+//! collision only merges two cells and costs power, never validity). Inputs take slots in the
+//! order of their names' hashes, and cells are salted by input names, so the model (and its
+//! floating-point sums) does not depend on the order in which inputs appear in the messages:
+//! the same events give the same figures from Kafka JSON or a Parquet replay.
 
 use crate::stats::auc::Roc;
 use crate::stats::sequential::Design;
@@ -49,12 +52,33 @@ fn expert_inputs(f: usize) -> (usize, Option<usize>, bool) {
     (0, None, true)
 }
 
+/// The expert reading slot `i` alone, slots `i < j`, or all slots.
+fn expert_index(i: usize, j: Option<usize>, joint: bool) -> usize {
+    if joint {
+        return EXPERTS - 1;
+    }
+    match j {
+        None => i,
+        Some(j) => MODEL_INPUTS + (0..i).map(|r| MODEL_INPUTS - 1 - r).sum::<usize>() + (j - i - 1),
+    }
+}
+
+#[inline]
+fn mix(h: u64) -> u64 {
+    let h = (h ^ (h >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
 /// The online model of one experiment.
 #[derive(Clone, Debug)]
 pub struct ArmModel {
     arms: usize,
-    /// (first input, second input, joint) per expert.
+    /// (first slot, second slot, joint) per expert.
     layout: Box<[(u8, u8, bool)]>,
+    /// Name hashes of the model's inputs, sorted: slot `s` is `names[s]`.
+    names: Vec<u64>,
+    /// Per expert, a salt from its inputs' names.
+    salts: Box<[u64]>,
     /// `EXPERTS * CELLS * (arms + 1)` counts; the last of each cell is its total.
     tables: Box<[u32]>,
     /// `pi_f E_f / scale` per expert.
@@ -87,6 +111,8 @@ impl ArmModel {
         ArmModel {
             arms,
             layout,
+            names: Vec::new(),
+            salts: vec![0; EXPERTS].into(),
             tables: vec![0; EXPERTS * CELLS * (arms + 1)].into(),
             weights: vec![pi; EXPERTS].into(),
             null_weight: NULL_WEIGHT,
@@ -100,17 +126,77 @@ impl ArmModel {
         }
     }
 
+    /// Inputs the model reads.
+    pub fn inputs(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The slot of the input whose name hashes to `name_key`.
+    #[inline]
+    pub fn slot(&self, name_key: u64) -> Option<usize> {
+        self.names.binary_search(&name_key).ok()
+    }
+
+    /// Start reading the input whose name hashes to `name_key` (at most [`MODEL_INPUTS`]).
+    /// Slots after it shift by one; the state of every started expert moves with its inputs,
+    /// and the experts of the new input start with `E = 1`.
+    pub fn add_input(&mut self, name_key: u64) {
+        let Err(pos) = self.names.binary_search(&name_key) else {
+            return;
+        };
+        if self.names.len() >= MODEL_INPUTS {
+            return;
+        }
+        let old_n = self.names.len();
+        self.names.insert(pos, name_key);
+        let shift = |s: usize| if s >= pos { s + 1 } else { s };
+        let block = CELLS * (self.arms + 1);
+        let fresh = (1.0 - NULL_WEIGHT) / EXPERTS as f64 * (-self.log_scale).exp();
+        let mut tables = vec![0u32; self.tables.len()].into_boxed_slice();
+        let mut weights = vec![fresh; EXPERTS].into_boxed_slice();
+        for f in 0..EXPERTS {
+            let (i, j, joint) = expert_inputs(f);
+            let started = if joint {
+                old_n >= 2
+            } else {
+                i < old_n && j.is_none_or(|j| j < old_n)
+            };
+            if !started {
+                continue;
+            }
+            let g = if joint {
+                f
+            } else {
+                expert_index(shift(i), j.map(shift), false)
+            };
+            tables[g * block..(g + 1) * block]
+                .copy_from_slice(&self.tables[f * block..(f + 1) * block]);
+            weights[g] = self.weights[f];
+        }
+        self.tables = tables;
+        self.weights = weights;
+        for (f, salt) in self.salts.iter_mut().enumerate() {
+            let (i, j, joint) = expert_inputs(f);
+            let name = |s: usize| self.names.get(s).copied().unwrap_or(0);
+            *salt = if joint {
+                0xA076_1D64_78BD_642F
+            } else {
+                mix(name(i)) ^ j.map_or(0x5851_F42D_4C95_7F2D, |j| mix(name(j)).rotate_left(17))
+            };
+        }
+    }
+
     #[inline]
     fn cell(&self, f: usize, keys: &[u64; MODEL_INPUTS]) -> usize {
         const M: u64 = 0x9E37_79B9_7F4A_7C15;
         let (i, j, joint) = self.layout[f];
+        let salt = self.salts[f];
         let h = if joint {
-            keys.iter().fold(0xA076_1D64_78BD_642F, |h, k| {
-                (h ^ k).wrapping_mul(M).rotate_left(31)
-            })
+            keys[..self.names.len()]
+                .iter()
+                .fold(salt, |h, k| (h ^ k).wrapping_mul(M).rotate_left(31))
         } else {
-            let h =
-                (keys[i as usize] ^ (f as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB)).wrapping_mul(M);
+            let h = (keys[i as usize] ^ salt).wrapping_mul(M);
             if j == u8::MAX {
                 h
             } else {
@@ -120,16 +206,11 @@ impl ArmModel {
         (h >> (64 - CELL_BITS)) as usize
     }
 
-    /// Predict the arm of an event with input value keys `keys` (`MISSING` where absent), then
-    /// learn it. `active` is the number of model inputs the experiment has so far: experts
-    /// reading an input not yet seen have not started (their `E` stays 1).
-    pub fn observe(
-        &mut self,
-        design: &Design,
-        keys: &[u64; MODEL_INPUTS],
-        active: usize,
-        arm: usize,
-    ) {
+    /// Predict the arm of an event with input value keys `keys` by slot (`MISSING` where
+    /// absent), then learn it. Experts reading a slot not yet taken have not started (their `E`
+    /// stays 1).
+    pub fn observe(&mut self, design: &Design, keys: &[u64; MODEL_INPUTS], arm: usize) {
+        let active = self.names.len();
         let arms = self.arms;
         if arm >= arms {
             return;
@@ -220,12 +301,13 @@ impl ArmModel {
         })
     }
 
-    /// The expert with the largest weight: which inputs predict the arm.
-    pub fn top_expert(&self) -> Option<(usize, Option<usize>, bool, f64)> {
+    /// The expert with the largest weight: which inputs (by name hash) predict the arm.
+    pub fn top_expert(&self) -> Option<(u64, Option<u64>, bool, f64)> {
         let best = (0..EXPERTS).max_by(|&a, &b| self.weights[a].total_cmp(&self.weights[b]))?;
         let sum: f64 = self.null_weight + self.weights.iter().sum::<f64>();
         let (i, j, joint) = expert_inputs(best);
-        Some((i, j, joint, self.weights[best] / sum))
+        let name = |s: usize| self.names.get(s).copied().unwrap_or(0);
+        Some((name(i), j.map(name), joint, self.weights[best] / sum))
     }
 
     /// Fixed memory of the model.
@@ -236,7 +318,7 @@ impl ArmModel {
     /// Merge another partition: counts, tables and ROC add; the evidence is sequence-dependent,
     /// so the merged e-value is the larger of the two (each valid on its own).
     pub fn merge(&mut self, o: &ArmModel) {
-        if o.arms != self.arms {
+        if o.arms != self.arms || o.names != self.names {
             return;
         }
         for (a, b) in self.tables.iter_mut().zip(o.tables.iter()) {
@@ -254,5 +336,63 @@ impl ArmModel {
             self.log_scale = o.log_scale;
         }
         self.fired |= o.fired;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expert_index_inverts_expert_inputs() {
+        for f in 0..EXPERTS {
+            let (i, j, joint) = expert_inputs(f);
+            assert_eq!(expert_index(i, j, joint), f);
+        }
+    }
+
+    /// Inputs discovered in another order give the same model, to the bit.
+    #[test]
+    fn input_order_does_not_matter() {
+        let design = Design::new(&[0.5, 0.5], &[10.0]);
+        let (mut a, mut b) = (ArmModel::new(&design), ArmModel::new(&design));
+        let names = [11u64, 7, 42, 3];
+        for n in names {
+            a.add_input(n);
+        }
+        for n in names.iter().rev() {
+            b.add_input(*n);
+        }
+        for t in 0..5000u64 {
+            let mut keys = [MISSING; MODEL_INPUTS];
+            for (k, n) in names.iter().enumerate() {
+                let slot = a.slot(*n).unwrap_or(0);
+                keys[slot] = (t * 7 + k as u64) % 5;
+            }
+            let arm = usize::from((keys[0] + keys[1]) % 2 == 0 && t % 3 != 0);
+            a.observe(&design, &keys, arm);
+            b.observe(&design, &keys, arm);
+        }
+        assert_eq!(a.log_e_design().to_bits(), b.log_e_design().to_bits());
+        assert!(a.log_e_design() > 10.0);
+    }
+
+    /// An input added mid-stream keeps the state of the experts already running.
+    #[test]
+    fn adding_an_input_moves_state_with_it() {
+        let design = Design::new(&[0.5, 0.5], &[10.0]);
+        let mut m = ArmModel::new(&design);
+        m.add_input(100);
+        for t in 0..2000u64 {
+            let mut keys = [MISSING; MODEL_INPUTS];
+            keys[0] = t % 2;
+            m.observe(&design, &keys, (t % 2) as usize);
+        }
+        let before = m.log_e_design();
+        let top = m.top_expert().map(|t| t.0);
+        m.add_input(1); // sorts before 100: the old input moves to slot 1
+        assert_eq!(m.slot(100), Some(1));
+        assert_eq!(m.log_e_design().to_bits(), before.to_bits());
+        assert_eq!(m.top_expert().map(|t| t.0), top);
     }
 }

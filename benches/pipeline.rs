@@ -52,6 +52,36 @@ treatment_inputs = ["fragment"]
     .expect("bench config")
 }
 
+/// With a declared hash assignment. The simulator draws arms at random, so half of the events
+/// mismatch and the candidate keys are scored on every event: the worst case.
+fn settings_with_assignment() -> Settings {
+    Settings::from_toml(
+        r#"
+[[experiment]]
+id = "prompt-variant"
+arms = { control = 0.5, treatment = 0.5 }
+treatment_inputs = ["fragment"]
+[experiment.assignment]
+salt = "prompt-variant"
+buckets = 10000
+ranges = { control = [0, 5000], treatment = [5000, 10000] }
+"#,
+    )
+    .expect("bench config")
+}
+
+/// An engine warmed up (inputs and strata exist), as in a long-running daemon, on other
+/// traffic so that the measured events are new exposures, not repeats.
+fn warmed(settings: &Settings) -> Engine {
+    let mut warm = Engine::new(settings);
+    for seed in 100..105 {
+        for e in events_without_unit(seed) {
+            let _ = warm.process(&e);
+        }
+    }
+    warm
+}
+
 fn bench(c: &mut Criterion) {
     let evs = events(1);
     let bytes: usize = evs.iter().map(|e| e.len()).sum();
@@ -66,17 +96,15 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    // a warmed-up engine (inputs and strata exist), as in a long-running daemon, warmed on
-    // other traffic so that the measured events are new exposures, not repeats
-    let mut warm = Engine::new(&settings());
-    for seed in 100..105 {
-        for e in events_without_unit(seed) {
-            let _ = warm.process(&e);
-        }
-    }
-    for (name, evs) in [
-        ("decode_update_detect", &evs),
-        ("decode_update_detect_no_unit", &events_without_unit(2)),
+    let (plain, declared) = (warmed(&settings()), warmed(&settings_with_assignment()));
+    for (name, warm, evs) in [
+        ("decode_update_detect", &plain, &evs),
+        (
+            "decode_update_detect_no_unit",
+            &plain,
+            &events_without_unit(2),
+        ),
+        ("decode_update_detect_assignment", &declared, &evs),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched_ref(

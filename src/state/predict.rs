@@ -85,6 +85,10 @@ pub struct ArmModel {
     weights: Box<[f64]>,
     /// `pi_0 / scale`: the null expert (its `E` is always 1).
     null_weight: f64,
+    /// Sum of the weights of the experts not started (they predict the design weights).
+    idle_weight: f64,
+    /// Started experts, in index order.
+    started: Vec<u8>,
     /// `ln scale`.
     log_scale: f64,
     /// Arm counts of the events the model saw.
@@ -116,6 +120,8 @@ impl ArmModel {
             tables: vec![0; EXPERTS * CELLS * (arms + 1)].into(),
             weights: vec![pi; EXPERTS].into(),
             null_weight: NULL_WEIGHT,
+            idle_weight: 1.0 - NULL_WEIGHT,
+            started: Vec::new(),
             log_scale: 0.0,
             counts: vec![0; arms].into(),
             roc: (0..if arms == 2 { 1 } else { arms })
@@ -175,6 +181,22 @@ impl ArmModel {
         }
         self.tables = tables;
         self.weights = weights;
+        let n = self.names.len();
+        self.started = (0..EXPERTS)
+            .filter(|&f| {
+                let (i, j, joint) = expert_inputs(f);
+                if joint {
+                    n >= 2
+                } else {
+                    i < n && j.is_none_or(|j| j < n)
+                }
+            })
+            .map(|f| f as u8)
+            .collect();
+        self.idle_weight = (0..EXPERTS)
+            .filter(|f| !self.started.contains(&(*f as u8)))
+            .map(|f| self.weights[f])
+            .sum();
         for (f, salt) in self.salts.iter_mut().enumerate() {
             let (i, j, joint) = expert_inputs(f);
             let name = |s: usize| self.names.get(s).copied().unwrap_or(0);
@@ -210,41 +232,37 @@ impl ArmModel {
     /// absent), then learn it. Experts reading a slot not yet taken have not started (their `E`
     /// stays 1).
     pub fn observe(&mut self, design: &Design, keys: &[u64; MODEL_INPUTS], arm: usize) {
-        let active = self.names.len();
         let arms = self.arms;
         if arm >= arms {
             return;
         }
         let w0 = design.weights();
         let stride = arms + 1;
+        // the null expert and the experts not started both predict the design weights
+        let base = self.null_weight + self.idle_weight;
         let mut q = [0f64; 64];
-        let mut total = self.null_weight;
         for (a, t) in w0.iter().enumerate() {
-            q[a] = self.null_weight * t;
+            q[a] = base * t;
         }
+        let mut total = base;
         let mut factor = [1f64; EXPERTS];
-        for (f, fac) in factor.iter_mut().enumerate() {
-            let (i, j, joint) = self.layout[f];
-            let started = if joint {
-                active >= 2
-            } else {
-                (i as usize) < active && (j == u8::MAX || (j as usize) < active)
-            };
+        let k_arm = CONCENTRATION * w0[arm];
+        let inv_w0_arm = 1.0 / w0[arm];
+        for (n, &f) in self.started.iter().enumerate() {
+            let f = usize::from(f);
             let w = self.weights[f];
             total += w;
-            if !started {
-                for (a, t) in w0.iter().enumerate() {
-                    q[a] += w * t;
-                }
-                continue;
-            }
-            let base = (f * CELLS + self.cell(f, keys)) * stride;
-            let row = &mut self.tables[base..base + stride];
+            let at = (f * CELLS + self.cell(f, keys)) * stride;
+            let row = &mut self.tables[at..at + stride];
             let inv = 1.0 / (f64::from(row[arms]) + CONCENTRATION);
-            for (a, t) in w0.iter().enumerate() {
-                q[a] += w * (f64::from(row[a]) + CONCENTRATION * t) * inv;
+            if arms == 2 {
+                q[1] += w * (f64::from(row[1]) + CONCENTRATION * w0[1]) * inv;
+            } else {
+                for (a, t) in w0.iter().enumerate() {
+                    q[a] += w * (f64::from(row[a]) + CONCENTRATION * t) * inv;
+                }
             }
-            *fac = (f64::from(row[arm]) + CONCENTRATION * w0[arm]) * inv / w0[arm];
+            factor[n] = (f64::from(row[arm]) + k_arm) * inv * inv_w0_arm;
             row[arm] = row[arm].saturating_add(1);
             row[arms] = row[arms].saturating_add(1);
         }
@@ -256,9 +274,10 @@ impl ArmModel {
                 r.record(q[a] * inv_total, arm == a);
             }
         }
-        let mut sum = self.null_weight;
-        for (w, f) in self.weights.iter_mut().zip(factor) {
-            *w *= f;
+        let mut sum = base;
+        for (&f, fac) in self.started.iter().zip(factor) {
+            let w = &mut self.weights[usize::from(f)];
+            *w *= fac;
             sum += *w;
         }
         self.counts[arm] += 1;
@@ -268,6 +287,7 @@ impl ArmModel {
                 *w *= inv;
             }
             self.null_weight *= inv;
+            self.idle_weight *= inv;
             self.log_scale += sum.ln();
         }
     }
@@ -333,6 +353,7 @@ impl ArmModel {
         if o.log_e_design() > self.log_e_design() {
             self.weights.clone_from(&o.weights);
             self.null_weight = o.null_weight;
+            self.idle_weight = o.idle_weight;
             self.log_scale = o.log_scale;
         }
         self.fired |= o.fired;

@@ -955,6 +955,45 @@ mod tests {
     }
 
     #[test]
+    fn assignment_errors_name_the_key() {
+        let exp = |assignment: &str| {
+            err(&format!(
+                "[[experiment]]\nid = \"x\"\narms = {{ control = 0.5, treatment = 0.5 }}\n[experiment.assignment]\nsalt = \"s\"\nbuckets = 100\n{assignment}"
+            ))
+        };
+        let ok_ranges = "ranges = { control = [0, 50], treatment = [50, 100] }";
+        let e = exp(&format!("hash = \"md5\"\n{ok_ranges}"));
+        assert!(
+            e.contains("`experiment[0].assignment.hash`") && e.contains("xxh3_64"),
+            "{e}"
+        );
+        let e = exp(&format!("key = \"{{salt}}:{{user}}\"\n{ok_ranges}"));
+        assert!(
+            e.contains("`experiment[0].assignment.key`") && e.contains("{user}"),
+            "{e}"
+        );
+        let e = exp("ranges = { control = [0, 60], treatment = [50, 100] }");
+        assert!(
+            e.contains("`experiment[0].assignment.ranges.treatment`") && e.contains("overlaps"),
+            "{e}"
+        );
+        let e = exp("ranges = { control = [0, 50] }");
+        assert!(e.contains("no range for arm `treatment`"), "{e}");
+        let e = exp("ranges = { control = [0, 50], treatment = [50, 200] }");
+        assert!(e.contains("outside 0..100"), "{e}");
+        let e = exp(&format!("tolerance = 0.0\n{ok_ranges}"));
+        assert!(e.contains("`experiment[0].assignment.tolerance`"), "{e}");
+        assert!(err("[alerts]\nmultiple_exposure_rate = 1.5")
+            .contains("`alerts.multiple_exposure_rate`"));
+        assert!(err("[alerts]\nmin_auc_margin = 0.7").contains("`alerts.min_auc_margin`"));
+        let e = err("[[experiment]]\nid = \"x\"\narms = { a = 0.5, b = 0.5 }\nunit_of_assignment = \"team\"");
+        assert!(
+            e.contains("unit_of_assignment") || e.contains("team"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn arm_names_keep_their_case() {
         let s = Settings::from_toml(
             "[[experiment]]\nid = \"X\"\narms = { Control = 0.5, TreatmentB = 0.5 }",

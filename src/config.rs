@@ -569,7 +569,7 @@ impl Settings {
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         let s: Settings = cfg
             .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| ConfigError::Load(dotted_paths(&e.to_string())))?;
         s.validate()?;
         Ok(s)
     }
@@ -846,6 +846,24 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The config crate prints nested keys as `experiment[0]unit_of_assignment`; write them as
+/// they are written in TOML paths, `experiment[0].unit_of_assignment`.
+fn dotted_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 4);
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_ascii_alphabetic() || *n == '_')
+        {
+            out.push('.');
+        }
+    }
+    out
 }
 
 fn validate_assignment(

@@ -1006,7 +1006,7 @@ mod tests {
         assert!(err("[alerts]\nmin_auc_margin = 0.7").contains("`alerts.min_auc_margin`"));
         let e = err("[[experiment]]\nid = \"x\"\narms = { a = 0.5, b = 0.5 }\nunit_of_assignment = \"team\"");
         assert!(
-            e.contains("unit_of_assignment") || e.contains("team"),
+            e.contains("`experiment[0].unit_of_assignment`") && e.contains("team"),
             "{e}"
         );
     }

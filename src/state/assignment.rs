@@ -397,6 +397,28 @@ impl AssignmentState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text either parses or is refused with a reason; never a panic. A template that
+        /// parses renders literal text and the unit verbatim.
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,40}", unit in "[a-z0-9-]{1,12}") {
+            if let Ok(t) = Template::parse(&text) {
+                let ev_text = format!(r#"{{"kind":"prompt","ts":0,"experiment":"e","arm":"a","unit":"{unit}"}}"#);
+                let mut inputs = crate::event::Inputs::new();
+                let ev = crate::event::decode_into(ev_text.as_bytes(), &crate::event::Limits::default(), &mut inputs);
+                if let Ok(ev) = ev {
+                    let mut buf = Vec::new();
+                    if t.render("salt", &ev, &mut buf) {
+                        let s = String::from_utf8(buf).expect("utf-8 in, utf-8 out");
+                        let has_unit = text.contains("{unit}");
+                        prop_assert!(!has_unit || s.contains(&unit), "{} from {}", s, text);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn templates_parse_and_refuse() {

@@ -10,6 +10,7 @@ use crate::state::judge::JudgeState;
 use crate::state::strata::TAIL_LABEL;
 use crate::stats::divergence::{chi_square_p, js_distance, kl, psi};
 use crate::stats::moments::smd;
+use crate::stats::proportion::share;
 use serde::Serialize;
 
 mod integrity;
@@ -356,11 +357,7 @@ impl Report {
                         decisions: r.decisions,
                         in_band: r.in_band,
                         disagree: r.disagree,
-                        disagreement_share: if r.in_band == 0 {
-                            0.0
-                        } else {
-                            r.disagree as f64 / r.in_band as f64
-                        },
+                        disagreement_share: share(r.disagree, r.in_band),
                         compliance_log_evalue: r.compliance.log_e,
                         compliance_alert: r.compliance.fired,
                         density: r.density_test.last.map(|(m, p)| DensityReport {
@@ -572,11 +569,7 @@ fn judge_report(j: &JudgeState, alpha: f64) -> JudgeReport {
                 version: v.version.to_string(),
                 first_ts_ms: v.first_ts_ms,
                 judgments: v.judgments,
-                share: if total == 0 {
-                    0.0
-                } else {
-                    v.judgments as f64 / total as f64
-                },
+                share: share(v.judgments, total),
                 control_n: v.control.n(),
                 control_mean: v.control.mean(),
             })

@@ -13,6 +13,7 @@ use super::{Alert, Check, EvalContext};
 use crate::state::judge::JudgeState;
 use crate::stats::moments::Moments;
 use crate::stats::msprt::log_mixture_bf;
+use crate::stats::proportion::share;
 use serde_json::json;
 
 /// Detector state of one judge.
@@ -22,14 +23,6 @@ pub struct JudgeDetector {
     pub shift_fired: bool,
     /// Current log e-value of the shift test.
     pub log_e: f64,
-}
-
-fn share(n: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        n as f64 / total as f64
-    }
 }
 
 /// After the first judgment of version `v` (not the judge's first version).

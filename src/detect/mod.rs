@@ -39,7 +39,7 @@ pub fn shares(counts: &[u64]) -> Vec<f64> {
     let n: u64 = counts.iter().sum();
     counts
         .iter()
-        .map(|&c| if n == 0 { 0.0 } else { c as f64 / n as f64 })
+        .map(|&c| crate::stats::proportion::share(c, n))
         .collect()
 }
 

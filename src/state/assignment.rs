@@ -16,7 +16,7 @@
 use super::display_label;
 use crate::config::AssignmentSettings;
 use crate::event::{Event, InputValue};
-use crate::stats::proportion::RateEProcess;
+use crate::stats::proportion::{share, RateEProcess};
 use std::io::Write;
 
 /// A supported hash function.
@@ -197,11 +197,7 @@ pub struct Candidate {
 impl Candidate {
     /// Share of scored events reproduced.
     pub fn agreement(&self) -> f64 {
-        if self.scored == 0 {
-            0.0
-        } else {
-            self.agree as f64 / self.scored as f64
-        }
+        share(self.agree, self.scored)
     }
 }
 
@@ -361,11 +357,7 @@ impl AssignmentState {
 
     /// Events' mismatch share (repeats included).
     pub fn event_mismatch_rate(&self) -> f64 {
-        if self.events_checked == 0 {
-            0.0
-        } else {
-            self.events_mismatched as f64 / self.events_checked as f64
-        }
+        share(self.events_mismatched, self.events_checked)
     }
 
     /// Merge another partition's counts.

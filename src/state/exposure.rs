@@ -10,7 +10,7 @@
 //! estimates the population share with a binomial (Wilson) interval.
 
 use super::Identity;
-use crate::stats::proportion::wilson;
+use crate::stats::proportion::{share, wilson};
 use std::collections::HashMap;
 
 /// Memory of one followed id: the key, the arm bit mask and the hash table's overhead.
@@ -100,11 +100,7 @@ impl ExposureSample {
 
     /// Estimated share of ids seen in more than one arm.
     pub fn rate(&self) -> f64 {
-        if self.arms_of.is_empty() {
-            0.0
-        } else {
-            self.mixed as f64 / self.arms_of.len() as f64
-        }
+        share(self.mixed, self.followed())
     }
 
     /// Wilson interval of the share at normal quantile `z`.

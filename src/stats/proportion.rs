@@ -9,6 +9,16 @@
 //! supermartingale under the whole composite null and Ville's inequality bounds the chance it
 //! ever reaches `1/alpha` by `alpha`.
 
+/// `n / total`, or 0 when `total` is 0: the share every report and detector prints.
+#[inline]
+pub fn share(n: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        n as f64 / total as f64
+    }
+}
+
 /// One-sided plug-in e-process for "the rate is at most `p0`".
 #[derive(Clone, Debug)]
 pub struct RateEProcess {
@@ -68,11 +78,7 @@ impl RateEProcess {
 
     /// The observed rate (0 before any draw).
     pub fn rate(&self) -> f64 {
-        if self.n == 0 {
-            0.0
-        } else {
-            self.s as f64 / self.n as f64
-        }
+        share(self.s, self.n)
     }
 
     /// Add another partition's draws. Evidence is not additive across interleavings, so the

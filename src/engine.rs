@@ -24,11 +24,8 @@ use std::collections::HashMap;
 pub struct Engine {
     limits: Limits,
     exp_limits: ExperimentLimits,
-    alpha: f64,
-    log_threshold: f64,
-    min_share_deviation: f64,
-    exposure_rate: f64,
-    min_auc_margin: f64,
+    /// Alert levels; `seq` and `ts_ms` are set per event.
+    levels: EvalContext,
     max_experiments: usize,
     experiments: Vec<Experiment>,
     index: HashMap<u64, usize, Identity>,
@@ -61,11 +58,7 @@ impl Engine {
                 max_message_bytes: settings.limits.max_message_bytes,
                 max_inputs_per_event: settings.limits.max_inputs_per_event,
             },
-            alpha: settings.alerts.alpha,
-            log_threshold: (1.0 / settings.alerts.alpha).ln(),
-            min_share_deviation: settings.alerts.min_share_deviation,
-            exposure_rate: settings.alerts.multiple_exposure_rate,
-            min_auc_margin: settings.alerts.min_auc_margin,
+            levels: EvalContext::levels(&settings.alerts),
             max_experiments: settings
                 .limits
                 .max_experiments
@@ -151,11 +144,7 @@ impl Engine {
         let ctx = EvalContext {
             seq,
             ts_ms: ev.ts_ms,
-            alpha: self.alpha,
-            log_threshold: self.log_threshold,
-            min_share_deviation: self.min_share_deviation,
-            exposure_rate: self.exposure_rate,
-            min_auc_margin: self.min_auc_margin,
+            ..self.levels
         };
         match &ev.body {
             Body::Prompt => self.apply_prompt(ev, &ctx),
@@ -370,12 +359,12 @@ impl Engine {
 
     /// The anytime-valid level of one check.
     pub fn alpha(&self) -> f64 {
-        self.alpha
+        self.levels.alpha
     }
 
-    /// The `multiple_exposure` alert rate.
-    pub fn exposure_rate(&self) -> f64 {
-        self.exposure_rate
+    /// The alert levels every detector runs at.
+    pub fn levels(&self) -> &EvalContext {
+        &self.levels
     }
 
     /// Messages seen (accepted and rejected).

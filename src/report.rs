@@ -466,7 +466,7 @@ fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
             })
             .collect(),
         assignment: integrity::assignment(e, (1.0 / alpha).ln()),
-        multiple_exposure: integrity::exposure(e, alpha, engine.exposure_rate()),
+        multiple_exposure: integrity::exposure(e, engine.levels()),
         clusters: integrity::clusters(e),
         predictability: integrity::predictability(e, (1.0 / alpha).ln()),
     }

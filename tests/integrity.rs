@@ -344,7 +344,7 @@ fn crossover_units_alert_with_an_interval_that_holds_the_truth() {
             .exposures
             .as_ref()
             .expect("units");
-        let (lo, hi) = x.interval(1.959_964);
+        let (lo, hi) = x.interval(armwatch::stats::proportion::Z95);
         if seed == 0 {
             println!(
                 "crossover 2%: truth {:.3}% of {} units; estimate {:.3}% (95% {:.3}-{:.3}%) from {} followed units at sample rate {}",
@@ -499,7 +499,7 @@ fn interaction_leak_is_caught_by_the_joint_model_only() {
             .model
             .as_ref()
             .expect("model")
-            .auc(1.959_964);
+            .auc(armwatch::stats::proportion::Z95);
         sum += auc;
         holds += u32::from(lo <= 0.5 && 0.5 <= hi);
     }

@@ -12,7 +12,7 @@
 use super::alert::rfc3339;
 use super::{Alert, Check, EvalContext};
 use crate::state::experiment::Experiment;
-use crate::stats::proportion::{wilson, z_two_sided};
+use crate::stats::proportion::{wilson, Z95};
 use serde_json::json;
 
 /// Followed units needed before `multiple_exposure` can alert.
@@ -25,13 +25,12 @@ pub fn multiple(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
     if s.fired || s.mixed() == 0 || s.followed() < MIN_FOLLOWED || s.rate() <= ctx.exposure_rate {
         return None;
     }
-    let z = z_two_sided(2.0 * ctx.alpha);
-    let (lo, _) = wilson(s.mixed(), s.followed(), z);
+    let (lo, _) = wilson(s.mixed(), s.followed(), ctx.z_alpha);
     if lo <= ctx.exposure_rate {
         return None;
     }
     s.fired = true;
-    let (lo95, hi95) = s.interval(1.959_964);
+    let (lo95, hi95) = s.interval(Z95);
     Some(Alert {
         check: Check::MultipleExposure,
         experiment: Some(exp.id.to_string()),

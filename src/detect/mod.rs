@@ -32,6 +32,24 @@ pub struct EvalContext {
     pub exposure_rate: f64,
     /// Minimum AUC above 0.5 for `arm_predictable`.
     pub min_auc_margin: f64,
+    /// One-sided standard normal quantile at `alpha` (for fixed-sample bounds).
+    pub z_alpha: f64,
+}
+
+impl EvalContext {
+    /// The levels of `settings`, at stream position 0.
+    pub fn levels(settings: &crate::config::AlertSettings) -> EvalContext {
+        EvalContext {
+            seq: 0,
+            ts_ms: 0,
+            alpha: settings.alpha,
+            log_threshold: (1.0 / settings.alpha).ln(),
+            min_share_deviation: settings.min_share_deviation,
+            exposure_rate: settings.multiple_exposure_rate,
+            min_auc_margin: settings.min_auc_margin,
+            z_alpha: crate::stats::proportion::z_two_sided(2.0 * settings.alpha),
+        }
+    }
 }
 
 /// Arm shares of a count vector.

@@ -46,7 +46,7 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
     if log_e < ctx.log_threshold {
         return None;
     }
-    let (auc, lo, hi) = m.auc(1.959_964);
+    let (auc, lo, hi) = m.auc(crate::stats::proportion::Z95);
     if auc - 0.5 < ctx.min_auc_margin {
         m.evidence_only = true;
         return None;

@@ -1,13 +1,13 @@
 //! Report sections of the assignment-integrity checks.
 
 use crate::detect::predictable::top_predictor;
+use crate::detect::EvalContext;
 use crate::state::experiment::Experiment;
-use crate::stats::proportion::z_two_sided;
+use crate::stats::proportion::Z95;
 use serde::Serialize;
 
 /// Clusters per arm below which cluster-robust inference is unreliable.
 pub const MIN_CLUSTERS_PER_ARM: u64 = 30;
-const Z95: f64 = 1.959_964;
 
 /// `assignment_mismatch`.
 #[derive(Clone, Debug, Serialize)]
@@ -181,7 +181,7 @@ pub fn assignment(e: &Experiment, log_threshold: f64) -> Option<AssignmentReport
 }
 
 /// The multiple-exposure section of `e`.
-pub fn exposure(e: &Experiment, alpha: f64, alert_rate: f64) -> Option<ExposureReport> {
+pub fn exposure(e: &Experiment, levels: &EvalContext) -> Option<ExposureReport> {
     let x = e.exposures.as_ref()?;
     let (lo, hi) = x.interval(Z95);
     Some(ExposureReport {
@@ -189,8 +189,8 @@ pub fn exposure(e: &Experiment, alpha: f64, alert_rate: f64) -> Option<ExposureR
         mixed_units: x.mixed(),
         estimated_rate: x.rate(),
         interval_95: [lo, hi],
-        lower_bound_at_alpha: x.interval(z_two_sided(2.0 * alpha)).0,
-        alert_rate,
+        lower_bound_at_alpha: x.interval(levels.z_alpha).0,
+        alert_rate: levels.exposure_rate,
         sample_rate: x.sample_rate(),
         estimated_units: x.estimated_ids(),
         memory_bytes: x.memory_bytes(),

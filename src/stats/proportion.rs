@@ -103,6 +103,9 @@ pub fn wilson(s: u64, n: u64, z: f64) -> (f64, f64) {
     ((center - half).max(0.0), (center + half).min(1.0))
 }
 
+/// The standard normal quantile of a two-sided 95% interval.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
 /// Two-sided standard normal quantile `z` with `P(|Z| > z) = alpha`.
 pub fn z_two_sided(alpha: f64) -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};

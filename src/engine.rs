@@ -154,45 +154,18 @@ impl Engine {
         }
     }
 
-    fn judge_index(&mut self, name: &str) -> Result<usize, RejectReason> {
-        let key = key_of(name);
-        match self.judge_index.get(&key) {
-            Some(&i) if &*self.judges[i].name == name => Ok(i),
-            Some(_) => Err(RejectReason::InstrumentLimit),
-            None if self.judges.len() >= MAX_INSTRUMENTS => Err(RejectReason::InstrumentLimit),
-            None => {
-                let cfg = self
-                    .judge_settings
-                    .iter()
-                    .find(|j| j.name == name)
-                    .cloned()
-                    .unwrap_or_else(|| JudgeSettings::discovered(name));
-                self.judges.push(JudgeState::new(cfg));
-                self.judge_index.insert(key, self.judges.len() - 1);
-                Ok(self.judges.len() - 1)
-            }
-        }
-    }
-
     fn apply_routing(&mut self, r: &Routing<'_>, ctx: &EvalContext) -> Result<(), RejectReason> {
-        let key = key_of(&r.router);
-        let i = match self.router_index.get(&key) {
-            Some(&i) if *self.routers[i].name == *r.router => i,
-            Some(_) => return Err(RejectReason::InstrumentLimit),
-            None if self.routers.len() >= MAX_INSTRUMENTS => {
-                return Err(RejectReason::InstrumentLimit)
-            }
-            None => {
-                let cfg = self
-                    .router_settings
-                    .iter()
-                    .find(|c| c.name == *r.router)
-                    .cloned();
-                self.routers.push(RouterState::new(&r.router, cfg));
-                self.router_index.insert(key, self.routers.len() - 1);
-                self.routers.len() - 1
-            }
-        };
+        let settings = &self.router_settings;
+        let i = instrument_index(
+            &mut self.routers,
+            &mut self.router_index,
+            &r.router,
+            |x| &x.name,
+            || {
+                let cfg = settings.iter().find(|c| c.name == *r.router).cloned();
+                RouterState::new(&r.router, cfg)
+            },
+        )?;
         let router = &mut self.routers[i];
         let decision = router.observe(r.score, r.threshold, &r.route);
         if let Some(a) = threshold::compliance(router, decision, ctx) {
@@ -224,7 +197,17 @@ impl Engine {
                 }
             }
         }
-        let k = self.judge_index(&j.judge)?;
+        let settings = &self.judge_settings;
+        let k = instrument_index(
+            &mut self.judges,
+            &mut self.judge_index,
+            &j.judge,
+            |x| &x.name,
+            || {
+                let cfg = settings.iter().find(|c| c.name == *j.judge).cloned();
+                JudgeState::new(cfg.unwrap_or_else(|| JudgeSettings::discovered(&j.judge)))
+            },
+        )?;
         let judge = &mut self.judges[k];
         if let Some((v, new)) =
             judge.observe(&j.judge_version, j.score, j.control, ev.ts_ms, ctx.seq)
@@ -402,6 +385,28 @@ impl Engine {
             }) {
                 self.alerts.push(a.clone());
             }
+        }
+    }
+}
+
+/// The index of instrument `name` (a judge or a router), tracking it on first sight; refused
+/// beyond [`MAX_INSTRUMENTS`] or on a 64-bit hash collision (never mix two instruments).
+fn instrument_index<T>(
+    list: &mut Vec<T>,
+    index: &mut HashMap<u64, usize, Identity>,
+    name: &str,
+    name_of: impl Fn(&T) -> &str,
+    make: impl FnOnce() -> T,
+) -> Result<usize, RejectReason> {
+    let key = key_of(name);
+    match index.get(&key) {
+        Some(&i) if name_of(&list[i]) == name => Ok(i),
+        Some(_) => Err(RejectReason::InstrumentLimit),
+        None if list.len() >= MAX_INSTRUMENTS => Err(RejectReason::InstrumentLimit),
+        None => {
+            list.push(make());
+            index.insert(key, list.len() - 1);
+            Ok(list.len() - 1)
         }
     }
 }

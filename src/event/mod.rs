@@ -72,6 +72,33 @@ pub enum InputValue<'a> {
     Bool(bool),
 }
 
+impl InputValue<'_> {
+    /// Append the value as text: strings as they are, `true`/`false`, numbers in Rust's
+    /// shortest round-trip form, never with an exponent (`3`, `0.25`). Assignment keys and
+    /// substrate values are compared in this form.
+    pub fn write_text(&self, out: &mut String) {
+        match self {
+            InputValue::Str(s) => out.push_str(s),
+            InputValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            InputValue::Num(x) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{x}"); // writing to a String cannot fail
+            }
+        }
+    }
+
+    /// The value as text ([`Self::write_text`]): strings borrowed, other values written into
+    /// `scratch` (cleared first), so no allocation once `scratch` has grown.
+    pub fn as_text<'s>(&'s self, scratch: &'s mut String) -> &'s str {
+        if let InputValue::Str(s) = self {
+            return s;
+        }
+        scratch.clear();
+        self.write_text(scratch);
+        scratch
+    }
+}
+
 /// The inputs of one event, in message order.
 pub type Inputs<'a> = SmallVec<[(Cow<'a, str>, InputValue<'a>); INLINE_INPUTS]>;
 

@@ -2,9 +2,9 @@
 //!
 //! The exact rule, so an assignment service can reproduce it:
 //! 1. render the key template to UTF-8 bytes: `{salt}` is the configured salt, `{unit}` and
-//!    `{cluster}` the event's fields, `{input.NAME}` the event's input `NAME` (strings as they
-//!    are, `true`/`false`, integral numbers below 2^53 in magnitude without a decimal point,
-//!    other numbers in Rust's shortest round-trip form); `{{` and `}}` are literal braces;
+//!    `{cluster}` the event's fields, `{input.NAME}` the event's input `NAME` as text
+//!    ([`crate::event::InputValue::write_text`]: strings as they are, `true`/`false`, numbers in shortest
+//!    round-trip form without an exponent, `3`, `0.25`); `{{` and `}}` are literal braces;
 //! 2. `h = xxh3_64(bytes, seed)` or `xxh64(bytes, seed)` (the reference xxHash algorithms, as
 //!    in Python's `xxhash.xxh3_64_intdigest(key, seed)` / `xxhash.xxh64_intdigest`);
 //! 3. `bucket = h % buckets`; the expected arm is the one whose `[start, end)` holds it.
@@ -15,9 +15,8 @@
 
 use super::display_label;
 use crate::config::AssignmentSettings;
-use crate::event::{Event, InputValue};
+use crate::event::Event;
 use crate::stats::proportion::{share, RateEProcess};
-use std::io::Write;
 
 /// A supported hash function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,40 +132,26 @@ impl Template {
     }
 
     /// Render into `buf`; false when a field the template needs is missing from the event.
-    pub fn render(&self, salt: &str, ev: &Event<'_>, buf: &mut Vec<u8>) -> bool {
+    pub fn render(&self, salt: &str, ev: &Event<'_>, buf: &mut String) -> bool {
         for p in &self.parts {
             match p {
-                Part::Lit(s) => buf.extend_from_slice(s.as_bytes()),
-                Part::Salt => buf.extend_from_slice(salt.as_bytes()),
+                Part::Lit(s) => buf.push_str(s),
+                Part::Salt => buf.push_str(salt),
                 Part::Unit => match ev.unit.as_deref() {
-                    Some(u) => buf.extend_from_slice(u.as_bytes()),
+                    Some(u) => buf.push_str(u),
                     None => return false,
                 },
                 Part::Cluster => match ev.cluster.as_deref() {
-                    Some(c) => buf.extend_from_slice(c.as_bytes()),
+                    Some(c) => buf.push_str(c),
                     None => return false,
                 },
                 Part::Input(name) => match ev.inputs.iter().find(|(n, _)| **n == **name) {
-                    Some((_, v)) => render_value(v, buf),
+                    Some((_, v)) => v.write_text(buf),
                     None => return false,
                 },
             }
         }
         true
-    }
-}
-
-/// The text of an input value in a key (see the module docs).
-pub fn render_value(v: &InputValue<'_>, buf: &mut Vec<u8>) {
-    match v {
-        InputValue::Str(s) => buf.extend_from_slice(s.as_bytes()),
-        InputValue::Bool(b) => buf.extend_from_slice(if *b { b"true" } else { b"false" }),
-        InputValue::Num(x) if x.fract() == 0.0 && x.abs() < 9_007_199_254_740_992.0 => {
-            let _ = write!(buf, "{}", *x as i64);
-        }
-        InputValue::Num(x) => {
-            let _ = write!(buf, "{x}");
-        }
     }
 }
 
@@ -241,7 +226,7 @@ pub struct AssignmentState {
     pub candidates: Vec<Candidate>,
     /// Whether the alert fired.
     pub fired: bool,
-    buf: Vec<u8>,
+    buf: String,
 }
 
 impl AssignmentState {
@@ -268,14 +253,14 @@ impl AssignmentState {
             examples: Vec::new(),
             candidates: Vec::new(),
             fired: false,
-            buf: Vec::with_capacity(128),
+            buf: String::with_capacity(128),
         }
     }
 
     /// The bucket and expected arm of the rendered key in `buf[..len]`.
     #[inline]
     fn expected(&self, len: usize) -> (u64, Option<usize>) {
-        let bucket = self.hash.hash(self.seed, &self.buf[..len]) % self.buckets;
+        let bucket = self.hash.hash(self.seed, &self.buf.as_bytes()[..len]) % self.buckets;
         let arm = self
             .ranges
             .iter()
@@ -333,8 +318,8 @@ impl AssignmentState {
                 None => continue,
             };
             self.buf.truncate(len);
-            self.buf.push(b':');
-            render_value(value, &mut self.buf);
+            self.buf.push(':');
+            value.write_text(&mut self.buf);
             let n = self.buf.len();
             let (_, expected) = self.expected(n);
             let cand = &mut self.candidates[c];
@@ -401,9 +386,8 @@ mod tests {
                 let mut inputs = crate::event::Inputs::new();
                 let ev = crate::event::decode_into(ev_text.as_bytes(), &crate::event::Limits::default(), &mut inputs);
                 if let Ok(ev) = ev {
-                    let mut buf = Vec::new();
-                    if t.render("salt", &ev, &mut buf) {
-                        let s = String::from_utf8(buf).expect("utf-8 in, utf-8 out");
+                    let mut s = String::new();
+                    if t.render("salt", &ev, &mut s) {
                         let has_unit = text.contains("{unit}");
                         prop_assert!(!has_unit || s.contains(&unit), "{} from {}", s, text);
                     }
@@ -432,12 +416,13 @@ mod tests {
 
     #[test]
     fn numbers_render_like_json_integers_when_integral() {
-        let mut b = Vec::new();
-        render_value(&InputValue::Num(3.0), &mut b);
-        b.push(b'|');
-        render_value(&InputValue::Num(0.25), &mut b);
-        b.push(b'|');
-        render_value(&InputValue::Bool(true), &mut b);
-        assert_eq!(b, b"3|0.25|true");
+        use crate::event::InputValue;
+        let mut b = String::new();
+        InputValue::Num(3.0).write_text(&mut b);
+        b.push('|');
+        InputValue::Num(0.25).write_text(&mut b);
+        b.push('|');
+        InputValue::Bool(true).write_text(&mut b);
+        assert_eq!(b, "3|0.25|true");
     }
 }

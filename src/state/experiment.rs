@@ -97,6 +97,8 @@ pub struct Experiment {
     ignored: Vec<Box<str>>,
     alpha_divisor: usize,
     ln_alpha_divisor: f64,
+    /// Text of a non-string substrate value (reused: no allocation per event).
+    scratch: String,
 }
 
 /// Ignored (treatment or unwatched) input names remembered at most.
@@ -195,6 +197,7 @@ impl Experiment {
             ignored: Vec::new(),
             alpha_divisor: 1,
             ln_alpha_divisor: 0.0,
+            scratch: String::new(),
         };
         e.set_alpha_divisor();
         e
@@ -419,14 +422,8 @@ impl Experiment {
             let Some((_, v)) = ev.inputs.iter().find(|(n, _)| **n == *s.name) else {
                 continue;
             };
-            let text: std::borrow::Cow<'_, str> = match v {
-                InputValue::Str(t) => std::borrow::Cow::Borrowed(&**t),
-                InputValue::Bool(b) => {
-                    std::borrow::Cow::Borrowed(if *b { "true" } else { "false" })
-                }
-                InputValue::Num(x) => std::borrow::Cow::Owned(x.to_string()),
-            };
-            if let Some(i) = s.observe(&text, arm, self.arms.len(), ev.ts_ms, seq) {
+            let text = v.as_text(&mut self.scratch);
+            if let Some(i) = s.observe(text, arm, self.arms.len(), ev.ts_ms, seq) {
                 change.get_or_insert((k, i));
             }
         }

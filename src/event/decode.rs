@@ -58,16 +58,6 @@ pub fn decode_into<'s, 'a: 's>(
     raw.validate(&inputs[..])
 }
 
-/// Decode one message, with the inputs in a buffer the caller keeps alive.
-/// Convenience for tests and tools; the engine uses [`decode_into`].
-pub fn decode<'a>(
-    payload: &'a [u8],
-    limits: &Limits,
-    inputs: &'a mut Inputs<'a>,
-) -> Result<Event<'a>, RejectReason> {
-    decode_into(payload, limits, inputs)
-}
-
 /// The top-level fields, before the semantic checks.
 #[derive(Default)]
 struct RawEvent<'a> {
@@ -361,7 +351,7 @@ mod tests {
     use super::*;
 
     fn dec(s: &'static str) -> Result<Event<'static>, RejectReason> {
-        decode(s.as_bytes(), &Limits::default(), Box::leak(Box::default()))
+        decode_into(s.as_bytes(), &Limits::default(), Box::leak(Box::default()))
     }
 
     fn dec_bytes(b: &[u8], limits: &Limits) -> Option<RejectReason> {

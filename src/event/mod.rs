@@ -8,7 +8,7 @@ mod decode;
 mod reject;
 mod time;
 
-pub use decode::{decode, decode_into, Limits};
+pub use decode::{decode_into, Limits};
 pub use reject::RejectReason;
 pub use time::parse_rfc3339_ms;
 

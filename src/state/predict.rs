@@ -37,20 +37,51 @@ pub const NULL_WEIGHT: f64 = 0.5;
 pub const MISSING: u64 = 0x6d69_7373_696e_6721;
 
 /// The inputs of expert `f`: one, two, or all (`None`).
-fn expert_inputs(f: usize) -> (usize, Option<usize>, bool) {
+const fn expert_inputs(f: usize) -> (usize, Option<usize>, bool) {
     if f < MODEL_INPUTS {
         return (f, None, false);
     }
     let mut p = f - MODEL_INPUTS;
-    for i in 0..MODEL_INPUTS {
+    let mut i = 0;
+    while i < MODEL_INPUTS {
         let row = MODEL_INPUTS - 1 - i;
         if p < row {
             return (i, Some(i + 1 + p), false);
         }
         p -= row;
+        i += 1;
     }
     (0, None, true)
 }
+
+/// Whether expert `f` can run with `n` slots taken (it has started): every slot it reads
+/// exists, and the joint expert needs two.
+fn reads_only(f: usize, n: usize) -> bool {
+    match expert_inputs(f) {
+        (_, _, true) => n >= 2,
+        (i, j, false) => i < n && j.is_none_or(|j| j < n),
+    }
+}
+
+/// `(first slot, second slot or u8::MAX, joint)` per expert: [`expert_inputs`] as a table for
+/// the per-event loop.
+const LAYOUT: [(u8, u8, bool); EXPERTS] = {
+    let mut table = [(0u8, u8::MAX, false); EXPERTS];
+    let mut f = 0;
+    while f < EXPERTS {
+        let (i, j, joint) = expert_inputs(f);
+        table[f] = (
+            i as u8,
+            match j {
+                Some(j) => j as u8,
+                None => u8::MAX,
+            },
+            joint,
+        );
+        f += 1;
+    }
+    table
+};
 
 /// The expert reading slot `i` alone, slots `i < j`, or all slots.
 fn expert_index(i: usize, j: Option<usize>, joint: bool) -> usize {
@@ -73,8 +104,6 @@ fn mix(h: u64) -> u64 {
 #[derive(Clone, Debug)]
 pub struct ArmModel {
     arms: usize,
-    /// (first slot, second slot, joint) per expert.
-    layout: Box<[(u8, u8, bool)]>,
     /// Name hashes of the model's inputs, sorted: slot `s` is `names[s]`.
     names: Vec<u64>,
     /// Per expert, a salt from its inputs' names.
@@ -105,16 +134,9 @@ impl ArmModel {
     /// A fresh model for `design`.
     pub fn new(design: &Design) -> ArmModel {
         let arms = design.arms();
-        let layout: Box<[(u8, u8, bool)]> = (0..EXPERTS)
-            .map(|f| {
-                let (i, j, joint) = expert_inputs(f);
-                (i as u8, j.map_or(u8::MAX, |j| j as u8), joint)
-            })
-            .collect();
         let pi = (1.0 - NULL_WEIGHT) / EXPERTS as f64;
         ArmModel {
             arms,
-            layout,
             names: Vec::new(),
             salts: vec![0; EXPERTS].into(),
             tables: vec![0; EXPERTS * CELLS * (arms + 1)].into(),
@@ -160,16 +182,8 @@ impl ArmModel {
         let fresh = (1.0 - NULL_WEIGHT) / EXPERTS as f64 * (-self.log_scale).exp();
         let mut tables = vec![0u32; self.tables.len()].into_boxed_slice();
         let mut weights = vec![fresh; EXPERTS].into_boxed_slice();
-        for f in 0..EXPERTS {
+        for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
             let (i, j, joint) = expert_inputs(f);
-            let started = if joint {
-                old_n >= 2
-            } else {
-                i < old_n && j.is_none_or(|j| j < old_n)
-            };
-            if !started {
-                continue;
-            }
             let g = if joint {
                 f
             } else {
@@ -183,14 +197,7 @@ impl ArmModel {
         self.weights = weights;
         let n = self.names.len();
         self.started = (0..EXPERTS)
-            .filter(|&f| {
-                let (i, j, joint) = expert_inputs(f);
-                if joint {
-                    n >= 2
-                } else {
-                    i < n && j.is_none_or(|j| j < n)
-                }
-            })
+            .filter(|&f| reads_only(f, n))
             .map(|f| f as u8)
             .collect();
         self.idle_weight = (0..EXPERTS)
@@ -211,7 +218,7 @@ impl ArmModel {
     #[inline]
     fn cell(&self, f: usize, keys: &[u64; MODEL_INPUTS]) -> usize {
         const M: u64 = 0x9E37_79B9_7F4A_7C15;
-        let (i, j, joint) = self.layout[f];
+        let (i, j, joint) = LAYOUT[f];
         let salt = self.salts[f];
         let h = if joint {
             keys[..self.names.len()]

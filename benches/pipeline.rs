@@ -40,33 +40,28 @@ fn events_without_unit(seed: u64) -> Vec<Vec<u8>> {
     ))
 }
 
-fn settings() -> Settings {
-    Settings::from_toml(
-        r#"
+const EXPERIMENT: &str = r#"
 [[experiment]]
 id = "prompt-variant"
 arms = { control = 0.5, treatment = 0.5 }
 treatment_inputs = ["fragment"]
-"#,
-    )
-    .expect("bench config")
+"#;
+
+fn settings() -> Settings {
+    Settings::from_toml(EXPERIMENT).expect("bench config")
 }
 
 /// With a declared hash assignment. The simulator draws arms at random, so half of the events
 /// mismatch and the candidate keys are scored on every event: the worst case.
 fn settings_with_assignment() -> Settings {
-    Settings::from_toml(
-        r#"
-[[experiment]]
-id = "prompt-variant"
-arms = { control = 0.5, treatment = 0.5 }
-treatment_inputs = ["fragment"]
+    Settings::from_toml(&format!(
+        r#"{EXPERIMENT}
 [experiment.assignment]
 salt = "prompt-variant"
 buckets = 10000
-ranges = { control = [0, 5000], treatment = [5000, 10000] }
-"#,
-    )
+ranges = {{ control = [0, 5000], treatment = [5000, 10000] }}
+"#
+    ))
     .expect("bench config")
 }
 

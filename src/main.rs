@@ -7,7 +7,7 @@ use armwatch::daemon::{DeadLetter, EngineLoop};
 use armwatch::engine::Engine;
 use armwatch::http::Shared;
 use armwatch::metrics::Metrics;
-use armwatch::sim::{Faults, Instruments, SimAssignment, SimExperiment, Simulator, Users};
+use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
 use armwatch::sink::SinkConfig;
 use armwatch::source::{file, kafka};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -303,61 +303,41 @@ fn demo(
     init_logging(&settings.log);
     let has = |f: Fault| faults.contains(&f);
     let experiments = vec![
-        SimExperiment {
-            id: "prompt-variant".into(),
-            treatment_weight: 0.5,
-            faults: Faults {
+        SimExperiment::random(
+            "prompt-variant",
+            Faults {
                 tier_leak: has(Fault::TierLeak).then(|| ("pro".to_string(), 0.6)),
-                srm: None,
                 interaction_leak: has(Fault::InteractionLeak).then_some(0.08),
                 ..Default::default()
             },
-            users: None,
-            assignment: SimAssignment::Random,
-        },
-        SimExperiment {
-            id: "router-v2".into(),
-            treatment_weight: 0.5,
-            faults: Faults {
-                tier_leak: None,
+            None,
+        ),
+        SimExperiment::random(
+            "router-v2",
+            Faults {
                 srm: has(Fault::Srm).then_some(0.55),
                 ..Default::default()
             },
-            users: None,
-            assignment: SimAssignment::Random,
-        },
-        SimExperiment {
-            id: "ranker-v3".into(),
-            treatment_weight: 0.5,
-            faults: Faults {
+            None,
+        ),
+        SimExperiment::hash_assigned(
+            "ranker-v3",
+            Faults {
                 key_includes_tier: has(Fault::AssignmentKeyTier),
                 crossover: if has(Fault::Crossover) { 0.1 } else { 0.0 },
                 ..Default::default()
             },
-            users: Some(Users {
-                pool: 5_000,
-                emit_unit: true,
-            }),
-            assignment: SimAssignment::Hash {
-                salt: "ranker-v3".into(),
-            },
-        },
-        SimExperiment {
-            id: "workspace-collab".into(),
-            treatment_weight: 0.5,
-            faults: Faults {
+            5_000,
+        ),
+        SimExperiment::clustered(
+            "workspace-collab",
+            Faults {
                 mixed_clusters: if has(Fault::MixedClusters) { 3 } else { 0 },
                 ..Default::default()
             },
-            users: Some(Users {
-                pool: 50_000,
-                emit_unit: true,
-            }),
-            assignment: SimAssignment::Cluster {
-                salt: "workspace-collab".into(),
-                clusters: 400,
-            },
-        },
+            50_000,
+            400,
+        ),
     ];
     let instruments = Instruments {
         enabled: true,

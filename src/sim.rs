@@ -71,6 +71,54 @@ pub enum SimAssignment {
     },
 }
 
+impl SimExperiment {
+    /// A 50/50 experiment drawing arms at random (per event, or per user with `users`).
+    pub fn random(id: &str, faults: Faults, users: Option<Users>) -> SimExperiment {
+        SimExperiment {
+            id: id.into(),
+            treatment_weight: 0.5,
+            faults,
+            users,
+            assignment: SimAssignment::Random,
+        }
+    }
+
+    /// A 50/50 experiment assigned by `xxh3_64("{id}:{unit}") % 10000` (the salt is the id),
+    /// with a pool of `pool` returning users carrying `unit`.
+    pub fn hash_assigned(id: &str, faults: Faults, pool: u32) -> SimExperiment {
+        SimExperiment {
+            assignment: SimAssignment::Hash { salt: id.into() },
+            ..SimExperiment::random(
+                id,
+                faults,
+                Some(Users {
+                    pool,
+                    emit_unit: true,
+                }),
+            )
+        }
+    }
+
+    /// A 50/50 experiment randomized by cluster (`clusters` workspaces, salt = id), with a pool
+    /// of `pool` returning users carrying `unit` and `cluster`.
+    pub fn clustered(id: &str, faults: Faults, pool: u32, clusters: u32) -> SimExperiment {
+        SimExperiment {
+            assignment: SimAssignment::Cluster {
+                salt: id.into(),
+                clusters,
+            },
+            ..SimExperiment::random(
+                id,
+                faults,
+                Some(Users {
+                    pool,
+                    emit_unit: true,
+                }),
+            )
+        }
+    }
+}
+
 /// The arm of a declared hash assignment (50/50 over 10,000 buckets).
 pub fn hash_arm(key: &str) -> bool {
     twox_hash::XxHash3_64::oneshot(key.as_bytes()) % 10_000 >= 5_000
@@ -173,13 +221,7 @@ impl Simulator {
     pub fn single_with_users(seed: u64, faults: Faults, users: Option<Users>) -> Simulator {
         Simulator::new(
             seed,
-            vec![SimExperiment {
-                id: "prompt-variant".into(),
-                treatment_weight: 0.5,
-                faults,
-                users,
-                assignment: SimAssignment::Random,
-            }],
+            vec![SimExperiment::random("prompt-variant", faults, users)],
         )
     }
 

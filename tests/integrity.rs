@@ -8,7 +8,7 @@
 use armwatch::config::Settings;
 use armwatch::detect::Check;
 use armwatch::engine::Engine;
-use armwatch::sim::{Faults, SimAssignment, SimExperiment, Simulator, Users};
+use armwatch::sim::{Faults, SimExperiment, Simulator, Users};
 use armwatch::state::assignment::HashFn;
 use armwatch::state::experiment::Experiment;
 use rand::rngs::SmallRng;
@@ -58,47 +58,19 @@ fn settings(parts: &[&str], extra: &str) -> Settings {
 }
 
 fn ranker(faults: Faults, pool: u32) -> SimExperiment {
-    SimExperiment {
-        id: "ranker-v3".into(),
-        treatment_weight: 0.5,
-        faults,
-        users: Some(Users {
-            pool,
-            emit_unit: true,
-        }),
-        assignment: SimAssignment::Hash {
-            salt: "ranker-v3".into(),
-        },
-    }
+    SimExperiment::hash_assigned("ranker-v3", faults, pool)
 }
 
 fn workspace(mixed: u32, clusters: u32) -> SimExperiment {
-    SimExperiment {
-        id: "workspace-collab".into(),
-        treatment_weight: 0.5,
-        faults: Faults {
-            mixed_clusters: mixed,
-            ..Default::default()
-        },
-        users: Some(Users {
-            pool: 50_000,
-            emit_unit: true,
-        }),
-        assignment: SimAssignment::Cluster {
-            salt: "workspace-collab".into(),
-            clusters,
-        },
-    }
+    let faults = Faults {
+        mixed_clusters: mixed,
+        ..Default::default()
+    };
+    SimExperiment::clustered("workspace-collab", faults, 50_000, clusters)
 }
 
 fn prompt(faults: Faults, users: Option<Users>) -> SimExperiment {
-    SimExperiment {
-        id: "prompt-variant".into(),
-        treatment_weight: 0.5,
-        faults,
-        users,
-        assignment: SimAssignment::Random,
-    }
+    SimExperiment::random("prompt-variant", faults, users)
 }
 
 /// Run `events` events; returns the engine and every alert with its event index.

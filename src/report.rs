@@ -13,7 +13,7 @@ use crate::stats::moments::smd;
 use crate::stats::proportion::share;
 use serde::Serialize;
 
-mod integrity;
+pub(crate) mod integrity;
 pub use integrity::{
     AssignmentReport, CandidateReport, ClustersReport, ExposureReport, MismatchExample,
     PredictabilityReport, MIN_CLUSTERS_PER_ARM,

@@ -109,6 +109,12 @@ impl Alert {
     }
 }
 
+/// An alert's `details` from the report section of its check (the same fields a reader finds
+/// in `/api/v1/report`, as they were when the alert fired).
+pub fn details(section: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(section).unwrap_or(serde_json::Value::Null)
+}
+
 /// RFC 3339 (UTC, milliseconds) of epoch milliseconds.
 pub fn rfc3339(ts_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ts_ms)

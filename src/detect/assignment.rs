@@ -8,7 +8,6 @@ use super::alert::rfc3339;
 use super::{Alert, Check, EvalContext};
 use crate::state::assignment::MIN_EXPLAIN;
 use crate::state::experiment::Experiment;
-use serde_json::json;
 
 /// Mismatched first exposures needed before an alert (with the evidence), so the alert can
 /// already explain the mismatch in most cases.
@@ -22,17 +21,10 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
         return None;
     }
     a.fired = true;
+    // the details are the report's section, with the arm names resolved
+    let section = crate::report::integrity::assignment(exp, ctx.log_threshold)?;
     let a = exp.assignment.as_ref()?;
-    let arm = |i: Option<usize>| {
-        i.and_then(|i| exp.arms.get(i))
-            .map_or_else(|| "(no arm's range)".to_string(), |a| a.to_string())
-    };
-    let examples: Vec<serde_json::Value> = a
-        .examples
-        .iter()
-        .map(|e| json!({"unit": &*e.unit, "logged": arm(Some(e.logged)), "expected": arm(e.expected), "bucket": e.bucket}))
-        .collect();
-    let shown: Vec<String> = a
+    let shown: Vec<String> = section
         .examples
         .iter()
         .take(3)
@@ -40,8 +32,8 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
             format!(
                 "{} logged {} expected {}",
                 e.unit,
-                arm(Some(e.logged)),
-                arm(e.expected)
+                e.logged,
+                e.expected.as_deref().unwrap_or("(no arm's range)")
             )
         })
         .collect();
@@ -60,7 +52,7 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
         check: Check::AssignmentMismatch,
         experiment: Some(exp.id.to_string()),
         subject: exp.id.to_string(),
-        value: explanation.map(|c| c.input.to_string()),
+        value: section.key_includes_input.clone(),
         evidence: a.test.log_e(),
         evidence_threshold: ctx.log_threshold,
         magnitude: a.test.rate(),
@@ -74,16 +66,6 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
             100.0 * a.test.p0(),
             shown.join(", ")
         ),
-        details: json!({
-            "units_checked": a.test.n(),
-            "units_mismatched": a.test.successes(),
-            "mismatch_rate": a.test.rate(),
-            "tolerance": a.test.p0(),
-            "events_checked": a.events_checked,
-            "events_mismatched": a.events_mismatched,
-            "examples": examples,
-            "key_includes_input": explanation.map(|c| c.input.to_string()),
-            "candidates": a.candidates.iter().map(|c| json!({"input": &*c.input, "scored": c.scored, "agreement": c.agreement()})).collect::<Vec<_>>(),
-        }),
+        details: super::alert::details(&section),
     })
 }

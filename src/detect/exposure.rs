@@ -13,7 +13,6 @@ use super::alert::rfc3339;
 use super::{Alert, Check, EvalContext};
 use crate::state::experiment::Experiment;
 use crate::stats::proportion::{wilson, Z95};
-use serde_json::json;
 
 /// Followed units needed before `multiple_exposure` can alert.
 pub const MIN_FOLLOWED: u64 = 100;
@@ -50,16 +49,7 @@ pub fn multiple(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
             100.0 * hi95,
             100.0 * ctx.exposure_rate
         ),
-        details: json!({
-            "estimated_rate": s.rate(),
-            "interval_95": [lo95, hi95],
-            "lower_bound_at_alpha": lo,
-            "alert_rate": ctx.exposure_rate,
-            "followed_units": s.followed(),
-            "mixed_units": s.mixed(),
-            "sample_rate": s.sample_rate(),
-            "estimated_units": s.estimated_ids(),
-        }),
+        details: super::alert::details(&crate::report::integrity::exposure(exp, ctx)),
     })
 }
 
@@ -82,10 +72,6 @@ pub fn cluster(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
              a cluster must sit in one arm (see the report for every mixed cluster)",
             exp.id
         ),
-        json!({
-            "mixed_clusters": c.sample.mixed(),
-            "followed_clusters": c.sample.followed(),
-            "names": c.mixed_names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        }),
+        super::alert::details(&crate::report::integrity::clusters(exp)),
     ))
 }

@@ -6,7 +6,6 @@
 use super::alert::rfc3339;
 use super::{Alert, Check, EvalContext};
 use crate::state::experiment::Experiment;
-use serde_json::json;
 
 /// Counted events between exact evaluations once the design evidence has crossed (the AUC and
 /// the penalty cost O(bins) and O(arms)).
@@ -52,8 +51,7 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
         return None;
     }
     m.fired = true;
-    let (top, share) = top_predictor(exp);
-    let m = exp.model.as_deref()?;
+    let (top, _) = top_predictor(exp);
     Some(Alert {
         check: Check::ArmPredictable,
         experiment: Some(exp.id.to_string()),
@@ -69,13 +67,9 @@ pub fn evaluate(exp: &mut Experiment, ctx: &EvalContext) -> Option<Alert> {
              best predictor {top}; the assignment is not independent of what the model sees",
             exp.id, auc, lo, hi, n
         ),
-        details: json!({
-            "auc": auc,
-            "auc_interval_95": [lo, hi],
-            "log_evalue_design": m.log_e_design(),
-            "events": n,
-            "top_predictor": top,
-            "top_predictor_weight": share,
-        }),
+        details: super::alert::details(&crate::report::integrity::predictability(
+            exp,
+            ctx.log_threshold,
+        )),
     })
 }

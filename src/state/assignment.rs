@@ -124,6 +124,11 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// Whether the key names the cluster but not the unit (a cluster-randomized assignment).
+    pub fn keyed_by_cluster(&self) -> bool {
+        self.parts.contains(&Part::Cluster) && !self.parts.contains(&Part::Unit)
+    }
+
     /// Whether the template reads input `name`.
     pub fn reads_input(&self, name: &str) -> bool {
         self.parts
@@ -158,7 +163,7 @@ impl Template {
 /// A logged arm that the declared hash does not give.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
-    /// The unit (or cluster) id.
+    /// The id the key hashes: the unit, or the cluster when the key names only the cluster.
     pub unit: Box<str>,
     /// Arm in the event.
     pub logged: usize,
@@ -257,10 +262,10 @@ impl AssignmentState {
         }
     }
 
-    /// The bucket and expected arm of the rendered key in `buf[..len]`.
+    /// The bucket and expected arm of the key rendered in `buf`.
     #[inline]
-    fn expected(&self, len: usize) -> (u64, Option<usize>) {
-        let bucket = self.hash.hash(self.seed, &self.buf.as_bytes()[..len]) % self.buckets;
+    fn expected(&self) -> (u64, Option<usize>) {
+        let bucket = self.hash.hash(self.seed, self.buf.as_bytes()) % self.buckets;
         let arm = self
             .ranges
             .iter()
@@ -277,15 +282,20 @@ impl AssignmentState {
             return;
         }
         let len = self.buf.len();
-        let (bucket, expected) = self.expected(len);
+        let (bucket, expected) = self.expected();
         let mismatch = expected != Some(arm);
         self.events_checked += 1;
         if mismatch {
             self.events_mismatched += 1;
-            if self.examples.len() < MAX_EXAMPLES {
-                let unit = ev.unit.as_deref().or(ev.cluster.as_deref()).unwrap_or("");
+            // one example per unit: its first exposure
+            if first && self.examples.len() < MAX_EXAMPLES {
+                let id = if self.template.keyed_by_cluster() {
+                    ev.cluster.as_deref()
+                } else {
+                    ev.unit.as_deref()
+                };
                 self.examples.push(Example {
-                    unit: display_label(unit),
+                    unit: display_label(id.unwrap_or("")),
                     logged: arm,
                     expected,
                     bucket,
@@ -320,8 +330,7 @@ impl AssignmentState {
             self.buf.truncate(len);
             self.buf.push(':');
             value.write_text(&mut self.buf);
-            let n = self.buf.len();
-            let (_, expected) = self.expected(n);
+            let (_, expected) = self.expected();
             let cand = &mut self.candidates[c];
             cand.scored += 1;
             cand.agree += u64::from(expected == Some(arm));

@@ -69,6 +69,10 @@ pub struct EngineLoop {
     publish_every: Duration,
     last_publish: Instant,
     n: u64,
+    /// Counted here and added to the metrics when they are published, so that a flood of bad
+    /// messages takes no lock per message: rejected-log lines suppressed, dead letters
+    /// queued, dead letters dropped.
+    pending: [u64; 3],
 }
 
 impl EngineLoop {
@@ -96,6 +100,7 @@ impl EngineLoop {
             publish_every: Duration::from_millis(500),
             last_publish: Instant::now(),
             n: 0,
+            pending: [0; 3],
         }
     }
 
@@ -132,16 +137,12 @@ impl EngineLoop {
         if let Some(suppressed) = self.reject_log.allow() {
             let preview = String::from_utf8_lossy(&payload[..payload.len().min(160)]);
             tracing::warn!(reason = reason.as_str(), suppressed_since_last = suppressed, bytes = payload.len(), preview = %preview, "rejected message");
-        } else if let Ok(m) = self.metrics.lock() {
-            m.rejected_log_suppressed.inc();
+        } else {
+            self.pending[0] += 1;
         }
         if let Some(dl) = &mut self.dead_letter {
             let ok = dl.forward(payload, reason);
-            if let Ok(m) = self.metrics.lock() {
-                m.dead_letter
-                    .with_label_values(&[if ok { "queued" } else { "dropped" }])
-                    .inc();
-            }
+            self.pending[if ok { 1 } else { 2 }] += 1;
         }
     }
 
@@ -157,6 +158,12 @@ impl EngineLoop {
         let report = self.engine.report();
         let text = match self.metrics.lock() {
             Ok(mut m) => {
+                let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
+                m.rejected_log_suppressed.inc_by(suppressed);
+                m.dead_letter.with_label_values(&["queued"]).inc_by(queued);
+                m.dead_letter
+                    .with_label_values(&["dropped"])
+                    .inc_by(dropped);
                 m.publish(&self.engine, &report);
                 m.encode()
             }

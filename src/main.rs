@@ -197,7 +197,7 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let kafka_sink = match &settings.alerts.kafka_topic {
         Some(t) => Some((
-            kafka::client_config(&settings.kafka)
+            kafka::client_config(&settings.kafka, &[])
                 .create()
                 .context("alerts.kafka_topic: cannot create the Kafka producer")?,
             t.clone(),

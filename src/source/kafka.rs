@@ -59,10 +59,14 @@ impl ConsumerContext for Context {
     }
 }
 
-/// librdkafka settings shared by the consumer and producers, with user options last.
-pub fn client_config(k: &KafkaSettings) -> ClientConfig {
+/// librdkafka settings shared by the consumer and producers: the brokers, then `defaults` of
+/// the client at hand, then the user's options last (they win).
+pub fn client_config(k: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
+    for (key, v) in defaults {
+        c.set(*key, *v);
+    }
     for (key, v) in &k.options {
         c.set(key, v);
     }
@@ -75,16 +79,16 @@ pub fn consumer(
     shared: Arc<Shared>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
 ) -> Result<BaseConsumer<Context>, KafkaError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000");
-    for (key, v) in &k.options {
-        c.set(key, v);
-    }
+    let c = client_config(
+        k,
+        &[
+            ("group.id", &k.group_id),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("statistics.interval.ms", "5000"),
+        ],
+    );
     let consumer: BaseConsumer<Context> = c.create_with_context(Context { shared, lag })?;
     let topics: Vec<&str> = k.topics.iter().map(|t| t.as_str()).collect();
     consumer.subscribe(&topics)?;
@@ -101,7 +105,7 @@ impl KafkaDeadLetter {
     /// A producer for `topic`.
     pub fn new(k: &KafkaSettings, topic: &str) -> Result<KafkaDeadLetter, KafkaError> {
         Ok(KafkaDeadLetter {
-            producer: client_config(k).create()?,
+            producer: client_config(k, &[]).create()?,
             topic: topic.to_string(),
         })
     }

@@ -259,6 +259,13 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Wait for the engine thread (without blocking the runtime) and take back its loop.
+async fn join(worker: std::thread::JoinHandle<EngineLoop>) -> Result<EngineLoop> {
+    tokio::task::spawn_blocking(move || worker.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -287,7 +294,7 @@ fn run(settings: Settings) -> Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         stop.store(true, Ordering::Relaxed);
-        let lp = tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
+        let lp = join(worker).await?;
         finish(out, lp).await;
         Ok(())
     })
@@ -377,13 +384,11 @@ fn demo(
             lp.publish();
             lp
         })?;
-        let lp = if events.is_some() {
-            tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("demo thread panicked"))?
-        } else {
+        if events.is_none() {
             shutdown_signal().await;
             stop.store(true, Ordering::Relaxed);
-            tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| anyhow::anyhow!("demo thread panicked"))?
-        };
+        }
+        let lp = join(worker).await?;
         if events.is_some() {
             println!("{}", serde_json::to_string_pretty(&lp.engine().report())?);
         }

@@ -119,6 +119,13 @@ pub struct Metrics {
     last_fired: BTreeMap<Check, u64>,
 }
 
+/// An estimate with its interval as `bound = estimate | lower | upper`.
+fn set_interval(g: &GaugeVec, exp: &str, estimate: f64, [lower, upper]: [f64; 2]) {
+    for (bound, v) in [("estimate", estimate), ("lower", lower), ("upper", upper)] {
+        g.with_label_values(&[exp, bound]).set(v);
+    }
+}
+
 const EXP: usize = 0;
 const INPUT: usize = 1;
 const ARM: usize = 2;
@@ -209,13 +216,7 @@ impl Metrics {
             }
         }
         if let Some(x) = &e.multiple_exposure {
-            for (bound, v) in [
-                ("estimate", x.estimated_rate),
-                ("lower", x.interval_95[0]),
-                ("upper", x.interval_95[1]),
-            ] {
-                self.exposure_ratio.with_label_values(&[exp, bound]).set(v);
-            }
+            set_interval(&self.exposure_ratio, exp, x.estimated_rate, x.interval_95);
             self.exposure_followed
                 .with_label_values(&[exp])
                 .set(x.followed_units as i64);
@@ -237,13 +238,7 @@ impl Metrics {
             self.predictable_log_e
                 .with_label_values(&[exp])
                 .set(p.log_evalue);
-            for (bound, v) in [
-                ("estimate", p.auc),
-                ("lower", p.auc_interval_95[0]),
-                ("upper", p.auc_interval_95[1]),
-            ] {
-                self.predictable_auc.with_label_values(&[exp, bound]).set(v);
-            }
+            set_interval(&self.predictable_auc, exp, p.auc, p.auc_interval_95);
         }
     }
 

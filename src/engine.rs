@@ -168,12 +168,9 @@ impl Engine {
         )?;
         let router = &mut self.routers[i];
         let decision = router.observe(r.score, r.threshold, &r.route);
-        if let Some(a) = threshold::compliance(router, decision, ctx) {
-            self.alerts.push(a);
-        }
-        if let Some(a) = threshold::density(router, ctx) {
-            self.alerts.push(a);
-        }
+        self.alerts
+            .extend(threshold::compliance(router, decision, ctx));
+        self.alerts.extend(threshold::density(router, ctx));
         Ok(())
     }
 
@@ -192,9 +189,7 @@ impl Engine {
                 "judge_version",
                 &InputValue::Str(j.judge_version.clone()),
             )? {
-                if let Some(a) = input_divergence::evaluate(exp, i, ctx) {
-                    self.alerts.push(a);
-                }
+                self.alerts.extend(input_divergence::evaluate(exp, i, ctx));
             }
         }
         let settings = &self.judge_settings;
@@ -213,15 +208,11 @@ impl Engine {
             judge.observe(&j.judge_version, j.score, j.control, ev.ts_ms, ctx.seq)
         {
             if new {
-                if let Some(a) = judge::version_change(judge, v, ctx) {
-                    self.alerts.push(a);
-                }
+                self.alerts.extend(judge::version_change(judge, v, ctx));
             }
         }
         if j.control {
-            if let Some(a) = judge::score_shift(judge, ctx) {
-                self.alerts.push(a);
-            }
+            self.alerts.extend(judge::score_shift(judge, ctx));
         }
         Ok(())
     }
@@ -246,9 +237,7 @@ impl Engine {
         };
         let set = &mut self.eval_sets[i];
         set.observe(production, ev.ts_ms, ev.inputs, &self.k_grid);
-        if let Some(a) = sampling::evaluate(set, production, ctx) {
-            self.alerts.push(a);
-        }
+        self.alerts.extend(sampling::evaluate(set, production, ctx));
         Ok(())
     }
 
@@ -261,39 +250,31 @@ impl Engine {
         let exp = &mut self.experiments[i];
         let obs = exp.observe(ev, ctx.seq)?;
         if let Some((k, i)) = obs.substrate_change {
-            if let Some(a) = substrate::change(&exp.id, &exp.arms, &exp.substrates[k], i, ctx) {
-                self.alerts.push(a);
-            }
+            self.alerts.extend(substrate::change(
+                &exp.id,
+                &exp.arms,
+                &exp.substrates[k],
+                i,
+                ctx,
+            ));
         }
         if obs.unit {
-            if let Some(a) = exposure::multiple(exp, ctx) {
-                self.alerts.push(a);
-            }
+            self.alerts.extend(exposure::multiple(exp, ctx));
         }
         if obs.cluster_mixed {
-            if let Some(a) = exposure::cluster(exp, ctx) {
-                self.alerts.push(a);
-            }
+            self.alerts.extend(exposure::cluster(exp, ctx));
         }
-        if let Some(a) = assignment::evaluate(exp, ctx) {
-            self.alerts.push(a);
-        }
+        self.alerts.extend(assignment::evaluate(exp, ctx));
         if !obs.counted {
             return Ok(());
         }
-        if let Some(a) = srm::evaluate(exp, ctx) {
-            self.alerts.push(a);
-        }
-        if let Some(a) = predictable::evaluate(exp, ctx) {
-            self.alerts.push(a);
-        }
+        self.alerts.extend(srm::evaluate(exp, ctx));
+        self.alerts.extend(predictable::evaluate(exp, ctx));
         let mut touched = obs.touched;
         while touched != 0 {
             let j = touched.trailing_zeros() as usize;
             touched &= touched - 1;
-            if let Some(a) = input_divergence::evaluate(exp, j, ctx) {
-                self.alerts.push(a);
-            }
+            self.alerts.extend(input_divergence::evaluate(exp, j, ctx));
         }
         Ok(())
     }

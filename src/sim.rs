@@ -88,14 +88,7 @@ impl SimExperiment {
     pub fn hash_assigned(id: &str, faults: Faults, pool: u32) -> SimExperiment {
         SimExperiment {
             assignment: SimAssignment::Hash { salt: id.into() },
-            ..SimExperiment::random(
-                id,
-                faults,
-                Some(Users {
-                    pool,
-                    emit_unit: true,
-                }),
-            )
+            ..SimExperiment::random(id, faults, Some(Users::returning(pool)))
         }
     }
 
@@ -107,14 +100,7 @@ impl SimExperiment {
                 salt: id.into(),
                 clusters,
             },
-            ..SimExperiment::random(
-                id,
-                faults,
-                Some(Users {
-                    pool,
-                    emit_unit: true,
-                }),
-            )
+            ..SimExperiment::random(id, faults, Some(Users::returning(pool)))
         }
     }
 }
@@ -132,6 +118,16 @@ pub struct Users {
     pub pool: u32,
     /// Whether events carry `unit` (without it, armwatch must count events).
     pub emit_unit: bool,
+}
+
+impl Users {
+    /// A pool of `pool` returning users whose events carry `unit`.
+    pub fn returning(pool: u32) -> Users {
+        Users {
+            pool,
+            emit_unit: true,
+        }
+    }
 }
 
 /// One simulated two-arm experiment.

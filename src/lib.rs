@@ -14,6 +14,7 @@ pub mod engine;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod report;
 pub mod sim;
 pub mod sink;

@@ -169,13 +169,23 @@ fn init_logging(log: &LogSettings) {
 fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result<()> {
     init_logging(&settings.log);
     let mut engine = Engine::new(&settings);
+    let start = Instant::now();
+    let mut messages = 0u64;
     for path in inputs {
         file::for_each_message(path, |m| {
+            messages += 1;
             let _ = engine.process(m);
         })?;
     }
+    let secs = start.elapsed().as_secs_f64();
     let report = engine.report();
     println!("{}", serde_json::to_string_pretty(&report)?);
+    // on stderr, for the scale benchmark and for sizing a deployment
+    eprintln!(
+        "replay: {messages} messages in {secs:.3} s ({:.0} messages/s), peak RSS {} bytes",
+        messages as f64 / secs.max(1e-9),
+        armwatch::process::peak_rss_bytes().unwrap_or(0)
+    );
     if fail_on_alert && !report.alerts.is_empty() {
         std::process::exit(3);
     }

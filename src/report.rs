@@ -518,15 +518,16 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
             .enumerate()
             .map(|(a, name)| {
                 let m = &num.moments[a];
+                let [p50, p90, p99] = num.quantiles(a, [0.5, 0.9, 0.99]);
                 (
                     name.to_string(),
                     NumericReport {
                         n: m.n(),
                         mean: m.mean(),
                         sd: m.variance().sqrt(),
-                        p50: num.quantile(a, 0.5),
-                        p90: num.quantile(a, 0.9),
-                        p99: num.quantile(a, 0.99),
+                        p50,
+                        p90,
+                        p99,
                         smd: if a == reference {
                             None
                         } else {

@@ -193,6 +193,7 @@ pub struct Simulator {
     experiments: Vec<SimExperiment>,
     ts_ms: i64,
     produced: u64,
+    prompt_tokens: bool,
 }
 
 impl Simulator {
@@ -205,7 +206,32 @@ impl Simulator {
             experiments,
             ts_ms: START_MS,
             produced: 0,
+            prompt_tokens: false,
         }
+    }
+
+    /// `experiments` undeclared 50/50 experiments `exp-0000`, `exp-0001`, ... drawing arms per
+    /// user from a pool of `pool` returning users each, with a fourth numeric input
+    /// (`prompt_tokens`): the fleet workload of the scale benchmark (4 categorical and 4
+    /// numeric inputs).
+    pub fn fleet(seed: u64, experiments: usize, pool: u32) -> Simulator {
+        let exps = (0..experiments)
+            .map(|i| {
+                SimExperiment::random(
+                    &format!("exp-{i:04}"),
+                    Faults::default(),
+                    Some(Users::returning(pool)),
+                )
+            })
+            .collect();
+        Simulator::new(seed, exps).with_prompt_tokens()
+    }
+
+    /// Also emit a numeric `prompt_tokens` input (log-uniform in 16..8192), drawn after every
+    /// other value so that streams without it are unchanged.
+    pub fn with_prompt_tokens(mut self) -> Simulator {
+        self.prompt_tokens = true;
+        self
     }
 
     /// A single experiment `prompt-variant`, 50/50, with `faults`; every event a new user.
@@ -418,6 +444,10 @@ impl Simulator {
         );
         if let Some(m) = embedding {
             let _ = write!(buf, r#","embedding_model":"{m}""#);
+        }
+        if self.prompt_tokens {
+            let t = (16.0 * 512f64.powf(self.rng.random::<f64>())) as u32;
+            let _ = write!(buf, r#","prompt_tokens":{t}"#);
         }
         buf.extend_from_slice(b"}}");
     }

@@ -1,12 +1,11 @@
-//! Numeric inputs: per-arm quantiles (HdrHistogram) and moments, and the bins that turn values
-//! into strata for the stratified e-process.
+//! Numeric inputs: per-arm quantiles (HdrHistogram buckets, sparse) and moments, and the bins
+//! that turn values into strata for the stratified e-process.
 
+use crate::stats::hdr::{SparseHdr, MAX as HIST_MAX};
 use crate::stats::moments::Moments;
-use hdrhistogram::Histogram;
 
 /// Values are recorded in the histogram as `round(x * SCALE)`: three decimals of resolution.
 pub const SCALE: f64 = 1000.0;
-const HIST_MAX: u64 = 1 << 50;
 
 /// How a numeric value maps to a bin.
 #[derive(Clone, Debug)]
@@ -90,7 +89,7 @@ pub struct NumericSummary {
     /// Moments per arm.
     pub moments: Vec<Moments>,
     /// Histogram per arm of `max(x, 0) * SCALE` (quantiles of non-negative inputs).
-    pub hist: Vec<Histogram<u64>>,
+    pub hist: Vec<SparseHdr>,
 }
 
 impl NumericSummary {
@@ -98,7 +97,7 @@ impl NumericSummary {
     pub fn new(arms: usize) -> NumericSummary {
         NumericSummary {
             moments: vec![Moments::default(); arms],
-            hist: (0..arms).map(|_| new_hist()).collect(),
+            hist: vec![SparseHdr::default(); arms],
         }
     }
 
@@ -107,13 +106,18 @@ impl NumericSummary {
     pub fn record(&mut self, arm: usize, x: f64) {
         self.moments[arm].push(x);
         let v = (x.max(0.0) * SCALE).round().min(HIST_MAX as f64) as u64;
-        // values are clamped to the histogram's range, so recording cannot fail
-        let _ = self.hist[arm].record(v);
+        self.hist[arm].record(v);
     }
 
-    /// Quantile `q` of `arm` in input units.
-    pub fn quantile(&self, arm: usize, q: f64) -> f64 {
-        self.hist[arm].value_at_quantile(q) as f64 / SCALE
+    /// Quantiles `qs` (ascending) of `arm` in input units, in one pass.
+    pub fn quantiles<const N: usize>(&self, arm: usize, qs: [f64; N]) -> [f64; N] {
+        self.hist[arm].quantiles(qs).map(|v| v as f64 / SCALE)
+    }
+
+    /// Memory of the histograms, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.hist.iter().map(SparseHdr::bytes).sum::<usize>()
+            + self.moments.len() * std::mem::size_of::<Moments>()
     }
 
     /// Merge another partition's summary.
@@ -122,15 +126,9 @@ impl NumericSummary {
             a.merge(b);
         }
         for (a, b) in self.hist.iter_mut().zip(&other.hist) {
-            let _ = a.add(b);
+            a.merge(b);
         }
     }
-}
-
-fn new_hist() -> Histogram<u64> {
-    // 2 significant digits over [1, 2^50]: a few KiB per arm, fixed
-    Histogram::new_with_bounds(1, HIST_MAX, 2)
-        .unwrap_or_else(|_| Histogram::new(2).expect("valid sigfig"))
 }
 
 #[cfg(test)]
@@ -160,6 +158,6 @@ mod tests {
         for i in 0..1000 {
             s.record(0, i as f64 / 1000.0);
         }
-        assert!((s.quantile(0, 0.5) - 0.5).abs() < 0.01);
+        assert!((s.quantiles(0, [0.5])[0] - 0.5).abs() < 0.01);
     }
 }

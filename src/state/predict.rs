@@ -13,13 +13,16 @@
 //! mixture). Pairs catch a leak that lives only in a combination of two inputs, each balanced on
 //! its own, which a marginal test per input cannot see.
 //!
-//! Memory is fixed: `EXPERTS x CELLS x (arms + 1)` counters, values hashed into cells (a
-//! collision only merges two cells and costs power, never validity). Inputs take slots in the
+//! Memory follows the cells used, up to `EXPERTS x CELLS x arms` counters (a sparse table
+//! that goes dense when full, [`CountTable`]): values are hashed into cells (a collision only
+//! merges two cells and costs power, never validity), and a cell's total is the sum of its
+//! arm counts. Inputs take slots in the
 //! order of their names' hashes, and cells are salted by input names, so the model (and its
 //! floating-point sums) does not depend on the order in which inputs appear in the messages:
 //! the same events give the same figures from Kafka JSON or a Parquet replay.
 
 use crate::stats::auc::Roc;
+use crate::stats::count_table::CountTable;
 use crate::stats::sequential::Design;
 
 /// Inputs the model reads (the first watched inputs of the experiment).
@@ -108,8 +111,8 @@ pub struct ArmModel {
     names: Vec<u64>,
     /// Per expert, a salt from its inputs' names.
     salts: Box<[u64]>,
-    /// `EXPERTS * CELLS * (arms + 1)` counts; the last of each cell is its total.
-    tables: Box<[u32]>,
+    /// Arm counts per cell `f * CELLS + cell`.
+    tables: CountTable,
     /// `pi_f E_f / scale` per expert.
     weights: Box<[f64]>,
     /// `pi_0 / scale`: the null expert (its `E` is always 1).
@@ -139,7 +142,7 @@ impl ArmModel {
             arms,
             names: Vec::new(),
             salts: vec![0; EXPERTS].into(),
-            tables: vec![0; EXPERTS * CELLS * (arms + 1)].into(),
+            tables: CountTable::new(EXPERTS * CELLS, arms),
             weights: vec![pi; EXPERTS].into(),
             null_weight: NULL_WEIGHT,
             idle_weight: 1.0 - NULL_WEIGHT,
@@ -178,22 +181,24 @@ impl ArmModel {
         let old_n = self.names.len();
         self.names.insert(pos, name_key);
         let shift = |s: usize| if s >= pos { s + 1 } else { s };
-        let block = CELLS * (self.arms + 1);
-        let fresh = (1.0 - NULL_WEIGHT) / EXPERTS as f64 * (-self.log_scale).exp();
-        let mut tables = vec![0u32; self.tables.len()].into_boxed_slice();
-        let mut weights = vec![fresh; EXPERTS].into_boxed_slice();
-        for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
+        // where a started expert moves: the joint expert stays, the others follow their slots
+        let moved = |f: usize| {
             let (i, j, joint) = expert_inputs(f);
-            let g = if joint {
+            if joint {
                 f
             } else {
                 expert_index(shift(i), j.map(shift), false)
-            };
-            tables[g * block..(g + 1) * block]
-                .copy_from_slice(&self.tables[f * block..(f + 1) * block]);
-            weights[g] = self.weights[f];
+            }
+        };
+        let fresh = (1.0 - NULL_WEIGHT) / EXPERTS as f64 * (-self.log_scale).exp();
+        let mut weights = vec![fresh; EXPERTS].into_boxed_slice();
+        for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
+            weights[moved(f)] = self.weights[f];
         }
-        self.tables = tables;
+        self.tables = self.tables.remap(|c| {
+            let f = c / CELLS;
+            reads_only(f, old_n).then(|| moved(f) * CELLS + c % CELLS)
+        });
         self.weights = weights;
         let n = self.names.len();
         self.started = (0..EXPERTS)
@@ -244,7 +249,6 @@ impl ArmModel {
             return;
         }
         let w0 = design.weights();
-        let stride = arms + 1;
         // the null expert and the experts not started both predict the design weights
         let base = self.null_weight + self.idle_weight;
         let mut q = [0f64; 64];
@@ -259,9 +263,10 @@ impl ArmModel {
             let f = usize::from(f);
             let w = self.weights[f];
             total += w;
-            let at = (f * CELLS + self.cell(f, keys)) * stride;
-            let row = &mut self.tables[at..at + stride];
-            let inv = 1.0 / (f64::from(row[arms]) + CONCENTRATION);
+            let cell = self.cell(f, keys);
+            let row = self.tables.row_mut(f * CELLS + cell);
+            let total: u64 = row.iter().map(|&c| u64::from(c)).sum();
+            let inv = 1.0 / (total as f64 + CONCENTRATION);
             if arms == 2 {
                 q[1] += w * (f64::from(row[1]) + CONCENTRATION * w0[1]) * inv;
             } else {
@@ -271,7 +276,6 @@ impl ArmModel {
             }
             factor[n] = (f64::from(row[arm]) + k_arm) * inv * inv_w0_arm;
             row[arm] = row[arm].saturating_add(1);
-            row[arms] = row[arms].saturating_add(1);
         }
         let inv_total = 1.0 / total;
         if arms == 2 {
@@ -337,9 +341,9 @@ impl ArmModel {
         Some((name(i), j.map(name), joint, self.weights[best] / sum))
     }
 
-    /// Fixed memory of the model.
+    /// Memory of the model's tables and ROC.
     pub fn memory_bytes(&self) -> usize {
-        self.tables.len() * 4 + self.roc.len() * 2 * crate::stats::auc::BINS * 4
+        self.tables.bytes() + self.roc.iter().map(Roc::bytes).sum::<usize>()
     }
 
     /// Merge another partition: counts, tables and ROC add; the evidence is sequence-dependent,
@@ -348,9 +352,7 @@ impl ArmModel {
         if o.arms != self.arms || o.names != self.names {
             return;
         }
-        for (a, b) in self.tables.iter_mut().zip(o.tables.iter()) {
-            *a = a.saturating_add(*b);
-        }
+        self.tables.merge(&o.tables);
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;
         }

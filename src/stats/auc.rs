@@ -1,11 +1,13 @@
 //! Streaming area under the ROC curve over binned scores, with the Hanley-McNeil interval.
 //!
 //! Scores in [0, 1] are counted in `BINS` equal bins per class; the AUC is the Mann-Whitney
-//! statistic over those counts, ties (same bin) counted one half, so memory and the cost of a
-//! read are fixed. Hanley & McNeil, "The meaning and use of the area under a receiver operating
+//! statistic over those counts, ties (same bin) counted one half, so memory (a sparse table of
+//! the bins used, at most `BINS` x 2 counters) and the cost of a read are bounded. Hanley & McNeil, "The meaning and use of the area under a receiver operating
 //! characteristic (ROC) curve", Radiology 143 (1982), eq. 2:
 //! `SE^2 = (A(1-A) + (n1-1)(Q1-A^2) + (n2-1)(Q2-A^2)) / (n1 n2)`,
 //! `Q1 = A/(2-A)`, `Q2 = 2A^2/(1+A)`.
+
+use super::count_table::CountTable;
 
 /// Score bins per class.
 pub const BINS: usize = 1024;
@@ -13,8 +15,8 @@ pub const BINS: usize = 1024;
 /// Binned scores of positives and negatives.
 #[derive(Clone, Debug)]
 pub struct Roc {
-    pos: Box<[u32]>,
-    neg: Box<[u32]>,
+    /// Per bin: `[positives, negatives]`.
+    bins: CountTable,
     n_pos: u64,
     n_neg: u64,
 }
@@ -22,8 +24,7 @@ pub struct Roc {
 impl Default for Roc {
     fn default() -> Self {
         Roc {
-            pos: vec![0; BINS].into(),
-            neg: vec![0; BINS].into(),
+            bins: CountTable::new(BINS, 2),
             n_pos: 0,
             n_neg: 0,
         }
@@ -35,13 +36,19 @@ impl Roc {
     #[inline]
     pub fn record(&mut self, score: f64, positive: bool) {
         let b = ((score.clamp(0.0, 1.0) * BINS as f64) as usize).min(BINS - 1);
+        let row = self.bins.row_mut(b);
+        let c = usize::from(!positive);
+        row[c] = row[c].saturating_add(1);
         if positive {
-            self.pos[b] = self.pos[b].saturating_add(1);
             self.n_pos += 1;
         } else {
-            self.neg[b] = self.neg[b].saturating_add(1);
             self.n_neg += 1;
         }
+    }
+
+    /// Memory of the bins, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bins.bytes()
     }
 
     /// Positives and negatives recorded.
@@ -54,10 +61,11 @@ impl Roc {
         if self.n_pos == 0 || self.n_neg == 0 {
             return 0.5;
         }
+        // the bins used, in score order (empty bins add nothing)
         let mut below = 0f64; // negatives in lower bins
         let mut wins = 0f64;
-        for (p, n) in self.pos.iter().zip(self.neg.iter()) {
-            let (p, n) = (f64::from(*p), f64::from(*n));
+        for (_, row) in self.bins.sorted() {
+            let (p, n) = (f64::from(row[0]), f64::from(row[1]));
             wins += p * (below + 0.5 * n);
             below += n;
         }
@@ -73,12 +81,7 @@ impl Roc {
 
     /// Add another partition's counts.
     pub fn merge(&mut self, o: &Roc) {
-        for (a, b) in self.pos.iter_mut().zip(o.pos.iter()) {
-            *a = a.saturating_add(*b);
-        }
-        for (a, b) in self.neg.iter_mut().zip(o.neg.iter()) {
-            *a = a.saturating_add(*b);
-        }
+        self.bins.merge(&o.bins);
         self.n_pos += o.n_pos;
         self.n_neg += o.n_neg;
     }

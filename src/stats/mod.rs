@@ -1,7 +1,9 @@
 //! Pure statistics: online estimators and anytime-valid evidence. No IO, no clocks.
 
 pub mod auc;
+pub mod count_table;
 pub mod divergence;
+pub mod hdr;
 pub mod mccrary;
 pub mod moments;
 pub mod msprt;

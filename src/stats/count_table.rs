@@ -1,0 +1,258 @@
+//! Rows of counters keyed by a small integer (`0..keys`), in memory that follows the keys
+//! used: an open-addressing hash table (linear probing, Knuth's multiplicative hash) while few
+//! keys are used, a dense array once the table would be larger than the array. A model with
+//! 37,888 possible cells that sees a few hundred events holds a few hundred rows, and a busy
+//! one never holds more than the dense array.
+
+/// A counter: `u32` where a cell is unlikely to pass four billion, `u64` where exactness
+/// matters at any volume. Adds saturate.
+pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug {
+    /// `self + other`, saturating.
+    fn plus(self, other: Self) -> Self;
+}
+
+impl Counter for u32 {
+    #[inline]
+    fn plus(self, other: u32) -> u32 {
+        self.saturating_add(other)
+    }
+}
+
+impl Counter for u64 {
+    #[inline]
+    fn plus(self, other: u64) -> u64 {
+        self.saturating_add(other)
+    }
+}
+
+/// `keys x width` counters, sparse or dense.
+#[derive(Clone, Debug)]
+pub struct CountTable<C: Counter = u32> {
+    width: usize,
+    keys: usize,
+    repr: Repr<C>,
+}
+
+#[derive(Clone, Debug)]
+enum Repr<C> {
+    /// `slots[i]` is `key + 1` (0: empty); its row is `rows[i * width..][..width]`.
+    Sparse {
+        slots: Box<[u32]>,
+        rows: Box<[C]>,
+        len: usize,
+    },
+    /// Row `k` is `rows[k * width..][..width]`.
+    Dense(Box<[C]>),
+}
+
+const FIRST_SLOTS: usize = 64;
+
+#[inline]
+fn home(key: u32, mask: usize) -> usize {
+    // Fibonacci hashing: high bits of key * 2^64/phi (tables stay below 2^24 slots)
+    (u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask
+}
+
+impl<C: Counter> CountTable<C> {
+    /// An empty table of rows of `width` counters for keys `0..keys`.
+    pub fn new(keys: usize, width: usize) -> CountTable<C> {
+        CountTable {
+            width: width.max(1),
+            keys,
+            repr: Repr::Sparse {
+                slots: Box::new([]),
+                rows: Box::new([]),
+                len: 0,
+            },
+        }
+    }
+
+    /// The counters of `key` (< `keys`), created zero when absent.
+    #[inline]
+    pub fn row_mut(&mut self, key: usize) -> &mut [C] {
+        let w = self.width;
+        if let Repr::Sparse { slots, len, .. } = &self.repr {
+            if (*len + 1) * 4 > slots.len() * 3 {
+                self.grow();
+            }
+        }
+        match &mut self.repr {
+            Repr::Dense(rows) => &mut rows[key * w..(key + 1) * w],
+            Repr::Sparse { slots, rows, len } => {
+                let tag = key as u32 + 1;
+                let mask = slots.len() - 1;
+                let mut i = home(tag, mask);
+                loop {
+                    if slots[i] == tag {
+                        break;
+                    }
+                    if slots[i] == 0 {
+                        slots[i] = tag;
+                        *len += 1;
+                        break;
+                    }
+                    i = (i + 1) & mask;
+                }
+                &mut rows[i * w..(i + 1) * w]
+            }
+        }
+    }
+
+    /// Double the sparse table, or go dense when the doubled table would hold more bytes than
+    /// the dense array.
+    #[cold]
+    fn grow(&mut self) {
+        let w = self.width;
+        let slots_now = match &self.repr {
+            Repr::Sparse { slots, .. } => slots.len(),
+            Repr::Dense(_) => return,
+        };
+        let next = (slots_now * 2).max(FIRST_SLOTS);
+        let slot = std::mem::size_of::<u32>() + w * std::mem::size_of::<C>();
+        let dense = next * slot >= self.keys * w * std::mem::size_of::<C>();
+        let old = std::mem::replace(
+            &mut self.repr,
+            if dense {
+                Repr::Dense(vec![C::default(); self.keys * w].into())
+            } else {
+                Repr::Sparse {
+                    slots: vec![0; next].into(),
+                    rows: vec![C::default(); next * w].into(),
+                    len: 0,
+                }
+            },
+        );
+        self.merge(&CountTable {
+            width: w,
+            keys: self.keys,
+            repr: old,
+        });
+    }
+
+    /// Every row with a key, in no particular order (dense: the rows with a non-zero count).
+    pub fn for_each(&self, mut f: impl FnMut(usize, &[C])) {
+        let w = self.width;
+        match &self.repr {
+            Repr::Sparse { slots, rows, .. } => {
+                for (i, &tag) in slots.iter().enumerate() {
+                    if tag != 0 {
+                        f(tag as usize - 1, &rows[i * w..(i + 1) * w]);
+                    }
+                }
+            }
+            Repr::Dense(rows) => {
+                for (k, row) in rows.chunks_exact(w).enumerate() {
+                    if row.iter().any(|&c| c != C::default()) {
+                        f(k, row);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same rows under new keys `map(key)` (rows mapped to `None` are dropped).
+    pub fn remap(&self, map: impl Fn(usize) -> Option<usize>) -> CountTable<C> {
+        let mut out = CountTable::new(self.keys, self.width);
+        self.for_each(|k, row| {
+            if let Some(k2) = map(k) {
+                out.row_mut(k2).copy_from_slice(row);
+            }
+        });
+        out
+    }
+
+    /// Add another table's counts (saturating).
+    pub fn merge(&mut self, other: &CountTable<C>) {
+        other.for_each(|k, row| {
+            for (a, b) in self.row_mut(k).iter_mut().zip(row) {
+                *a = a.plus(*b);
+            }
+        });
+    }
+
+    /// The rows in key order (for reads that sum in order: quantiles, AUC).
+    pub fn sorted(&self) -> Vec<(usize, &[C])> {
+        let w = self.width;
+        let mut out = Vec::new();
+        match &self.repr {
+            Repr::Sparse { slots, rows, .. } => {
+                for (i, &tag) in slots.iter().enumerate() {
+                    if tag != 0 {
+                        out.push((tag as usize - 1, &rows[i * w..(i + 1) * w]));
+                    }
+                }
+                out.sort_unstable_by_key(|&(k, _)| k);
+            }
+            Repr::Dense(rows) => {
+                for (k, row) in rows.chunks_exact(w).enumerate() {
+                    if row.iter().any(|&c| c != C::default()) {
+                        out.push((k, row));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        let c = std::mem::size_of::<C>();
+        match &self.repr {
+            Repr::Sparse { slots, rows, .. } => slots.len() * 4 + rows.len() * c,
+            Repr::Dense(rows) => rows.len() * c,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The table counts what a plain dense array counts, through growth and densifying.
+        #[test]
+        fn same_counts_as_a_dense_array(ops in proptest::collection::vec((0usize..3000, 0usize..3), 0..5000)) {
+            let (keys, width) = (3000, 3);
+            let mut t = CountTable::<u32>::new(keys, width);
+            let mut dense = vec![0u32; keys * width];
+            for &(k, c) in &ops {
+                t.row_mut(k)[c] += 1;
+                dense[k * width + c] += 1;
+            }
+            let mut seen = vec![0u32; keys * width];
+            t.for_each(|k, row| seen[k * width..(k + 1) * width].copy_from_slice(row));
+            prop_assert_eq!(seen, dense);
+            prop_assert!(t.bytes() <= keys * width * 4);
+        }
+    }
+
+    #[test]
+    fn memory_follows_keys_used() {
+        let mut t = CountTable::<u32>::new(37 * 1024, 2);
+        assert_eq!(t.bytes(), 0);
+        for k in 0..100 {
+            t.row_mut(k * 300)[0] += 1;
+        }
+        assert!(t.bytes() <= 256 * 12, "{} bytes", t.bytes());
+        for k in 0..37 * 1024 {
+            t.row_mut(k)[1] += 1;
+        }
+        assert_eq!(t.bytes(), 37 * 1024 * 2 * 4);
+    }
+
+    #[test]
+    fn remap_and_merge() {
+        let mut a = CountTable::<u64>::new(100, 2);
+        a.row_mut(3)[0] = 5;
+        a.row_mut(7)[1] = 2;
+        let b = a.remap(|k| (k != 7).then_some(k + 10));
+        let mut rows = Vec::new();
+        b.for_each(|k, r| rows.push((k, r.to_vec())));
+        assert_eq!(a.sorted().len(), 2);
+        assert_eq!(rows, vec![(13, vec![5, 0])]);
+        a.merge(&b);
+        assert_eq!(a.row_mut(13), &[5, 0]);
+        assert_eq!(a.row_mut(3), &[5, 0]);
+    }
+}

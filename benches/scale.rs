@@ -3,7 +3,8 @@
 //! per workload with the targets beside it.
 //!
 //! `cargo bench --bench scale` (files go to a temporary directory; ~2 GB of disk at most)
-//! `cargo bench --bench scale -- fleet-1000` runs only workloads whose name contains the word.
+//! `cargo bench --bench scale -- fleet-1000` runs only workloads whose name contains the word;
+//! `ARMWATCH_BENCH_KEEP=DIR` writes the workloads there and keeps them (for profiling).
 
 use armwatch::sim::{Faults, Simulator};
 use std::io::{BufWriter, Write};
@@ -105,7 +106,9 @@ fn main() -> std::io::Result<()> {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let keep = std::env::var_os("ARMWATCH_BENCH_KEEP").map(std::path::PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(tmp.path());
     let bin = env!("CARGO_BIN_EXE_armwatch");
     println!(
         "{:<18} {:<42} {:>9} {:>14} {:>12}  target",
@@ -115,7 +118,7 @@ fn main() -> std::io::Result<()> {
         .iter()
         .filter(|w| filter.is_empty() || filter.iter().any(|f| w.name.contains(f.as_str())))
     {
-        let path = dir.path().join(format!("{}.ndjson", w.name));
+        let path = dir.join(format!("{}.ndjson", w.name));
         (w.make)(&path, w.events)?;
         let out = Command::new(bin)
             .arg("replay")
@@ -135,7 +138,9 @@ fn main() -> std::io::Result<()> {
             ),
             _ => println!("{:<18} failed: {}", w.name, stderr.trim()),
         }
-        std::fs::remove_file(&path)?;
+        if keep.is_none() {
+            std::fs::remove_file(&path)?;
+        }
     }
     // the memory of an idle process, for reading the rows above
     let idle = Command::new(bin)

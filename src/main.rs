@@ -11,6 +11,7 @@ use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
 use armwatch::sink::SinkConfig;
 use armwatch::source::{file, kafka};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,7 +180,13 @@ fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result
     }
     let secs = start.elapsed().as_secs_f64();
     let report = engine.report();
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    {
+        // streamed: a report of a thousand experiments is tens of megabytes as one string
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        out.flush()?;
+    }
     // on stderr, for the scale benchmark and for sizing a deployment
     eprintln!(
         "replay: {messages} messages in {secs:.3} s ({:.0} messages/s), peak RSS {} bytes",

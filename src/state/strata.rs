@@ -67,7 +67,7 @@ impl Strata {
     /// An empty table.
     pub fn new(design: &Design, max_strata: usize) -> Strata {
         Strata {
-            index: HashMap::with_capacity_and_hasher(max_strata.min(64), Identity::default()),
+            index: HashMap::default(),
             slots: Vec::new(),
             tail: DmEProcess::new(design),
             tail_log_e: 0.0,

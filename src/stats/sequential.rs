@@ -18,6 +18,7 @@
 //! mergeable across partitions; the per-`k` factors are kept incrementally in linear scale so
 //! that an update costs a multiply-divide per grid point and reading the value one `ln`.
 
+use smallvec::SmallVec;
 use statrs::function::gamma::ln_gamma;
 
 /// The null hypothesis (design weights) and the mixture grid, shared by many e-processes.
@@ -84,7 +85,9 @@ pub fn mle_log_lr(counts: &[u64], design: &Design) -> f64 {
         .sum()
 }
 
-/// One Dirichlet-multinomial e-process (a mixture over the design's `k` grid).
+/// One Dirichlet-multinomial e-process (a mixture over the design's `k` grid). Two arms and
+/// the default four-point grid live inline (no heap allocation): an experiment holds one per
+/// value of every watched input.
 ///
 /// Each grid point's Bayes factor is kept as `exp(base) * m_k` with linear-scale `m_k`: an
 /// update multiplies every `m_k` by its ratio (no logarithm), and the mixture's log e-value
@@ -93,10 +96,10 @@ pub fn mle_log_lr(counts: &[u64], design: &Design) -> f64 {
 /// underflow to zero, which changes the mixture by less than 1e-300 relative.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DmEProcess {
-    counts: Box<[u64]>,
+    counts: SmallVec<[u64; 2]>,
     n: u64,
     base: f64,
-    m: Box<[f64]>,
+    m: SmallVec<[f64; 4]>,
 }
 
 const RESCALE_HI: f64 = 1e150;
@@ -106,10 +109,10 @@ impl DmEProcess {
     /// A fresh e-process (value 1) for `design`.
     pub fn new(design: &Design) -> DmEProcess {
         DmEProcess {
-            counts: vec![0; design.arms()].into(),
+            counts: smallvec::smallvec![0; design.arms()],
             n: 0,
             base: 0.0,
-            m: vec![1.0; design.ks.len()].into(),
+            m: smallvec::smallvec![1.0; design.ks.len()],
         }
     }
 

@@ -9,17 +9,13 @@
 //! uniform random sample of all units seen and the share of them seen in more than one arm
 //! estimates the population share with a binomial (Wilson) interval.
 
-use super::Identity;
+use super::id_arms::IdArms;
 use crate::stats::proportion::{share, wilson};
-use std::collections::HashMap;
-
-/// Memory of one followed id: the key, the arm bit mask and the hash table's overhead.
-pub const BYTES_PER_FOLLOWED: usize = 24;
 
 /// A consistent hash sample of ids with the arms each was seen in.
 #[derive(Clone, Debug)]
 pub struct ExposureSample {
-    arms_of: HashMap<u64, u64, Identity>,
+    arms_of: IdArms,
     cap: usize,
     level: u32,
     mixed: u64,
@@ -37,7 +33,7 @@ impl ExposureSample {
     /// An empty sample that follows at most `cap` ids.
     pub fn new(cap: usize) -> ExposureSample {
         ExposureSample {
-            arms_of: HashMap::default(),
+            arms_of: IdArms::default(),
             cap: cap.max(1),
             level: 0,
             mixed: 0,
@@ -57,9 +53,8 @@ impl ExposureSample {
             return false;
         }
         let bit = 1u64 << (arm & 63);
-        let m = self.arms_of.entry(h).or_insert(0);
-        let newly = *m != 0 && *m & bit == 0 && m.count_ones() == 1;
-        *m |= bit;
+        let m = self.arms_of.insert(h, arm);
+        let newly = m != 0 && m & bit == 0 && m.count_ones() == 1;
         if newly {
             self.mixed += 1;
         }
@@ -73,9 +68,9 @@ impl ExposureSample {
         while self.arms_of.len() > self.cap && self.level < 63 {
             self.level += 1;
             let level = self.level;
-            self.arms_of.retain(|h, _| mix(*h).leading_zeros() >= level);
+            self.arms_of.retain(|h| mix(h).leading_zeros() >= level);
         }
-        self.mixed = self.arms_of.values().filter(|m| m.count_ones() > 1).count() as u64;
+        self.mixed = self.masks().filter(|m| m.count_ones() > 1).count() as u64;
     }
 
     /// Ids followed now.
@@ -110,23 +105,23 @@ impl ExposureSample {
 
     /// Bytes held (bounded by `cap`).
     pub fn memory_bytes(&self) -> usize {
-        self.arms_of.capacity() * BYTES_PER_FOLLOWED
+        self.arms_of.bytes()
     }
 
     /// Arm masks of followed ids, for callers that need the ids' arms (e.g. clusters per arm).
     pub fn masks(&self) -> impl Iterator<Item = u64> + '_ {
-        self.arms_of.values().copied()
+        self.arms_of.iter().map(|(_, m)| m)
     }
 
     /// Merge another partition's sample (same ids hash the same way).
     pub fn merge(&mut self, o: &ExposureSample) {
         let level = self.level.max(o.level);
-        for (h, m) in &o.arms_of {
-            *self.arms_of.entry(*h).or_insert(0) |= *m;
+        for (h, m) in o.arms_of.iter() {
+            self.arms_of.or_mask(h, m);
         }
         self.level = level;
         self.arms_of
-            .retain(|h, _| level == 0 || mix(*h).leading_zeros() >= level);
+            .retain(|h| level == 0 || mix(h).leading_zeros() >= level);
         self.shrink();
         self.fired |= o.fired;
     }

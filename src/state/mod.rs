@@ -3,6 +3,7 @@
 
 pub mod assignment;
 pub mod experiment;
+pub mod id_arms;
 pub mod exposure;
 pub mod input;
 pub mod judge;

@@ -22,7 +22,7 @@
 //! the same events give the same figures from Kafka JSON or a Parquet replay.
 
 use crate::stats::auc::Roc;
-use crate::stats::count_table::CountTable;
+use crate::stats::count_table::{CountTable, Counter};
 use crate::stats::sequential::Design;
 
 /// Inputs the model reads (the first watched inputs of the experiment).
@@ -103,6 +103,60 @@ fn mix(h: u64) -> u64 {
     h ^ (h >> 29)
 }
 
+/// Arm counts per cell: `u16` counters until one reaches 65,534, then `u32` (most cells of
+/// most experiments hold a handful of events; the widening keeps every count exact).
+#[derive(Clone, Debug)]
+enum Cells {
+    Narrow(CountTable<u16>),
+    Wide(CountTable<u32>),
+}
+
+/// What one event's prediction reads besides the tables.
+struct Predict<'a> {
+    w0: &'a [f64],
+    arm: usize,
+    weights: &'a [f64],
+    started: &'a [u8],
+}
+
+impl Predict<'_> {
+    /// Add each started expert's prediction (weighted) into `q`, its factor for the observed
+    /// arm into `factor`, and count the arm in its cell. True when a count is one short of the
+    /// counter's maximum (the table must widen before the next event).
+    #[inline]
+    fn learn<C: Counter>(
+        &self,
+        table: &mut CountTable<C>,
+        cells: &[u16],
+        q: &mut [f64; 64],
+        factor: &mut [f64; EXPERTS],
+    ) -> bool {
+        let (w0, arm) = (self.w0, self.arm);
+        let arms = w0.len();
+        let k_arm = CONCENTRATION * w0[arm];
+        let inv_w0_arm = 1.0 / w0[arm];
+        let mut full = false;
+        for (n, (&f, &cell)) in self.started.iter().zip(cells).enumerate() {
+            let w = self.weights[usize::from(f)];
+            let row = table.row_mut(usize::from(cell));
+            let in_cell: u64 = row.iter().map(|&c| c.into()).sum();
+            let inv = 1.0 / (in_cell as f64 + CONCENTRATION);
+            let count = |a: usize| -> f64 { Into::<u64>::into(row[a]) as f64 };
+            if arms == 2 {
+                q[1] += w * (count(1) + CONCENTRATION * w0[1]) * inv;
+            } else {
+                for (a, t) in w0.iter().enumerate() {
+                    q[a] += w * (count(a) + CONCENTRATION * t) * inv;
+                }
+            }
+            factor[n] = (count(arm) + k_arm) * inv * inv_w0_arm;
+            row[arm] = row[arm].plus(C::ONE);
+            full |= Into::<u64>::into(row[arm]) >= C::MAX - 1;
+        }
+        full
+    }
+}
+
 /// The online model of one experiment.
 #[derive(Clone, Debug)]
 pub struct ArmModel {
@@ -112,7 +166,7 @@ pub struct ArmModel {
     /// Per expert, a salt from its inputs' names.
     salts: Box<[u64]>,
     /// Arm counts per cell `f * CELLS + cell`.
-    tables: CountTable,
+    tables: Cells,
     /// `pi_f E_f / scale` per expert.
     weights: Box<[f64]>,
     /// `pi_0 / scale`: the null expert (its `E` is always 1).
@@ -142,7 +196,7 @@ impl ArmModel {
             arms,
             names: Vec::new(),
             salts: vec![0; EXPERTS].into(),
-            tables: CountTable::new(EXPERTS * CELLS, arms),
+            tables: Cells::Narrow(CountTable::new(EXPERTS * CELLS, arms)),
             weights: vec![pi; EXPERTS].into(),
             null_weight: NULL_WEIGHT,
             idle_weight: 1.0 - NULL_WEIGHT,
@@ -195,10 +249,14 @@ impl ArmModel {
         for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
             weights[moved(f)] = self.weights[f];
         }
-        self.tables = self.tables.remap(|c| {
+        let remap = |c: usize| {
             let f = c / CELLS;
             reads_only(f, old_n).then(|| moved(f) * CELLS + c % CELLS)
-        });
+        };
+        self.tables = match &self.tables {
+            Cells::Narrow(t) => Cells::Narrow(t.remap(remap)),
+            Cells::Wide(t) => Cells::Wide(t.remap(remap)),
+        };
         self.weights = weights;
         let n = self.names.len();
         self.started = (0..EXPERTS)
@@ -255,29 +313,33 @@ impl ArmModel {
         for (a, t) in w0.iter().enumerate() {
             q[a] = base * t;
         }
-        let mut total = base;
-        let mut factor = [1f64; EXPERTS];
-        let k_arm = CONCENTRATION * w0[arm];
-        let inv_w0_arm = 1.0 / w0[arm];
-        for (n, &f) in self.started.iter().enumerate() {
+        let mut cells = [0u16; EXPERTS];
+        for (c, &f) in cells.iter_mut().zip(&self.started) {
             let f = usize::from(f);
-            let w = self.weights[f];
-            total += w;
-            let cell = self.cell(f, keys);
-            let row = self.tables.row_mut(f * CELLS + cell);
-            let total: u64 = row.iter().map(|&c| u64::from(c)).sum();
-            let inv = 1.0 / (total as f64 + CONCENTRATION);
-            if arms == 2 {
-                q[1] += w * (f64::from(row[1]) + CONCENTRATION * w0[1]) * inv;
-            } else {
-                for (a, t) in w0.iter().enumerate() {
-                    q[a] += w * (f64::from(row[a]) + CONCENTRATION * t) * inv;
-                }
-            }
-            factor[n] = (f64::from(row[arm]) + k_arm) * inv * inv_w0_arm;
-            row[arm] = row[arm].saturating_add(1);
+            *c = (f * CELLS + self.cell(f, keys)) as u16;
         }
-        let inv_total = 1.0 / total;
+        let cells = &cells[..self.started.len()];
+        let mut factor = [1f64; EXPERTS];
+        let mut sum_w = base;
+        for &f in &self.started {
+            sum_w += self.weights[usize::from(f)];
+        }
+        let p = Predict {
+            w0,
+            arm,
+            weights: &self.weights,
+            started: &self.started,
+        };
+        let full = match &mut self.tables {
+            Cells::Narrow(t) => p.learn(t, cells, &mut q, &mut factor),
+            Cells::Wide(t) => p.learn(t, cells, &mut q, &mut factor),
+        };
+        if full {
+            if let Cells::Narrow(t) = &self.tables {
+                self.tables = Cells::Wide(t.widen());
+            }
+        }
+        let inv_total = 1.0 / sum_w;
         if arms == 2 {
             self.roc[0].record(q[1] * inv_total, arm == 1);
         } else {
@@ -343,7 +405,11 @@ impl ArmModel {
 
     /// Memory of the model's tables and ROC.
     pub fn memory_bytes(&self) -> usize {
-        self.tables.bytes() + self.roc.iter().map(Roc::bytes).sum::<usize>()
+        let tables = match &self.tables {
+            Cells::Narrow(t) => t.bytes(),
+            Cells::Wide(t) => t.bytes(),
+        };
+        tables + self.roc.iter().map(Roc::bytes).sum::<usize>()
     }
 
     /// Merge another partition: counts, tables and ROC add; the evidence is sequence-dependent,
@@ -352,7 +418,27 @@ impl ArmModel {
         if o.arms != self.arms || o.names != self.names {
             return;
         }
-        self.tables.merge(&o.tables);
+        // widen first when either side is wide or the sum could reach the narrow maximum
+        let narrow_max = |c: &Cells| match c {
+            Cells::Narrow(t) => Some(t.max_count()),
+            Cells::Wide(_) => None,
+        };
+        match (narrow_max(&self.tables), narrow_max(&o.tables)) {
+            (Some(a), Some(b)) if a + b < u64::from(u16::MAX) - 1 => {
+                if let (Cells::Narrow(x), Cells::Narrow(y)) = (&mut self.tables, &o.tables) {
+                    x.merge(y);
+                }
+            }
+            _ => {
+                let wide = |c: &Cells| match c {
+                    Cells::Narrow(t) => t.widen(),
+                    Cells::Wide(t) => t.clone(),
+                };
+                let mut merged = wide(&self.tables);
+                merged.merge(&wide(&o.tables));
+                self.tables = Cells::Wide(merged);
+            }
+        }
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;
         }
@@ -405,6 +491,36 @@ mod tests {
         }
         assert_eq!(a.log_e_design().to_bits(), b.log_e_design().to_bits());
         assert!(a.log_e_design() > 10.0);
+    }
+
+    /// Counters widen from 16 to 32 bits before a count can saturate: a model that passed
+    /// 65,535 events in one cell gives the same figures, to the bit, as one wide from the start.
+    #[test]
+    fn narrow_counters_widen_exactly() {
+        let design = Design::new(&[0.5, 0.5], &[10.0]);
+        let mut narrow = ArmModel::new(&design);
+        narrow.add_input(5);
+        let mut wide = narrow.clone();
+        if let Cells::Narrow(t) = &wide.tables {
+            wide.tables = Cells::Wide(t.widen());
+        }
+        for t in 0..150_000u64 {
+            let mut keys = [MISSING; MODEL_INPUTS];
+            keys[0] = u64::from(t % 10 == 0); // one cell takes 90% of the events
+            let arm = usize::from(t % 3 == 0);
+            narrow.observe(&design, &keys, arm);
+            wide.observe(&design, &keys, arm);
+        }
+        assert!(matches!(narrow.tables, Cells::Wide(_)));
+        assert_eq!(narrow.log_e_design().to_bits(), wide.log_e_design().to_bits());
+        assert_eq!(narrow.auc(1.96), wide.auc(1.96));
+        let mut merged = narrow.clone();
+        merged.merge(&narrow);
+        if let Cells::Wide(t) = &merged.tables {
+            assert_eq!(t.max_count(), 2 * 90_000);
+        } else {
+            panic!("merged table is narrow");
+        }
     }
 
     /// An input added mid-stream keeps the state of the experts already running.

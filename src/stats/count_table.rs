@@ -4,26 +4,33 @@
 //! 37,888 possible cells that sees a few hundred events holds a few hundred rows, and a busy
 //! one never holds more than the dense array.
 
-/// A counter: `u32` where a cell is unlikely to pass four billion, `u64` where exactness
-/// matters at any volume. Adds saturate.
-pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug {
+/// A counter: `u16` for tables that widen themselves before a count can overflow, `u32` where
+/// a cell is unlikely to pass four billion, `u64` where exactness matters at any volume. Adds
+/// saturate.
+pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug + Into<u64> {
+    /// The largest count.
+    const MAX: u64;
+    /// One.
+    const ONE: Self;
     /// `self + other`, saturating.
     fn plus(self, other: Self) -> Self;
 }
 
-impl Counter for u32 {
-    #[inline]
-    fn plus(self, other: u32) -> u32 {
-        self.saturating_add(other)
-    }
+macro_rules! counter {
+    ($t:ty) => {
+        impl Counter for $t {
+            const MAX: u64 = <$t>::MAX as u64;
+            const ONE: $t = 1;
+            #[inline]
+            fn plus(self, other: $t) -> $t {
+                self.saturating_add(other)
+            }
+        }
+    };
 }
-
-impl Counter for u64 {
-    #[inline]
-    fn plus(self, other: u64) -> u64 {
-        self.saturating_add(other)
-    }
-}
+counter!(u16);
+counter!(u32);
+counter!(u64);
 
 /// `keys x width` counters, sparse or dense.
 #[derive(Clone, Debug)]
@@ -37,7 +44,7 @@ pub struct CountTable<C: Counter = u32> {
 enum Repr<C> {
     /// `slots[i]` is `key + 1` (0: empty); its row is `rows[i * width..][..width]`.
     Sparse {
-        slots: Box<[u32]>,
+        slots: Box<[u16]>,
         rows: Box<[C]>,
         len: usize,
     },
@@ -48,17 +55,17 @@ enum Repr<C> {
 const FIRST_SLOTS: usize = 64;
 
 #[inline]
-fn home(key: u32, mask: usize) -> usize {
+fn home(key: u16, mask: usize) -> usize {
     // Fibonacci hashing: high bits of key * 2^64/phi (tables stay below 2^24 slots)
     (u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask
 }
 
 impl<C: Counter> CountTable<C> {
-    /// An empty table of rows of `width` counters for keys `0..keys`.
+    /// An empty table of rows of `width` counters for keys `0..keys` (at most 65,535).
     pub fn new(keys: usize, width: usize) -> CountTable<C> {
         CountTable {
             width: width.max(1),
-            keys,
+            keys: keys.min(u16::MAX as usize),
             repr: Repr::Sparse {
                 slots: Box::new([]),
                 rows: Box::new([]),
@@ -79,7 +86,7 @@ impl<C: Counter> CountTable<C> {
         match &mut self.repr {
             Repr::Dense(rows) => &mut rows[key * w..(key + 1) * w],
             Repr::Sparse { slots, rows, len } => {
-                let tag = key as u32 + 1;
+                let tag = key as u16 + 1;
                 let mask = slots.len() - 1;
                 let mut i = home(tag, mask);
                 loop {
@@ -108,7 +115,7 @@ impl<C: Counter> CountTable<C> {
             Repr::Dense(_) => return,
         };
         let next = (slots_now * 2).max(FIRST_SLOTS);
-        let slot = std::mem::size_of::<u32>() + w * std::mem::size_of::<C>();
+        let slot = std::mem::size_of::<u16>() + w * std::mem::size_of::<C>();
         let dense = next * slot >= self.keys * w * std::mem::size_of::<C>();
         let old = std::mem::replace(
             &mut self.repr,
@@ -161,6 +168,28 @@ impl<C: Counter> CountTable<C> {
         out
     }
 
+    /// The largest count in the table.
+    pub fn max_count(&self) -> u64 {
+        let mut m = 0u64;
+        self.for_each(|_, row| {
+            for &c in row {
+                m = m.max(c.into());
+            }
+        });
+        m
+    }
+
+    /// The same counts in wider counters.
+    pub fn widen<D: Counter + From<C>>(&self) -> CountTable<D> {
+        let mut out = CountTable::new(self.keys, self.width);
+        self.for_each(|k, row| {
+            for (a, b) in out.row_mut(k).iter_mut().zip(row) {
+                *a = D::from(*b);
+            }
+        });
+        out
+    }
+
     /// Add another table's counts (saturating).
     pub fn merge(&mut self, other: &CountTable<C>) {
         other.for_each(|k, row| {
@@ -198,7 +227,7 @@ impl<C: Counter> CountTable<C> {
     pub fn bytes(&self) -> usize {
         let c = std::mem::size_of::<C>();
         match &self.repr {
-            Repr::Sparse { slots, rows, .. } => slots.len() * 4 + rows.len() * c,
+            Repr::Sparse { slots, rows, .. } => slots.len() * 2 + rows.len() * c,
             Repr::Dense(rows) => rows.len() * c,
         }
     }

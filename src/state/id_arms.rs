@@ -1,0 +1,225 @@
+//! Ids (64-bit hashes) with the set of arms each was seen in: an open-addressing table
+//! (linear probing, grown at 3/4 full) of the keys beside a parallel array of arm masks, one
+//! byte per id while the experiment has at most eight arms and eight bytes past that. About 12
+//! bytes per id where a `HashMap<u64, u64>` takes 24.
+
+/// Arm masks, narrow while every arm fits in a byte.
+#[derive(Clone, Debug)]
+enum Masks {
+    Narrow(Box<[u8]>),
+    Wide(Box<[u64]>),
+}
+
+impl Masks {
+    fn zeroed(n: usize, wide: bool) -> Masks {
+        if wide {
+            Masks::Wide(vec![0; n].into())
+        } else {
+            Masks::Narrow(vec![0; n].into())
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Masks::Narrow(m) => u64::from(m[i]),
+            Masks::Wide(m) => m[i],
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize, v: u64) {
+        match self {
+            // callers widen before a bit past 7 is set
+            Masks::Narrow(m) => m[i] = v as u8,
+            Masks::Wide(m) => m[i] = v,
+        }
+    }
+
+    fn is_wide(&self) -> bool {
+        matches!(self, Masks::Wide(_))
+    }
+}
+
+/// Id hash -> arm mask.
+#[derive(Clone, Debug)]
+pub struct IdArms {
+    /// 0: empty (the id hash 0 lives in `zero`).
+    keys: Box<[u64]>,
+    masks: Masks,
+    len: usize,
+    zero: u64,
+}
+
+impl Default for IdArms {
+    fn default() -> Self {
+        IdArms {
+            keys: Box::new([]),
+            masks: Masks::Narrow(Box::new([])),
+            len: 0,
+            zero: 0,
+        }
+    }
+}
+
+#[inline]
+fn home(h: u64, mask: usize) -> usize {
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & mask
+}
+
+impl IdArms {
+    /// Ids held.
+    pub fn len(&self) -> usize {
+        self.len + usize::from(self.zero != 0)
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Set bit `arm` (< 64) of id `h`; returns the mask before.
+    #[inline]
+    pub fn insert(&mut self, h: u64, arm: usize) -> u64 {
+        let bit = 1u64 << (arm & 63);
+        if h == 0 {
+            let before = self.zero;
+            self.zero |= bit;
+            return before;
+        }
+        if bit > 0x80 && !self.masks.is_wide() {
+            self.rebuild(self.keys.len(), true);
+        }
+        if (self.len + 1) * 4 > self.keys.len() * 3 {
+            self.rebuild((self.keys.len() * 2).max(16), self.masks.is_wide());
+        }
+        let i = self.slot(h);
+        let before = self.masks.get(i);
+        if self.keys[i] == 0 {
+            self.keys[i] = h;
+            self.len += 1;
+        }
+        self.masks.set(i, before | bit);
+        before
+    }
+
+    /// The slot of `h` (!= 0): where it is, or the empty slot where it goes.
+    #[inline]
+    fn slot(&self, h: u64) -> usize {
+        let mask = self.keys.len() - 1;
+        let mut i = home(h, mask);
+        while self.keys[i] != 0 && self.keys[i] != h {
+            i = (i + 1) & mask;
+        }
+        i
+    }
+
+    fn rebuild(&mut self, slots: usize, wide: bool) {
+        let old = std::mem::replace(
+            self,
+            IdArms {
+                keys: vec![0; slots].into(),
+                masks: Masks::zeroed(slots, wide),
+                len: 0,
+                zero: self.zero,
+            },
+        );
+        for (i, &k) in old.keys.iter().enumerate() {
+            if k != 0 {
+                let j = self.slot(k);
+                self.keys[j] = k;
+                self.masks.set(j, old.masks.get(i));
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Every `(id, mask)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let zero = (self.zero != 0).then_some((0, self.zero));
+        self.keys
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k != 0)
+            .map(|(i, &k)| (k, self.masks.get(i)))
+            .chain(zero)
+    }
+
+    /// Keep only the ids `keep` accepts (the table shrinks to fit them).
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let kept: Vec<(u64, u64)> = self.iter().filter(|&(k, _)| keep(k)).collect();
+        let mut slots = 16;
+        while kept.len() * 4 > slots * 3 {
+            slots *= 2;
+        }
+        *self = IdArms {
+            keys: vec![0; slots].into(),
+            masks: Masks::zeroed(slots, self.masks.is_wide()),
+            len: 0,
+            zero: 0,
+        };
+        for (k, m) in kept {
+            self.or_mask(k, m);
+        }
+    }
+
+    /// OR a whole mask into id `h`.
+    pub fn or_mask(&mut self, h: u64, m: u64) {
+        for arm in 0..64 {
+            if m >> arm & 1 == 1 {
+                self.insert(h, arm);
+            }
+        }
+    }
+
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.keys.len()
+            * (8 + match self.masks {
+                Masks::Narrow(_) => 1,
+                Masks::Wide(_) => 8,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        /// The same masks as a `HashMap`, through growth, widening and retain.
+        #[test]
+        fn same_as_a_hash_map(ops in proptest::collection::vec((0u64..400, 0usize..12), 0..2000)) {
+            let (mut t, mut m) = (IdArms::default(), HashMap::<u64, u64>::new());
+            for &(id, arm) in &ops {
+                // spread ids over the hash space, keep 0 reachable
+                let h = id.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                let before = t.insert(h, arm);
+                let e = m.entry(h).or_insert(0);
+                prop_assert_eq!(before, *e);
+                *e |= 1 << arm;
+            }
+            prop_assert_eq!(t.len(), m.len());
+            let mut got: Vec<_> = t.iter().collect();
+            got.sort_unstable();
+            let mut want: Vec<_> = m.iter().map(|(&k, &v)| (k, v)).collect();
+            want.sort_unstable();
+            prop_assert_eq!(&got, &want);
+            t.retain(|k| k % 3 == 0);
+            let n = want.iter().filter(|(k, _)| k % 3 == 0).count();
+            prop_assert_eq!(t.len(), n);
+        }
+    }
+
+    #[test]
+    fn twelve_bytes_per_id_or_less() {
+        let mut t = IdArms::default();
+        for i in 1..=10_000u64 {
+            t.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), (i % 2) as usize);
+        }
+        assert!(t.bytes() <= 10_000 * 24, "{} bytes", t.bytes());
+        assert_eq!(t.len(), 10_000);
+    }
+}

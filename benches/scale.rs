@@ -61,7 +61,13 @@ const WORKLOADS: [Workload; 5] = [
         what: "1 experiment, units mostly new",
         events: 2_000_000,
         target: "",
-        make: |p, n| write_sim(p, Simulator::single(1, Faults::default()).with_prompt_tokens(), n),
+        make: |p, n| {
+            write_sim(
+                p,
+                Simulator::single(1, Faults::default()).with_prompt_tokens(),
+                n,
+            )
+        },
     },
     Workload {
         name: "fleet-100",
@@ -97,7 +103,13 @@ const WORKLOADS: [Workload; 5] = [
 fn parse_summary(stderr: &str) -> Option<(f64, u64)> {
     let line = stderr.lines().rev().find(|l| l.starts_with("replay: "))?;
     let rate = line.split('(').nth(1)?.split(' ').next()?.parse().ok()?;
-    let rss = line.split("peak RSS ").nth(1)?.split(' ').next()?.parse().ok()?;
+    let rss = line
+        .split("peak RSS ")
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
     Some((rate, rss))
 }
 
@@ -153,4 +165,3 @@ fn main() -> std::io::Result<()> {
     }
     Ok(())
 }
-

@@ -3,8 +3,8 @@
 
 pub mod assignment;
 pub mod experiment;
-pub mod id_arms;
 pub mod exposure;
+pub mod id_arms;
 pub mod input;
 pub mod judge;
 pub mod numeric;

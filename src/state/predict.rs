@@ -512,7 +512,10 @@ mod tests {
             wide.observe(&design, &keys, arm);
         }
         assert!(matches!(narrow.tables, Cells::Wide(_)));
-        assert_eq!(narrow.log_e_design().to_bits(), wide.log_e_design().to_bits());
+        assert_eq!(
+            narrow.log_e_design().to_bits(),
+            wide.log_e_design().to_bits()
+        );
         assert_eq!(narrow.auc(1.96), wide.auc(1.96));
         let mut merged = narrow.clone();
         merged.merge(&narrow);

@@ -236,7 +236,10 @@ mod tests {
         let fp = (0..100_000)
             .filter(|i| g.observe(&format!("other-{i}")) == Exposure::Repeat)
             .count();
-        println!("1M units: {fp} false positives of 100000, {} bytes", f.bytes());
+        println!(
+            "1M units: {fp} false positives of 100000, {} bytes",
+            f.bytes()
+        );
         assert!(fp < 1_500, "false positives {fp} of 100000");
         assert!(f.bytes() < 3 * 1024 * 1024, "{} bytes", f.bytes());
     }

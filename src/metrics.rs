@@ -12,6 +12,7 @@ use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The label value used for capped overflow.
@@ -34,9 +35,11 @@ impl LabelCap {
         }
     }
 
-    /// The value itself when admitted, `None` when over the cap.
-    fn admit<'a>(&mut self, v: &'a str) -> Option<&'a str> {
-        if self.admitted.contains(v) {
+    /// The value as a label when admitted (cut to [`MAX_LABEL_BYTES`]), `None` when over the
+    /// cap.
+    fn admit<'a>(&mut self, v: &'a str) -> Option<Cow<'a, str>> {
+        let v = label_value(v);
+        if self.admitted.contains(&*v) {
             return Some(v);
         }
         if self.admitted.len() < self.max {
@@ -48,6 +51,23 @@ impl LabelCap {
         }
         None
     }
+}
+
+/// Longest label value exported: a 5 KB experiment id would otherwise repeat in every series
+/// of the experiment (a 100 MB scrape).
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// `v`, or when longer than [`MAX_LABEL_BYTES`] its first ~100 bytes, `…` and 16 hex digits of
+/// its hash (long values that share a prefix stay distinct).
+pub fn label_value(v: &str) -> Cow<'_, str> {
+    if v.len() <= MAX_LABEL_BYTES {
+        return Cow::Borrowed(v);
+    }
+    let mut end = 100;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…{:016x}", &v[..end], crate::state::key_of(v)))
 }
 
 macro_rules! reg {
@@ -209,6 +229,7 @@ impl Metrics {
                 .set(a.mismatch_rate);
             for c in &a.candidates {
                 if let Some(input) = self.caps[INPUT].admit(&c.input) {
+                    let input = &*input;
                     self.candidate_agreement
                         .with_label_values(&[exp, input])
                         .set(c.agreement);
@@ -230,6 +251,7 @@ impl Metrics {
                 .set(c.mixed as i64);
             for (arm, n) in e.arms.iter().zip(&c.clusters_per_arm) {
                 if let Some(arm) = self.caps[ARM].admit(arm) {
+                    let arm = &*arm;
                     self.clusters.with_label_values(&[exp, arm]).set(*n as i64);
                 }
             }
@@ -267,18 +289,22 @@ impl Metrics {
                 let last = self.last_arm.entry((id.clone(), arm.clone())).or_insert(0);
                 let d = n.saturating_sub(*last);
                 *last = n;
-                let arm_l = self.caps[ARM].admit(arm).unwrap_or(OVERFLOW);
+                let arm_l = self.caps[ARM].admit(arm);
                 self.arm_events
-                    .with_label_values(&[exp.unwrap_or(OVERFLOW), arm_l])
+                    .with_label_values(&[
+                        exp.as_deref().unwrap_or(OVERFLOW),
+                        arm_l.as_deref().unwrap_or(OVERFLOW),
+                    ])
                     .inc_by(d);
             }
             let last = self.last_repeat.entry(id.clone()).or_insert(0);
             let d = e.units.repeat_events.saturating_sub(*last);
             *last = e.units.repeat_events;
             self.repeat_events
-                .with_label_values(&[exp.unwrap_or(OVERFLOW)])
+                .with_label_values(&[exp.as_deref().unwrap_or(OVERFLOW)])
                 .inc_by(d);
             let Some(exp) = exp else { continue };
+            let exp = &*exp;
             self.srm_log_e
                 .with_label_values(&[exp])
                 .set(e.srm.log_evalue);
@@ -300,6 +326,7 @@ impl Metrics {
                 let Some(input) = self.caps[INPUT].admit(name) else {
                     continue;
                 };
+                let input = &*input;
                 self.div_log_e
                     .with_label_values(&[exp, input])
                     .set(inp.log_evalue);
@@ -307,6 +334,7 @@ impl Metrics {
                     let Some(arm) = self.caps[ARM].admit(arm) else {
                         continue;
                     };
+                    let arm = &*arm;
                     self.div_kl.with_label_values(&[exp, input, arm]).set(d.kl);
                     self.div_js.with_label_values(&[exp, input, arm]).set(d.js);
                     self.div_psi
@@ -315,6 +343,7 @@ impl Metrics {
                 }
                 for (arm, n) in inp.numeric.iter().flatten() {
                     if let (Some(smd), Some(arm)) = (n.smd, self.caps[ARM].admit(arm)) {
+                        let arm = &*arm;
                         self.input_smd
                             .with_label_values(&[exp, input, arm])
                             .set(smd);
@@ -326,6 +355,7 @@ impl Metrics {
             let Some(router) = self.caps[INSTRUMENT].admit(name) else {
                 continue;
             };
+            let router = &*router;
             self.router_log_e
                 .with_label_values(&[router])
                 .set(r.compliance_log_evalue);
@@ -347,10 +377,12 @@ impl Metrics {
             let Some(set_l) = self.caps[INSTRUMENT].admit(name) else {
                 continue;
             };
+            let set_l = &*set_l;
             for (dim, f) in &set.dimensions {
                 let Some(dim_l) = self.caps[INSTRUMENT].admit(dim) else {
                     continue;
                 };
+                let dim_l = &*dim_l;
                 for (stat, v) in [
                     ("log_evalue", f.log_evalue),
                     ("js", f.js),
@@ -367,6 +399,7 @@ impl Metrics {
             let Some(judge) = self.caps[INSTRUMENT].admit(name) else {
                 continue;
             };
+            let judge = &*judge;
             self.judge_log_e
                 .with_label_values(&[judge])
                 .set(j.log_evalue);
@@ -381,11 +414,12 @@ impl Metrics {
         let mut active: BTreeMap<(Check, String), i64> = BTreeMap::new();
         let mut fired: BTreeMap<Check, u64> = BTreeMap::new();
         for a in &report.alerts {
-            let exp = a
-                .experiment
-                .as_deref()
-                .map_or("", |e| self.caps[EXP].admit(e).unwrap_or(OVERFLOW));
-            *active.entry((a.check, exp.to_string())).or_insert(0) += 1;
+            let exp = a.experiment.as_deref().map_or(String::new(), |e| {
+                self.caps[EXP]
+                    .admit(e)
+                    .map_or(OVERFLOW.to_string(), |l| l.into_owned())
+            });
+            *active.entry((a.check, exp)).or_insert(0) += 1;
             *fired.entry(a.check).or_insert(0) += 1;
         }
         for ((check, exp), n) in active {
@@ -428,6 +462,34 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::config::Settings;
+
+    #[test]
+    fn long_label_values_are_cut() {
+        let mut engine = Engine::new(&Settings::from_toml("").unwrap());
+        let long = "x".repeat(5_000);
+        for (i, arm) in ["control", "treatment"].iter().enumerate() {
+            for id in [format!("{long}a"), format!("{long}b")] {
+                let ev = format!(
+                    r#"{{"kind":"prompt","ts":{i},"experiment":"{id}","arm":"{arm}","inputs":{{"{long}":"{long}"}}}}"#
+                );
+                engine.process(ev.as_bytes()).unwrap();
+            }
+        }
+        let mut m = Metrics::new(100);
+        m.publish(&engine, &engine.report());
+        let text = m.encode();
+        let longest = text.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 600, "a line of {longest} bytes");
+        assert!(text.len() < 60_000, "scrape of {} bytes", text.len());
+        // two ids with a common 5 KB prefix stay two label values
+        let exposures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("armwatch_experiment_arm_exposures_total{"))
+            .collect();
+        assert_eq!(exposures.len(), 4, "{exposures:?}");
+        assert_eq!(label_value(&long).chars().count(), 100 + 1 + 16);
+        assert_eq!(label_value("short"), "short");
+    }
 
     #[test]
     fn label_values_are_capped() {

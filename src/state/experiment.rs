@@ -325,48 +325,50 @@ impl Experiment {
             cluster_mixed: false,
         };
         let unit_key = ev.unit.as_deref().map(key_of);
-        if let Some(h) = unit_key {
-            let cap = self.limits.exposure_sample;
-            self.exposures
-                .get_or_insert_with(|| ExposureSample::new(cap))
-                .observe(h, arm);
-            obs.unit = true;
-        }
-        // the randomization unit: the cluster in a cluster experiment, else the unit
-        let id_key = match &mut self.clusters {
-            Some(clusters) => match ev.cluster.as_deref() {
-                Some(c) => {
-                    let h = key_of(c);
-                    obs.cluster_mixed = clusters.observe(c, h, arm);
-                    Some(h)
+        let (cap, units_cap) = (self.limits.exposure_sample, self.limits.units);
+        // the randomization unit: the cluster in a cluster experiment, else the unit; its
+        // sample (clusters, or the units' exposure sample) decides what is new while exact
+        let exposure = match (&mut self.clusters, unit_key) {
+            (Some(clusters), _) => {
+                if let Some(h) = unit_key {
+                    self.exposures
+                        .get_or_insert_with(|| ExposureSample::new(cap))
+                        .observe(h, arm);
+                    obs.unit = true;
                 }
-                None => {
+                let Some(c) = ev.cluster.as_deref() else {
                     clusters.missing += 1;
                     return Ok(obs);
-                }
-            },
-            None => unit_key,
-        };
-        let first = match id_key {
-            Some(h) => {
-                let cap = self.limits.units;
-                match self
+                };
+                let units = self
                     .units
-                    .get_or_insert_with(|| UnitFilter::new(cap))
-                    .observe_hash(h)
-                {
-                    Exposure::First => true,
-                    Exposure::Repeat => {
-                        self.repeat_events += 1;
-                        false
-                    }
-                    Exposure::Full => {
-                        self.uncounted_events += 1;
-                        false
-                    }
-                }
+                    .get_or_insert_with(|| UnitFilter::exact(units_cap));
+                let (mixed, exposure) = clusters.observe_first(c, key_of(c), arm, units);
+                obs.cluster_mixed = mixed;
+                Some(exposure)
             }
-            None => true,
+            (None, Some(h)) => {
+                obs.unit = true;
+                let units = self
+                    .units
+                    .get_or_insert_with(|| UnitFilter::exact(units_cap));
+                let sample = self
+                    .exposures
+                    .get_or_insert_with(|| ExposureSample::new(cap));
+                Some(sample.observe_first(h, arm, units).1)
+            }
+            (None, None) => None,
+        };
+        let first = match exposure {
+            None | Some(Exposure::First) => true,
+            Some(Exposure::Repeat) => {
+                self.repeat_events += 1;
+                false
+            }
+            Some(Exposure::Full) => {
+                self.uncounted_events += 1;
+                false
+            }
         };
         if let Some(a) = &mut self.assignment {
             a.observe(ev, arm, first);
@@ -464,7 +466,15 @@ impl Experiment {
         self.inputs_over_limit += other.inputs_over_limit;
         self.repeat_events += other.repeat_events;
         self.uncounted_events += other.uncounted_events;
-        merge_opt(&mut self.units, &other.units, UnitFilter::merge);
+        // the unit filters take over from the exact samples before they merge
+        self.hand_over_units();
+        let other_units = other.units.clone().map(|mut u| {
+            if let Some(s) = dedup_sample(&other.clusters, &other.exposures) {
+                s.hand_over(&mut u);
+            }
+            u
+        });
+        merge_opt(&mut self.units, &other_units, UnitFilter::merge);
         merge_opt(&mut self.exposures, &other.exposures, ExposureSample::merge);
         merge_opt(&mut self.clusters, &other.clusters, Clusters::merge);
         merge_opt(
@@ -475,6 +485,29 @@ impl Experiment {
         merge_opt(&mut self.model, &other.model, |a, b| a.merge(b));
         self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);
+    }
+}
+
+/// The sample whose ids are the randomization units: the clusters, or the units.
+fn dedup_sample<'a>(
+    clusters: &'a Option<Clusters>,
+    exposures: &'a Option<ExposureSample>,
+) -> Option<&'a ExposureSample> {
+    match clusters {
+        Some(c) => Some(&c.sample),
+        None => exposures.as_ref(),
+    }
+}
+
+impl Experiment {
+    /// End the exact phase of the unit filter: it holds every unit from now on.
+    fn hand_over_units(&mut self) {
+        if let (Some(u), Some(s)) = (
+            &mut self.units,
+            dedup_sample(&self.clusters, &self.exposures),
+        ) {
+            s.hand_over(u);
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! estimates the population share with a binomial (Wilson) interval.
 
 use super::id_arms::IdArms;
+use super::units::{Exposure, UnitFilter};
 use crate::stats::proportion::{share, wilson};
 
 /// A consistent hash sample of ids with the arms each was seen in.
@@ -49,8 +50,49 @@ impl ExposureSample {
     /// Record id hash `h` seen in `arm` (< 64). True when this makes the id mixed.
     #[inline]
     pub fn observe(&mut self, h: u64, arm: usize) -> bool {
+        self.record(h, arm, None).0
+    }
+
+    /// Record id `h` seen in `arm` and tell whether it is a first exposure: from this sample
+    /// while it follows every id and `units` is in its exact phase, else from `units`. When the
+    /// sample first halves it hands its ids to `units` (see [`super::units`]). Returns (the id
+    /// just became mixed, the exposure).
+    #[inline]
+    pub fn observe_first(
+        &mut self,
+        h: u64,
+        arm: usize,
+        units: &mut UnitFilter,
+    ) -> (bool, Exposure) {
+        let exact = units.is_exact() && self.level == 0;
+        let (newly, before) = self.record(h, arm, Some(units));
+        let exposure = if !exact {
+            units.observe_hash(h)
+        } else if before == 0 {
+            units.count_new()
+        } else {
+            Exposure::Repeat
+        };
+        (newly, exposure)
+    }
+
+    /// Hand every followed id to `units` and end its exact phase (the sample is about to
+    /// sample, or is merged).
+    pub fn hand_over(&self, units: &mut UnitFilter) {
+        if units.is_exact() {
+            for (h, _) in self.arms_of.iter() {
+                units.absorb(h);
+            }
+            units.end_exact();
+        }
+    }
+
+    /// Record `h` in `arm` when sampled: (newly mixed, its arm mask before; 0 when new or not
+    /// sampled).
+    #[inline]
+    fn record(&mut self, h: u64, arm: usize, units: Option<&mut UnitFilter>) -> (bool, u64) {
         if !self.sampled(h) {
-            return false;
+            return (false, 0);
         }
         let bit = 1u64 << (arm & 63);
         let m = self.arms_of.insert(h, arm);
@@ -59,9 +101,12 @@ impl ExposureSample {
             self.mixed += 1;
         }
         if self.arms_of.len() > self.cap {
+            if let Some(u) = units {
+                self.hand_over(u);
+            }
             self.shrink();
         }
-        newly
+        (newly, m)
     }
 
     fn shrink(&mut self) {
@@ -151,14 +196,21 @@ impl Clusters {
         }
     }
 
-    /// Record `cluster` (hash `h`) seen in `arm`; true when it just became mixed.
+    /// Record `cluster` (hash `h`) seen in `arm`, deciding whether it is new with `units` (see
+    /// [`ExposureSample::observe_first`]): (it just became mixed, the exposure).
     #[inline]
-    pub fn observe(&mut self, cluster: &str, h: u64, arm: usize) -> bool {
-        let newly = self.sample.observe(h, arm);
+    pub fn observe_first(
+        &mut self,
+        cluster: &str,
+        h: u64,
+        arm: usize,
+        units: &mut UnitFilter,
+    ) -> (bool, Exposure) {
+        let (newly, exposure) = self.sample.observe_first(h, arm, units);
         if newly && self.mixed_names.len() < MAX_MIXED_NAMES {
             self.mixed_names.push(super::display_label(cluster));
         }
-        newly
+        (newly, exposure)
     }
 
     /// Clusters per arm among the followed ones (a mixed cluster counts in each of its arms).

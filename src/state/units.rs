@@ -2,6 +2,12 @@
 //! so counting events would over-disperse the arm counts and make any multinomial test
 //! anti-conservative; counting each unit once restores independent draws.
 //!
+//! While the experiment's exposure sample still follows every unit (its first
+//! `limits.exposure_sample_units`, [`super::exposure`]), that sample answers "seen before?"
+//! exactly and this filter only counts: no false positives and no memory of its own. When the
+//! sample starts to sample, it hands every unit it holds to the filter ([`UnitFilter::absorb`])
+//! and the filter answers from then on.
+//!
 //! A scalable Bloom filter (Almeida, Baquero, Preguiça & Hutchison, "Scalable Bloom Filters",
 //! IPL 2007) of blocked stages (Putze, Sanders & Singler 2007: all of a key's bits in one
 //! 512-bit block, so a stage lookup touches one cache line) keeps this in memory proportional
@@ -90,6 +96,10 @@ pub struct UnitFilter {
     /// Oldest first; only the last takes new units.
     stages: Vec<Stage>,
     capacity: u64,
+    /// Units counted.
+    counted: u64,
+    /// Whether an exact set (the exposure sample) still decides what is new.
+    exact: bool,
 }
 
 /// What the filter says of a unit.
@@ -104,14 +114,57 @@ pub enum Exposure {
 }
 
 impl UnitFilter {
-    /// A filter for up to `capacity` units; it starts with one small stage.
+    /// A filter for up to `capacity` units, answering by Bloom filter from the start (no
+    /// exact phase).
     pub fn new(capacity: u64) -> UnitFilter {
-        let mut f = UnitFilter {
+        UnitFilter {
             stages: Vec::new(),
             capacity,
-        };
-        f.grow();
-        f
+            counted: 0,
+            exact: false,
+        }
+    }
+
+    /// A filter for up to `capacity` units that only counts while an exact set decides what
+    /// is new ([`Self::count_new`]), until [`Self::absorb`] and [`Self::end_exact`].
+    pub fn exact(capacity: u64) -> UnitFilter {
+        UnitFilter {
+            exact: true,
+            ..UnitFilter::new(capacity)
+        }
+    }
+
+    /// Whether an exact set still decides what is new.
+    pub fn is_exact(&self) -> bool {
+        self.exact
+    }
+
+    /// Count a unit the exact set found new.
+    #[inline]
+    pub fn count_new(&mut self) -> Exposure {
+        if self.counted >= self.capacity {
+            return Exposure::Full;
+        }
+        self.counted += 1;
+        Exposure::First
+    }
+
+    /// Remember a unit already counted (handed over by the exact set).
+    pub fn absorb(&mut self, h: u64) {
+        let bits = positions(h);
+        if self.stages.iter().any(|s| s.contains(h, &bits)) {
+            return;
+        }
+        if self.stages.last().is_some_and(|s| s.inserted < s.capacity) || self.grow() {
+            if let Some(s) = self.stages.last_mut() {
+                s.insert(h, &bits);
+            }
+        }
+    }
+
+    /// From now on the filter decides what is new.
+    pub fn end_exact(&mut self) {
+        self.exact = false;
     }
 
     /// Add the next stage (twice the last, within the capacity left). False when full.
@@ -144,6 +197,9 @@ impl UnitFilter {
         if self.stages.iter().rev().any(|s| s.contains(h, &bits)) {
             return Exposure::Repeat;
         }
+        if self.counted >= self.capacity {
+            return Exposure::Full;
+        }
         let room = match self.stages.last() {
             Some(s) => s.inserted < s.capacity || self.grow(),
             None => self.grow(),
@@ -151,6 +207,7 @@ impl UnitFilter {
         match self.stages.last_mut() {
             Some(s) if room => {
                 s.insert(h, &bits);
+                self.counted += 1;
                 Exposure::First
             }
             _ => Exposure::Full,
@@ -159,12 +216,12 @@ impl UnitFilter {
 
     /// Units counted.
     pub fn inserted(&self) -> u64 {
-        self.stages.iter().map(|s| s.inserted).sum()
+        self.counted
     }
 
     /// Whether new units are no longer counted.
     pub fn is_full(&self) -> bool {
-        self.inserted() >= self.capacity
+        self.counted >= self.capacity
     }
 
     /// Union with another partition's filter of the same capacity (units are counted where
@@ -175,6 +232,8 @@ impl UnitFilter {
         if self.capacity != other.capacity {
             return;
         }
+        self.counted += other.counted;
+        self.exact &= other.exact;
         for (i, o) in other.stages.iter().enumerate() {
             match self.stages.get_mut(i) {
                 Some(s) if s.bits.len() == o.bits.len() => {
@@ -254,6 +313,36 @@ mod tests {
         }
         assert!(f.bytes() < 8 * 1024, "2000 units: {} bytes", f.bytes());
         assert!(f.inserted() >= 1_990);
+    }
+
+    /// While the exposure sample follows every unit it decides exactly and the filter holds no
+    /// memory; past the sample's capacity the filter takes over with every unit seen so far.
+    #[test]
+    fn exact_until_the_sample_samples() {
+        use crate::state::exposure::ExposureSample;
+        let key = |i: u64| crate::state::key_of(&format!("u{i}"));
+        let run = |units: u64| {
+            let (mut sample, mut f) = (ExposureSample::new(1_000), UnitFilter::exact(1_000_000));
+            let mut first = 0;
+            for round in 0..3 {
+                for i in 0..units {
+                    let (_, e) = sample.observe_first(key(i), (i % 2) as usize, &mut f);
+                    if e == Exposure::First {
+                        first += 1;
+                        assert_eq!(round, 0, "unit {i} counted again in round {round}");
+                    }
+                }
+            }
+            (first, f)
+        };
+        let (n, f) = run(900);
+        assert_eq!(n, 900);
+        assert!(f.is_exact());
+        assert_eq!(f.bytes(), 0);
+        let (n, f) = run(5_000);
+        assert!(!f.is_exact());
+        assert!((4_950..=5_000).contains(&n), "counted {n}");
+        assert_eq!(f.inserted(), n);
     }
 
     #[test]

@@ -430,6 +430,15 @@ pub struct LimitSettings {
     /// halves when full), and clusters followed for `cluster_mixed`.
     #[serde(default = "default_exposure_sample")]
     pub exposure_sample_units: usize,
+    /// Memory budget of the statistics (estimated from the structures' sizes): past it, new
+    /// experiments are refused as `memory_limit`. Set it to about 3/4 of the container's
+    /// memory limit.
+    #[serde(default = "default_max_memory")]
+    pub max_memory_bytes: u64,
+}
+
+fn default_max_memory() -> u64 {
+    512 * 1024 * 1024
 }
 
 fn default_exposure_sample() -> usize {
@@ -470,6 +479,7 @@ impl Default for LimitSettings {
             max_arms: default_max_arms(),
             units_per_experiment: default_units(),
             exposure_sample_units: default_exposure_sample(),
+            max_memory_bytes: default_max_memory(),
         }
     }
 }
@@ -666,6 +676,7 @@ impl Settings {
             ),
             ("metrics.max_label_values", self.metrics.max_label_values),
             ("limits.exposure_sample_units", l.exposure_sample_units),
+            ("limits.max_memory_bytes", l.max_memory_bytes as usize),
         ] {
             if v == 0 {
                 return Err(invalid(

@@ -152,10 +152,13 @@ impl EngineLoop {
         self.last_publish.elapsed() >= self.publish_every
     }
 
-    /// Publish metrics and the report now.
+    /// Publish metrics and the report now: the report is built and serialized once, here,
+    /// and the HTTP handlers serve the same bytes to every client until the next publish.
     pub fn publish(&mut self) {
         self.last_publish = Instant::now();
+        self.engine.count_memory();
         let report = self.engine.report();
+        let json = serde_json::to_vec(&report).unwrap_or_default();
         let text = match self.metrics.lock() {
             Ok(mut m) => {
                 let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
@@ -165,12 +168,14 @@ impl EngineLoop {
                     .with_label_values(&["dropped"])
                     .inc_by(dropped);
                 m.publish(&self.engine, &report);
+                // the cost of this publish lands in the next scrape
+                m.publish_seconds
+                    .observe(self.last_publish.elapsed().as_secs_f64());
                 m.encode()
             }
             Err(_) => String::new(),
         };
-        self.shared
-            .set(text, serde_json::to_string(&report).unwrap_or_default());
+        self.shared.set(text.into_bytes(), json);
     }
 
     /// Deliver queued dead letters (at shutdown).

@@ -44,7 +44,24 @@ pub struct Engine {
     production: Option<Production>,
     eval_sets: Vec<EvalSet>,
     k_grid: Vec<f64>,
+    /// `limits.max_memory_bytes`.
+    memory_budget: usize,
+    /// Estimated bytes of the experiments' state, summed at most every
+    /// [`MEMORY_RECOUNT_EVERY`] messages (and at each report), plus new experiments since.
+    state_bytes: usize,
+    /// `seq` of the next full count.
+    memory_count_due: u64,
+    /// An experiment created by the message being processed (its memory is added to
+    /// `state_bytes` once the message has been applied).
+    created: Option<usize>,
 }
+
+/// Messages between two counts of the state's memory (a count walks every experiment's
+/// inputs) while it is under 3/4 of the budget, or over it (frozen: it no longer grows)...
+pub const MEMORY_RECOUNT_EVERY: u64 = 4096;
+/// ... and while it is between 3/4 of the budget and the budget, where a few thousand
+/// messages could carry it far past.
+pub const MEMORY_RECOUNT_NEAR: u64 = 256;
 
 /// Judges (and routers) tracked at most.
 pub const MAX_INSTRUMENTS: usize = 256;
@@ -81,6 +98,10 @@ impl Engine {
             eval_sets: Vec::new(),
             k_grid: settings.alerts.k_grid.clone(),
             exp_limits,
+            memory_budget: usize::try_from(settings.limits.max_memory_bytes).unwrap_or(usize::MAX),
+            state_bytes: 0,
+            memory_count_due: 0,
+            created: None,
         };
         for cfg in &settings.experiments {
             let exp = Experiment::declared(cfg, &e.exp_limits);
@@ -95,11 +116,17 @@ impl Engine {
     pub fn process(&mut self, payload: &[u8]) -> Result<Kind, RejectReason> {
         let seq = self.seq;
         self.seq += 1;
+        if seq >= self.memory_count_due {
+            self.count_memory();
+        }
         let mut inputs = Inputs::new();
         let res = decode_into(payload, &self.limits, &mut inputs).and_then(|ev| {
             self.apply(&ev, seq)?;
             Ok(ev.kind())
         });
+        if let Some(i) = self.created.take() {
+            self.state_bytes += self.experiments[i].memory_bytes();
+        }
         match res {
             Ok(k) => self.accepted[k.index()] += 1,
             Err(r) => self.rejected[r.index()] += 1,
@@ -129,6 +156,10 @@ impl Engine {
                 if self.experiments.len() >= self.max_experiments {
                     return Err(RejectReason::ExperimentLimit);
                 }
+                if self.state_bytes >= self.memory_budget {
+                    return Err(RejectReason::MemoryLimit);
+                }
+                self.created = Some(self.experiments.len());
                 self.experiments
                     .push(Experiment::undeclared(id, &self.exp_limits));
                 self.index.insert(key, self.experiments.len() - 1);
@@ -336,6 +367,36 @@ impl Engine {
         self.seq
     }
 
+    /// Count the memory of the experiments' state now, and freeze or thaw the experiments
+    /// (see [`Experiment::frozen`]). The IO shell calls it before each report, the engine
+    /// every [`MEMORY_RECOUNT_EVERY`] messages ([`MEMORY_RECOUNT_NEAR`] close to the budget).
+    pub fn count_memory(&mut self) {
+        self.state_bytes = std::mem::size_of::<Engine>()
+            + self.experiments.capacity() * std::mem::size_of::<Experiment>()
+            + self
+                .experiments
+                .iter()
+                .map(Experiment::memory_bytes)
+                .sum::<usize>()
+            + self.index.capacity() * 17;
+        let over = self.state_bytes >= self.memory_budget;
+        let near = self.state_bytes / 3 >= self.memory_budget / 4;
+        self.memory_count_due = self.seq
+            + if near && !over {
+                MEMORY_RECOUNT_NEAR
+            } else {
+                MEMORY_RECOUNT_EVERY
+            };
+        for e in &mut self.experiments {
+            e.frozen = over;
+        }
+    }
+
+    /// `(estimated bytes of state at the last count, budget)`.
+    pub fn memory(&self) -> (usize, usize) {
+        (self.state_bytes, self.memory_budget)
+    }
+
     /// The full report (the replay output and `/api/v1/report`).
     pub fn report(&self) -> Report {
         Report::build(self)
@@ -396,6 +457,60 @@ fn instrument_index<T>(
 mod tests {
     use super::*;
     use crate::sim::{Faults, Simulator, Users};
+
+    /// Past `limits.max_memory_bytes` new experiments are refused as `memory_limit` (counted,
+    /// reported) and the experiments already tracked stop counting new units (a stopped
+    /// e-process is still one) while they still recognise the units they know: the state stops
+    /// growing near the budget.
+    #[test]
+    fn memory_budget_refuses_new_experiments() {
+        let budget = 4_000_000;
+        let settings = Settings::from_toml(&format!(
+            "[limits]\nmax_memory_bytes = {budget}\nmax_experiments = 100000"
+        ))
+        .unwrap();
+        let mut engine = Engine::new(&settings);
+        let event = |e: usize, u: usize| {
+            format!(
+                r#"{{"kind":"prompt","ts":1,"experiment":"exp-{e}","arm":"{}","unit":"u{u}","inputs":{{"tier":"t{}","locale":"l{}","tokens":{}}}}}"#,
+                ["control", "treatment"][u % 2],
+                u % 7,
+                u % 5,
+                u % 300
+            )
+        };
+        for round in 0..40 {
+            for e in 0..5_000 {
+                let _ = engine.process(event(e, round * 5_000 + e).as_bytes());
+            }
+        }
+        let refused = engine.rejected()[RejectReason::MemoryLimit.index()];
+        let tracked = engine.experiments().len();
+        assert!(
+            refused > 0 && tracked > 10 && tracked < 5_000,
+            "{tracked} tracked, {refused} refused"
+        );
+        // a tracked experiment: a known unit is a repeat, a new one is not counted
+        let e0 = |e: &Engine| {
+            let x = &e.experiments()[0];
+            (x.srm.n(), x.repeat_events, x.uncounted_events)
+        };
+        let (n, repeats, uncounted) = e0(&engine);
+        engine.process(event(0, 0).as_bytes()).unwrap();
+        engine.process(event(0, 1_000_000).as_bytes()).unwrap();
+        assert_eq!(e0(&engine), (n, repeats + 1, uncounted + 1));
+        engine.count_memory();
+        let report = engine.report();
+        assert!(report.memory.refusing_new_experiments);
+        assert_eq!(report.memory.refused_messages, refused);
+        // over the budget by at most what grew between two counts
+        assert!(
+            report.memory.state_bytes < budget + budget / 2,
+            "{} bytes of state",
+            report.memory.state_bytes
+        );
+        assert_eq!(report.events.rejected.get("memory_limit"), Some(&refused));
+    }
 
     /// Two partitions processed apart and merged give the state of one pass over the stream.
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/api/v1/report`.
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -13,32 +14,35 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 pub struct Shared {
     /// Prometheus text of the last publish.
-    pub metrics_text: Mutex<Arc<String>>,
+    pub metrics_text: Mutex<Bytes>,
     /// Report JSON of the last publish.
-    pub report_json: Mutex<Arc<String>>,
+    pub report_json: Mutex<Bytes>,
     /// The source is connected and consuming.
     pub ready: AtomicBool,
 }
 
 impl Shared {
-    /// Replace the published texts.
-    pub fn set(&self, metrics: String, report: String) {
+    /// Replace the published texts (a request holds a reference-counted view of the bytes,
+    /// never a copy).
+    pub fn set(&self, metrics: impl Into<Bytes>, report: impl Into<Bytes>) {
         if let Ok(mut m) = self.metrics_text.lock() {
-            *m = Arc::new(metrics);
+            *m = metrics.into();
         }
         if let Ok(mut r) = self.report_json.lock() {
-            *r = Arc::new(report);
+            *r = report.into();
         }
     }
 
-    fn metrics(&self) -> Arc<String> {
+    /// The last published Prometheus text.
+    pub fn metrics(&self) -> Bytes {
         self.metrics_text
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
     }
 
-    fn report(&self) -> Arc<String> {
+    /// The last published report JSON.
+    pub fn report(&self) -> Bytes {
         self.report_json
             .lock()
             .map(|m| m.clone())
@@ -59,15 +63,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics().as_str().to_owned(),
+        s.metrics(),
     )
 }
 
 async fn report(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        s.report().as_str().to_owned(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], s.report())
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {

@@ -131,6 +131,11 @@ pub struct Metrics {
     pub source_ready: IntGauge,
     /// Wall time of the last publish.
     pub last_publish: Gauge,
+    /// Time to build the report and copy it into the metrics, per publish.
+    pub publish_seconds: Histogram,
+    state_memory: IntGauge,
+    memory_budget: IntGauge,
+    resident_memory: IntGauge,
     caps: [LabelCap; 4],
     last_accepted: [u64; Kind::ALL.len()],
     last_rejected: [u64; RejectReason::ALL.len()],
@@ -201,6 +206,10 @@ impl Metrics {
             rejected_log_suppressed: reg!(r, IntCounter::new("armwatch_rejected_log_suppressed_total", "Rejected messages not logged because of the log rate limit (still counted).")),
             source_ready: reg!(r, IntGauge::new("armwatch_source_ready", "1 while the source is connected and consuming.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),
+            publish_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_publish_seconds", "Time to build the report, the metrics and their texts, per publish (every 500 ms, on the engine thread).").buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]))),
+            state_memory: reg!(r, IntGauge::new("armwatch_state_memory_bytes", "Estimated memory of the statistics (compared with limits.max_memory_bytes).")),
+            memory_budget: reg!(r, IntGauge::new("armwatch_memory_budget_bytes", "limits.max_memory_bytes: past it, new experiments are refused (reason memory_limit).")),
+            resident_memory: reg!(r, IntGauge::new("armwatch_process_resident_memory_bytes", "Resident set size of the process (/proc/self/status VmRSS).")),
             registry: r,
             caps: std::array::from_fn(|_| LabelCap::new(max_label_values)),
             last_accepted: [0; Kind::ALL.len()],
@@ -271,6 +280,11 @@ impl Metrics {
 
     /// Copy the engine's counters and the report's figures into the metrics.
     pub fn publish(&mut self, engine: &Engine, report: &Report) {
+        self.state_memory.set(report.memory.state_bytes as i64);
+        self.memory_budget.set(report.memory.budget_bytes as i64);
+        if let Some(rss) = crate::process::rss_bytes() {
+            self.resident_memory.set(rss as i64);
+        }
         for k in Kind::ALL {
             let now = engine.accepted()[k.index()];
             let d = now.saturating_sub(self.last_accepted[k.index()]);

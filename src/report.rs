@@ -36,6 +36,21 @@ pub struct Report {
     /// Eval-set sampling against production (present once tracked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingReport>,
+    /// The statistics' memory against `limits.max_memory_bytes`.
+    pub memory: MemoryReport,
+}
+
+/// Memory of the statistics.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    /// Estimated bytes at the last count.
+    pub state_bytes: usize,
+    /// `limits.max_memory_bytes`.
+    pub budget_bytes: usize,
+    /// New experiments are refused (reason `memory_limit`) while the state is over budget.
+    pub refusing_new_experiments: bool,
+    /// Messages of new experiments refused for memory.
+    pub refused_messages: u64,
 }
 
 /// Eval sets against production.
@@ -335,7 +350,14 @@ impl Report {
             .filter(|r| engine.rejected()[r.index()] > 0)
             .map(|r| (r.as_str(), engine.rejected()[r.index()]))
             .collect();
+        let (state_bytes, budget_bytes) = engine.memory();
         Report {
+            memory: MemoryReport {
+                state_bytes,
+                budget_bytes,
+                refusing_new_experiments: state_bytes >= budget_bytes,
+                refused_messages: engine.rejected()[RejectReason::MemoryLimit.index()],
+            },
             events: EventsReport {
                 accepted: engine.accepted().iter().sum(),
                 accepted_by_kind,

@@ -36,11 +36,13 @@ pub enum RejectReason {
     Empty,
     /// A new judge or router beyond the instrument limit.
     InstrumentLimit,
+    /// A new experiment while the state is over `limits.max_memory_bytes`.
+    MemoryLimit,
 }
 
 impl RejectReason {
     /// All reasons, for pre-registering metric series at zero.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         Self::Oversized,
         Self::NotUtf8,
         Self::NotJson,
@@ -56,6 +58,7 @@ impl RejectReason {
         Self::ExperimentLimit,
         Self::Empty,
         Self::InstrumentLimit,
+        Self::MemoryLimit,
     ];
 
     /// The stable label value.
@@ -76,6 +79,7 @@ impl RejectReason {
             Self::ExperimentLimit => "experiment_limit",
             Self::Empty => "empty",
             Self::InstrumentLimit => "instrument_limit",
+            Self::MemoryLimit => "memory_limit",
         }
     }
 

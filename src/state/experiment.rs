@@ -99,6 +99,10 @@ pub struct Experiment {
     ln_alpha_divisor: f64,
     /// Text of a non-string substrate value (reused: no allocation per event).
     scratch: String,
+    /// Set by the engine while the statistics are over `limits.max_memory_bytes`: new units
+    /// (and unit-less events) are not counted, so the state stops growing; a stopped
+    /// e-process is still an e-process.
+    pub frozen: bool,
 }
 
 /// Ignored (treatment or unwatched) input names remembered at most.
@@ -198,9 +202,44 @@ impl Experiment {
             alpha_divisor: 1,
             ln_alpha_divisor: 0.0,
             scratch: String::new(),
+            frozen: false,
         };
         e.set_alpha_divisor();
         e
+    }
+
+    /// Memory held by the experiment, in bytes: an estimate from the structures' sizes and
+    /// capacities (allocator overhead not included), for `limits.max_memory_bytes`.
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Experiment>()
+            + self.id.len()
+            + self.arms.iter().map(|a| a.len() + 16).sum::<usize>()
+            + self.inputs.capacity() * size_of::<InputState>()
+            + self
+                .inputs
+                .iter()
+                .map(InputState::memory_bytes)
+                .sum::<usize>()
+            + self.name_index.capacity() * 17
+            + self.ignored.iter().map(|n| n.len() + 16).sum::<usize>()
+            + self.units.as_ref().map_or(0, UnitFilter::bytes)
+            + self
+                .exposures
+                .as_ref()
+                .map_or(0, ExposureSample::memory_bytes)
+            + self.clusters.as_ref().map_or(0, Clusters::memory_bytes)
+            + self.model.as_ref().map_or(0, |m| m.memory_bytes())
+            + self
+                .assignment
+                .as_ref()
+                .map_or(0, |_| size_of::<AssignmentState>())
+            + self
+                .substrates
+                .iter()
+                .map(|s| s.values.capacity() * 64)
+                .sum::<usize>()
+            + self.limits.k_grid.len() * 8
     }
 
     /// The number of inputs the experiment-level alpha is split over (Bonferroni).
@@ -343,7 +382,8 @@ impl Experiment {
                 let units = self
                     .units
                     .get_or_insert_with(|| UnitFilter::exact(units_cap));
-                let (mixed, exposure) = clusters.observe_first(c, key_of(c), arm, units);
+                let (mixed, exposure) =
+                    clusters.observe_first(c, key_of(c), arm, units, self.frozen);
                 obs.cluster_mixed = mixed;
                 Some(exposure)
             }
@@ -355,8 +395,9 @@ impl Experiment {
                 let sample = self
                     .exposures
                     .get_or_insert_with(|| ExposureSample::new(cap));
-                Some(sample.observe_first(h, arm, units).1)
+                Some(sample.observe_first(h, arm, units, self.frozen).1)
             }
+            (None, None) if self.frozen => Some(Exposure::Full),
             (None, None) => None,
         };
         let first = match exposure {

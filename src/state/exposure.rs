@@ -56,14 +56,20 @@ impl ExposureSample {
     /// Record id `h` seen in `arm` and tell whether it is a first exposure: from this sample
     /// while it follows every id and `units` is in its exact phase, else from `units`. When the
     /// sample first halves it hands its ids to `units` (see [`super::units`]). Returns (the id
-    /// just became mixed, the exposure).
+    /// just became mixed, the exposure). With `frozen` (the statistics are over
+    /// `limits.max_memory_bytes`) nothing grows: a new id is not followed and not counted
+    /// (`Full`).
     #[inline]
     pub fn observe_first(
         &mut self,
         h: u64,
         arm: usize,
         units: &mut UnitFilter,
+        frozen: bool,
     ) -> (bool, Exposure) {
+        if frozen {
+            return self.observe_frozen(h, arm, units);
+        }
         let exact = units.is_exact() && self.level == 0;
         let (newly, before) = self.record(h, arm, Some(units));
         let exposure = if !exact {
@@ -74,6 +80,28 @@ impl ExposureSample {
             Exposure::Repeat
         };
         (newly, exposure)
+    }
+
+    /// [`Self::observe_first`] without growing: an id followed already gets `arm` in its mask,
+    /// any other id is left out, and nothing new is counted (`Full` for a new id). Used while
+    /// the statistics are over `limits.max_memory_bytes`.
+    #[inline]
+    fn observe_frozen(&mut self, h: u64, arm: usize, units: &UnitFilter) -> (bool, Exposure) {
+        let before = self.arms_of.get(h);
+        let newly = if before != 0 {
+            self.record(h, arm, None).0
+        } else {
+            false
+        };
+        let seen = before != 0 || (!units.is_exact() && units.contains(h));
+        (
+            newly,
+            if seen {
+                Exposure::Repeat
+            } else {
+                Exposure::Full
+            },
+        )
     }
 
     /// Hand every followed id to `units` and end its exact phase (the sample is about to
@@ -205,8 +233,9 @@ impl Clusters {
         h: u64,
         arm: usize,
         units: &mut UnitFilter,
+        frozen: bool,
     ) -> (bool, Exposure) {
-        let (newly, exposure) = self.sample.observe_first(h, arm, units);
+        let (newly, exposure) = self.sample.observe_first(h, arm, units, frozen);
         if newly && self.mixed_names.len() < MAX_MIXED_NAMES {
             self.mixed_names.push(super::display_label(cluster));
         }
@@ -222,6 +251,11 @@ impl Clusters {
             }
         }
         n
+    }
+
+    /// Heap memory held, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.sample.memory_bytes() + self.mixed_names.iter().map(|n| n.len() + 16).sum::<usize>()
     }
 
     /// Merge another partition's clusters.

@@ -90,10 +90,16 @@ impl IdArms {
         if bit > 0x80 && !self.masks.is_wide() {
             self.rebuild(self.keys.len(), true);
         }
-        if (self.len + 1) * 4 > self.keys.len() * 3 {
+        let mut i = if self.keys.is_empty() {
+            0
+        } else {
+            self.slot(h)
+        };
+        if self.keys.is_empty() || (self.keys[i] == 0 && (self.len + 1) * 4 > self.keys.len() * 3) {
+            // a new id past 3/4 full: grow first (an id already held never grows the table)
             self.rebuild((self.keys.len() * 2).max(16), self.masks.is_wide());
+            i = self.slot(h);
         }
-        let i = self.slot(h);
         let before = self.masks.get(i);
         if self.keys[i] == 0 {
             self.keys[i] = h;
@@ -101,6 +107,23 @@ impl IdArms {
         }
         self.masks.set(i, before | bit);
         before
+    }
+
+    /// The arm mask of `h` (0 when absent).
+    #[inline]
+    pub fn get(&self, h: u64) -> u64 {
+        if h == 0 {
+            return self.zero;
+        }
+        if self.keys.is_empty() {
+            return 0;
+        }
+        let i = self.slot(h);
+        if self.keys[i] == h {
+            self.masks.get(i)
+        } else {
+            0
+        }
     }
 
     /// The slot of `h` (!= 0): where it is, or the empty slot where it goes.

@@ -409,7 +409,10 @@ impl ArmModel {
             Cells::Narrow(t) => t.bytes(),
             Cells::Wide(t) => t.bytes(),
         };
-        tables + self.roc.iter().map(Roc::bytes).sum::<usize>()
+        std::mem::size_of::<ArmModel>()
+            + EXPERTS * 16
+            + tables
+            + self.roc.iter().map(Roc::bytes).sum::<usize>()
     }
 
     /// Merge another partition: counts, tables and ROC add; the evidence is sequence-dependent,

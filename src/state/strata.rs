@@ -217,6 +217,16 @@ impl Strata {
         self.active_log_e = self.slots.iter().map(|s| s.log_e).sum::<f64>() + self.tail_log_e;
     }
 
+    /// Heap memory held, in bytes (estimated from capacities).
+    pub fn memory_bytes(&self) -> usize {
+        let labels: usize = self.slots.iter().map(|s| s.label.len()).sum();
+        self.index.capacity() * 17
+            + self.slots.capacity() * std::mem::size_of::<Stratum>()
+            + labels
+            + self.sketch.as_ref().map_or(0, CountMin::bytes)
+            + (self.totals.len() + self.evicted_counts.len()) * 8
+    }
+
     /// Active strata.
     pub fn slots(&self) -> &[Stratum] {
         &self.slots

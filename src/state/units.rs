@@ -214,6 +214,13 @@ impl UnitFilter {
         }
     }
 
+    /// Whether unit hash `h` was seen (or is a false positive); never inserts.
+    #[inline]
+    pub fn contains(&self, h: u64) -> bool {
+        let bits = positions(h);
+        self.stages.iter().any(|s| s.contains(h, &bits))
+    }
+
     /// Units counted.
     pub fn inserted(&self) -> u64 {
         self.counted
@@ -326,7 +333,7 @@ mod tests {
             let mut first = 0;
             for round in 0..3 {
                 for i in 0..units {
-                    let (_, e) = sample.observe_first(key(i), (i % 2) as usize, &mut f);
+                    let (_, e) = sample.observe_first(key(i), (i % 2) as usize, &mut f, false);
                     if e == Exposure::First {
                         first += 1;
                         assert_eq!(round, 0, "unit {i} counted again in round {round}");

@@ -32,6 +32,11 @@ impl CountMin {
         ]
     }
 
+    /// Memory of the counters, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.rows.len() * 4
+    }
+
     /// Count one occurrence and return the new estimate.
     #[inline]
     pub fn add(&mut self, hash: u64) -> u32 {

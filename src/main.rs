@@ -37,6 +37,9 @@ enum Cmd {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Stop after this many messages (benchmarks, batch jobs); logs the drain rate.
+        #[arg(long)]
+        max_messages: Option<u64>,
     },
     /// Run the same pipeline over files (NDJSON, .gz, Parquet, Arrow IPC) and print the JSON report.
     Replay {
@@ -109,7 +112,10 @@ enum Fault {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { config } => load(&config).and_then(run),
+        Cmd::Run {
+            config,
+            max_messages,
+        } => load(&config).and_then(|s| run(s, max_messages)),
         Cmd::Replay {
             config,
             fail_on_alert,
@@ -291,7 +297,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(settings: Settings) -> Result<()> {
+fn run(settings: Settings, max_messages: Option<u64>) -> Result<()> {
     init_logging(&settings.log);
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, false).await?;
@@ -308,11 +314,14 @@ fn run(settings: Settings) -> Result<()> {
         tracing::info!(brokers = %settings.kafka.brokers, topics = ?settings.kafka.topics, group = %settings.kafka.group_id, "consuming");
         let worker = std::thread::Builder::new()
             .name("armwatch-engine".into())
-            .spawn(move || kafka::consume(consumer, lp, stop2, lag))?;
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        stop.store(true, Ordering::Relaxed);
+            .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages))?;
+        let signal = tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            stop.store(true, Ordering::Relaxed);
+        });
         let lp = join(worker).await?;
+        signal.abort();
         finish(out, lp).await;
         Ok(())
     })

@@ -131,17 +131,64 @@ impl DeadLetter for KafkaDeadLetter {
     }
 }
 
-/// Consume until `stop` is set. Runs on its own thread.
+/// Messages consumed and the time since the first: the drain rate, logged at the end.
+#[derive(Default)]
+struct Drain {
+    messages: u64,
+    first: Option<std::time::Instant>,
+}
+
+impl Drain {
+    #[inline]
+    fn message(&mut self) {
+        if self.messages == 0 {
+            self.first = Some(std::time::Instant::now());
+        }
+        self.messages += 1;
+    }
+
+    fn log(&self, lp: &EngineLoop) {
+        let secs = self.first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        // the engine's share of the wall time, from the sampled processing histogram
+        let busy = lp
+            .metrics()
+            .lock()
+            .map(|m| {
+                let (n, sum) = (
+                    m.processing.get_sample_count(),
+                    m.processing.get_sample_sum(),
+                );
+                if n == 0 || secs == 0.0 {
+                    0.0
+                } else {
+                    sum / n as f64 * self.messages as f64 / secs
+                }
+            })
+            .unwrap_or(0.0);
+        tracing::info!(
+            messages = self.messages,
+            seconds = secs,
+            messages_per_second = self.messages as f64 / secs.max(1e-9),
+            engine_busy_share = busy,
+            "drained"
+        );
+    }
+}
+
+/// Consume until `stop` is set (or `max_messages` have been consumed). Runs on its own thread.
 pub fn consume(
     consumer: BaseConsumer<Context>,
     mut lp: EngineLoop,
     stop: Arc<AtomicBool>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
+    max_messages: Option<u64>,
 ) -> EngineLoop {
     let mut errors = RateLimiter::new(1);
-    while !stop.load(Ordering::Relaxed) {
+    let mut drain = Drain::default();
+    while !stop.load(Ordering::Relaxed) && max_messages.is_none_or(|m| drain.messages < m) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
+                drain.message();
                 let _ = lp.on_message(msg.payload());
                 if let Err(e) = consumer.store_offset_from_message(&msg) {
                     if errors.allow().is_some() {
@@ -168,6 +215,7 @@ pub fn consume(
             lp.publish();
         }
     }
+    drain.log(&lp);
     lp.publish();
     lp.flush_dead_letter();
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {

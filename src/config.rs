@@ -422,8 +422,8 @@ pub struct LimitSettings {
     /// Arms per undeclared experiment at most.
     #[serde(default = "default_max_arms")]
     pub max_arms: usize,
-    /// Units (first exposures) counted per experiment; about 1.3 bytes each of fixed memory
-    /// (a blocked Bloom filter at 1% false positives), allocated when the first `unit` arrives.
+    /// Units (first exposures) counted per experiment: exact while the exposure sample follows
+    /// every unit, then a scalable Bloom filter (~2 bytes per unit, ~1% false positives).
     #[serde(default = "default_units")]
     pub units_per_experiment: u64,
     /// Units followed per experiment for `multiple_exposure` (a consistent hash sample that

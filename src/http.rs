@@ -34,7 +34,7 @@ impl Shared {
     }
 
     /// The last published Prometheus text.
-    pub fn metrics(&self) -> Bytes {
+    fn metrics(&self) -> Bytes {
         self.metrics_text
             .lock()
             .map(|m| m.clone())
@@ -42,7 +42,7 @@ impl Shared {
     }
 
     /// The last published report JSON.
-    pub fn report(&self) -> Bytes {
+    fn report(&self) -> Bytes {
         self.report_json
             .lock()
             .map(|m| m.clone())

@@ -490,6 +490,21 @@ impl Experiment {
         Ok(Some(i))
     }
 
+    /// The unit filter with its exact phase ended: every unit of the sample whose ids are the
+    /// randomization units (the clusters, or the units) handed over.
+    fn units_handed_over(&self) -> Option<UnitFilter> {
+        let sample = match &self.clusters {
+            Some(c) => Some(&c.sample),
+            None => self.exposures.as_ref(),
+        };
+        self.units.clone().map(|mut u| {
+            if let Some(s) = sample {
+                s.hand_over(&mut u);
+            }
+            u
+        })
+    }
+
     /// Merge the state of the same experiment from another partition (same design).
     pub fn merge(&mut self, other: &Experiment) {
         if self.arms != other.arms {
@@ -508,14 +523,12 @@ impl Experiment {
         self.repeat_events += other.repeat_events;
         self.uncounted_events += other.uncounted_events;
         // the unit filters take over from the exact samples before they merge
-        self.hand_over_units();
-        let other_units = other.units.clone().map(|mut u| {
-            if let Some(s) = dedup_sample(&other.clusters, &other.exposures) {
-                s.hand_over(&mut u);
-            }
-            u
-        });
-        merge_opt(&mut self.units, &other_units, UnitFilter::merge);
+        self.units = self.units_handed_over();
+        merge_opt(
+            &mut self.units,
+            &other.units_handed_over(),
+            UnitFilter::merge,
+        );
         merge_opt(&mut self.exposures, &other.exposures, ExposureSample::merge);
         merge_opt(&mut self.clusters, &other.clusters, Clusters::merge);
         merge_opt(
@@ -526,29 +539,6 @@ impl Experiment {
         merge_opt(&mut self.model, &other.model, |a, b| a.merge(b));
         self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);
-    }
-}
-
-/// The sample whose ids are the randomization units: the clusters, or the units.
-fn dedup_sample<'a>(
-    clusters: &'a Option<Clusters>,
-    exposures: &'a Option<ExposureSample>,
-) -> Option<&'a ExposureSample> {
-    match clusters {
-        Some(c) => Some(&c.sample),
-        None => exposures.as_ref(),
-    }
-}
-
-impl Experiment {
-    /// End the exact phase of the unit filter: it holds every unit from now on.
-    fn hand_over_units(&mut self) {
-        if let (Some(u), Some(s)) = (
-            &mut self.units,
-            dedup_sample(&self.clusters, &self.exposures),
-        ) {
-            s.hand_over(u);
-        }
     }
 }
 

@@ -111,6 +111,31 @@ enum Cells {
     Wide(CountTable<u32>),
 }
 
+impl Cells {
+    /// The same counts in `u32` counters.
+    fn wide(&self) -> CountTable<u32> {
+        match self {
+            Cells::Narrow(t) => t.widen(),
+            Cells::Wide(t) => t.clone(),
+        }
+    }
+
+    /// The same rows under new keys (see [`CountTable::remap`]).
+    fn remap(&self, map: impl Fn(usize) -> Option<usize>) -> Cells {
+        match self {
+            Cells::Narrow(t) => Cells::Narrow(t.remap(map)),
+            Cells::Wide(t) => Cells::Wide(t.remap(map)),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Cells::Narrow(t) => t.bytes(),
+            Cells::Wide(t) => t.bytes(),
+        }
+    }
+}
+
 /// What one event's prediction reads besides the tables.
 struct Predict<'a> {
     w0: &'a [f64],
@@ -253,10 +278,7 @@ impl ArmModel {
             let f = c / CELLS;
             reads_only(f, old_n).then(|| moved(f) * CELLS + c % CELLS)
         };
-        self.tables = match &self.tables {
-            Cells::Narrow(t) => Cells::Narrow(t.remap(remap)),
-            Cells::Wide(t) => Cells::Wide(t.remap(remap)),
-        };
+        self.tables = self.tables.remap(remap);
         self.weights = weights;
         let n = self.names.len();
         self.started = (0..EXPERTS)
@@ -334,10 +356,8 @@ impl ArmModel {
             Cells::Narrow(t) => p.learn(t, cells, &mut q, &mut factor),
             Cells::Wide(t) => p.learn(t, cells, &mut q, &mut factor),
         };
-        if full {
-            if let Cells::Narrow(t) = &self.tables {
-                self.tables = Cells::Wide(t.widen());
-            }
+        if full && matches!(self.tables, Cells::Narrow(_)) {
+            self.tables = Cells::Wide(self.tables.wide());
         }
         let inv_total = 1.0 / sum_w;
         if arms == 2 {
@@ -405,13 +425,9 @@ impl ArmModel {
 
     /// Memory of the model's tables and ROC.
     pub fn memory_bytes(&self) -> usize {
-        let tables = match &self.tables {
-            Cells::Narrow(t) => t.bytes(),
-            Cells::Wide(t) => t.bytes(),
-        };
         std::mem::size_of::<ArmModel>()
             + EXPERTS * 16
-            + tables
+            + self.tables.bytes()
             + self.roc.iter().map(Roc::bytes).sum::<usize>()
     }
 
@@ -421,24 +437,16 @@ impl ArmModel {
         if o.arms != self.arms || o.names != self.names {
             return;
         }
-        // widen first when either side is wide or the sum could reach the narrow maximum
-        let narrow_max = |c: &Cells| match c {
-            Cells::Narrow(t) => Some(t.max_count()),
-            Cells::Wide(_) => None,
-        };
-        match (narrow_max(&self.tables), narrow_max(&o.tables)) {
-            (Some(a), Some(b)) if a + b < u64::from(u16::MAX) - 1 => {
-                if let (Cells::Narrow(x), Cells::Narrow(y)) = (&mut self.tables, &o.tables) {
-                    x.merge(y);
-                }
+        // merged wide when either side is wide or the sum could reach the narrow maximum
+        match (&mut self.tables, &o.tables) {
+            (Cells::Narrow(x), Cells::Narrow(y))
+                if x.max_count() + y.max_count() < u64::from(u16::MAX) - 1 =>
+            {
+                x.merge(y)
             }
             _ => {
-                let wide = |c: &Cells| match c {
-                    Cells::Narrow(t) => t.widen(),
-                    Cells::Wide(t) => t.clone(),
-                };
-                let mut merged = wide(&self.tables);
-                merged.merge(&wide(&o.tables));
+                let mut merged = self.tables.wide();
+                merged.merge(&o.tables.wide());
                 self.tables = Cells::Wide(merged);
             }
         }
@@ -504,9 +512,7 @@ mod tests {
         let mut narrow = ArmModel::new(&design);
         narrow.add_input(5);
         let mut wide = narrow.clone();
-        if let Cells::Narrow(t) = &wide.tables {
-            wide.tables = Cells::Wide(t.widen());
-        }
+        wide.tables = Cells::Wide(wide.tables.wide());
         for t in 0..150_000u64 {
             let mut keys = [MISSING; MODEL_INPUTS];
             keys[0] = u64::from(t % 10 == 0); // one cell takes 90% of the events

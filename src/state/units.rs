@@ -152,13 +152,29 @@ impl UnitFilter {
     /// Remember a unit already counted (handed over by the exact set).
     pub fn absorb(&mut self, h: u64) {
         let bits = positions(h);
-        if self.stages.iter().any(|s| s.contains(h, &bits)) {
-            return;
+        if !self.holds(h, &bits) {
+            self.insert(h, &bits);
         }
-        if self.stages.last().is_some_and(|s| s.inserted < s.capacity) || self.grow() {
-            if let Some(s) = self.stages.last_mut() {
-                s.insert(h, &bits);
+    }
+
+    /// Whether a stage holds `h` (newest first: the largest, where returning units most often
+    /// are).
+    #[inline]
+    fn holds(&self, h: u64, bits: &[u32; HASHES]) -> bool {
+        self.stages.iter().rev().any(|s| s.contains(h, bits))
+    }
+
+    /// Insert `h` into the newest stage, adding one when it is full. False when the filter has
+    /// no room left.
+    #[inline]
+    fn insert(&mut self, h: u64, bits: &[u32; HASHES]) -> bool {
+        let room = self.stages.last().is_some_and(|s| s.inserted < s.capacity) || self.grow();
+        match self.stages.last_mut() {
+            Some(s) if room => {
+                s.insert(h, bits);
+                true
             }
+            _ => false,
         }
     }
 
@@ -193,32 +209,20 @@ impl UnitFilter {
     #[inline]
     pub fn observe_hash(&mut self, h: u64) -> Exposure {
         let bits = positions(h);
-        // the newest stage first: it is the largest, and returning units are most often there
-        if self.stages.iter().rev().any(|s| s.contains(h, &bits)) {
+        if self.holds(h, &bits) {
             return Exposure::Repeat;
         }
-        if self.counted >= self.capacity {
+        if self.counted >= self.capacity || !self.insert(h, &bits) {
             return Exposure::Full;
         }
-        let room = match self.stages.last() {
-            Some(s) => s.inserted < s.capacity || self.grow(),
-            None => self.grow(),
-        };
-        match self.stages.last_mut() {
-            Some(s) if room => {
-                s.insert(h, &bits);
-                self.counted += 1;
-                Exposure::First
-            }
-            _ => Exposure::Full,
-        }
+        self.counted += 1;
+        Exposure::First
     }
 
     /// Whether unit hash `h` was seen (or is a false positive); never inserts.
     #[inline]
     pub fn contains(&self, h: u64) -> bool {
-        let bits = positions(h);
-        self.stages.iter().any(|s| s.contains(h, &bits))
+        self.holds(h, &positions(h))
     }
 
     /// Units counted.

@@ -137,7 +137,7 @@ impl<C: Counter> CountTable<C> {
     }
 
     /// Every row with a key, in no particular order (dense: the rows with a non-zero count).
-    pub fn for_each(&self, mut f: impl FnMut(usize, &[C])) {
+    pub fn for_each<'a>(&'a self, mut f: impl FnMut(usize, &'a [C])) {
         let w = self.width;
         match &self.repr {
             Repr::Sparse { slots, rows, .. } => {
@@ -201,25 +201,10 @@ impl<C: Counter> CountTable<C> {
 
     /// The rows in key order (for reads that sum in order: quantiles, AUC).
     pub fn sorted(&self) -> Vec<(usize, &[C])> {
-        let w = self.width;
         let mut out = Vec::new();
-        match &self.repr {
-            Repr::Sparse { slots, rows, .. } => {
-                for (i, &tag) in slots.iter().enumerate() {
-                    if tag != 0 {
-                        out.push((tag as usize - 1, &rows[i * w..(i + 1) * w]));
-                    }
-                }
-                out.sort_unstable_by_key(|&(k, _)| k);
-            }
-            Repr::Dense(rows) => {
-                for (k, row) in rows.chunks_exact(w).enumerate() {
-                    if row.iter().any(|&c| c != C::default()) {
-                        out.push((k, row));
-                    }
-                }
-            }
-        }
+        self.for_each(|k, row| out.push((k, row)));
+        // dense rows come in order already; sparse ones in slot order
+        out.sort_unstable_by_key(|&(k, _)| k);
         out
     }
 

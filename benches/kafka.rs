@@ -1,0 +1,219 @@
+//! Kafka end to end: fills a 4-partition topic on a local tansu broker (started here, as the
+//! integration tests do), then drains it in the same run twice: with a bare rdkafka
+//! `BaseConsumer` that only touches each payload, and with `armwatch run --max-messages N`
+//! (the release binary, its "drained" log line). Prints both rates and their ratio.
+//!
+//! `cargo bench --bench kafka` (1M events of one experiment, then 1M of a 1,000-experiment
+//! fleet); `cargo bench --bench kafka -- single` runs one workload; `ARMWATCH_BENCH_EVENTS=N`
+//! changes the size.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use armwatch::sim::{Faults, Simulator};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{armwatch, Broker};
+
+const PARTITIONS: i32 = 4;
+/// Group timeouts that make tansu's first join take ~3 s instead of ~23 s (both consumers).
+const GROUP_OPTIONS: [(&str, &str); 2] = [
+    ("session.timeout.ms", "6000"),
+    ("max.poll.interval.ms", "10000"),
+];
+
+fn create_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let res = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .expect("create topics");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+/// Produce `n` simulator events with random keys (not by experiment), as fast as the broker
+/// takes them.
+fn fill(brokers: &str, topic: &str, mut sim: Simulator, n: usize) -> f64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "none")
+        .create()
+        .expect("producer");
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut key = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..n {
+        sim.next_event(&mut buf);
+        key = key.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let k = key.to_le_bytes();
+        let mut rec = BaseRecord::to(topic).payload(&buf[..]).key(&k[..]);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(5));
+                    rec = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Drain `n` messages with a bare consumer group member; messages/s from the first message.
+fn drain_bare(brokers: &str, topic: &str, n: u64, group: &str) -> f64 {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in GROUP_OPTIONS {
+        c.set(k, v);
+    }
+    let consumer: BaseConsumer = c.create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribed");
+    let (mut got, mut sum, mut first) = (0u64, 0u64, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while got < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            got += 1;
+            // touch the payload so that the work is not optimized away
+            sum = sum.wrapping_add(m.payload().map_or(0, |p| p.len() as u64));
+            let _ = consumer.store_offset_from_message(&m);
+        }
+    }
+    assert!(got == n, "bare consumer drained {got} of {n}");
+    std::hint::black_box(sum);
+    n as f64 / first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64())
+}
+
+/// Drain `n` messages with `armwatch run --max-messages n`: (messages/s, engine busy share)
+/// from its "drained" log line.
+fn drain_armwatch(brokers: &str, topic: &str, n: u64, dir: &std::path::Path) -> (f64, f64) {
+    let config = dir.join("armwatch.toml");
+    let options: Vec<String> = GROUP_OPTIONS
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch\"\ntopics = [\"{topic}\"]\n\
+             options = {{ {} }}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n",
+            options.join(", "),
+            support::free_port()
+        ),
+    )
+    .expect("config written");
+    let log = dir.join(format!("{topic}.log"));
+    let args = [
+        "run",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--max-messages",
+        &n.to_string(),
+    ];
+    // `ARMWATCH_BENCH_WRAP="perf record -g --"`: run armwatch under a profiler
+    let mut p = match std::env::var("ARMWATCH_BENCH_WRAP") {
+        Ok(wrap) => {
+            let mut w = wrap.split_whitespace();
+            let mut cmd = Command::new(w.next().expect("a wrapper command"));
+            cmd.args(w)
+                .arg(env!("CARGO_BIN_EXE_armwatch"))
+                .args(args)
+                .stderr(std::fs::File::create(&log).expect("log file"));
+            support::Proc(cmd.spawn().expect("wrapped armwatch starts"))
+        }
+        Err(_) => armwatch(&args, &log),
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while p.0.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "armwatch run did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"drained\""))
+        .unwrap_or_else(|| panic!("no drained line in the log:\n{text}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+    let f = |k: &str| v["fields"][k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(f("messages") as u64, n, "armwatch drained {line}");
+    (f("messages_per_second"), f("engine_busy_share"))
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let n: usize = std::env::var("ARMWATCH_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let workloads: [(&str, fn() -> Simulator); 2] = [
+        ("single", || {
+            Simulator::single(1, Faults::default()).with_prompt_tokens()
+        }),
+        ("fleet-1000", || Simulator::fleet(3, 1_000, 2_000)),
+    ];
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // `ARMWATCH_BENCH_KEEP=DIR`: keep armwatch's config and logs there
+    let keep = std::env::var_os("ARMWATCH_BENCH_KEEP").map(std::path::PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(tmp.path());
+    println!(
+        "{:<12} {:>9} {:>12} {:>14} {:>16} {:>7} {:>12}",
+        "workload",
+        "events",
+        "produced/s",
+        "bare drain/s",
+        "armwatch run/s",
+        "ratio",
+        "engine busy"
+    );
+    for (name, make) in workloads
+        .iter()
+        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
+    {
+        let topic = format!("bench-{name}");
+        create_topic(&broker.addr, &topic);
+        let produced = fill(&broker.addr, &topic, make(), n);
+        let bare = drain_bare(&broker.addr, &topic, n as u64, "bench-bare");
+        let (aw, busy) = drain_armwatch(&broker.addr, &topic, n as u64, dir);
+        println!(
+            "{:<12} {:>9} {:>12.0} {:>14.0} {:>16.0} {:>6.2}x {:>11.0}%",
+            name,
+            n,
+            produced,
+            bare,
+            aw,
+            aw / bare,
+            busy * 100.0
+        );
+    }
+}

@@ -134,6 +134,14 @@ impl Cells {
             Cells::Wide(t) => t.bytes(),
         }
     }
+
+    #[inline]
+    fn prefetch(&self, key: usize) {
+        match self {
+            Cells::Narrow(t) => t.prefetch(key),
+            Cells::Wide(t) => t.prefetch(key),
+        }
+    }
 }
 
 /// What one event's prediction reads besides the tables.
@@ -341,6 +349,9 @@ impl ArmModel {
             *c = (f * CELLS + self.cell(f, keys)) as u16;
         }
         let cells = &cells[..self.started.len()];
+        for &c in cells {
+            self.tables.prefetch(usize::from(c));
+        }
         let mut factor = [1f64; EXPERTS];
         let mut sum_w = base;
         for &f in &self.started {

@@ -60,6 +60,22 @@ fn home(key: u16, mask: usize) -> usize {
     (u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask
 }
 
+/// A prefetch hint for the line holding `p` (nothing on other targets, or for `None`).
+#[inline]
+fn prefetch<T>(p: Option<&T>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = p {
+        // SAFETY: a prefetch is a hint with no effect on memory; `p` is a valid reference
+        #[allow(unused_unsafe)]
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast::<i8>());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 impl<C: Counter> CountTable<C> {
     /// An empty table of rows of `width` counters for keys `0..keys` (at most 65,535).
     pub fn new(keys: usize, width: usize) -> CountTable<C> {
@@ -71,6 +87,22 @@ impl<C: Counter> CountTable<C> {
                 rows: Box::new([]),
                 len: 0,
             },
+        }
+    }
+
+    /// Hint the cache lines of `key`'s row (its home slot when sparse) into the cache: a
+    /// caller about to touch many rows at random issues all the hints first, so that the
+    /// misses overlap instead of queueing one behind the other.
+    #[inline]
+    pub fn prefetch(&self, key: usize) {
+        match &self.repr {
+            Repr::Dense(rows) => prefetch(rows.get(key * self.width)),
+            Repr::Sparse { slots, rows, .. } if !slots.is_empty() => {
+                let i = home(key as u16 + 1, slots.len() - 1);
+                prefetch(slots.get(i));
+                prefetch(rows.get(i * self.width));
+            }
+            Repr::Sparse { .. } => {}
         }
     }
 

@@ -1,7 +1,8 @@
 //! Kafka end to end: fills a 4-partition topic on a local tansu broker (started here, as the
 //! integration tests do), then drains it in the same run twice: with a bare rdkafka
 //! `BaseConsumer` that only touches each payload, and with `armwatch run --max-messages N`
-//! (the release binary, its "drained" log line). Prints both rates and their ratio.
+//! (the release binary, its "drained" log line), and once more while 32 HTTP clients fetch
+//! `/api/v1/report` ten times a second each. Prints the rates, their ratios and the mean publish cost.
 //!
 //! `cargo bench --bench kafka` (1M events of one experiment, then 1M of a 1,000-experiment
 //! fleet); `cargo bench --bench kafka -- single` runs one workload; `ARMWATCH_BENCH_EVENTS=N`
@@ -18,6 +19,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{armwatch, Broker};
 
@@ -111,10 +114,25 @@ fn drain_bare(brokers: &str, topic: &str, n: u64, group: &str) -> f64 {
     n as f64 / first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64())
 }
 
-/// Drain `n` messages with `armwatch run --max-messages n`: (messages/s, engine busy share)
-/// from its "drained" log line.
-fn drain_armwatch(brokers: &str, topic: &str, n: u64, dir: &std::path::Path) -> (f64, f64) {
+/// What `armwatch run` logged when it had drained the topic.
+struct Drained {
+    rate: f64,
+    busy: f64,
+    publish_mean_seconds: f64,
+}
+
+/// Drain `n` messages with `armwatch run --max-messages n` (its own consumer group), while
+/// `clients` HTTP clients fetch `/api/v1/report` ten times a second each; figures from its "drained" log
+/// line.
+fn drain_armwatch(
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    dir: &std::path::Path,
+    clients: usize,
+) -> Drained {
     let config = dir.join("armwatch.toml");
+    let http = format!("127.0.0.1:{}", support::free_port());
     let options: Vec<String> = GROUP_OPTIONS
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
@@ -122,14 +140,13 @@ fn drain_armwatch(brokers: &str, topic: &str, n: u64, dir: &std::path::Path) -> 
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch\"\ntopics = [\"{topic}\"]\n\
-             options = {{ {} }}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n",
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}\"\ntopics = [\"{topic}\"]\n\
+             options = {{ {} }}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
             options.join(", "),
-            support::free_port()
         ),
     )
     .expect("config written");
-    let log = dir.join(format!("{topic}.log"));
+    let log = dir.join(format!("{topic}-{clients}.log"));
     let args = [
         "run",
         "--config",
@@ -150,11 +167,35 @@ fn drain_armwatch(brokers: &str, topic: &str, n: u64, dir: &std::path::Path) -> 
         }
         Err(_) => armwatch(&args, &log),
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetchers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, http) = (stop.clone(), http.clone());
+            std::thread::spawn(move || {
+                let mut bytes = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some((_, body)) = support::http_get(&http, "/api/v1/report") {
+                        bytes += body.len();
+                    }
+                    // each client 10 times a second: 320 requests/s, a heavy dashboard load
+                    // whose client side does not starve this 2-core machine by itself
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                bytes
+            })
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(900);
     while p.0.try_wait().ok().flatten().is_none() {
         assert!(Instant::now() < deadline, "armwatch run did not finish");
         std::thread::sleep(Duration::from_millis(50));
     }
+    stop.store(true, Ordering::Relaxed);
+    let served: usize = fetchers.into_iter().map(|f| f.join().unwrap_or(0)).sum();
+    assert!(
+        clients == 0 || served > 0,
+        "no report was served to the HTTP clients"
+    );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let line = text
         .lines()
@@ -163,7 +204,11 @@ fn drain_armwatch(brokers: &str, topic: &str, n: u64, dir: &std::path::Path) -> 
     let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
     let f = |k: &str| v["fields"][k].as_f64().unwrap_or(f64::NAN);
     assert_eq!(f("messages") as u64, n, "armwatch drained {line}");
-    (f("messages_per_second"), f("engine_busy_share"))
+    Drained {
+        rate: f("messages_per_second"),
+        busy: f("engine_busy_share"),
+        publish_mean_seconds: f("publish_mean_seconds"),
+    }
 }
 
 fn main() {
@@ -187,14 +232,17 @@ fn main() {
     let keep = std::env::var_os("ARMWATCH_BENCH_KEEP").map(std::path::PathBuf::from);
     let dir = keep.as_deref().unwrap_or(tmp.path());
     println!(
-        "{:<12} {:>9} {:>12} {:>14} {:>16} {:>7} {:>12}",
+        "{:<12} {:>9} {:>11} {:>13} {:>15} {:>6} {:>7} {:>13} {:>6} {:>10}",
         "workload",
         "events",
         "produced/s",
         "bare drain/s",
         "armwatch run/s",
         "ratio",
-        "engine busy"
+        "busy",
+        "+32 clients/s",
+        "ratio",
+        "publish ms"
     );
     for (name, make) in workloads
         .iter()
@@ -204,16 +252,20 @@ fn main() {
         create_topic(&broker.addr, &topic);
         let produced = fill(&broker.addr, &topic, make(), n);
         let bare = drain_bare(&broker.addr, &topic, n as u64, "bench-bare");
-        let (aw, busy) = drain_armwatch(&broker.addr, &topic, n as u64, dir);
+        let alone = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0);
+        let served = drain_armwatch(&broker.addr, &topic, n as u64, dir, 32);
         println!(
-            "{:<12} {:>9} {:>12.0} {:>14.0} {:>16.0} {:>6.2}x {:>11.0}%",
+            "{:<12} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
             name,
             n,
             produced,
             bare,
-            aw,
-            aw / bare,
-            busy * 100.0
+            alone.rate,
+            alone.rate / bare,
+            alone.busy * 100.0,
+            served.rate,
+            served.rate / alone.rate,
+            alone.publish_mean_seconds * 1e3,
         );
     }
 }

@@ -155,8 +155,9 @@ impl Drain {
 
     fn log(&self, lp: &EngineLoop) {
         let secs = self.first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        // the engine's share of the wall time, from the sampled processing histogram
-        let busy = lp
+        // the engine's share of the wall time, from the sampled processing histogram, and
+        // the publishes (report, metrics) that shared the engine thread with it
+        let (busy, publishes, publish_mean) = lp
             .metrics()
             .lock()
             .map(|m| {
@@ -164,18 +165,23 @@ impl Drain {
                     m.processing.get_sample_count(),
                     m.processing.get_sample_sum(),
                 );
-                if n == 0 || secs == 0.0 {
+                let busy = if n == 0 || secs == 0.0 {
                     0.0
                 } else {
                     sum / n as f64 * self.messages as f64 / secs
-                }
+                };
+                let p = m.publish_seconds.get_sample_count();
+                let mean = m.publish_seconds.get_sample_sum() / p.max(1) as f64;
+                (busy, p, mean)
             })
-            .unwrap_or(0.0);
+            .unwrap_or_default();
         tracing::info!(
             messages = self.messages,
             seconds = secs,
             messages_per_second = self.messages as f64 / secs.max(1e-9),
             engine_busy_share = busy,
+            publishes,
+            publish_mean_seconds = publish_mean,
             "drained"
         );
     }

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 use support::{armwatch, Broker};
 
 const PARTITIONS: i32 = 4;
+
+/// A workload: its name and the simulator that produces it.
+type Workload = (&'static str, fn() -> Simulator);
 /// Group timeouts that make tansu's first join take ~3 s instead of ~23 s (both consumers).
 const GROUP_OPTIONS: [(&str, &str); 2] = [
     ("session.timeout.ms", "6000"),
@@ -220,7 +223,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let workloads: [(&str, fn() -> Simulator); 2] = [
+    let workloads: [Workload; 2] = [
         ("single", || {
             Simulator::single(1, Faults::default()).with_prompt_tokens()
         }),

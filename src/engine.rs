@@ -58,10 +58,12 @@ pub struct Engine {
 
 /// Messages between two counts of the state's memory (a count walks every experiment's
 /// inputs) while it is under 3/4 of the budget, or over it (frozen: it no longer grows)...
-pub const MEMORY_RECOUNT_EVERY: u64 = 4096;
+/// Odd, so that the count does not always land on the messages whose processing time the
+/// daemon samples (every 64th): the sampled mean stays unbiased.
+pub const MEMORY_RECOUNT_EVERY: u64 = 4095;
 /// ... and while it is between 3/4 of the budget and the budget, where a few thousand
 /// messages could carry it far past.
-pub const MEMORY_RECOUNT_NEAR: u64 = 256;
+pub const MEMORY_RECOUNT_NEAR: u64 = 255;
 
 /// Judges (and routers) tracked at most.
 pub const MAX_INSTRUMENTS: usize = 256;

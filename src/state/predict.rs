@@ -103,44 +103,67 @@ fn mix(h: u64) -> u64 {
     h ^ (h >> 29)
 }
 
-/// Arm counts per cell: `u16` counters until one reaches 65,534, then `u32` (most cells of
-/// most experiments hold a handful of events; the widening keeps every count exact).
+/// One expert's arm counts per cell: `u8` counters until one reaches 254, then `u16` until one
+/// reaches 65,534, then `u32`. Each expert widens on its own: a single-input expert over a
+/// three-valued input fills a few hot cells, a pair expert spreads the same events over
+/// hundreds of cold ones (a sparse slot of a two-arm expert is 4 bytes in `u8`, not 6 or 10).
+/// Every widening keeps every count exact.
 #[derive(Clone, Debug)]
 enum Cells {
+    Byte(CountTable<u8>),
     Narrow(CountTable<u16>),
     Wide(CountTable<u32>),
 }
 
+/// `$body` with `$t` bound to the table, whatever its counter.
+macro_rules! each_table {
+    ($cells:expr, $t:ident => $body:expr) => {
+        match $cells {
+            Cells::Byte($t) => $body,
+            Cells::Narrow($t) => $body,
+            Cells::Wide($t) => $body,
+        }
+    };
+}
+
 impl Cells {
+    fn new(arms: usize) -> Cells {
+        Cells::Byte(CountTable::new(CELLS, arms))
+    }
+
     /// The same counts in `u32` counters.
     fn wide(&self) -> CountTable<u32> {
-        match self {
-            Cells::Narrow(t) => t.widen(),
-            Cells::Wide(t) => t.clone(),
+        each_table!(self, t => t.convert())
+    }
+
+    /// The same counts in the narrowest counters that hold them with room for one more.
+    fn narrowest(t: CountTable<u32>) -> Cells {
+        let max = t.max_count();
+        if max < u64::from(u8::MAX) - 1 {
+            Cells::Byte(t.convert())
+        } else if max < u64::from(u16::MAX) - 1 {
+            Cells::Narrow(t.convert())
+        } else {
+            Cells::Wide(t)
         }
     }
 
-    /// The same rows under new keys (see [`CountTable::remap`]).
-    fn remap(&self, map: impl Fn(usize) -> Option<usize>) -> Cells {
+    /// The same counts in the next wider counters.
+    fn widened(&self) -> Cells {
         match self {
-            Cells::Narrow(t) => Cells::Narrow(t.remap(map)),
-            Cells::Wide(t) => Cells::Wide(t.remap(map)),
+            Cells::Byte(t) => Cells::Narrow(t.convert()),
+            Cells::Narrow(t) => Cells::Wide(t.convert()),
+            Cells::Wide(t) => Cells::Wide(t.clone()),
         }
     }
 
     fn bytes(&self) -> usize {
-        match self {
-            Cells::Narrow(t) => t.bytes(),
-            Cells::Wide(t) => t.bytes(),
-        }
+        std::mem::size_of::<Cells>() + each_table!(self, t => t.bytes())
     }
 
     #[inline]
     fn prefetch(&self, key: usize) {
-        match self {
-            Cells::Narrow(t) => t.prefetch(key),
-            Cells::Wide(t) => t.prefetch(key),
-        }
+        each_table!(self, t => t.prefetch(key))
     }
 }
 
@@ -148,45 +171,35 @@ impl Cells {
 struct Predict<'a> {
     w0: &'a [f64],
     arm: usize,
-    weights: &'a [f64],
-    started: &'a [u8],
 }
 
 impl Predict<'_> {
-    /// Add each started expert's prediction (weighted) into `q`, its factor for the observed
-    /// arm into `factor`, and count the arm in its cell. True when a count is one short of the
+    /// Add an expert's prediction (weighted by `w`) into `q` and count the arm in its `cell`;
+    /// returns its factor for the observed arm and whether a count is one short of the
     /// counter's maximum (the table must widen before the next event).
     #[inline]
     fn learn<C: Counter>(
         &self,
         table: &mut CountTable<C>,
-        cells: &[u16],
+        cell: usize,
+        w: f64,
         q: &mut [f64; 64],
-        factor: &mut [f64; EXPERTS],
-    ) -> bool {
+    ) -> (f64, bool) {
         let (w0, arm) = (self.w0, self.arm);
-        let arms = w0.len();
-        let k_arm = CONCENTRATION * w0[arm];
-        let inv_w0_arm = 1.0 / w0[arm];
-        let mut full = false;
-        for (n, (&f, &cell)) in self.started.iter().zip(cells).enumerate() {
-            let w = self.weights[usize::from(f)];
-            let row = table.row_mut(usize::from(cell));
-            let in_cell: u64 = row.iter().map(|&c| c.into()).sum();
-            let inv = 1.0 / (in_cell as f64 + CONCENTRATION);
-            let count = |a: usize| -> f64 { Into::<u64>::into(row[a]) as f64 };
-            if arms == 2 {
-                q[1] += w * (count(1) + CONCENTRATION * w0[1]) * inv;
-            } else {
-                for (a, t) in w0.iter().enumerate() {
-                    q[a] += w * (count(a) + CONCENTRATION * t) * inv;
-                }
+        let row = table.row_mut(cell);
+        let in_cell: u64 = row.iter().map(|&c| c.into()).sum();
+        let inv = 1.0 / (in_cell as f64 + CONCENTRATION);
+        let count = |a: usize| -> f64 { Into::<u64>::into(row[a]) as f64 };
+        if w0.len() == 2 {
+            q[1] += w * (count(1) + CONCENTRATION * w0[1]) * inv;
+        } else {
+            for (a, t) in w0.iter().enumerate() {
+                q[a] += w * (count(a) + CONCENTRATION * t) * inv;
             }
-            factor[n] = (count(arm) + k_arm) * inv * inv_w0_arm;
-            row[arm] = row[arm].plus(C::ONE);
-            full |= Into::<u64>::into(row[arm]) >= C::MAX - 1;
         }
-        full
+        let factor = (count(arm) + CONCENTRATION * w0[arm]) * inv * (1.0 / w0[arm]);
+        row[arm] = row[arm].plus(C::ONE);
+        (factor, Into::<u64>::into(row[arm]) >= C::MAX - 1)
     }
 }
 
@@ -198,8 +211,8 @@ pub struct ArmModel {
     names: Vec<u64>,
     /// Per expert, a salt from its inputs' names.
     salts: Box<[u64]>,
-    /// Arm counts per cell `f * CELLS + cell`.
-    tables: Cells,
+    /// Arm counts per cell, one table per expert.
+    tables: Box<[Cells]>,
     /// `pi_f E_f / scale` per expert.
     weights: Box<[f64]>,
     /// `pi_0 / scale`: the null expert (its `E` is always 1).
@@ -229,7 +242,7 @@ impl ArmModel {
             arms,
             names: Vec::new(),
             salts: vec![0; EXPERTS].into(),
-            tables: Cells::Narrow(CountTable::new(EXPERTS * CELLS, arms)),
+            tables: (0..EXPERTS).map(|_| Cells::new(arms)).collect(),
             weights: vec![pi; EXPERTS].into(),
             null_weight: NULL_WEIGHT,
             idle_weight: 1.0 - NULL_WEIGHT,
@@ -282,11 +295,11 @@ impl ArmModel {
         for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
             weights[moved(f)] = self.weights[f];
         }
-        let remap = |c: usize| {
-            let f = c / CELLS;
-            reads_only(f, old_n).then(|| moved(f) * CELLS + c % CELLS)
-        };
-        self.tables = self.tables.remap(remap);
+        let mut tables: Box<[Cells]> = (0..EXPERTS).map(|_| Cells::new(self.arms)).collect();
+        for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
+            tables[moved(f)] = std::mem::replace(&mut self.tables[f], Cells::new(self.arms));
+        }
+        self.tables = tables;
         self.weights = weights;
         let n = self.names.len();
         self.started = (0..EXPERTS)
@@ -346,29 +359,24 @@ impl ArmModel {
         let mut cells = [0u16; EXPERTS];
         for (c, &f) in cells.iter_mut().zip(&self.started) {
             let f = usize::from(f);
-            *c = (f * CELLS + self.cell(f, keys)) as u16;
-        }
-        let cells = &cells[..self.started.len()];
-        for &c in cells {
-            self.tables.prefetch(usize::from(c));
+            *c = self.cell(f, keys) as u16;
+            self.tables[f].prefetch(usize::from(*c));
         }
         let mut factor = [1f64; EXPERTS];
         let mut sum_w = base;
         for &f in &self.started {
             sum_w += self.weights[usize::from(f)];
         }
-        let p = Predict {
-            w0,
-            arm,
-            weights: &self.weights,
-            started: &self.started,
-        };
-        let full = match &mut self.tables {
-            Cells::Narrow(t) => p.learn(t, cells, &mut q, &mut factor),
-            Cells::Wide(t) => p.learn(t, cells, &mut q, &mut factor),
-        };
-        if full && matches!(self.tables, Cells::Narrow(_)) {
-            self.tables = Cells::Wide(self.tables.wide());
+        let p = Predict { w0, arm };
+        for (n, (&f, &cell)) in self.started.iter().zip(&cells).enumerate() {
+            let f = usize::from(f);
+            let (w, cell) = (self.weights[f], usize::from(cell));
+            let table = &mut self.tables[f];
+            let (fac, full) = each_table!(table, t => p.learn(t, cell, w, &mut q));
+            factor[n] = fac;
+            if full {
+                *table = table.widened();
+            }
         }
         let inv_total = 1.0 / sum_w;
         if arms == 2 {
@@ -438,7 +446,7 @@ impl ArmModel {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<ArmModel>()
             + EXPERTS * 16
-            + self.tables.bytes()
+            + self.tables.iter().map(Cells::bytes).sum::<usize>()
             + self.roc.iter().map(Roc::bytes).sum::<usize>()
     }
 
@@ -448,18 +456,11 @@ impl ArmModel {
         if o.arms != self.arms || o.names != self.names {
             return;
         }
-        // merged wide when either side is wide or the sum could reach the narrow maximum
-        match (&mut self.tables, &o.tables) {
-            (Cells::Narrow(x), Cells::Narrow(y))
-                if x.max_count() + y.max_count() < u64::from(u16::MAX) - 1 =>
-            {
-                x.merge(y)
-            }
-            _ => {
-                let mut merged = self.tables.wide();
-                merged.merge(&o.tables.wide());
-                self.tables = Cells::Wide(merged);
-            }
+        // each expert merged in u32 counters, then back in the narrowest that hold the sums
+        for (x, y) in self.tables.iter_mut().zip(o.tables.iter()) {
+            let mut merged = x.wide();
+            merged.merge(&y.wide());
+            *x = Cells::narrowest(merged);
         }
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;
@@ -480,6 +481,11 @@ impl ArmModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The single-input expert of slot 0.
+    fn hot(m: &ArmModel) -> &Cells {
+        &m.tables[0]
+    }
 
     #[test]
     fn expert_index_inverts_expert_inputs() {
@@ -515,23 +521,32 @@ mod tests {
         assert!(a.log_e_design() > 10.0);
     }
 
-    /// Counters widen from 16 to 32 bits before a count can saturate: a model that passed
-    /// 65,535 events in one cell gives the same figures, to the bit, as one wide from the start.
+    /// Counters widen from 8 to 16 to 32 bits before a count can saturate, expert by expert: a
+    /// model that passed 65,535 events in one cell gives the same figures, to the bit, as one
+    /// wide from the start; merges go back to the narrowest counters that hold the sums.
     #[test]
     fn narrow_counters_widen_exactly() {
         let design = Design::new(&[0.5, 0.5], &[10.0]);
         let mut narrow = ArmModel::new(&design);
         narrow.add_input(5);
         let mut wide = narrow.clone();
-        wide.tables = Cells::Wide(wide.tables.wide());
+        for t in wide.tables.iter_mut() {
+            *t = Cells::Wide(t.wide());
+        }
         for t in 0..150_000u64 {
             let mut keys = [MISSING; MODEL_INPUTS];
             keys[0] = u64::from(t % 10 == 0); // one cell takes 90% of the events
             let arm = usize::from(t % 3 == 0);
             narrow.observe(&design, &keys, arm);
             wide.observe(&design, &keys, arm);
+            if t == 600 {
+                // past 254 in a cell: the byte counters have widened to u16
+                assert!(matches!(hot(&narrow), Cells::Narrow(_)));
+            }
         }
-        assert!(matches!(narrow.tables, Cells::Wide(_)));
+        assert!(matches!(hot(&narrow), Cells::Wide(_)));
+        // an expert that has not counted anything stays in bytes
+        assert!(matches!(narrow.tables[EXPERTS - 2], Cells::Byte(_)));
         assert_eq!(
             narrow.log_e_design().to_bits(),
             wide.log_e_design().to_bits()
@@ -539,14 +554,26 @@ mod tests {
         assert_eq!(narrow.auc(1.96), wide.auc(1.96));
         let mut merged = narrow.clone();
         merged.merge(&narrow);
-        if let Cells::Wide(t) = &merged.tables {
+        if let Cells::Wide(t) = hot(&merged) {
             assert_eq!(t.max_count(), 2 * 90_000);
         } else {
             panic!("merged table is narrow");
         }
+        // small tables merge back into byte counters, with the counts of both sides
+        let mut small = ArmModel::new(&design);
+        small.add_input(5);
+        for t in 0..100u64 {
+            let keys = [t % 2; MODEL_INPUTS];
+            small.observe(&design, &keys, usize::from(t % 3 == 0));
+        }
+        let mut twice = small.clone();
+        twice.merge(&small);
+        match hot(&twice) {
+            Cells::Byte(t) => assert_eq!(t.max_count(), 2 * hot(&small).wide().max_count()),
+            other => panic!("merged small table is not in bytes: {other:?}"),
+        }
     }
 
-    /// An input added mid-stream keeps the state of the experts already running.
     #[test]
     fn adding_an_input_moves_state_with_it() {
         let design = Design::new(&[0.5, 0.5], &[10.0]);

@@ -4,7 +4,7 @@
 //! 37,888 possible cells that sees a few hundred events holds a few hundred rows, and a busy
 //! one never holds more than the dense array.
 
-/// A counter: `u16` for tables that widen themselves before a count can overflow, `u32` where
+/// A counter: `u8` or `u16` for tables that widen themselves before a count can overflow, `u32` where
 /// a cell is unlikely to pass four billion, `u64` where exactness matters at any volume. Adds
 /// saturate.
 pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug + Into<u64> {
@@ -14,6 +14,8 @@ pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug + Into<u64> {
     const ONE: Self;
     /// `self + other`, saturating.
     fn plus(self, other: Self) -> Self;
+    /// `v`, saturating at [`Counter::MAX`].
+    fn saturating_from(v: u64) -> Self;
 }
 
 macro_rules! counter {
@@ -25,9 +27,14 @@ macro_rules! counter {
             fn plus(self, other: $t) -> $t {
                 self.saturating_add(other)
             }
+            #[inline]
+            fn saturating_from(v: u64) -> $t {
+                <$t>::try_from(v).unwrap_or(<$t>::MAX)
+            }
         }
     };
 }
+counter!(u8);
 counter!(u16);
 counter!(u32);
 counter!(u64);
@@ -211,12 +218,13 @@ impl<C: Counter> CountTable<C> {
         m
     }
 
-    /// The same counts in wider counters.
-    pub fn widen<D: Counter + From<C>>(&self) -> CountTable<D> {
+    /// The same counts in other counters: exact when widening; narrowing saturates, so the
+    /// caller checks [`CountTable::max_count`] first.
+    pub fn convert<D: Counter>(&self) -> CountTable<D> {
         let mut out = CountTable::new(self.keys, self.width);
         self.for_each(|k, row| {
             for (a, b) in out.row_mut(k).iter_mut().zip(row) {
-                *a = D::from(*b);
+                *a = D::saturating_from((*b).into());
             }
         });
         out

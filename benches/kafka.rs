@@ -2,7 +2,8 @@
 //! integration tests do), then drains it in the same run twice: with a bare rdkafka
 //! `BaseConsumer` that only touches each payload, and with `armwatch run --max-messages N`
 //! (the release binary, its "drained" log line), and once more while 32 HTTP clients fetch
-//! `/api/v1/report` ten times a second each. Prints the rates, their ratios and the mean publish cost.
+//! `/api/v1/report` ten times a second each. Prints the rates, their ratios and the mean
+//! publish cost.
 //!
 //! `cargo bench --bench kafka` (1M events of one experiment, then 1M of a 1,000-experiment
 //! fleet); `cargo bench --bench kafka -- single` runs one workload; `ARMWATCH_BENCH_EVENTS=N`
@@ -25,9 +26,12 @@ use std::time::{Duration, Instant};
 use support::{armwatch, Broker};
 
 const PARTITIONS: i32 = 4;
+/// HTTP clients fetching the report during the third drain.
+const CLIENTS: usize = 32;
 
 /// A workload: its name and the simulator that produces it.
 type Workload = (&'static str, fn() -> Simulator);
+
 /// Group timeouts that make tansu's first join take ~3 s instead of ~23 s (both consumers).
 const GROUP_OPTIONS: [(&str, &str); 2] = [
     ("session.timeout.ms", "6000"),
@@ -125,8 +129,8 @@ struct Drained {
 }
 
 /// Drain `n` messages with `armwatch run --max-messages n` (its own consumer group), while
-/// `clients` HTTP clients fetch `/api/v1/report` ten times a second each; figures from its "drained" log
-/// line.
+/// `clients` HTTP clients fetch `/api/v1/report` ten times a second each; figures from its
+/// "drained" log line.
 fn drain_armwatch(
     brokers: &str,
     topic: &str,
@@ -180,8 +184,8 @@ fn drain_armwatch(
                     if let Some((_, body)) = support::http_get(&http, "/api/v1/report") {
                         bytes += body.len();
                     }
-                    // each client 10 times a second: 320 requests/s, a heavy dashboard load
-                    // whose client side does not starve this 2-core machine by itself
+                    // each client 10 times a second (320 requests/s for 32): a heavy dashboard
+                    // load whose client side does not starve this 2-core machine by itself
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 bytes
@@ -243,7 +247,7 @@ fn main() {
         "armwatch run/s",
         "ratio",
         "busy",
-        "+32 clients/s",
+        &format!("+{CLIENTS} clients/s"),
         "ratio",
         "publish ms"
     );
@@ -257,7 +261,7 @@ fn main() {
         let bare = drain_bare(&broker.addr, &topic, n as u64, "bench-bare");
         let alone = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0);
         // a fifth of the topic is enough for the rate with clients (slow at 1,000 experiments)
-        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, 32);
+        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, CLIENTS);
         println!(
             "{:<12} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
             name,

@@ -15,10 +15,10 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 log=$(mktemp)
 "$CARGO_TARGET_DIR/release/armwatch" demo --rate 1000000000 --listen "127.0.0.1:$port" >/dev/null 2>"$log" &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill $pid 2>/dev/null || true; rm -f "$log" "$log.scrape"' EXIT
 
 metric() { # metric NAME: the summed value of a series in the last scrape
-  awk -v n="$1" '$1 ~ "^"n"({|$)" {s += $2} END {printf "%.0f", s}' "$log.scrape"
+  awk -v n="$1" '$1 ~ "^"n"({|$)" {s += $2} END {printf "%.9g", s}' "$log.scrape"
 }
 start=$(date +%s)
 next_sample=$start
@@ -33,16 +33,16 @@ while (( $(date +%s) - start < seconds )); do
     events=$(metric armwatch_events_accepted_total)
     psum=$(metric armwatch_publish_seconds_sum)
     pcount=$(metric armwatch_publish_seconds_count)
-    pavg=$(awk -v s="${psum:-0}" -v c="${pcount:-0}" 'BEGIN {printf "%.2f", (c > 0 ? 1000 * s / c : 0)}')
-    printf '%6d %10.1f %12.1f %16d %14s\n' "$minute" "$(echo "$rss/1024" | bc -l)" \
-      "$(echo "${state:-0}/1048576" | bc -l)" "${events:-0}" "$pavg"
+    awk -v m="$minute" -v r="$rss" -v st="${state:-0}" -v e="${events:-0}" -v s="${psum:-0}" \
+      -v c="${pcount:-0}" 'BEGIN {
+        printf "%6d %10.1f %12.1f %16d %14.3f\n", m, r / 1024, st / 1048576, e, (c > 0 ? 1000 * s / c : 0)
+      }'
     rows+=("$minute $rss")
     next_sample=$(( next_sample + 60 ))
   fi
   sleep 5
   kill -0 $pid 2>/dev/null || { echo "armwatch demo exited:"; tail -20 "$log"; exit 1; }
 done
-rm -f "$log.scrape"
 printf '%s\n' "${rows[@]}" | awk -v w="$warmup" '
   $1 >= w { if (!base) base = $2; if ($2 > max) max = $2; last = $2 }
   END {

@@ -13,8 +13,9 @@
 //! mixture). Pairs catch a leak that lives only in a combination of two inputs, each balanced on
 //! its own, which a marginal test per input cannot see.
 //!
-//! Memory follows the cells used, up to `EXPERTS x CELLS x arms` counters (a sparse table
-//! that goes dense when full, [`CountTable`]): values are hashed into cells (a collision only
+//! Memory follows the cells used, up to `CELLS x arms` counters per expert (one sparse table
+//! per expert that goes dense when full, [`CountTable`], in counters as narrow as its counts
+//! allow): values are hashed into cells (a collision only
 //! merges two cells and costs power, never validity), and a cell's total is the sum of its
 //! arm counts. Inputs take slots in the
 //! order of their names' hashes, and cells are salted by input names, so the model (and its
@@ -139,22 +140,22 @@ impl Cells {
     /// The same counts in the narrowest counters that hold them with room for one more.
     fn narrowest(t: CountTable<u32>) -> Cells {
         let max = t.max_count();
-        if max < u64::from(u8::MAX) - 1 {
+        if has_room::<u8>(max) {
             Cells::Byte(t.convert())
-        } else if max < u64::from(u16::MAX) - 1 {
+        } else if has_room::<u16>(max) {
             Cells::Narrow(t.convert())
         } else {
             Cells::Wide(t)
         }
     }
 
-    /// The same counts in the next wider counters.
-    fn widened(&self) -> Cells {
-        match self {
+    /// Move the counts to the next wider counters (`u32` stays).
+    fn widen(&mut self) {
+        *self = match self {
             Cells::Byte(t) => Cells::Narrow(t.convert()),
             Cells::Narrow(t) => Cells::Wide(t.convert()),
-            Cells::Wide(t) => Cells::Wide(t.clone()),
-        }
+            Cells::Wide(_) => return,
+        };
     }
 
     fn bytes(&self) -> usize {
@@ -167,10 +168,21 @@ impl Cells {
     }
 }
 
-/// What one event's prediction reads besides the tables.
+/// Whether a count leaves room in counters `C` for one more event before the next check (the
+/// one rule for widening as counts grow and for narrowing after a merge).
+#[inline]
+fn has_room<C: Counter>(count: u64) -> bool {
+    count < C::MAX - 1
+}
+
+/// What one event's prediction reads besides the tables, with its per-event constants.
 struct Predict<'a> {
     w0: &'a [f64],
     arm: usize,
+    /// `CONCENTRATION * w0[arm]`.
+    k_arm: f64,
+    /// `1 / w0[arm]`.
+    inv_w0_arm: f64,
 }
 
 impl Predict<'_> {
@@ -197,9 +209,9 @@ impl Predict<'_> {
                 q[a] += w * (count(a) + CONCENTRATION * t) * inv;
             }
         }
-        let factor = (count(arm) + CONCENTRATION * w0[arm]) * inv * (1.0 / w0[arm]);
+        let factor = (count(arm) + self.k_arm) * inv * self.inv_w0_arm;
         row[arm] = row[arm].plus(C::ONE);
-        (factor, Into::<u64>::into(row[arm]) >= C::MAX - 1)
+        (factor, !has_room::<C>(row[arm].into()))
     }
 }
 
@@ -367,7 +379,12 @@ impl ArmModel {
         for &f in &self.started {
             sum_w += self.weights[usize::from(f)];
         }
-        let p = Predict { w0, arm };
+        let p = Predict {
+            w0,
+            arm,
+            k_arm: CONCENTRATION * w0[arm],
+            inv_w0_arm: 1.0 / w0[arm],
+        };
         for (n, (&f, &cell)) in self.started.iter().zip(&cells).enumerate() {
             let f = usize::from(f);
             let (w, cell) = (self.weights[f], usize::from(cell));
@@ -375,7 +392,7 @@ impl ArmModel {
             let (fac, full) = each_table!(table, t => p.learn(t, cell, w, &mut q));
             factor[n] = fac;
             if full {
-                *table = table.widened();
+                table.widen();
             }
         }
         let inv_total = 1.0 / sum_w;
@@ -574,6 +591,7 @@ mod tests {
         }
     }
 
+    /// An input added mid-stream keeps the state of the experts already running.
     #[test]
     fn adding_an_input_moves_state_with_it() {
         let design = Design::new(&[0.5, 0.5], &[10.0]);

@@ -284,7 +284,7 @@ async fn shutdown_signal() {
 }
 
 /// Wait for the engine thread (without blocking the runtime) and take back its loop.
-async fn join(worker: std::thread::JoinHandle<EngineLoop>) -> Result<EngineLoop> {
+async fn join<T: Send + 'static>(worker: std::thread::JoinHandle<T>) -> Result<T> {
     tokio::task::spawn_blocking(move || worker.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))
@@ -313,14 +313,14 @@ fn run(settings: Settings, max_messages: Option<u64>) -> Result<()> {
         let stop2 = stop.clone();
         tracing::info!(brokers = %settings.kafka.brokers, topics = ?settings.kafka.topics, group = %settings.kafka.group_id, "consuming");
         let worker = std::thread::Builder::new()
-            .name("armwatch-engine".into())
+            .name("armwatch-consumer".into())
             .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages))?;
         let signal = tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
             stop.store(true, Ordering::Relaxed);
         });
-        let lp = join(worker).await?;
+        let lp = join(worker).await?.context("cannot start the engine thread")?;
         signal.abort();
         finish(out, lp).await;
         Ok(())

@@ -8,7 +8,7 @@ use crate::http::Shared;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
@@ -187,37 +187,171 @@ impl Drain {
     }
 }
 
-/// Consume until `stop` is set (or `max_messages` have been consumed). Runs on its own thread.
+/// Payloads copied out of librdkafka's buffers, so that decoding and the detectors run on a
+/// thread of their own while the consumer thread keeps polling. Batches are recycled (no
+/// allocation per message once warm) and come back to the consumer thread after processing,
+/// which then stores the offsets they carry: a message's offset is stored only after it has
+/// been processed, as before.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// `(start, end)` in `bytes`; `None` for a message without payload.
+    spans: Vec<Option<(u32, u32)>>,
+    /// The last offset of each (topic index, partition) in the batch.
+    last: Vec<(usize, i32, i64)>,
+}
+
+/// A batch is sent at this many messages, at this many bytes, or when the queue runs dry.
+const BATCH_MESSAGES: usize = 512;
+const BATCH_BYTES: usize = 1 << 20;
+
+impl Batch {
+    fn push(&mut self, msg: &BorrowedMessage<'_>, topics: &mut Vec<String>) {
+        self.spans.push(msg.payload().and_then(|p| {
+            let start = u32::try_from(self.bytes.len()).ok()?;
+            let end = u32::try_from(self.bytes.len() + p.len()).ok()?;
+            self.bytes.extend_from_slice(p);
+            Some((start, end))
+        }));
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let t = match topics.iter().position(|t| t == topic) {
+            Some(t) => t,
+            None => {
+                topics.push(topic.to_string());
+                topics.len() - 1
+            }
+        };
+        match self
+            .last
+            .iter_mut()
+            .find(|(lt, lp, _)| *lt == t && *lp == partition)
+        {
+            Some(l) => l.2 = l.2.max(offset),
+            None => self.last.push((t, partition, offset)),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.spans.len() >= BATCH_MESSAGES || self.bytes.len() >= BATCH_BYTES
+    }
+
+    fn payloads(&self) -> impl Iterator<Item = Option<&[u8]>> {
+        self.spans
+            .iter()
+            .map(|s| s.and_then(|(a, b)| self.bytes.get(a as usize..b as usize)))
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.last.clear();
+    }
+}
+
+/// Batches in flight between the two threads (bounds the copy buffers to a few MB).
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Consume until `stop` is set (or `max_messages` have been consumed). Runs on its own thread
+/// (the consumer thread: poll, copy, store offsets) and starts the engine thread, which it
+/// joins before the final offset commit.
 pub fn consume(
     consumer: BaseConsumer<Context>,
-    mut lp: EngineLoop,
+    lp: EngineLoop,
     stop: Arc<AtomicBool>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     max_messages: Option<u64>,
-) -> EngineLoop {
+) -> std::io::Result<EngineLoop> {
+    let (to_engine, from_poller) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
+    let (to_poller, from_engine) = std::sync::mpsc::channel::<Batch>();
+    let engine = std::thread::Builder::new()
+        .name("armwatch-engine".into())
+        .spawn(move || process(lp, &from_poller, &to_poller, &lag))?;
     let mut errors = RateLimiter::new(1);
-    let mut drain = Drain::default();
-    let mut polls = 0u64;
-    while !stop.load(Ordering::Relaxed) && max_messages.is_none_or(|m| drain.messages < m) {
-        let polled = consumer.poll(Duration::from_millis(100));
-        let idle = polled.is_none();
-        polls = polls.wrapping_add(1);
-        match polled {
-            Some(Ok(msg)) => {
-                drain.message();
-                let _ = lp.on_message(msg.payload());
-                if let Err(e) = consumer.store_offset_from_message(&msg) {
-                    if errors.allow().is_some() {
-                        tracing::warn!(error = %e, "could not store offset");
-                    }
+    let mut topics: Vec<String> = Vec::new();
+    let mut spare: Vec<Batch> = Vec::new();
+    let mut cur = Batch::default();
+    let mut polled_messages = 0u64;
+    let store = |b: &Batch, topics: &[String], errors: &mut RateLimiter| {
+        for (t, p, o) in &b.last {
+            if let Err(e) = consumer.store_offset(&topics[*t], *p, *o) {
+                if errors.allow().is_some() {
+                    tracing::warn!(error = %e, "could not store offset");
                 }
             }
-            Some(Err(e)) if errors.allow().is_some() => tracing::warn!(error = %e, "consume error"),
-            Some(Err(_)) => {}
-            None => {}
         }
-        // the clock is read once per 64 messages (or when idle), not per message
-        if (idle || polls & 63 == 0) && lp.publish_due() {
+    };
+    let mut engine_gone = false;
+    while !stop.load(Ordering::Relaxed) && max_messages.is_none_or(|m| polled_messages < m) {
+        while let Ok(mut b) = from_engine.try_recv() {
+            store(&b, &topics, &mut errors);
+            b.clear();
+            spare.push(b);
+        }
+        // block only while there is nothing to hand over
+        let wait = if cur.spans.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        let polled = consumer.poll(wait);
+        let idle = polled.is_none();
+        match polled {
+            Some(Ok(msg)) => {
+                polled_messages += 1;
+                cur.push(&msg, &mut topics);
+            }
+            Some(Err(e)) if errors.allow().is_some() => tracing::warn!(error = %e, "consume error"),
+            Some(Err(_)) | None => {}
+        }
+        if cur.full() || (idle && !cur.spans.is_empty()) {
+            let next = spare.pop().unwrap_or_default();
+            if to_engine.send(std::mem::replace(&mut cur, next)).is_err() {
+                engine_gone = true;
+                break;
+            }
+        }
+    }
+    if !cur.spans.is_empty() && !engine_gone {
+        let _ = to_engine.send(cur);
+    }
+    drop(to_engine);
+    // the engine returns every batch before it ends; their offsets are stored, then committed
+    for b in from_engine.iter() {
+        store(&b, &topics, &mut errors);
+    }
+    let lp = engine
+        .join()
+        .map_err(|_| std::io::Error::other("the engine thread panicked"))?;
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed");
+    }
+    Ok(lp)
+}
+
+/// The engine thread: process batches in order, hand each back for its offsets, publish on
+/// the cadence (also while no messages arrive).
+fn process(
+    mut lp: EngineLoop,
+    batches: &std::sync::mpsc::Receiver<Batch>,
+    done: &std::sync::mpsc::Sender<Batch>,
+    lag: &Mutex<Vec<(String, i32, i64)>>,
+) -> EngineLoop {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut drain = Drain::default();
+    loop {
+        match batches.recv_timeout(Duration::from_millis(100)) {
+            Ok(b) => {
+                for p in b.payloads() {
+                    drain.message();
+                    let _ = lp.on_message(p);
+                }
+                // the consumer thread may already be gone at shutdown: nothing to store then
+                let _ = done.send(b);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if lp.publish_due() {
             if let Ok(m) = lp.metrics().lock() {
                 m.source_ready
                     .set(i64::from(lp.shared().ready.load(Ordering::Relaxed)));
@@ -235,8 +369,5 @@ pub fn consume(
     drain.log(&lp);
     lp.publish();
     lp.flush_dead_letter();
-    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed");
-    }
     lp
 }

@@ -44,25 +44,69 @@ pub fn decode_into<'s, 'a: 's>(
         return Err(RejectReason::NotUtf8);
     };
     inputs.clear();
+    // filled in place: returning the ~400-byte struct by value cost a memcpy per event
+    let mut raw = RawEvent::default();
+    if super::fast::decode(text, &mut raw, inputs, limits.max_inputs_per_event).is_ok() {
+        return raw.validate(&inputs[..]);
+    }
+    raw = RawEvent::default();
+    inputs.clear();
+    serde_path(text, limits, &mut raw, inputs)?;
+    raw.validate(&inputs[..])
+}
+
+/// The general path: serde_json over the whole message, naming the reason of a rejection.
+fn serde_path<'a>(
+    text: &'a str,
+    limits: &Limits,
+    raw: &mut RawEvent<'a>,
+    inputs: &mut Inputs<'a>,
+) -> Result<(), RejectReason> {
     // from_str: UTF-8 was validated once, above, and the parser does not validate it again
     let mut de = serde_json::Deserializer::from_str(text);
-    let raw = de
-        .deserialize_map(EventVisitor {
-            inputs: &mut *inputs,
-        })
+    de.deserialize_map(EventVisitor { raw, inputs })
         .map_err(|e| RejectReason::classify(&e))?;
     de.end().map_err(|e| RejectReason::classify(&e))?;
     if inputs.len() > limits.max_inputs_per_event {
         return Err(RejectReason::TooManyInputs);
     }
-    raw.validate(&inputs[..])
+    Ok(())
 }
+
+/// The bit of a known top-level field (its place in the duplicate mask and in [`RawEvent`]).
+#[inline]
+pub(super) fn field_bit(key: &str) -> Option<u32> {
+    Some(match key {
+        "kind" => 0,
+        "ts" => FIELD_TS,
+        "experiment" => 2,
+        "arm" => 3,
+        "unit" => 4,
+        "cluster" => 5,
+        "inputs" => FIELD_INPUTS,
+        "router" => 7,
+        "score" => 8,
+        "threshold" => 9,
+        "route" => 10,
+        "judge" => 11,
+        "judge_version" => 12,
+        "category" => 13,
+        "control" => FIELD_CONTROL,
+        "eval_set" => 15,
+        "weight" => 16,
+        _ => return None,
+    })
+}
+
+pub(super) const FIELD_TS: u32 = 1;
+pub(super) const FIELD_INPUTS: u32 = 6;
+pub(super) const FIELD_CONTROL: u32 = 14;
 
 /// The top-level fields, before the semantic checks.
 #[derive(Default)]
-struct RawEvent<'a> {
+pub(super) struct RawEvent<'a> {
     kind: Option<BStr<'a>>,
-    ts: Option<Ts>,
+    pub(super) ts: Option<Ts>,
     experiment: Option<BStr<'a>>,
     arm: Option<BStr<'a>>,
     unit: Option<BStr<'a>>,
@@ -74,77 +118,84 @@ struct RawEvent<'a> {
     judge: Option<BStr<'a>>,
     judge_version: Option<BStr<'a>>,
     category: Option<BStr<'a>>,
-    control: Option<bool>,
+    pub(super) control: Option<bool>,
     eval_set: Option<BStr<'a>>,
     weight: Option<f64>,
 }
 
+impl<'a> RawEvent<'a> {
+    /// The slot of string field `bit`.
+    #[inline]
+    pub(super) fn str_slot(&mut self, bit: u32) -> Option<&mut Option<BStr<'a>>> {
+        Some(match bit {
+            0 => &mut self.kind,
+            2 => &mut self.experiment,
+            3 => &mut self.arm,
+            4 => &mut self.unit,
+            5 => &mut self.cluster,
+            7 => &mut self.router,
+            10 => &mut self.route,
+            11 => &mut self.judge,
+            12 => &mut self.judge_version,
+            13 => &mut self.category,
+            15 => &mut self.eval_set,
+            _ => return None,
+        })
+    }
+
+    /// The slot of number field `bit`.
+    #[inline]
+    pub(super) fn num_slot(&mut self, bit: u32) -> Option<&mut Option<f64>> {
+        Some(match bit {
+            8 => &mut self.score,
+            9 => &mut self.threshold,
+            16 => &mut self.weight,
+            _ => return None,
+        })
+    }
+}
+
 /// Visits the top-level object; `inputs` is parsed straight into the caller's buffer.
 struct EventVisitor<'b, 'a> {
+    raw: &'b mut RawEvent<'a>,
     inputs: &'b mut Inputs<'a>,
 }
 
 impl<'de: 'a, 'a> Visitor<'de> for EventVisitor<'_, 'a> {
-    type Value = RawEvent<'a>;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an event object")
     }
 
-    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<RawEvent<'a>, M::Error> {
-        let mut r = RawEvent::default();
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
+        let r = self.raw;
         let mut seen = 0u32;
         while let Some(BStr(key)) = m.next_key::<BStr<'de>>()? {
-            let bit = match &*key {
-                "kind" => 0,
-                "ts" => 1,
-                "experiment" => 2,
-                "arm" => 3,
-                "unit" => 4,
-                "cluster" => 5,
-                "inputs" => 6,
-                "router" => 7,
-                "score" => 8,
-                "threshold" => 9,
-                "route" => 10,
-                "judge" => 11,
-                "judge_version" => 12,
-                "category" => 13,
-                "control" => 14,
-                "eval_set" => 15,
-                "weight" => 16,
-                _ => {
-                    m.next_value::<de::IgnoredAny>()?;
-                    continue;
-                }
+            let Some(bit) = field_bit(&key) else {
+                m.next_value::<de::IgnoredAny>()?;
+                continue;
             };
             if seen & (1 << bit) != 0 {
                 return Err(de::Error::custom(RejectReason::DuplicateField.tag()));
             }
             seen |= 1 << bit;
             match bit {
-                0 => r.kind = m.next_value()?,
-                1 => r.ts = m.next_value()?,
-                2 => r.experiment = m.next_value()?,
-                3 => r.arm = m.next_value()?,
-                4 => r.unit = m.next_value()?,
-                5 => r.cluster = m.next_value()?,
-                6 => m.next_value_seed(InputsSeed {
+                FIELD_TS => r.ts = m.next_value()?,
+                FIELD_INPUTS => m.next_value_seed(InputsSeed {
                     out: &mut *self.inputs,
                 })?,
-                7 => r.router = m.next_value()?,
-                8 => r.score = m.next_value()?,
-                9 => r.threshold = m.next_value()?,
-                10 => r.route = m.next_value()?,
-                11 => r.judge = m.next_value()?,
-                12 => r.judge_version = m.next_value()?,
-                13 => r.category = m.next_value()?,
-                14 => r.control = m.next_value()?,
-                15 => r.eval_set = m.next_value()?,
-                _ => r.weight = m.next_value()?,
+                FIELD_CONTROL => r.control = m.next_value()?,
+                _ => {
+                    if let Some(slot) = r.str_slot(bit) {
+                        *slot = m.next_value()?;
+                    } else if let Some(slot) = r.num_slot(bit) {
+                        *slot = m.next_value()?;
+                    }
+                }
             }
         }
-        Ok(r)
+        Ok(())
     }
 }
 
@@ -160,7 +211,7 @@ fn optional(v: Option<BStr<'_>>) -> Option<Cow<'_, str>> {
 
 /// A string that borrows from the message unless it has escapes. (serde's own `Cow<str>`
 /// impl always copies.)
-struct BStr<'a>(Cow<'a, str>);
+pub(super) struct BStr<'a>(pub(super) Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for BStr<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -239,7 +290,7 @@ impl<'a> RawEvent<'a> {
 }
 
 /// `ts`: integer epoch milliseconds or an RFC 3339 string.
-struct Ts(i64);
+pub(super) struct Ts(pub(super) i64);
 
 impl<'de> Deserialize<'de> for Ts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -459,6 +510,127 @@ mod tests {
         let many =
             br#"{"kind":"prompt","ts":1,"experiment":"x","arm":"a","inputs":{"a":1,"b":2,"c":3}}"#;
         assert_eq!(dec_bytes(many, &limits), Some(RejectReason::TooManyInputs));
+    }
+
+    /// The same text through the fast path (when it does not give up) and the serde path.
+    type Both<'a> = (
+        Result<Event<'a>, RejectReason>,
+        Result<Event<'a>, RejectReason>,
+    );
+
+    fn both<'a>(text: &'a str) -> Option<Both<'a>> {
+        let limits = Limits::default();
+        let (mut r1, mut i1) = (RawEvent::default(), Inputs::new());
+        super::super::fast::decode(text, &mut r1, &mut i1, limits.max_inputs_per_event).ok()?;
+        let (mut r2, mut i2) = (RawEvent::default(), Inputs::new());
+        let slow = serde_path(text, &limits, &mut r2, &mut i2);
+        let i1: &'a Inputs<'a> = Box::leak(Box::new(i1));
+        let i2: &'a Inputs<'a> = Box::leak(Box::new(i2));
+        Some((r1.validate(i1), slow.and_then(|()| r2.validate(i2))))
+    }
+
+    fn json_piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("\"prompt\"".to_string()),
+            Just("\"routing\"".to_string()),
+            Just("\"a\\\"b\"".to_string()),
+            Just("\"x\\u00e9\"".to_string()),
+            Just("\"2026-01-02T03:04:05Z\"".to_string()),
+            Just("\"é ü\"".to_string()),
+            Just("\"\"".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("-0".to_string()),
+            Just("-0.0".to_string()),
+            Just("1e999".to_string()),
+            Just("01".to_string()),
+            Just("1.".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("9223372036854775808".to_string()),
+            Just("-9223372036854775808".to_string()),
+            Just("[1,2]".to_string()),
+            Just("{\"a\":1}".to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<u64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:e}")),
+            (0.0f64..1e6).prop_map(|v| v.to_string()),
+            "[a-z]{0,12}".prop_map(|v| format!("\"{v}\"")),
+        ]
+    }
+
+    fn json_event() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("kind"),
+            Just("ts"),
+            Just("experiment"),
+            Just("arm"),
+            Just("unit"),
+            Just("cluster"),
+            Just("router"),
+            Just("score"),
+            Just("threshold"),
+            Just("route"),
+            Just("judge"),
+            Just("judge_version"),
+            Just("category"),
+            Just("control"),
+            Just("eval_set"),
+            Just("weight"),
+            Just("inputs"),
+            Just("other"),
+        ];
+        let ws = prop_oneof![Just(""), Just(""), Just(" "), Just("\n\t ")];
+        let inputs = proptest::collection::vec(("[a-c]{1,2}", json_piece()), 0..5).prop_map(|v| {
+            let body: Vec<String> = v.iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
+            format!("{{{}}}", body.join(","))
+        });
+        let field = (key, json_piece(), inputs, ws.clone()).prop_map(|(k, v, inp, w)| {
+            let v = if k == "inputs" { inp } else { v };
+            format!("{w}\"{k}\"{w}:{w}{v}{w}")
+        });
+        let fixed =
+            Just(r#""kind":"prompt","ts":1767225600000,"experiment":"e","arm":"a""#.to_string());
+        (
+            proptest::option::of(fixed),
+            proptest::collection::vec(field, 0..8),
+            ws,
+            any::<bool>(),
+        )
+            .prop_map(|(f, fields, w, trailing)| {
+                let mut all: Vec<String> = f.into_iter().collect();
+                all.extend(fields);
+                format!(
+                    "{w}{{{}}}{w}{}",
+                    all.join(","),
+                    if trailing { "x" } else { "" }
+                )
+            })
+    }
+
+    #[test]
+    fn simulated_events_take_the_fast_path() {
+        let mut sim = crate::sim::Simulator::single(1, Default::default()).with_prompt_tokens();
+        let mut buf = Vec::new();
+        for _ in 0..2_000 {
+            sim.next_event(&mut buf);
+            let text = std::str::from_utf8(&buf).unwrap();
+            let (fast, slow) = both(text).expect("the fast path gave up on a simulated event");
+            assert_eq!(fast, slow);
+            assert!(fast.is_ok(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn fast_path_agrees_with_serde(text in json_event()) {
+            if let Some((fast, slow)) = both(&text) {
+                proptest::prop_assert_eq!(fast, slow, "{}", text);
+            }
+        }
     }
 
     proptest::proptest! {

@@ -5,6 +5,7 @@
 //! a typical event does not allocate and the inputs are never copied.
 
 mod decode;
+mod fast;
 mod reject;
 mod time;
 

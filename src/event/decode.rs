@@ -623,6 +623,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn fast_path_takes_plain_events_and_leaves_the_rest() {
+        let taken = [
+            r#" { "kind" : "routing" , "ts":1,"router":"r","score":-2.5e-3,"route":"b","x":true } "#,
+            r#"{"kind":"prompt","ts":"2026-01-02T03:04:05Z","experiment":"é","arm":"a","inputs":{"n":-7,"m":18446744073709551615,"b":false}}"#,
+            r#"{"kind":"judgment","ts":0,"judge":"j","judge_version":"v","score":1,"control":true}"#,
+        ];
+        for t in taken {
+            let (fast, slow) = both(t).expect(t);
+            assert_eq!(fast, slow, "{t}");
+            assert!(fast.is_ok(), "{t}");
+        }
+        let left = [
+            r#"{"kind":"prompt","ts":1,"experiment":"a\"b","arm":"a"}"#,
+            r#"{"kind":"prompt","ts":1,"experiment":"e","arm":"a","inputs":null}"#,
+            r#"{"kind":"prompt","ts":1,"experiment":"e","arm":"a","x":[1]}"#,
+            r#"{"kind":"prompt","ts":1,"kind":"prompt"}"#,
+            r#"{"kind":"prompt","ts":-0}"#,
+            r#"{"kind":"prompt","ts":1,"score":1e999}"#,
+            r#"{"kind":"prompt","ts":1,}"#,
+            r#"{"kind":"prompt","ts":1} x"#,
+        ];
+        for t in left {
+            assert!(both(t).is_none(), "{t}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
         #[test]

@@ -35,21 +35,7 @@ pub(super) fn decode<'a>(
     s.eat(b'{')?;
     let mut seen = 0u32;
     let mut first = true;
-    loop {
-        s.ws();
-        if s.peek() == Some(b'}') {
-            s.i += 1;
-            break;
-        }
-        if !first {
-            s.eat(b',')?;
-            s.ws();
-        }
-        first = false;
-        let key = s.string()?;
-        s.ws();
-        s.eat(b':')?;
-        s.ws();
+    while let Some(key) = s.next_key(&mut first)? {
         let Some(bit) = field_bit(key) else {
             s.skip_scalar()?;
             continue;
@@ -283,27 +269,34 @@ impl<'a> Scan<'a> {
     fn inputs(&mut self, out: &mut Inputs<'a>, max: usize) -> R<()> {
         self.eat(b'{')?;
         let mut first = true;
-        loop {
-            self.ws();
-            if self.peek() == Some(b'}') {
-                self.i += 1;
-                return Ok(());
-            }
-            if !first {
-                self.eat(b',')?;
-                self.ws();
-            }
-            first = false;
-            let name = self.string()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
+        while let Some(name) = self.next_key(&mut first)? {
             let v = self.value()?;
             if out.len() >= max {
                 return Err(GiveUp);
             }
             out.push((Cow::Borrowed(name), v));
         }
+        Ok(())
+    }
+
+    /// The next key of an object whose `{` has been read, up to its `:` (`None` at the `}`).
+    #[inline]
+    fn next_key(&mut self, first: &mut bool) -> R<Option<&'a str>> {
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(None);
+        }
+        if !*first {
+            self.eat(b',')?;
+            self.ws();
+        }
+        *first = false;
+        let key = self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Ok(Some(key))
     }
 
     /// The value of an unknown field: a string, number or boolean (anything else gives up).

@@ -152,13 +152,12 @@ impl EngineLoop {
         self.last_publish.elapsed() >= self.publish_every
     }
 
-    /// Publish metrics and the report now: the report is built and serialized once, here,
-    /// and the HTTP handlers serve the same bytes to every client until the next publish.
+    /// Publish metrics and the report now: the report is built once, here; the HTTP handlers
+    /// serialize it at most once per publish and serve the same bytes to every client.
     pub fn publish(&mut self) {
         self.last_publish = Instant::now();
         self.engine.count_memory();
         let report = self.engine.report();
-        let json = serde_json::to_vec(&report).unwrap_or_default();
         let text = match self.metrics.lock() {
             Ok(mut m) => {
                 let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
@@ -175,7 +174,7 @@ impl EngineLoop {
             }
             Err(_) => String::new(),
         };
-        self.shared.set(text.into_bytes(), json);
+        self.shared.set(text.into_bytes(), report);
     }
 
     /// Deliver queued dead letters (at shutdown).

@@ -272,6 +272,25 @@ max_message_bytes = 4096
         .expect("input_divergence alert");
     assert_eq!(leak["subject"], "tier");
     assert_eq!(leak["value"], "pro");
+    // one experiment alone: its report and only its alerts (the design is the same; counts may
+    // have grown by a publish in between, never shrunk)
+    let (status, one) = http_get(&http, "/api/v1/experiments/prompt-variant").expect("one");
+    assert_eq!(status, 200);
+    let one: serde_json::Value = serde_json::from_str(&one).expect("experiment is JSON");
+    let whole = &report["experiments"]["prompt-variant"];
+    assert_eq!(one["report"]["arms"], whole["arms"]);
+    assert_eq!(one["report"]["design"], whole["design"]);
+    let n = |v: &serde_json::Value| -> u64 {
+        v["counts"]
+            .as_array()
+            .map_or(0, |c| c.iter().filter_map(|x| x.as_u64()).sum())
+    };
+    assert!(n(&one["report"]) >= n(whole) && n(whole) > 0);
+    let own = one["alerts"].as_array().expect("alerts");
+    assert!(own.iter().any(|a| a["check"] == "input_divergence"));
+    assert!(own.iter().all(|a| a["experiment"] == "prompt-variant"));
+    let (status, _) = http_get(&http, "/api/v1/experiments/no-such").expect("404");
+    assert_eq!(status, 404);
     assert!(
         alerts
             .iter()

@@ -283,11 +283,11 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Wait for the engine thread (without blocking the runtime) and take back its loop.
+/// Wait for a worker thread (without blocking the runtime) and take back what it returns.
 async fn join<T: Send + 'static>(worker: std::thread::JoinHandle<T>) -> Result<T> {
     tokio::task::spawn_blocking(move || worker.join())
         .await?
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))
+        .map_err(|_| anyhow::anyhow!("a worker thread panicked"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -320,7 +320,7 @@ fn run(settings: Settings, max_messages: Option<u64>) -> Result<()> {
             tracing::info!("shutting down");
             stop.store(true, Ordering::Relaxed);
         });
-        let lp = join(worker).await?.context("cannot start the engine thread")?;
+        let lp = join(worker).await?.context("the engine thread failed")?;
         signal.abort();
         finish(out, lp).await;
         Ok(())

@@ -18,7 +18,7 @@ pub struct Shared {
     /// Prometheus text of the last publish.
     pub metrics_text: Mutex<Bytes>,
     /// The report of the last publish.
-    pub report: Mutex<Option<Arc<Report>>>,
+    report: Mutex<Option<Arc<Report>>>,
     /// Its JSON, made by the first request after a publish (not by the engine thread: with a
     /// thousand experiments it is ~10 MB), then served as shared bytes until the next one.
     report_json: Mutex<Option<Bytes>>,

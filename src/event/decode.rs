@@ -73,40 +73,13 @@ fn serde_path<'a>(
     Ok(())
 }
 
-/// The bit of a known top-level field (its place in the duplicate mask and in [`RawEvent`]).
-#[inline]
-pub(super) fn field_bit(key: &str) -> Option<u32> {
-    Some(match key {
-        "kind" => 0,
-        "ts" => FIELD_TS,
-        "experiment" => 2,
-        "arm" => 3,
-        "unit" => 4,
-        "cluster" => 5,
-        "inputs" => FIELD_INPUTS,
-        "router" => 7,
-        "score" => 8,
-        "threshold" => 9,
-        "route" => 10,
-        "judge" => 11,
-        "judge_version" => 12,
-        "category" => 13,
-        "control" => FIELD_CONTROL,
-        "eval_set" => 15,
-        "weight" => 16,
-        _ => return None,
-    })
-}
-
-pub(super) const FIELD_TS: u32 = 1;
-pub(super) const FIELD_INPUTS: u32 = 6;
-pub(super) const FIELD_CONTROL: u32 = 14;
-
 /// The top-level fields, before the semantic checks.
 #[derive(Default)]
 pub(super) struct RawEvent<'a> {
+    /// Fields seen so far, one bit each (a second occurrence is a `duplicate_field`).
+    seen: u32,
     kind: Option<BStr<'a>>,
-    pub(super) ts: Option<Ts>,
+    ts: Option<Ts>,
     experiment: Option<BStr<'a>>,
     arm: Option<BStr<'a>>,
     unit: Option<BStr<'a>>,
@@ -118,40 +91,54 @@ pub(super) struct RawEvent<'a> {
     judge: Option<BStr<'a>>,
     judge_version: Option<BStr<'a>>,
     category: Option<BStr<'a>>,
-    pub(super) control: Option<bool>,
+    control: Option<bool>,
     eval_set: Option<BStr<'a>>,
     weight: Option<f64>,
 }
 
-impl<'a> RawEvent<'a> {
-    /// The slot of string field `bit`.
-    #[inline]
-    pub(super) fn str_slot(&mut self, bit: u32) -> Option<&mut Option<BStr<'a>>> {
-        Some(match bit {
-            0 => &mut self.kind,
-            2 => &mut self.experiment,
-            3 => &mut self.arm,
-            4 => &mut self.unit,
-            5 => &mut self.cluster,
-            7 => &mut self.router,
-            10 => &mut self.route,
-            11 => &mut self.judge,
-            12 => &mut self.judge_version,
-            13 => &mut self.category,
-            15 => &mut self.eval_set,
-            _ => return None,
-        })
-    }
+/// Where the value of a known top-level field goes.
+pub(super) enum Slot<'r, 'a> {
+    Str(&'r mut Option<BStr<'a>>),
+    Num(&'r mut Option<f64>),
+    Ts(&'r mut Option<Ts>),
+    Flag(&'r mut Option<bool>),
+    /// Parsed into the caller's inputs buffer.
+    Inputs,
+}
 
-    /// The slot of number field `bit`.
+/// A field that appeared twice in one event.
+pub(super) struct Duplicate;
+
+impl<'a> RawEvent<'a> {
+    /// The one table of the contract's top-level fields, for both decoders: the slot of field
+    /// `key` (`None`: unknown, to be skipped), or `Duplicate` when it was seen already.
     #[inline]
-    pub(super) fn num_slot(&mut self, bit: u32) -> Option<&mut Option<f64>> {
-        Some(match bit {
-            8 => &mut self.score,
-            9 => &mut self.threshold,
-            16 => &mut self.weight,
-            _ => return None,
-        })
+    pub(super) fn field(&mut self, key: &str) -> Result<Option<Slot<'_, 'a>>, Duplicate> {
+        let (bit, slot) = match key {
+            "kind" => (0, Slot::Str(&mut self.kind)),
+            "ts" => (1, Slot::Ts(&mut self.ts)),
+            "experiment" => (2, Slot::Str(&mut self.experiment)),
+            "arm" => (3, Slot::Str(&mut self.arm)),
+            "unit" => (4, Slot::Str(&mut self.unit)),
+            "cluster" => (5, Slot::Str(&mut self.cluster)),
+            "inputs" => (6, Slot::Inputs),
+            "router" => (7, Slot::Str(&mut self.router)),
+            "score" => (8, Slot::Num(&mut self.score)),
+            "threshold" => (9, Slot::Num(&mut self.threshold)),
+            "route" => (10, Slot::Str(&mut self.route)),
+            "judge" => (11, Slot::Str(&mut self.judge)),
+            "judge_version" => (12, Slot::Str(&mut self.judge_version)),
+            "category" => (13, Slot::Str(&mut self.category)),
+            "control" => (14, Slot::Flag(&mut self.control)),
+            "eval_set" => (15, Slot::Str(&mut self.eval_set)),
+            "weight" => (16, Slot::Num(&mut self.weight)),
+            _ => return Ok(None),
+        };
+        if self.seen & (1 << bit) != 0 {
+            return Err(Duplicate);
+        }
+        self.seen |= 1 << bit;
+        Ok(Some(slot))
     }
 }
 
@@ -169,30 +156,22 @@ impl<'de: 'a, 'a> Visitor<'de> for EventVisitor<'_, 'a> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
-        let r = self.raw;
-        let mut seen = 0u32;
         while let Some(BStr(key)) = m.next_key::<BStr<'de>>()? {
-            let Some(bit) = field_bit(&key) else {
-                m.next_value::<de::IgnoredAny>()?;
-                continue;
-            };
-            if seen & (1 << bit) != 0 {
-                return Err(de::Error::custom(RejectReason::DuplicateField.tag()));
-            }
-            seen |= 1 << bit;
-            match bit {
-                FIELD_TS => r.ts = m.next_value()?,
-                FIELD_INPUTS => m.next_value_seed(InputsSeed {
+            let slot = self
+                .raw
+                .field(&key)
+                .map_err(|Duplicate| de::Error::custom(RejectReason::DuplicateField.tag()))?;
+            match slot {
+                None => {
+                    m.next_value::<de::IgnoredAny>()?;
+                }
+                Some(Slot::Str(v)) => *v = m.next_value()?,
+                Some(Slot::Num(v)) => *v = m.next_value()?,
+                Some(Slot::Ts(v)) => *v = m.next_value()?,
+                Some(Slot::Flag(v)) => *v = m.next_value()?,
+                Some(Slot::Inputs) => m.next_value_seed(InputsSeed {
                     out: &mut *self.inputs,
                 })?,
-                FIELD_CONTROL => r.control = m.next_value()?,
-                _ => {
-                    if let Some(slot) = r.str_slot(bit) {
-                        *slot = m.next_value()?;
-                    } else if let Some(slot) = r.num_slot(bit) {
-                        *slot = m.next_value()?;
-                    }
-                }
             }
         }
         Ok(())

@@ -9,7 +9,7 @@
 //! test (`tests::fast_path_agrees_with_serde`) holds the two to the same result. Measured: the
 //! serde path was ~28% of the per-event cost of a prompt event (see `benches/pipeline.rs`).
 
-use super::decode::{field_bit, BStr, RawEvent, FIELD_CONTROL, FIELD_INPUTS, FIELD_TS};
+use super::decode::{BStr, RawEvent, Slot, Ts};
 use super::{InputValue, Inputs};
 use std::borrow::Cow;
 
@@ -26,41 +26,22 @@ pub(super) fn decode<'a>(
     inputs: &mut Inputs<'a>,
     max_inputs: usize,
 ) -> R<()> {
-    let mut s = Scan {
-        b: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut s = Scan { text, i: 0 };
     s.ws();
     s.eat(b'{')?;
-    let mut seen = 0u32;
     let mut first = true;
     while let Some(key) = s.next_key(&mut first)? {
-        let Some(bit) = field_bit(key) else {
-            s.skip_scalar()?;
-            continue;
-        };
-        if seen & (1 << bit) != 0 {
-            return Err(GiveUp);
-        }
-        seen |= 1 << bit;
-        match bit {
-            FIELD_TS => raw.ts = Some(s.ts()?),
-            FIELD_INPUTS => s.inputs(inputs, max_inputs)?,
-            FIELD_CONTROL => raw.control = Some(s.boolean()?),
-            _ => {
-                if let Some(slot) = raw.str_slot(bit) {
-                    *slot = Some(BStr(Cow::Borrowed(s.string()?)));
-                } else if let Some(slot) = raw.num_slot(bit) {
-                    *slot = Some(s.number()?.as_f64());
-                } else {
-                    return Err(GiveUp);
-                }
-            }
+        match raw.field(key).map_err(|_| GiveUp)? {
+            None => s.skip_scalar()?,
+            Some(Slot::Str(v)) => *v = Some(BStr(Cow::Borrowed(s.string()?))),
+            Some(Slot::Num(v)) => *v = Some(s.number()?.as_f64()),
+            Some(Slot::Ts(v)) => *v = Some(s.ts()?),
+            Some(Slot::Flag(v)) => *v = Some(s.boolean()?),
+            Some(Slot::Inputs) => s.inputs(inputs, max_inputs)?,
         }
     }
     s.ws();
-    if s.i == s.b.len() {
+    if s.i == s.b().len() {
         Ok(())
     } else {
         Err(GiveUp)
@@ -86,15 +67,19 @@ impl Number {
 }
 
 struct Scan<'a> {
-    b: &'a [u8],
     text: &'a str,
     i: usize,
 }
 
 impl<'a> Scan<'a> {
     #[inline]
+    fn b(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    #[inline]
     fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
+        self.b().get(self.i).copied()
     }
 
     #[inline]
@@ -140,7 +125,7 @@ impl<'a> Scan<'a> {
     fn skip_plain(&mut self) {
         const LO: u64 = 0x0101_0101_0101_0101;
         const HI: u64 = 0x8080_8080_8080_8080;
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+        while let Some(chunk) = self.b().get(self.i..self.i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
             let x = u64::from_le_bytes(w);
@@ -159,7 +144,7 @@ impl<'a> Scan<'a> {
     }
 
     fn boolean(&mut self) -> R<bool> {
-        let rest = &self.b[self.i..];
+        let rest = &self.b()[self.i..];
         if rest.starts_with(b"true") {
             self.i += 4;
             Ok(true)
@@ -196,7 +181,7 @@ impl<'a> Scan<'a> {
             self.i += 1;
         }
         let digits = self.i - int_start;
-        if digits == 0 || (digits > 1 && self.b[int_start] == b'0') {
+        if digits == 0 || (digits > 1 && self.b()[int_start] == b'0') {
             return Err(GiveUp);
         }
         let mut float = false;
@@ -242,8 +227,7 @@ impl<'a> Scan<'a> {
     }
 
     /// `ts`: an integer that fits in i64, or an RFC 3339 string.
-    fn ts(&mut self) -> R<super::decode::Ts> {
-        use super::decode::Ts;
+    fn ts(&mut self) -> R<Ts> {
         match self.peek() {
             Some(b'"') => {
                 let s = self.string()?;

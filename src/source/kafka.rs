@@ -145,12 +145,10 @@ struct Drain {
 }
 
 impl Drain {
-    #[inline]
-    fn message(&mut self) {
-        if self.messages == 0 {
-            self.first = Some(std::time::Instant::now());
-        }
-        self.messages += 1;
+    /// Count `n` messages about to be processed.
+    fn messages(&mut self, n: usize) {
+        self.first.get_or_insert_with(std::time::Instant::now);
+        self.messages += n as u64;
     }
 
     fn log(&self, lp: &EngineLoop) {
@@ -214,6 +212,16 @@ impl Batch {
             Some((start, end))
         }));
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        // partition first (an integer), the topic name only to confirm: a batch holds a few
+        // partitions, and the topic list is searched only for a partition new to the batch
+        if let Some(l) = self
+            .last
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && topics[*t] == topic)
+        {
+            l.2 = l.2.max(offset);
+            return;
+        }
         let t = match topics.iter().position(|t| t == topic) {
             Some(t) => t,
             None => {
@@ -221,14 +229,7 @@ impl Batch {
                 topics.len() - 1
             }
         };
-        match self
-            .last
-            .iter_mut()
-            .find(|(lt, lp, _)| *lt == t && *lp == partition)
-        {
-            Some(l) => l.2 = l.2.max(offset),
-            None => self.last.push((t, partition, offset)),
-        }
+        self.last.push((t, partition, offset));
     }
 
     fn full(&self) -> bool {
@@ -280,7 +281,6 @@ pub fn consume(
             }
         }
     };
-    let mut engine_gone = false;
     while !stop.load(Ordering::Relaxed) && max_messages.is_none_or(|m| polled_messages < m) {
         while let Ok(mut b) = from_engine.try_recv() {
             store(&b, &topics, &mut errors);
@@ -306,12 +306,11 @@ pub fn consume(
         if cur.full() || (idle && !cur.spans.is_empty()) {
             let next = spare.pop().unwrap_or_default();
             if to_engine.send(std::mem::replace(&mut cur, next)).is_err() {
-                engine_gone = true;
-                break;
+                break; // the engine thread is gone; its join below says why
             }
         }
     }
-    if !cur.spans.is_empty() && !engine_gone {
+    if !cur.spans.is_empty() {
         let _ = to_engine.send(cur);
     }
     drop(to_engine);
@@ -341,8 +340,8 @@ fn process(
     loop {
         match batches.recv_timeout(Duration::from_millis(100)) {
             Ok(b) => {
+                drain.messages(b.spans.len());
                 for p in b.payloads() {
-                    drain.message();
                     let _ = lp.on_message(p);
                 }
                 // the consumer thread may already be gone at shutdown: nothing to store then

@@ -57,13 +57,18 @@ pub struct Engine {
 }
 
 /// Messages between two counts of the state's memory (a count walks every experiment's
-/// inputs) while it is under 3/4 of the budget, or over it (frozen: it no longer grows)...
+/// inputs) while it is under 3/4 of the budget, or over it (frozen: it no longer grows), plus
+/// [`MEMORY_RECOUNT_PER_EXPERIMENT`] per experiment, so the count's cost per message stays
+/// constant however many experiments there are...
 /// Odd, so that the count does not always land on the messages whose processing time the
 /// daemon samples (every 64th): the sampled mean stays unbiased.
 pub const MEMORY_RECOUNT_EVERY: u64 = 4095;
 /// ... and while it is between 3/4 of the budget and the budget, where a few thousand
 /// messages could carry it far past.
 pub const MEMORY_RECOUNT_NEAR: u64 = 255;
+/// Messages added to the recount interval per experiment (even: the interval stays odd);
+/// half of it close to the budget.
+pub const MEMORY_RECOUNT_PER_EXPERIMENT: u64 = 8;
 
 /// Judges (and routers) tracked at most.
 pub const MAX_INSTRUMENTS: usize = 256;
@@ -383,11 +388,12 @@ impl Engine {
             + self.index.capacity() * 17;
         let over = self.state_bytes >= self.memory_budget;
         let near = self.state_bytes / 3 >= self.memory_budget / 4;
+        let per = MEMORY_RECOUNT_PER_EXPERIMENT * self.experiments.len() as u64;
         self.memory_count_due = self.seq
             + if near && !over {
-                MEMORY_RECOUNT_NEAR
+                MEMORY_RECOUNT_NEAR + per / 2
             } else {
-                MEMORY_RECOUNT_EVERY
+                MEMORY_RECOUNT_EVERY + per
             };
         for e in &mut self.experiments {
             e.frozen = over;
@@ -512,6 +518,22 @@ mod tests {
             report.memory.state_bytes
         );
         assert_eq!(report.events.rejected.get("memory_limit"), Some(&refused));
+    }
+
+    /// The report `replay` streams (each experiment built while written) is the report.
+    #[test]
+    fn lazy_report_is_the_report() {
+        let mut engine = Engine::new(&Settings::from_toml("").unwrap());
+        let mut sim = Simulator::fleet(3, 20, 50);
+        let mut buf = Vec::new();
+        for _ in 0..5_000 {
+            sim.next_event(&mut buf);
+            let _ = engine.process(&buf);
+        }
+        assert!(engine.experiments().len() > 10);
+        let built = serde_json::to_string(&engine.report()).unwrap();
+        let lazy = serde_json::to_string(&Report::lazy(&engine)).unwrap();
+        assert_eq!(built, lazy);
     }
 
     /// Two partitions processed apart and merged give the state of one pass over the stream.

@@ -186,7 +186,7 @@ fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result
     }
     let secs = start.elapsed().as_secs_f64();
     engine.count_memory();
-    let report = engine.report();
+    let report = armwatch::report::Report::lazy(&engine);
     {
         // streamed: a report of a thousand experiments is tens of megabytes as one string
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -20,15 +20,17 @@ pub use integrity::{
 };
 use std::collections::BTreeMap;
 
-/// The whole report.
+/// The whole report. `E` is how the experiments are held: built (the default, what the HTTP
+/// side and the metrics keep) or [`LazyExperiments`], each built only while it is serialized
+/// (what `replay` prints: a thousand experiments' reports are tens of megabytes at once).
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct Report<E = BTreeMap<String, ExperimentReport>> {
     /// Event counts.
     pub events: EventsReport,
     /// Every alert fired (they stay active).
     pub alerts: Vec<Alert>,
     /// Per experiment.
-    pub experiments: BTreeMap<String, ExperimentReport>,
+    pub experiments: E,
     /// Per judge endpoint.
     pub judges: BTreeMap<String, JudgeReport>,
     /// Per router.
@@ -51,6 +53,8 @@ pub struct MemoryReport {
     pub refusing_new_experiments: bool,
     /// Messages of new experiments refused for memory.
     pub refused_messages: u64,
+    /// The experiments' estimated bytes by part, counted when the report is built.
+    pub experiments_by_part: crate::state::experiment::MemoryParts,
 }
 
 /// Eval sets against production.
@@ -338,9 +342,43 @@ pub struct NumericReport {
     pub smd: Option<f64>,
 }
 
+/// The experiments' reports, each built while it is serialized (in id order, as the map).
+pub struct LazyExperiments<'a>(&'a Engine);
+
+impl Serialize for LazyExperiments<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut order: Vec<&Experiment> = self.0.experiments().iter().collect();
+        order.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        ser.collect_map(
+            order
+                .into_iter()
+                .map(|e| (&*e.id, experiment_report(e, self.0))),
+        )
+    }
+}
+
 impl Report {
     /// Build from the engine's state.
     pub fn build(engine: &Engine) -> Report {
+        Report::build_with(engine, |engine| {
+            engine
+                .experiments()
+                .iter()
+                .map(|e| (e.id.to_string(), experiment_report(e, engine)))
+                .collect()
+        })
+    }
+}
+
+impl<'a> Report<LazyExperiments<'a>> {
+    /// The same report with each experiment's part built only while it is serialized.
+    pub fn lazy(engine: &'a Engine) -> Report<LazyExperiments<'a>> {
+        Report::build_with(engine, LazyExperiments)
+    }
+}
+
+impl<E> Report<E> {
+    fn build_with<'a>(engine: &'a Engine, experiments: impl FnOnce(&'a Engine) -> E) -> Report<E> {
         let accepted_by_kind: BTreeMap<&'static str, u64> = Kind::ALL
             .iter()
             .map(|k| (k.as_str(), engine.accepted()[k.index()]))
@@ -357,6 +395,13 @@ impl Report {
                 budget_bytes,
                 refusing_new_experiments: state_bytes >= budget_bytes,
                 refused_messages: engine.rejected()[RejectReason::MemoryLimit.index()],
+                experiments_by_part: engine.experiments().iter().fold(
+                    Default::default(),
+                    |mut sum, e| {
+                        sum.add(&e.memory_parts());
+                        sum
+                    },
+                ),
             },
             events: EventsReport {
                 accepted: engine.accepted().iter().sum(),
@@ -364,11 +409,7 @@ impl Report {
                 rejected,
             },
             alerts: engine.alerts().to_vec(),
-            experiments: engine
-                .experiments()
-                .iter()
-                .map(|e| (e.id.to_string(), experiment_report(e, engine)))
-                .collect(),
+            experiments: experiments(engine),
             routers: engine
                 .routers()
                 .iter()

@@ -105,6 +105,40 @@ pub struct Experiment {
     pub frozen: bool,
 }
 
+/// Estimated bytes of an experiment's state by part (see [`Experiment::memory_parts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryParts {
+    /// Strata of the watched inputs (values, their e-processes, the heavy-hitter sketch).
+    pub strata: usize,
+    /// Per-arm histograms and moments of numeric inputs.
+    pub numeric: usize,
+    /// The first-exposure unit filter.
+    pub units: usize,
+    /// The multiple-exposure sample (and clusters).
+    pub exposures: usize,
+    /// The arm model's expert tables.
+    pub model: usize,
+    /// The rest: the experiment's own struct, names, indexes.
+    pub other: usize,
+}
+
+impl MemoryParts {
+    /// All parts.
+    pub fn total(&self) -> usize {
+        self.strata + self.numeric + self.units + self.exposures + self.model + self.other
+    }
+
+    /// Add another experiment's parts.
+    pub fn add(&mut self, o: &MemoryParts) {
+        self.strata += o.strata;
+        self.numeric += o.numeric;
+        self.units += o.units;
+        self.exposures += o.exposures;
+        self.model += o.model;
+        self.other += o.other;
+    }
+}
+
 /// Ignored (treatment or unwatched) input names remembered at most.
 const MAX_IGNORED: usize = 256;
 
@@ -211,35 +245,44 @@ impl Experiment {
     /// Memory held by the experiment, in bytes: an estimate from the structures' sizes and
     /// capacities (allocator overhead not included), for `limits.max_memory_bytes`.
     pub fn memory_bytes(&self) -> usize {
+        self.memory_parts().total()
+    }
+
+    /// [`Self::memory_bytes`] by part, for the report (what to shrink or cap).
+    pub fn memory_parts(&self) -> MemoryParts {
         use std::mem::size_of;
-        size_of::<Experiment>()
-            + self.id.len()
-            + self.arms.iter().map(|a| a.len() + 16).sum::<usize>()
-            + self.inputs.capacity() * size_of::<InputState>()
-            + self
-                .inputs
-                .iter()
-                .map(InputState::memory_bytes)
-                .sum::<usize>()
-            + self.name_index.capacity() * 17
-            + self.ignored.iter().map(|n| n.len() + 16).sum::<usize>()
-            + self.units.as_ref().map_or(0, UnitFilter::bytes)
-            + self
+        let (mut strata, mut numeric) = (0, 0);
+        for i in &self.inputs {
+            strata += i.name.len() + i.strata.memory_bytes() + i.bins.bytes();
+            numeric += i.numeric.as_ref().map_or(0, |n| n.bytes());
+        }
+        MemoryParts {
+            strata,
+            numeric,
+            units: self.units.as_ref().map_or(0, UnitFilter::bytes),
+            exposures: self
                 .exposures
                 .as_ref()
                 .map_or(0, ExposureSample::memory_bytes)
-            + self.clusters.as_ref().map_or(0, Clusters::memory_bytes)
-            + self.model.as_ref().map_or(0, |m| m.memory_bytes())
-            + self
-                .assignment
-                .as_ref()
-                .map_or(0, |_| size_of::<AssignmentState>())
-            + self
-                .substrates
-                .iter()
-                .map(|s| s.values.capacity() * 64)
-                .sum::<usize>()
-            + self.limits.k_grid.len() * 8
+                + self.clusters.as_ref().map_or(0, Clusters::memory_bytes),
+            model: self.model.as_ref().map_or(0, |m| m.memory_bytes()),
+            other: size_of::<Experiment>()
+                + self.id.len()
+                + self.arms.iter().map(|a| a.len() + 16).sum::<usize>()
+                + self.inputs.capacity() * size_of::<InputState>()
+                + self.name_index.capacity() * 17
+                + self.ignored.iter().map(|n| n.len() + 16).sum::<usize>()
+                + self
+                    .assignment
+                    .as_ref()
+                    .map_or(0, |_| size_of::<AssignmentState>())
+                + self
+                    .substrates
+                    .iter()
+                    .map(|s| s.values.capacity() * 64)
+                    .sum::<usize>()
+                + self.limits.k_grid.len() * 8,
+        }
     }
 
     /// The number of inputs the experiment-level alpha is split over (Bonferroni).

@@ -71,17 +71,6 @@ impl InputState {
         }
     }
 
-    /// Heap memory held, in bytes (estimated).
-    pub fn memory_bytes(&self) -> usize {
-        self.name.len()
-            + self.strata.memory_bytes()
-            + self.numeric.as_ref().map_or(0, NumericSummary::bytes)
-            + match &self.bins {
-                Bins::Edges(e) => e.len() * 8,
-                Bins::HalfOctave => 0,
-            }
-    }
-
     /// Reset the statistics (not the detector) for a new design.
     pub fn reset(&mut self, design: &Design, max_strata: usize) {
         self.strata = Strata::new(design, max_strata);

@@ -17,6 +17,14 @@ pub enum Bins {
 }
 
 impl Bins {
+    /// Heap bytes of the edges.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Bins::Edges(e) => e.len() * 8,
+            Bins::HalfOctave => 0,
+        }
+    }
+
     /// The bin index of `x`.
     #[inline]
     pub fn index(&self, x: f64) -> i32 {

@@ -58,6 +58,8 @@ pub struct Strata {
     promotions: u64,
     /// Arm counts over all values of the input (the pooled marginal).
     totals: Box<[u64]>,
+    /// Bytes of the active strata's labels (kept so that counting memory does not walk them).
+    label_bytes: usize,
 }
 
 /// Minimum sketch estimate before a tail value can be promoted.
@@ -79,6 +81,7 @@ impl Strata {
             max_strata,
             promotions: 0,
             totals: vec![0; design.arms()].into(),
+            label_bytes: 0,
         }
     }
 
@@ -115,6 +118,7 @@ impl Strata {
 
     fn insert(&mut self, design: &Design, key: u64, label: Box<str>) -> usize {
         let i = self.slots.len();
+        self.label_bytes += label.len();
         self.slots.push(Stratum {
             key,
             label,
@@ -158,9 +162,11 @@ impl Strata {
             *e += c;
         }
         self.index.remove(&old.key);
+        let label = label();
+        self.label_bytes = self.label_bytes + label.len() - old.label.len();
         self.slots[victim] = Stratum {
             key,
-            label: label(),
+            label,
             ep: DmEProcess::new(design),
             log_e: 0.0,
             credit: u64::from(est),
@@ -219,10 +225,9 @@ impl Strata {
 
     /// Heap memory held, in bytes (estimated from capacities).
     pub fn memory_bytes(&self) -> usize {
-        let labels: usize = self.slots.iter().map(|s| s.label.len()).sum();
         self.index.capacity() * 17
             + self.slots.capacity() * std::mem::size_of::<Stratum>()
-            + labels
+            + self.label_bytes
             + self.sketch.as_ref().map_or(0, CountMin::bytes)
             + (self.totals.len() + self.evicted_counts.len()) * 8
     }

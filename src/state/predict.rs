@@ -22,8 +22,9 @@
 //! floating-point sums) does not depend on the order in which inputs appear in the messages:
 //! the same events give the same figures from Kafka JSON or a Parquet replay.
 
+use crate::each_table;
 use crate::stats::auc::Roc;
-use crate::stats::count_table::{CountTable, Counter};
+use crate::stats::count_table::{has_room, CountTable, Counter, Widening as Cells};
 use crate::stats::sequential::Design;
 
 /// Inputs the model reads (the first watched inputs of the experiment).
@@ -102,77 +103,6 @@ fn expert_index(i: usize, j: Option<usize>, joint: bool) -> usize {
 fn mix(h: u64) -> u64 {
     let h = (h ^ (h >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     h ^ (h >> 29)
-}
-
-/// One expert's arm counts per cell: `u8` counters until one reaches 254, then `u16` until one
-/// reaches 65,534, then `u32`. Each expert widens on its own: a single-input expert over a
-/// three-valued input fills a few hot cells, a pair expert spreads the same events over
-/// hundreds of cold ones (a sparse slot of a two-arm expert is 4 bytes in `u8`, not 6 or 10).
-/// Every widening keeps every count exact.
-#[derive(Clone, Debug)]
-enum Cells {
-    Byte(CountTable<u8>),
-    Narrow(CountTable<u16>),
-    Wide(CountTable<u32>),
-}
-
-/// `$body` with `$t` bound to the table, whatever its counter.
-macro_rules! each_table {
-    ($cells:expr, $t:ident => $body:expr) => {
-        match $cells {
-            Cells::Byte($t) => $body,
-            Cells::Narrow($t) => $body,
-            Cells::Wide($t) => $body,
-        }
-    };
-}
-
-impl Cells {
-    fn new(arms: usize) -> Cells {
-        Cells::Byte(CountTable::new(CELLS, arms))
-    }
-
-    /// The same counts in `u32` counters.
-    fn wide(&self) -> CountTable<u32> {
-        each_table!(self, t => t.convert())
-    }
-
-    /// The same counts in the narrowest counters that hold them with room for one more.
-    fn narrowest(t: CountTable<u32>) -> Cells {
-        let max = t.max_count();
-        if has_room::<u8>(max) {
-            Cells::Byte(t.convert())
-        } else if has_room::<u16>(max) {
-            Cells::Narrow(t.convert())
-        } else {
-            Cells::Wide(t)
-        }
-    }
-
-    /// Move the counts to the next wider counters (`u32` stays).
-    fn widen(&mut self) {
-        *self = match self {
-            Cells::Byte(t) => Cells::Narrow(t.convert()),
-            Cells::Narrow(t) => Cells::Wide(t.convert()),
-            Cells::Wide(_) => return,
-        };
-    }
-
-    fn bytes(&self) -> usize {
-        std::mem::size_of::<Cells>() + each_table!(self, t => t.bytes())
-    }
-
-    #[inline]
-    fn prefetch(&self, key: usize) {
-        each_table!(self, t => t.prefetch(key))
-    }
-}
-
-/// Whether a count leaves room in counters `C` for one more event before the next check (the
-/// one rule for widening as counts grow and for narrowing after a merge).
-#[inline]
-fn has_room<C: Counter>(count: u64) -> bool {
-    count < C::MAX - 1
 }
 
 /// What one event's prediction reads besides the tables, with its per-event constants.
@@ -254,7 +184,7 @@ impl ArmModel {
             arms,
             names: Vec::new(),
             salts: vec![0; EXPERTS].into(),
-            tables: (0..EXPERTS).map(|_| Cells::new(arms)).collect(),
+            tables: (0..EXPERTS).map(|_| Cells::new(CELLS, arms)).collect(),
             weights: vec![pi; EXPERTS].into(),
             null_weight: NULL_WEIGHT,
             idle_weight: 1.0 - NULL_WEIGHT,
@@ -307,9 +237,9 @@ impl ArmModel {
         for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
             weights[moved(f)] = self.weights[f];
         }
-        let mut tables: Box<[Cells]> = (0..EXPERTS).map(|_| Cells::new(self.arms)).collect();
+        let mut tables: Box<[Cells]> = (0..EXPERTS).map(|_| Cells::new(CELLS, self.arms)).collect();
         for f in (0..EXPERTS).filter(|&f| reads_only(f, old_n)) {
-            tables[moved(f)] = std::mem::replace(&mut self.tables[f], Cells::new(self.arms));
+            tables[moved(f)] = std::mem::replace(&mut self.tables[f], Cells::new(CELLS, self.arms));
         }
         self.tables = tables;
         self.weights = weights;
@@ -473,11 +403,8 @@ impl ArmModel {
         if o.arms != self.arms || o.names != self.names {
             return;
         }
-        // each expert merged in u32 counters, then back in the narrowest that hold the sums
         for (x, y) in self.tables.iter_mut().zip(o.tables.iter()) {
-            let mut merged = x.wide();
-            merged.merge(&y.wide());
-            *x = Cells::narrowest(merged);
+            x.merge(y);
         }
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;

@@ -7,7 +7,8 @@
 //! `SE^2 = (A(1-A) + (n1-1)(Q1-A^2) + (n2-1)(Q2-A^2)) / (n1 n2)`,
 //! `Q1 = A/(2-A)`, `Q2 = 2A^2/(1+A)`.
 
-use super::count_table::CountTable;
+use super::count_table::Widening;
+use crate::each_table;
 
 /// Score bins per class.
 pub const BINS: usize = 1024;
@@ -15,8 +16,8 @@ pub const BINS: usize = 1024;
 /// Binned scores of positives and negatives.
 #[derive(Clone, Debug)]
 pub struct Roc {
-    /// Per bin: `[positives, negatives]`.
-    bins: CountTable,
+    /// Per bin: `[positives, negatives]`, in counters as narrow as the counts allow.
+    bins: Widening,
     n_pos: u64,
     n_neg: u64,
 }
@@ -24,7 +25,7 @@ pub struct Roc {
 impl Default for Roc {
     fn default() -> Self {
         Roc {
-            bins: CountTable::new(BINS, 2),
+            bins: Widening::new(BINS, 2),
             n_pos: 0,
             n_neg: 0,
         }
@@ -36,9 +37,7 @@ impl Roc {
     #[inline]
     pub fn record(&mut self, score: f64, positive: bool) {
         let b = ((score.clamp(0.0, 1.0) * BINS as f64) as usize).min(BINS - 1);
-        let row = self.bins.row_mut(b);
-        let c = usize::from(!positive);
-        row[c] = row[c].saturating_add(1);
+        self.bins.add_one(b, usize::from(!positive));
         if positive {
             self.n_pos += 1;
         } else {
@@ -64,11 +63,13 @@ impl Roc {
         // the bins used, in score order (empty bins add nothing)
         let mut below = 0f64; // negatives in lower bins
         let mut wins = 0f64;
-        for (_, row) in self.bins.sorted() {
-            let (p, n) = (f64::from(row[0]), f64::from(row[1]));
-            wins += p * (below + 0.5 * n);
-            below += n;
-        }
+        each_table!(&self.bins, t => {
+            for (_, row) in t.sorted() {
+                let (p, n) = (u64::from(row[0]) as f64, u64::from(row[1]) as f64);
+                wins += p * (below + 0.5 * n);
+                below += n;
+            }
+        });
         wins / (self.n_pos as f64 * self.n_neg as f64)
     }
 

@@ -59,7 +59,9 @@ enum Repr<C> {
     Dense(Box<[C]>),
 }
 
-const FIRST_SLOTS: usize = 64;
+/// Slots of a sparse table's first allocation (a table over a three-valued input never needs
+/// more).
+const FIRST_SLOTS: usize = 8;
 
 #[inline]
 fn home(key: u16, mask: usize) -> usize {
@@ -245,6 +247,110 @@ impl<C: Counter> CountTable<C> {
             Repr::Dense(rows) => rows.len() * c,
         }
     }
+}
+
+/// A [`CountTable`] in `u8` counters until a count reaches 254, then `u16` until one reaches
+/// 65,534, then `u32`: most cells of a table keyed by hashed values (an arm-model expert, a
+/// score histogram) hold a few counts, so a sparse slot of a two-column table is 4 bytes in
+/// `u8`, not 6 or 10. Each table widens on its own; every widening keeps every count exact.
+#[derive(Clone, Debug)]
+pub enum Widening {
+    /// `u8` counters.
+    Byte(CountTable<u8>),
+    /// `u16` counters.
+    Narrow(CountTable<u16>),
+    /// `u32` counters.
+    Wide(CountTable<u32>),
+}
+
+/// `$body` with `$t` bound to the [`Widening`] table's [`CountTable`], whatever its counter.
+#[macro_export]
+macro_rules! each_table {
+    ($cells:expr, $t:ident => $body:expr) => {
+        match $cells {
+            $crate::stats::count_table::Widening::Byte($t) => $body,
+            $crate::stats::count_table::Widening::Narrow($t) => $body,
+            $crate::stats::count_table::Widening::Wide($t) => $body,
+        }
+    };
+}
+
+impl Widening {
+    /// An empty table for keys `0..keys`, rows of `width`, in bytes.
+    pub fn new(keys: usize, width: usize) -> Widening {
+        Widening::Byte(CountTable::new(keys, width))
+    }
+
+    /// The same counts in `u32` counters.
+    pub fn wide(&self) -> CountTable<u32> {
+        each_table!(self, t => t.convert())
+    }
+
+    /// The same counts in the narrowest counters that hold them with room for one more.
+    pub fn narrowest(t: CountTable<u32>) -> Widening {
+        let max = t.max_count();
+        if has_room::<u8>(max) {
+            Widening::Byte(t.convert())
+        } else if has_room::<u16>(max) {
+            Widening::Narrow(t.convert())
+        } else {
+            Widening::Wide(t)
+        }
+    }
+
+    /// Move the counts to the next wider counters (`u32` stays).
+    pub fn widen(&mut self) {
+        *self = match self {
+            Widening::Byte(t) => Widening::Narrow(t.convert()),
+            Widening::Narrow(t) => Widening::Wide(t.convert()),
+            Widening::Wide(_) => return,
+        };
+    }
+
+    /// Count one in column `col` of row `key`, widening first when that count would be the
+    /// last the counters hold.
+    #[inline]
+    pub fn add_one(&mut self, key: usize, col: usize) {
+        let full = each_table!(self, t => {
+            let c = &mut t.row_mut(key)[col];
+            *c = c.plus(Counter::ONE);
+            !has_room_for(*c)
+        });
+        if full {
+            self.widen();
+        }
+    }
+
+    /// Add another table's counts (in `u32`, then back in the narrowest counters that hold
+    /// the sums).
+    pub fn merge(&mut self, other: &Widening) {
+        let mut merged = self.wide();
+        merged.merge(&other.wide());
+        *self = Widening::narrowest(merged);
+    }
+
+    /// Memory held, in bytes (the enum included).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Widening>() + each_table!(self, t => t.bytes())
+    }
+
+    /// See [`CountTable::prefetch`].
+    #[inline]
+    pub fn prefetch(&self, key: usize) {
+        each_table!(self, t => t.prefetch(key))
+    }
+}
+
+#[inline]
+fn has_room_for<C: Counter>(c: C) -> bool {
+    has_room::<C>(c.into())
+}
+
+/// Whether a count leaves room in counters `C` for one more event before the next check (the
+/// one rule for widening as counts grow and for narrowing after a merge).
+#[inline]
+pub fn has_room<C: Counter>(count: u64) -> bool {
+    count < C::MAX - 1
 }
 
 #[cfg(test)]

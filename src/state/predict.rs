@@ -475,7 +475,7 @@ mod tests {
         narrow.add_input(5);
         let mut wide = narrow.clone();
         for t in wide.tables.iter_mut() {
-            *t = Cells::Wide(t.wide());
+            *t = Cells::Widest(t.wide());
         }
         for t in 0..150_000u64 {
             let mut keys = [MISSING; MODEL_INPUTS];

@@ -250,7 +250,7 @@ impl<C: Counter> CountTable<C> {
 }
 
 /// A [`CountTable`] in `u8` counters until a count reaches 254, then `u16` until one reaches
-/// 65,534, then `u32`: most cells of a table keyed by hashed values (an arm-model expert, a
+/// 65,534, then `u32`, then `u64`: most cells of a table keyed by hashed values (an arm-model expert, a
 /// score histogram) hold a few counts, so a sparse slot of a two-column table is 4 bytes in
 /// `u8`, not 6 or 10. Each table widens on its own; every widening keeps every count exact.
 #[derive(Clone, Debug)]
@@ -261,6 +261,8 @@ pub enum Widening {
     Narrow(CountTable<u16>),
     /// `u32` counters.
     Wide(CountTable<u32>),
+    /// `u64` counters.
+    Widest(CountTable<u64>),
 }
 
 /// `$body` with `$t` bound to the [`Widening`] table's [`CountTable`], whatever its counter.
@@ -271,6 +273,7 @@ macro_rules! each_table {
             $crate::stats::count_table::Widening::Byte($t) => $body,
             $crate::stats::count_table::Widening::Narrow($t) => $body,
             $crate::stats::count_table::Widening::Wide($t) => $body,
+            $crate::stats::count_table::Widening::Widest($t) => $body,
         }
     };
 }
@@ -281,29 +284,32 @@ impl Widening {
         Widening::Byte(CountTable::new(keys, width))
     }
 
-    /// The same counts in `u32` counters.
-    pub fn wide(&self) -> CountTable<u32> {
+    /// The same counts in `u64` counters.
+    pub fn wide(&self) -> CountTable<u64> {
         each_table!(self, t => t.convert())
     }
 
     /// The same counts in the narrowest counters that hold them with room for one more.
-    pub fn narrowest(t: CountTable<u32>) -> Widening {
+    pub fn narrowest(t: CountTable<u64>) -> Widening {
         let max = t.max_count();
         if has_room::<u8>(max) {
             Widening::Byte(t.convert())
         } else if has_room::<u16>(max) {
             Widening::Narrow(t.convert())
+        } else if has_room::<u32>(max) {
+            Widening::Wide(t.convert())
         } else {
-            Widening::Wide(t)
+            Widening::Widest(t)
         }
     }
 
-    /// Move the counts to the next wider counters (`u32` stays).
+    /// Move the counts to the next wider counters (`u64` stays).
     pub fn widen(&mut self) {
         *self = match self {
             Widening::Byte(t) => Widening::Narrow(t.convert()),
             Widening::Narrow(t) => Widening::Wide(t.convert()),
-            Widening::Wide(_) => return,
+            Widening::Wide(t) => Widening::Widest(t.convert()),
+            Widening::Widest(_) => return,
         };
     }
 
@@ -321,7 +327,7 @@ impl Widening {
         }
     }
 
-    /// Add another table's counts (in `u32`, then back in the narrowest counters that hold
+    /// Add another table's counts (in `u64`, then back in the narrowest counters that hold
     /// the sums).
     pub fn merge(&mut self, other: &Widening) {
         let mut merged = self.wide();

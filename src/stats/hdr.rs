@@ -4,12 +4,13 @@
 //! (45 KB) from its first value on; a numeric input of an experiment has one per arm, so a few
 //! hundred experiments with numeric inputs took hundreds of megabytes before any traffic. Here
 //! the same buckets (`bucket = 56 - lz(v | 255)`, `sub = v >> bucket`, index
-//! `(bucket + 1) * 128 + sub - 128`) count into a [`CountTable`] that holds only the buckets
+//! `(bucket + 1) * 128 + sub - 128`) count into a widening [`Widening`] table (bytes until a bucket passes 254) that holds only the buckets
 //! used, and quantiles follow `Histogram::value_at_quantile` exactly (the highest value
 //! equivalent to the first bucket whose cumulative count reaches `ceil(q n)`); the suite checks
 //! both against the crate on random data.
 
-use super::count_table::CountTable;
+use super::count_table::Widening;
+use crate::each_table;
 
 /// `2 * 10^2` needs 8 bits of sub-bucket: 256 sub-buckets, the upper 128 used past bucket 0.
 const HALF_MAGNITUDE: u32 = 7;
@@ -48,14 +49,15 @@ fn range_of(i: usize) -> (u64, u64) {
 /// A histogram of non-negative integers with 2 significant digits.
 #[derive(Clone, Debug)]
 pub struct SparseHdr {
-    counts: CountTable<u64>,
+    /// Counts per bucket, in counters as narrow as they allow.
+    counts: Widening,
     total: u64,
 }
 
 impl Default for SparseHdr {
     fn default() -> Self {
         SparseHdr {
-            counts: CountTable::new(INDICES, 1),
+            counts: Widening::new(INDICES, 1),
             total: 0,
         }
     }
@@ -65,8 +67,7 @@ impl SparseHdr {
     /// Count `v` (clamped to [`MAX`]).
     #[inline]
     pub fn record(&mut self, v: u64) {
-        let c = &mut self.counts.row_mut(index_of(v.min(MAX)))[0];
-        *c = c.saturating_add(1);
+        self.counts.add_one(index_of(v.min(MAX)), 0);
         self.total += 1;
     }
 
@@ -84,8 +85,12 @@ impl SparseHdr {
     /// empty.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [u64; N] {
         let mut out = [0u64; N];
-        let rows = self.counts.sorted();
-        let mut rows = rows.iter().peekable();
+        let rows: Vec<(usize, u64)> = each_table!(&self.counts, t => t
+            .sorted()
+            .into_iter()
+            .map(|(i, row)| (i, u64::from(row[0])))
+            .collect());
+        let mut rows = rows.iter();
         let mut cum = 0u64;
         let mut at = None;
         for (q, o) in qs.iter().zip(out.iter_mut()) {
@@ -93,7 +98,7 @@ impl SparseHdr {
             let target = ((q * self.total as f64).ceil() as u64).max(1);
             while cum < target {
                 let Some((i, row)) = rows.next() else { break };
-                cum += row[0];
+                cum += row;
                 at = Some(*i);
             }
             if let Some(i) = at {

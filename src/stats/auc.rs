@@ -7,7 +7,7 @@
 //! `SE^2 = (A(1-A) + (n1-1)(Q1-A^2) + (n2-1)(Q2-A^2)) / (n1 n2)`,
 //! `Q1 = A/(2-A)`, `Q2 = 2A^2/(1+A)`.
 
-use super::count_table::Widening;
+use super::count_table::{Counter as _, Widening};
 use crate::each_table;
 
 /// Score bins per class.
@@ -65,7 +65,7 @@ impl Roc {
         let mut wins = 0f64;
         each_table!(&self.bins, t => {
             for (_, row) in t.sorted() {
-                let (p, n) = (u64::from(row[0]) as f64, u64::from(row[1]) as f64);
+                let (p, n) = (row[0].get() as f64, row[1].get() as f64);
                 wins += p * (below + 0.5 * n);
                 below += n;
             }

@@ -9,7 +9,7 @@
 //! equivalent to the first bucket whose cumulative count reaches `ceil(q n)`); the suite checks
 //! both against the crate on random data.
 
-use super::count_table::Widening;
+use super::count_table::{Counter as _, Widening};
 use crate::each_table;
 
 /// `2 * 10^2` needs 8 bits of sub-bucket: 256 sub-buckets, the upper 128 used past bucket 0.
@@ -88,7 +88,7 @@ impl SparseHdr {
         let rows: Vec<(usize, u64)> = each_table!(&self.counts, t => t
             .sorted()
             .into_iter()
-            .map(|(i, row)| (i, u64::from(row[0])))
+            .map(|(i, row)| (i, row[0].get()))
             .collect());
         let mut rows = rows.iter();
         let mut cum = 0u64;

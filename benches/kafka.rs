@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench kafka` (1M events of one experiment, then 1M of a 1,000-experiment
 //! fleet); `cargo bench --bench kafka -- single` runs one workload; `ARMWATCH_BENCH_EVENTS=N`
-//! changes the size.
+//! changes the size, `ARMWATCH_BENCH_ROUNDS=N` the number of interleaved bare/armwatch drain
+//! pairs (3; the medians are printed, and every round's figures below them).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -137,6 +138,7 @@ fn drain_armwatch(
     n: u64,
     dir: &std::path::Path,
     clients: usize,
+    round: usize,
 ) -> Drained {
     let config = dir.join("armwatch.toml");
     let http = format!("127.0.0.1:{}", support::free_port());
@@ -147,13 +149,13 @@ fn drain_armwatch(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}\"\ntopics = [\"{topic}\"]\n\
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}\"\ntopics = [\"{topic}\"]\n\
              options = {{ {} }}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
             options.join(", "),
         ),
     )
     .expect("config written");
-    let log = dir.join(format!("{topic}-{clients}.log"));
+    let log = dir.join(format!("{topic}-{clients}-{round}.log"));
     let args = [
         "run",
         "--config",
@@ -227,6 +229,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let rounds: usize = std::env::var("ARMWATCH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let workloads: [Workload; 2] = [
         ("single", || {
             Simulator::single(1, Faults::default()).with_prompt_tokens()
@@ -258,10 +265,29 @@ fn main() {
         let topic = format!("bench-{name}");
         create_topic(&broker.addr, &topic);
         let produced = fill(&broker.addr, &topic, make(), n);
-        let bare = drain_bare(&broker.addr, &topic, n as u64, "bench-bare");
-        let alone = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0);
+        // interleaved rounds, medians: one drain of each varies by a third from run to run
+        let (mut bares, mut alones) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            bares.push(drain_bare(
+                &broker.addr,
+                &topic,
+                n as u64,
+                &format!("bench-bare-{round}"),
+            ));
+            alones.push(drain_armwatch(
+                &broker.addr,
+                &topic,
+                n as u64,
+                dir,
+                0,
+                round,
+            ));
+        }
+        let ratios: Vec<f64> = bares.iter().zip(&alones).map(|(b, a)| a.rate / b).collect();
+        let bare = median(bares.clone());
+        let alone = &alones[median_index(&alones.iter().map(|a| a.rate).collect::<Vec<_>>())];
         // a fifth of the topic is enough for the rate with clients (slow at 1,000 experiments)
-        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, CLIENTS);
+        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, CLIENTS, 0);
         println!(
             "{:<12} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
             name,
@@ -269,11 +295,38 @@ fn main() {
             produced,
             bare,
             alone.rate,
-            alone.rate / bare,
+            median(ratios.clone()),
             alone.busy * 100.0,
             served.rate,
             served.rate / alone.rate,
             alone.publish_mean_seconds * 1e3,
         );
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  {rounds} rounds: bare {} | armwatch {} | ratios {}",
+            list(&bares),
+            list(&alones.iter().map(|a| a.rate).collect::<Vec<_>>()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
+}
+
+/// The index of the median of `v` (the lower one of an even count).
+fn median_index(v: &[f64]) -> usize {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    idx[(idx.len() - 1) / 2]
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    v[median_index(&v)]
 }

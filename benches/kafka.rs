@@ -125,6 +125,8 @@ fn drain_bare(brokers: &str, topic: &str, n: u64, group: &str) -> f64 {
 /// What `armwatch run` logged when it had drained the topic.
 struct Drained {
     rate: f64,
+    /// armwatch's CPU seconds (all threads) from its first message to the end.
+    cpu: f64,
     busy: f64,
     publish_mean_seconds: f64,
 }
@@ -215,6 +217,7 @@ fn drain_armwatch(
     assert_eq!(f("messages") as u64, n, "armwatch drained {line}");
     Drained {
         rate: f("messages_per_second"),
+        cpu: f("cpu_seconds"),
         busy: f("engine_busy_share"),
         publish_mean_seconds: f("publish_mean_seconds"),
     }
@@ -267,21 +270,24 @@ fn main() {
         let produced = fill(&broker.addr, &topic, make(), n);
         // interleaved rounds, medians: one drain of each varies by a third from run to run
         let (mut bares, mut alones) = (Vec::new(), Vec::new());
+        // CPU microseconds per message: (broker, bare client) and (broker, armwatch)
+        let (mut cpu_bare, mut cpu_armwatch) = (Vec::new(), Vec::new());
+        let broker_pid = broker.pid().to_string();
+        let cpu = |pid: &str| armwatch::process::cpu_seconds(pid).unwrap_or(f64::NAN);
+        let per_msg = |s: f64| s * 1e6 / n as f64;
         for round in 0..rounds {
+            let (b0, c0) = (cpu(&broker_pid), cpu("self"));
             bares.push(drain_bare(
                 &broker.addr,
                 &topic,
                 n as u64,
                 &format!("bench-bare-{round}"),
             ));
-            alones.push(drain_armwatch(
-                &broker.addr,
-                &topic,
-                n as u64,
-                dir,
-                0,
-                round,
-            ));
+            cpu_bare.push((per_msg(cpu(&broker_pid) - b0), per_msg(cpu("self") - c0)));
+            let b0 = cpu(&broker_pid);
+            let a = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round);
+            cpu_armwatch.push((per_msg(cpu(&broker_pid) - b0), per_msg(a.cpu)));
+            alones.push(a);
         }
         let ratios: Vec<f64> = bares.iter().zip(&alones).map(|(b, a)| a.rate / b).collect();
         let bare = median(bares.clone());
@@ -307,6 +313,16 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let mean = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            v.iter().map(f).sum::<f64>() / v.len() as f64
+        };
+        println!(
+            "  CPU us/message (mean of rounds): bare drain: broker {:.2} + client {:.2}; armwatch drain: broker {:.2} + armwatch {:.2}",
+            mean(&cpu_bare, |c| c.0),
+            mean(&cpu_bare, |c| c.1),
+            mean(&cpu_armwatch, |c| c.0),
+            mean(&cpu_armwatch, |c| c.1),
+        );
         println!(
             "  {rounds} rounds: bare {} | armwatch {} | ratios {}",
             list(&bares),

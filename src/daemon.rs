@@ -4,7 +4,7 @@
 
 use crate::detect::Alert;
 use crate::engine::Engine;
-use crate::event::{Kind, RejectReason};
+use crate::event::{Event, Kind, RejectReason};
 use crate::http::Shared;
 use crate::metrics::Metrics;
 use prometheus::Histogram;
@@ -107,15 +107,34 @@ impl EngineLoop {
     /// Process one message (`None`: a message without payload).
     #[inline]
     pub fn on_message(&mut self, payload: Option<&[u8]>) -> Result<Kind, RejectReason> {
-        let timer = (self.n & 63 == 0).then(Instant::now);
-        self.n += 1;
-        let res = match payload {
-            Some(p) => self.engine.process(p),
+        self.handle(payload, |engine| match payload {
+            Some(p) => engine.process(p),
             None => {
-                self.engine.count_rejected(RejectReason::Empty);
+                engine.count_rejected(RejectReason::Empty);
                 Err(RejectReason::Empty)
             }
-        };
+        })
+    }
+
+    /// [`Self::on_message`] for a message already decoded (on the consumer thread): `payload`
+    /// is its bytes, for the dead-letter topic and the log when it is rejected.
+    pub fn on_decoded(
+        &mut self,
+        payload: &[u8],
+        decoded: Result<Event<'_>, RejectReason>,
+    ) -> Result<Kind, RejectReason> {
+        self.handle(Some(payload), |engine| engine.process_decoded(decoded))
+    }
+
+    #[inline]
+    fn handle(
+        &mut self,
+        payload: Option<&[u8]>,
+        process: impl FnOnce(&mut Engine) -> Result<Kind, RejectReason>,
+    ) -> Result<Kind, RejectReason> {
+        let timer = (self.n & 63 == 0).then(Instant::now);
+        self.n += 1;
+        let res = process(&mut self.engine);
         if let Some(t) = timer {
             self.processing.observe(t.elapsed().as_secs_f64());
         }

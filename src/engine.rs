@@ -121,13 +121,24 @@ impl Engine {
     /// Process one message. Returns the accepted kind or the rejection reason (already counted).
     #[inline]
     pub fn process(&mut self, payload: &[u8]) -> Result<Kind, RejectReason> {
+        let mut inputs = Inputs::new();
+        let ev = decode_into(payload, &self.limits, &mut inputs);
+        self.process_decoded(ev)
+    }
+
+    /// [`Self::process`] of a message decoded elsewhere (with [`Self::decode_limits`]), e.g.
+    /// on the Kafka consumer thread.
+    #[inline]
+    pub fn process_decoded(
+        &mut self,
+        decoded: Result<Event<'_>, RejectReason>,
+    ) -> Result<Kind, RejectReason> {
         let seq = self.seq;
         self.seq += 1;
         if seq >= self.memory_count_due {
             self.count_memory();
         }
-        let mut inputs = Inputs::new();
-        let res = decode_into(payload, &self.limits, &mut inputs).and_then(|ev| {
+        let res = decoded.and_then(|ev| {
             self.apply(&ev, seq)?;
             Ok(ev.kind())
         });
@@ -139,6 +150,11 @@ impl Engine {
             Err(r) => self.rejected[r.index()] += 1,
         }
         res
+    }
+
+    /// The decoder's limits (for decoding on another thread).
+    pub fn decode_limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Count a message refused before it reached the decoder (e.g. by the transport).

@@ -12,6 +12,23 @@ pub fn peak_rss_bytes() -> Option<u64> {
     status_kib("VmHWM:").map(|k| k * 1024)
 }
 
+/// CPU time (user + system, all threads) of process `pid` (`"self"` for this one), in
+/// seconds, from `/proc/<pid>/stat` (in `USER_HZ`, 100 per second on Linux): for the
+/// benchmarks that explain a rate by where the CPU went.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu(&stat)
+}
+
+fn parse_cpu(stat: &str) -> Option<f64> {
+    // fields after the command name (which may hold spaces): state is field 3, utime 14
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     parse_kib(&status, field)
@@ -37,6 +54,13 @@ mod tests {
         assert_eq!(parse_kib(s, "VmHWM:"), Some(15360));
         assert_eq!(parse_kib(s, "VmRSS:"), Some(9000));
         assert_eq!(parse_kib(s, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn parses_proc_stat() {
+        let s = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 500 0 0 0 1234 56 0 0 20 0 9 0";
+        assert_eq!(parse_cpu(s), Some(12.90));
+        assert!(cpu_seconds("self").is_some_and(|c| c >= 0.0));
     }
 
     #[test]

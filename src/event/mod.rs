@@ -6,10 +6,12 @@
 
 mod decode;
 mod fast;
+mod predecoded;
 mod reject;
 mod time;
 
 pub use decode::{decode_into, Limits};
+pub use predecoded::Decoded;
 pub use reject::RejectReason;
 pub use time::parse_rfc3339_ms;
 

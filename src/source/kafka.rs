@@ -3,7 +3,7 @@
 
 use crate::config::KafkaSettings;
 use crate::daemon::{DeadLetter, EngineLoop, RateLimiter};
-use crate::event::RejectReason;
+use crate::event::{Decoded, Inputs, Limits, RejectReason};
 use crate::http::Shared;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -142,12 +142,17 @@ impl DeadLetter for KafkaDeadLetter {
 struct Drain {
     messages: u64,
     first: Option<std::time::Instant>,
+    /// The process's CPU seconds at the first message.
+    first_cpu: Option<f64>,
 }
 
 impl Drain {
     /// Count `n` messages about to be processed.
     fn messages(&mut self, n: usize) {
-        self.first.get_or_insert_with(std::time::Instant::now);
+        if self.first.is_none() {
+            self.first = Some(std::time::Instant::now());
+            self.first_cpu = crate::process::cpu_seconds("self");
+        }
         self.messages += n as u64;
     }
 
@@ -173,9 +178,14 @@ impl Drain {
                 (busy, p, mean)
             })
             .unwrap_or_default();
+        // every thread's (consumer, librdkafka, engine, HTTP): the cost of a message
+        let cpu = crate::process::cpu_seconds("self")
+            .zip(self.first_cpu)
+            .map_or(f64::NAN, |(now, first)| now - first);
         tracing::info!(
             messages = self.messages,
             seconds = secs,
+            cpu_seconds = cpu,
             messages_per_second = self.messages as f64 / secs.max(1e-9),
             engine_busy_share = busy,
             publishes,
@@ -185,8 +195,9 @@ impl Drain {
     }
 }
 
-/// Payloads copied out of librdkafka's buffers, so that decoding and the detectors run on a
-/// thread of their own while the consumer thread keeps polling. Batches are recycled (no
+/// Payloads copied out of librdkafka's buffers and decoded on the consumer thread, so that
+/// the state updates and detectors run on a thread of their own while the consumer thread
+/// keeps polling and decoding the next batch (a two-stage pipeline). Batches are recycled (no
 /// allocation per message once warm) and come back to the consumer thread after processing,
 /// which then stores the offsets they carry: a message's offset is stored only after it has
 /// been processed, as before.
@@ -195,6 +206,8 @@ struct Batch {
     bytes: Vec<u8>,
     /// `(start, end)` in `bytes`; `None` for a message without payload.
     spans: Vec<Option<(u32, u32)>>,
+    /// The messages with a payload, decoded, in order.
+    decoded: Decoded,
     /// The last offset of each (topic index, partition) in the batch.
     last: Vec<(usize, i32, i64)>,
 }
@@ -236,15 +249,36 @@ impl Batch {
         self.spans.len() >= BATCH_MESSAGES || self.bytes.len() >= BATCH_BYTES
     }
 
-    fn payloads(&self) -> impl Iterator<Item = Option<&[u8]>> {
-        self.spans
-            .iter()
-            .map(|s| s.and_then(|(a, b)| self.bytes.get(a as usize..b as usize)))
+    /// Decode every message with a payload (on the consumer thread, before sending).
+    fn decode(&mut self, limits: &Limits) {
+        for &(a, b) in self.spans.iter().flatten() {
+            self.decoded
+                .push(&self.bytes, a as usize..b as usize, limits);
+        }
+    }
+
+    /// Apply the batch's messages in order.
+    fn apply(&self, lp: &mut EngineLoop) {
+        let mut next = 0;
+        for span in &self.spans {
+            match span.and_then(|(a, b)| self.bytes.get(a as usize..b as usize)) {
+                Some(payload) => {
+                    let mut inputs = Inputs::new();
+                    let ev = self.decoded.event(next, &self.bytes, &mut inputs);
+                    next += 1;
+                    let _ = lp.on_decoded(payload, ev);
+                }
+                None => {
+                    let _ = lp.on_message(None);
+                }
+            }
+        }
     }
 
     fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
+        self.decoded.clear();
         self.last.clear();
     }
 }
@@ -262,6 +296,7 @@ pub fn consume(
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     max_messages: Option<u64>,
 ) -> std::io::Result<EngineLoop> {
+    let limits = *lp.engine().decode_limits();
     let (to_engine, from_poller) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
     let (to_poller, from_engine) = std::sync::mpsc::channel::<Batch>();
     let engine = std::thread::Builder::new()
@@ -304,6 +339,7 @@ pub fn consume(
             Some(Err(_)) | None => {}
         }
         if cur.full() || (idle && !cur.spans.is_empty()) {
+            cur.decode(&limits);
             let next = spare.pop().unwrap_or_default();
             if to_engine.send(std::mem::replace(&mut cur, next)).is_err() {
                 break; // the engine thread is gone; its join below says why
@@ -311,6 +347,7 @@ pub fn consume(
         }
     }
     if !cur.spans.is_empty() {
+        cur.decode(&limits);
         let _ = to_engine.send(cur);
     }
     drop(to_engine);
@@ -341,9 +378,7 @@ fn process(
         match batches.recv_timeout(Duration::from_millis(100)) {
             Ok(b) => {
                 drain.messages(b.spans.len());
-                for p in b.payloads() {
-                    let _ = lp.on_message(p);
-                }
+                b.apply(&mut lp);
                 // the consumer thread may already be gone at shutdown: nothing to store then
                 let _ = done.send(b);
             }

@@ -51,6 +51,12 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The broker's process id.
+    #[allow(dead_code)] // used by the benchmarks
+    pub fn pid(&self) -> u32 {
+        self._proc.0.id()
+    }
+
     pub fn start() -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod detect;
 pub mod engine;
 pub mod event;
+pub(crate) mod hint;
 pub mod http;
 pub mod metrics;
 pub mod process;

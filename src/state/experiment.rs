@@ -94,6 +94,9 @@ pub struct Experiment {
     /// Input name hash -> input index (>= 0) or ignored-name index (-1 - i): one hash and one
     /// compare per input per event instead of a scan.
     name_index: HashMap<u64, i32, Identity>,
+    /// Per position in an event's inputs, the input (>= 0) or ignored name (-1 - i) found
+    /// there last ([`NO_INPUT`]: none).
+    input_order: [i16; INPUT_ORDER],
     ignored: Vec<Box<str>>,
     alpha_divisor: usize,
     ln_alpha_divisor: f64,
@@ -138,6 +141,11 @@ impl MemoryParts {
         self.other += o.other;
     }
 }
+
+/// Positions of an event's inputs remembered by [`Experiment::input_at`].
+const INPUT_ORDER: usize = 16;
+/// An [`Experiment::input_at`] position with nothing remembered.
+const NO_INPUT: i16 = i16::MIN;
 
 /// Ignored (treatment or unwatched) input names remembered at most.
 const MAX_IGNORED: usize = 256;
@@ -232,6 +240,7 @@ impl Experiment {
             numeric_bins: Vec::new(),
             limits: limits.clone(),
             name_index: HashMap::default(),
+            input_order: [NO_INPUT; INPUT_ORDER],
             ignored: Vec::new(),
             alpha_divisor: 1,
             ln_alpha_divisor: 0.0,
@@ -330,6 +339,43 @@ impl Experiment {
             self.restarts += 1;
         }
         Ok(self.arms.len() - 1)
+    }
+
+    /// [`Self::input_index`] of the input at position `p` of an event's object: producers
+    /// write the inputs in the same order event after event, so the input found at `p` last
+    /// time is tried first (a name compare, no hash, no map: the common case).
+    #[inline]
+    fn input_at(&mut self, p: usize, name: &str) -> Option<usize> {
+        if let Some(&v) = self.input_order.get(p) {
+            if v >= 0 {
+                if self
+                    .inputs
+                    .get(v as usize)
+                    .is_some_and(|x| *x.name == *name)
+                {
+                    return Some(v as usize);
+                }
+            } else if v != NO_INPUT
+                && self
+                    .ignored
+                    .get((-1 - v) as usize)
+                    .is_some_and(|n| **n == *name)
+            {
+                return None;
+            }
+        }
+        let found = self.input_index(name);
+        if let Some(slot) = self.input_order.get_mut(p) {
+            *slot = match found {
+                Some(i) => i16::try_from(i).unwrap_or(NO_INPUT),
+                None => self
+                    .ignored
+                    .iter()
+                    .position(|n| **n == *name)
+                    .map_or(NO_INPUT, |i| -1 - i as i16),
+            };
+        }
+        found
     }
 
     #[inline]
@@ -463,8 +509,8 @@ impl Experiment {
         obs.counted = true;
         self.srm.observe(&self.design, arm);
         let mut keys = [MISSING; MODEL_INPUTS];
-        for (name, value) in ev.inputs {
-            if let Some(i) = self.input_index(name) {
+        for (p, (name, value)) in ev.inputs.iter().enumerate() {
+            if let Some(i) = self.input_at(p, name) {
                 if obs.touched & (1 << i) != 0 {
                     continue; // a repeated key in one object counts once
                 }
@@ -591,5 +637,67 @@ fn merge_opt<T: Clone>(a: &mut Option<T>, b: &Option<T>, merge: impl Fn(&mut T, 
         (Some(x), Some(y)) => merge(x, y),
         (None, Some(y)) => *a = Some(y.clone()),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+    use crate::engine::Engine;
+
+    /// The same events with their inputs written in any order (treatment and ignored inputs
+    /// among them, moving position from event to event) give the same report as one fixed
+    /// order: the per-position input cache never attributes a value to the wrong input.
+    #[test]
+    fn input_order_per_event_does_not_change_the_state() {
+        let settings = Settings::from_toml(
+            "[[experiment]]\nid = \"e\"\narms = { control = 0.5, treatment = 0.5 }\ntreatment_inputs = [\"fragment\"]\nwatch_inputs = [\"tier\", \"locale\", \"n\"]",
+        )
+        .unwrap();
+        let (mut fixed, mut shuffled) = (Engine::new(&settings), Engine::new(&settings));
+        let mut state = 7u64;
+        for i in 0..3_000u64 {
+            let fields = [
+                format!(r#""tier":"t{}""#, i % 3),
+                format!(r#""locale":"l{}""#, (i / 3) % 5),
+                format!(r#""n":{}"#, (i * 7) % 40),
+                format!(r#""fragment":"f{}""#, i % 2),
+                format!(r#""other":"o{}""#, i % 4),
+            ];
+            let arm = if (i * 13) % 7 < 3 {
+                "control"
+            } else {
+                "treatment"
+            };
+            let event = |order: &[usize]| {
+                let inputs: Vec<&str> = order.iter().map(|&k| fields[k].as_str()).collect();
+                format!(
+                    r#"{{"kind":"prompt","ts":{i},"experiment":"e","arm":"{arm}","unit":"u{i}","inputs":{{{}}}}}"#,
+                    inputs.join(",")
+                )
+            };
+            let _ = fixed.process(event(&[0, 1, 2, 3, 4]).as_bytes());
+            // a random permutation, changing every event (and sometimes a field left out)
+            let mut order = vec![0usize, 1, 2, 3, 4];
+            for k in (1..order.len()).rev() {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                order.swap(k, (state >> 33) as usize % (k + 1));
+            }
+            if i % 11 == 0 {
+                order.retain(|&k| k != 4);
+            }
+            let _ = shuffled.process(event(&order).as_bytes());
+        }
+        let strip = |e: &Engine| {
+            let mut r = serde_json::to_value(e.report()).unwrap();
+            r["memory"] = serde_json::Value::Null;
+            r
+        };
+        assert_eq!(strip(&fixed), strip(&shuffled));
+        let x = &fixed.experiments()[0];
+        assert_eq!(x.inputs.len(), 3);
+        assert!(x.inputs.iter().all(|i| i.n == 3_000));
     }
 }

@@ -4,6 +4,8 @@
 //! expert with 1,024 possible cells that sees a few dozen events holds a few dozen rows, and a
 //! busy one never holds more than the dense array.
 
+use crate::hint::prefetch;
+
 /// A counter: `u8` or `u16` for tables that widen themselves before a count can overflow,
 /// `u32` where a cell is unlikely to pass four billion, `u64` where exactness matters at any
 /// volume. Adds saturate.
@@ -72,22 +74,6 @@ const FIRST_SLOTS: usize = 8;
 fn home(key: u16, mask: usize) -> usize {
     // Fibonacci hashing: high bits of key * 2^64/phi (tables stay below 2^24 slots)
     (u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask
-}
-
-/// A prefetch hint for the line holding `p` (nothing on other targets, or for `None`).
-#[inline]
-fn prefetch<T>(p: Option<&T>) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(p) = p {
-        // SAFETY: a prefetch is a hint with no effect on memory; `p` is a valid reference
-        #[allow(unused_unsafe)]
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast::<i8>());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 impl<C: Counter> CountTable<C> {

@@ -76,9 +76,9 @@ pub fn for_each_message(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), Fil
     };
     let file = File::open(path).map_err(io)?;
     match Format::of(path) {
-        Format::Ndjson => lines(BufReader::new(file), &mut f).map_err(io),
+        Format::Ndjson => lines(BufReader::with_capacity(READ_BUFFER, file), &mut f).map_err(io),
         Format::NdjsonGz => lines(
-            BufReader::new(flate2::read::MultiGzDecoder::new(file)),
+            BufReader::with_capacity(READ_BUFFER, flate2::read::MultiGzDecoder::new(file)),
             &mut f,
         )
         .map_err(io),
@@ -131,21 +131,55 @@ pub fn for_each_message(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), Fil
     }
 }
 
+/// Read buffer of the line reader: few reads of a large file, lines handed over in place.
+const READ_BUFFER: usize = 1 << 18;
+
+/// Bytes of a line kept at most: a longer one is handed over cut there (the decoder rejects
+/// it as oversized), so a file without newlines cannot take all the memory.
+const MAX_LINE: usize = 1 << 26;
+
+/// Hand every non-blank line (without its `\n` / `\r\n`) to `f`: straight from the reader's
+/// buffer, copied only when a line straddles two reads.
 fn lines(mut r: impl BufRead, f: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        if r.read_until(b'\n', &mut buf)? == 0 {
-            return Ok(());
-        }
-        let mut line = buf.as_slice();
+    let mut carry: Vec<u8> = Vec::new();
+    let emit = |line: &[u8], f: &mut dyn FnMut(&[u8])| {
+        let mut line = line;
         while let [rest @ .., b'\n' | b'\r'] = line {
             line = rest;
         }
         if !line.iter().all(u8::is_ascii_whitespace) {
             f(line);
         }
+    };
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            if !carry.is_empty() {
+                emit(&carry, f);
+            }
+            return Ok(());
+        }
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &chunk[start..]) {
+            let end = start + nl + 1;
+            if carry.is_empty() {
+                emit(&chunk[start..end], f);
+            } else {
+                append_capped(&mut carry, &chunk[start..end]);
+                emit(&carry, f);
+                carry.clear();
+            }
+            start = end;
+        }
+        append_capped(&mut carry, &chunk[start..]);
+        let n = chunk.len();
+        r.consume(n);
     }
+}
+
+fn append_capped(carry: &mut Vec<u8>, bytes: &[u8]) {
+    let room = MAX_LINE.saturating_sub(carry.len());
+    carry.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 /// Convert a batch to contract JSON rows.
@@ -206,6 +240,27 @@ fn to_ms(col: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+
+    /// Lines come out whole whatever the read size: straddling reads, `\r\n`, blank lines,
+    /// no final newline.
+    #[test]
+    fn lines_across_reads() {
+        let text = b"{\"a\":1}\n\n{\"bb\":22}\r\n   \n{\"ccc\":333}\n{\"last\":4}";
+        let want: Vec<&[u8]> = vec![
+            b"{\"a\":1}",
+            b"{\"bb\":22}",
+            b"{\"ccc\":333}",
+            b"{\"last\":4}",
+        ];
+        for cap in [1, 2, 3, 7, 16, 4096] {
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            lines(BufReader::with_capacity(cap, &text[..]), &mut |l| {
+                got.push(l.to_vec())
+            })
+            .unwrap();
+            assert_eq!(got, want, "read buffer {cap}");
+        }
+    }
 
     #[test]
     fn flattened_inputs_and_timestamps_become_contract_json() {

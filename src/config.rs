@@ -77,8 +77,8 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct SamplingSettings {
     /// IANA time zone for hour-of-week, e.g. `America/New_York`.
-    #[serde(default = "default_tz")]
-    pub timezone: String,
+    #[serde(default)]
+    pub timezone: TimeZone,
     /// Inputs whose values are compared between samples and production (e.g. `tier`).
     #[serde(default)]
     pub segments: Vec<String>,
@@ -93,8 +93,30 @@ pub struct SamplingSettings {
     pub min_js_distance: f64,
 }
 
-fn default_tz() -> String {
-    "UTC".into()
+/// An IANA time zone (`sampling.timezone`), parsed once at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl Default for TimeZone {
+    fn default() -> Self {
+        TimeZone(chrono_tz::Tz::UTC)
+    }
+}
+
+impl TryFrom<String> for TimeZone {
+    type Error = String;
+    fn try_from(s: String) -> Result<TimeZone, String> {
+        s.parse::<chrono_tz::Tz>().map(TimeZone).map_err(|_| {
+            format!("`{s}` is not an IANA time zone (e.g. \"America/New_York\" or \"UTC\")")
+        })
+    }
+}
+
+impl std::fmt::Display for TimeZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 fn default_min_reference() -> u64 {
     1000
@@ -106,7 +128,7 @@ fn default_min_js() -> f64 {
 impl Default for SamplingSettings {
     fn default() -> Self {
         SamplingSettings {
-            timezone: default_tz(),
+            timezone: TimeZone::default(),
             segments: Vec::new(),
             weight_input: None,
             min_reference: default_min_reference(),
@@ -285,7 +307,7 @@ pub enum UnitOfAssignment {
 pub struct AssignmentSettings {
     /// `xxh3_64` or `xxh64`.
     #[serde(default = "default_hash")]
-    pub hash: String,
+    pub hash: crate::state::assignment::HashFn,
     /// Hash seed.
     #[serde(default)]
     pub seed: u64,
@@ -293,7 +315,7 @@ pub struct AssignmentSettings {
     pub salt: String,
     /// The bytes hashed (UTF-8), with `{salt}`, `{unit}`, `{cluster}`, `{input.NAME}`.
     #[serde(default = "default_key")]
-    pub key: String,
+    pub key: crate::state::assignment::Template,
     /// `bucket = hash % buckets`.
     pub buckets: u64,
     /// `[start, end)` buckets per arm.
@@ -303,11 +325,11 @@ pub struct AssignmentSettings {
     pub tolerance: f64,
 }
 
-fn default_hash() -> String {
-    "xxh3_64".into()
+fn default_hash() -> crate::state::assignment::HashFn {
+    crate::state::assignment::HashFn::Xxh3_64
 }
-fn default_key() -> String {
-    "{salt}:{unit}".into()
+fn default_key() -> crate::state::assignment::Template {
+    crate::state::assignment::Template::default_key()
 }
 fn default_mismatch_tolerance() -> f64 {
     0.001
@@ -489,8 +511,8 @@ impl Default for LimitSettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` or `json`.
-    #[serde(default = "default_log_format")]
-    pub format: String,
+    #[serde(default)]
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `armwatch=debug`.
     #[serde(default = "default_log_level")]
     pub level: String,
@@ -499,8 +521,28 @@ pub struct LogSettings {
     pub rejected_per_second: u32,
 }
 
-fn default_log_format() -> String {
-    "text".into()
+/// `log.format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<LogFormat, String> {
+        match s.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "`{s}` is neither text nor json (use \"text\" or \"json\")"
+            )),
+        }
+    }
 }
 fn default_log_level() -> String {
     "info".into()
@@ -512,7 +554,7 @@ fn default_reject_log_rate() -> u32 {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            format: default_log_format(),
+            format: LogFormat::Text,
             level: default_log_level(),
             rejected_per_second: default_reject_log_rate(),
         }
@@ -652,11 +694,11 @@ impl Settings {
                 "e.g. group_id = \"armwatch\"",
             ));
         }
-        if self.log.format != "text" && self.log.format != "json" {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
-                "log.format",
-                format!("`{}` is neither text nor json", self.log.format),
-                "use \"text\" or \"json\"",
+                "log.level",
+                format!("`{}` is not a tracing filter: {e}", self.log.level),
+                "e.g. level = \"info\" or \"armwatch=debug,rdkafka=warn\"",
             ));
         }
         let l = &self.limits;
@@ -766,13 +808,6 @@ impl Settings {
             }
         }
         if let Some(s) = &self.sampling {
-            if s.timezone.parse::<chrono_tz::Tz>().is_err() {
-                return Err(invalid(
-                    "sampling.timezone",
-                    format!("`{}` is not an IANA time zone", s.timezone),
-                    "e.g. timezone = \"America/New_York\" or \"UTC\"",
-                ));
-            }
             if s.segments.len() > 8 {
                 return Err(invalid(
                     "sampling.segments",
@@ -883,20 +918,6 @@ fn validate_assignment(
     a: &AssignmentSettings,
 ) -> Result<(), ConfigError> {
     let key = format!("{key}.assignment");
-    if crate::state::assignment::HashFn::parse(&a.hash).is_none() {
-        return Err(invalid(
-            format!("{key}.hash"),
-            format!("`{}` is not a supported hash", a.hash),
-            "use \"xxh3_64\" or \"xxh64\"",
-        ));
-    }
-    if let Err(why) = crate::state::assignment::Template::parse(&a.key) {
-        return Err(invalid(
-            format!("{key}.key"),
-            why,
-            "use placeholders {salt}, {unit}, {cluster} and {input.NAME}; write {{ and }} for braces",
-        ));
-    }
     if a.buckets == 0 {
         return Err(invalid(
             format!("{key}.buckets"),
@@ -978,6 +999,12 @@ mod tests {
         assert!(e.contains("at least two arms"));
         assert!(err("[kafka]\ntopics = []").contains("`kafka.topics`"));
         assert!(err("[log]\nformat = \"xml\"").contains("`log.format`"));
+        assert!(err("[log]\nlevel = \"armwatch=loud\"").contains("`log.level`"));
+        let e = err("[sampling]\ntimezone = \"Mars/Base\"");
+        assert!(
+            e.contains("`sampling.timezone`") && e.contains("America/New_York"),
+            "{e}"
+        );
         assert!(
             err("[alerts]\nwebhook = \"https://am:9093/api/v2/alerts\"").contains("no TLS client")
         );

@@ -166,7 +166,7 @@ fn init_logging(log: &LogSettings) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if log.format == "json" {
+    let _ = if log.format == armwatch::config::LogFormat::Json {
         b.json().try_init()
     } else {
         b.try_init()

@@ -439,7 +439,7 @@ impl<E> Report<E> {
             sampling: {
                 let (production, sets) = engine.sampling();
                 production.map(|p| SamplingReport {
-                    timezone: p.cfg.timezone.clone(),
+                    timezone: p.cfg.timezone.to_string(),
                     production_events: p.n,
                     eval_sets: sets
                         .iter()

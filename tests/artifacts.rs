@@ -90,5 +90,5 @@ fn kubernetes_configmap_config_is_valid() {
     let s = Settings::from_toml(&block.join("\n"))
         .expect("the ConfigMap's config parses and validates");
     assert_eq!(s.kafka.topics, vec!["llm.events".to_string()]);
-    assert_eq!(s.log.format, "json");
+    assert_eq!(s.log.format, armwatch::config::LogFormat::Json);
 }

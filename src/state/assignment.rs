@@ -18,8 +18,9 @@ use crate::config::AssignmentSettings;
 use crate::event::Event;
 use crate::stats::proportion::{share, RateEProcess};
 
-/// A supported hash function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A supported hash function (parsed from its config name once, at load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum HashFn {
     /// XXH3, 64-bit.
     Xxh3_64,
@@ -70,10 +71,32 @@ pub enum Part {
     Input(Box<str>),
 }
 
-/// A parsed key template.
-#[derive(Clone, Debug, PartialEq)]
+impl TryFrom<String> for HashFn {
+    type Error = String;
+    fn try_from(s: String) -> Result<HashFn, String> {
+        HashFn::parse(&s)
+            .ok_or_else(|| format!("`{s}` is not a supported hash (use \"xxh3_64\" or \"xxh64\")"))
+    }
+}
+
+/// A parsed key template (parsed from its config text once, at load).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Template {
     parts: Vec<Part>,
+    /// The text it was parsed from.
+    text: Box<str>,
+}
+
+impl TryFrom<String> for Template {
+    type Error = String;
+    fn try_from(s: String) -> Result<Template, String> {
+        Template::parse(&s).map_err(|why| {
+            format!(
+                "{why} (use placeholders {{salt}}, {{unit}}, {{cluster}} and {{input.NAME}}; write {{{{ and }}}} for braces)"
+            )
+        })
+    }
 }
 
 impl Template {
@@ -121,7 +144,23 @@ impl Template {
         {
             return Err(format!("`{text}` uses neither {{unit}} nor {{cluster}}"));
         }
-        Ok(Template { parts })
+        Ok(Template {
+            parts,
+            text: text.into(),
+        })
+    }
+
+    /// The text it was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// `{salt}:{unit}`, the default key.
+    pub fn default_key() -> Template {
+        Template {
+            parts: vec![Part::Salt, Part::Lit(":".into()), Part::Unit],
+            text: "{salt}:{unit}".into(),
+        }
     }
 
     /// Whether the key names the cluster but not the unit (a cluster-randomized assignment).
@@ -237,15 +276,12 @@ pub struct AssignmentState {
 impl AssignmentState {
     /// From validated settings; `arms` in the experiment's order.
     pub fn new(cfg: &AssignmentSettings, arms: &[Box<str>]) -> AssignmentState {
-        let template = Template::parse(&cfg.key).unwrap_or(Template {
-            parts: vec![Part::Unit],
-        });
         AssignmentState {
-            hash: HashFn::parse(&cfg.hash).unwrap_or(HashFn::Xxh3_64),
-            key: cfg.key.as_str().into(),
+            hash: cfg.hash,
+            key: cfg.key.text().into(),
             seed: cfg.seed,
             salt: cfg.salt.as_str().into(),
-            template,
+            template: cfg.key.clone(),
             buckets: cfg.buckets.max(1),
             ranges: arms
                 .iter()
@@ -407,6 +443,10 @@ mod tests {
 
     #[test]
     fn templates_parse_and_refuse() {
+        assert_eq!(
+            Template::parse("{salt}:{unit}"),
+            Ok(Template::default_key())
+        );
         let t = Template::parse("{salt}:{unit}:{input.tier}").unwrap();
         assert!(t.reads_input("tier"));
         assert_eq!(

@@ -138,7 +138,7 @@ pub struct Production {
 impl Production {
     /// From settings (the time zone was validated with them).
     pub fn new(cfg: SamplingSettings) -> Production {
-        let tz = cfg.timezone.parse::<Tz>().unwrap_or(Tz::UTC);
+        let tz = cfg.timezone.0;
         let mut dims = vec![Dimension::hours()];
         dims.extend(cfg.segments.iter().map(|s| Dimension::segment(s)));
         Production {

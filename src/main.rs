@@ -9,6 +9,7 @@ use armwatch::http::Shared;
 use armwatch::metrics::Metrics;
 use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
 use armwatch::sink::SinkConfig;
+use armwatch::source::simulated::SimulatedSource;
 use armwatch::source::{file, kafka};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
@@ -389,33 +390,18 @@ fn demo(
         let out = start_outputs(&settings, true).await?;
         out.shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(faults = ?faults, rate, "demo: simulated prompt traffic for prompt-variant, router-v2, ranker-v3 (hash-assigned) and workspace-collab (cluster-randomized)");
-        let mut lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, None);
+        let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, None);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let worker = std::thread::Builder::new().name("armwatch-demo".into()).spawn(move || {
-            let mut sim = Simulator::new(seed, experiments).with_instruments(instruments);
-            let mut buf = Vec::new();
-            let start = Instant::now();
-            while !stop2.load(Ordering::Relaxed) && events.is_none_or(|n| sim.produced() < n) {
-                sim.next_event(&mut buf);
-                let _ = lp.on_message(Some(&buf));
-                if lp.publish_due() {
-                    lp.publish();
-                }
-                // pace to `rate` events per second
-                let due = Duration::from_secs_f64(sim.produced() as f64 / rate.max(1) as f64);
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            lp.publish();
-            lp
-        })?;
+        let source = SimulatedSource::new(Simulator::new(seed, experiments).with_instruments(instruments), rate, events);
+        let worker = std::thread::Builder::new()
+            .name("armwatch-demo".into())
+            .spawn(move || armwatch::source::drive(source, lp, &stop2, |_| {}))?;
         if events.is_none() {
             shutdown_signal().await;
             stop.store(true, Ordering::Relaxed);
         }
-        let lp = join(worker).await?;
+        let lp = join(worker).await?.context("the engine thread failed")?;
         if events.is_some() {
             println!("{}", serde_json::to_string_pretty(&lp.engine().report())?);
         }

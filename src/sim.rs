@@ -331,6 +331,11 @@ impl Simulator {
     /// Write the next event (one JSON object, no newline) into `buf` (cleared first).
     pub fn next_event(&mut self, buf: &mut Vec<u8>) {
         buf.clear();
+        self.append_event(buf);
+    }
+
+    /// Write the next event at the end of `buf`.
+    pub fn append_event(&mut self, buf: &mut Vec<u8>) {
         self.produced += 1;
         self.ts_ms += if self.instruments.enabled {
             self.rng.random_range(1..60_000)

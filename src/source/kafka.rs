@@ -1,14 +1,16 @@
 //! The Kafka source: a consumer-group member on a dedicated thread (`BaseConsumer::poll`, no
 //! async hop per message), storing offsets only after a message has been processed.
 
+use super::batch::Batch;
+use super::Source;
 use crate::config::KafkaSettings;
 use crate::daemon::{DeadLetter, EngineLoop, RateLimiter};
-use crate::event::{Decoded, Inputs, Limits, RejectReason};
+use crate::event::RejectReason;
 use crate::http::Shared;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
@@ -137,158 +139,101 @@ impl DeadLetter for KafkaDeadLetter {
     }
 }
 
-/// Messages consumed and the time since the first: the drain rate, logged at the end.
-#[derive(Default)]
-struct Drain {
-    messages: u64,
-    first: Option<std::time::Instant>,
-    /// The process's CPU seconds at the first message.
-    first_cpu: Option<f64>,
+/// The consumer as a [`Source`]: polls into batches, marks each message's offset, and stores
+/// the offsets of a batch once it has been applied (at-least-once); commits at the end.
+pub struct KafkaSource {
+    consumer: BaseConsumer<Context>,
+    /// Topic names by stream index (the batches' marks).
+    topics: Vec<String>,
+    errors: RateLimiter,
+    polled: u64,
+    max_messages: Option<u64>,
 }
 
-impl Drain {
-    /// Count `n` messages about to be processed.
-    fn messages(&mut self, n: usize) {
-        if self.first.is_none() {
-            self.first = Some(std::time::Instant::now());
-            self.first_cpu = crate::process::cpu_seconds("self");
+impl KafkaSource {
+    /// Poll `consumer` (at most `max_messages`, then end).
+    pub fn new(consumer: BaseConsumer<Context>, max_messages: Option<u64>) -> KafkaSource {
+        KafkaSource {
+            consumer,
+            topics: Vec::new(),
+            errors: RateLimiter::new(1),
+            polled: 0,
+            max_messages,
         }
-        self.messages += n as u64;
-    }
-
-    fn log(&self, lp: &EngineLoop) {
-        let secs = self.first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        // the engine's share of the wall time, from the sampled processing histogram, and
-        // the publishes (report, metrics) that shared the engine thread with it
-        let (busy, publishes, publish_mean) = lp
-            .metrics()
-            .lock()
-            .map(|m| {
-                let (n, sum) = (
-                    m.processing.get_sample_count(),
-                    m.processing.get_sample_sum(),
-                );
-                let busy = if n == 0 || secs == 0.0 {
-                    0.0
-                } else {
-                    sum / n as f64 * self.messages as f64 / secs
-                };
-                let p = m.publish_seconds.get_sample_count();
-                let mean = m.publish_seconds.get_sample_sum() / p.max(1) as f64;
-                (busy, p, mean)
-            })
-            .unwrap_or_default();
-        // every thread's (consumer, librdkafka, engine, HTTP): the cost of a message
-        let cpu = crate::process::cpu_seconds("self")
-            .zip(self.first_cpu)
-            .map_or(f64::NAN, |(now, first)| now - first);
-        tracing::info!(
-            messages = self.messages,
-            seconds = secs,
-            cpu_seconds = cpu,
-            messages_per_second = self.messages as f64 / secs.max(1e-9),
-            engine_busy_share = busy,
-            publishes,
-            publish_mean_seconds = publish_mean,
-            "drained"
-        );
     }
 }
 
-/// Payloads copied out of librdkafka's buffers and decoded on the consumer thread, so that
-/// the state updates and detectors run on a thread of their own while the consumer thread
-/// keeps polling and decoding the next batch (a two-stage pipeline). Batches are recycled (no
-/// allocation per message once warm) and come back to the consumer thread after processing,
-/// which then stores the offsets they carry: a message's offset is stored only after it has
-/// been processed, as before.
-#[derive(Default)]
-struct Batch {
-    bytes: Vec<u8>,
-    /// `(start, end)` in `bytes`; `None` for a message without payload.
-    spans: Vec<Option<(u32, u32)>>,
-    /// The messages with a payload, decoded, in order.
-    decoded: Decoded,
-    /// The last offset of each (topic index, partition) in the batch.
-    last: Vec<(usize, i32, i64)>,
+/// The index of `topic` in `topics` (added when new).
+fn stream(topics: &mut Vec<String>, topic: &str) -> usize {
+    match topics.iter().position(|t| t == topic) {
+        Some(t) => t,
+        None => {
+            topics.push(topic.to_string());
+            topics.len() - 1
+        }
+    }
 }
 
-/// A batch is sent at this many messages, at this many bytes, or when the queue runs dry.
-const BATCH_MESSAGES: usize = 512;
-const BATCH_BYTES: usize = 1 << 20;
+impl Source for KafkaSource {
+    fn fill(&mut self, batch: &mut Batch) -> std::io::Result<bool> {
+        loop {
+            if self.max_messages.is_some_and(|m| self.polled >= m) {
+                return Ok(false);
+            }
+            // block only while there is nothing to hand over
+            let wait = if batch.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(wait) {
+                Some(Ok(msg)) => {
+                    self.polled += 1;
+                    batch.push(msg.payload());
+                    let (partition, offset) = (msg.partition(), msg.offset());
+                    let stream = stream(&mut self.topics, msg.topic());
+                    batch.mark(stream, partition, offset);
+                    if batch.full() {
+                        return Ok(true);
+                    }
+                }
+                Some(Err(e)) => {
+                    if self.errors.allow().is_some() {
+                        tracing::warn!(error = %e, "consume error");
+                    }
+                }
+                // the queue ran dry: hand over what there is (or nothing, so that the loop
+                // looks at its stop flag)
+                None => return Ok(true),
+            }
+        }
+    }
 
-impl Batch {
-    fn push(&mut self, msg: &BorrowedMessage<'_>, topics: &mut Vec<String>) {
-        self.spans.push(msg.payload().and_then(|p| {
-            let start = u32::try_from(self.bytes.len()).ok()?;
-            let end = u32::try_from(self.bytes.len() + p.len()).ok()?;
-            self.bytes.extend_from_slice(p);
-            Some((start, end))
-        }));
-        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-        // partition first (an integer), the topic name only to confirm: a batch holds a few
-        // partitions, and the topic list is searched only for a partition new to the batch
-        if let Some(l) = self
-            .last
-            .iter_mut()
-            .find(|(t, p, _)| *p == partition && topics[*t] == topic)
+    fn done(&mut self, batch: &Batch) {
+        for &(t, p, o) in batch.marks() {
+            let Some(topic) = self.topics.get(t) else {
+                continue;
+            };
+            if let Err(e) = self.consumer.store_offset(topic, p, o) {
+                if self.errors.allow().is_some() {
+                    tracing::warn!(error = %e, "could not store offset");
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Err(e) = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
         {
-            l.2 = l.2.max(offset);
-            return;
+            tracing::warn!(error = %e, "final offset commit failed");
         }
-        let t = match topics.iter().position(|t| t == topic) {
-            Some(t) => t,
-            None => {
-                topics.push(topic.to_string());
-                topics.len() - 1
-            }
-        };
-        self.last.push((t, partition, offset));
-    }
-
-    fn full(&self) -> bool {
-        self.spans.len() >= BATCH_MESSAGES || self.bytes.len() >= BATCH_BYTES
-    }
-
-    /// Decode every message with a payload (on the consumer thread, before sending).
-    fn decode(&mut self, limits: &Limits) {
-        for &(a, b) in self.spans.iter().flatten() {
-            self.decoded
-                .push(&self.bytes, a as usize..b as usize, limits);
-        }
-    }
-
-    /// Apply the batch's messages in order.
-    fn apply(&self, lp: &mut EngineLoop) {
-        let mut next = 0;
-        for span in &self.spans {
-            match span.and_then(|(a, b)| self.bytes.get(a as usize..b as usize)) {
-                Some(payload) => {
-                    let mut inputs = Inputs::new();
-                    let ev = self.decoded.event(next, &self.bytes, &mut inputs);
-                    next += 1;
-                    let _ = lp.on_decoded(payload, ev);
-                }
-                None => {
-                    let _ = lp.on_message(None);
-                }
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.spans.clear();
-        self.decoded.clear();
-        self.last.clear();
     }
 }
 
-/// Batches in flight between the two threads (bounds the copy buffers to a few MB).
-const BATCHES_IN_FLIGHT: usize = 4;
-
-/// Consume until `stop` is set (or `max_messages` have been consumed). Runs on its own thread
-/// (the consumer thread: poll, copy, store offsets) and starts the engine thread, which it
-/// joins before the final offset commit.
+/// Consume until `stop` is set (or `max_messages` have been consumed): the consumer thread
+/// polls, copies, decodes and stores offsets, the engine thread applies ([`super::drive`]).
 pub fn consume(
     consumer: BaseConsumer<Context>,
     lp: EngineLoop,
@@ -296,96 +241,11 @@ pub fn consume(
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     max_messages: Option<u64>,
 ) -> std::io::Result<EngineLoop> {
-    let limits = *lp.engine().decode_limits();
-    let (to_engine, from_poller) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
-    let (to_poller, from_engine) = std::sync::mpsc::channel::<Batch>();
-    let engine = std::thread::Builder::new()
-        .name("armwatch-engine".into())
-        .spawn(move || process(lp, &from_poller, &to_poller, &lag))?;
-    let mut errors = RateLimiter::new(1);
-    let mut topics: Vec<String> = Vec::new();
-    let mut spare: Vec<Batch> = Vec::new();
-    let mut cur = Batch::default();
-    let mut polled_messages = 0u64;
-    let store = |b: &Batch, topics: &[String], errors: &mut RateLimiter| {
-        for (t, p, o) in &b.last {
-            if let Err(e) = consumer.store_offset(&topics[*t], *p, *o) {
-                if errors.allow().is_some() {
-                    tracing::warn!(error = %e, "could not store offset");
-                }
-            }
-        }
-    };
-    while !stop.load(Ordering::Relaxed) && max_messages.is_none_or(|m| polled_messages < m) {
-        while let Ok(mut b) = from_engine.try_recv() {
-            store(&b, &topics, &mut errors);
-            b.clear();
-            spare.push(b);
-        }
-        // block only while there is nothing to hand over
-        let wait = if cur.spans.is_empty() {
-            Duration::from_millis(100)
-        } else {
-            Duration::ZERO
-        };
-        let polled = consumer.poll(wait);
-        let idle = polled.is_none();
-        match polled {
-            Some(Ok(msg)) => {
-                polled_messages += 1;
-                cur.push(&msg, &mut topics);
-            }
-            Some(Err(e)) if errors.allow().is_some() => tracing::warn!(error = %e, "consume error"),
-            Some(Err(_)) | None => {}
-        }
-        if cur.full() || (idle && !cur.spans.is_empty()) {
-            cur.decode(&limits);
-            let next = spare.pop().unwrap_or_default();
-            if to_engine.send(std::mem::replace(&mut cur, next)).is_err() {
-                break; // the engine thread is gone; its join below says why
-            }
-        }
-    }
-    if !cur.spans.is_empty() {
-        cur.decode(&limits);
-        let _ = to_engine.send(cur);
-    }
-    drop(to_engine);
-    // the engine returns every batch before it ends; their offsets are stored, then committed
-    for b in from_engine.iter() {
-        store(&b, &topics, &mut errors);
-    }
-    let lp = engine
-        .join()
-        .map_err(|_| std::io::Error::other("the engine thread panicked"))?;
-    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed");
-    }
-    Ok(lp)
-}
-
-/// The engine thread: process batches in order, hand each back for its offsets, publish on
-/// the cadence (also while no messages arrive).
-fn process(
-    mut lp: EngineLoop,
-    batches: &std::sync::mpsc::Receiver<Batch>,
-    done: &std::sync::mpsc::Sender<Batch>,
-    lag: &Mutex<Vec<(String, i32, i64)>>,
-) -> EngineLoop {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut drain = Drain::default();
-    loop {
-        match batches.recv_timeout(Duration::from_millis(100)) {
-            Ok(b) => {
-                drain.messages(b.spans.len());
-                b.apply(&mut lp);
-                // the consumer thread may already be gone at shutdown: nothing to store then
-                let _ = done.send(b);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if lp.publish_due() {
+    super::drive(
+        KafkaSource::new(consumer, max_messages),
+        lp,
+        &stop,
+        move |lp| {
             if let Ok(m) = lp.metrics().lock() {
                 m.source_ready
                     .set(i64::from(lp.shared().ready.load(Ordering::Relaxed)));
@@ -397,11 +257,6 @@ fn process(
                     }
                 }
             }
-            lp.publish();
-        }
-    }
-    drain.log(&lp);
-    lp.publish();
-    lp.flush_dead_letter();
-    lp
+        },
+    )
 }

@@ -1,0 +1,118 @@
+//! A batch of messages on its way from a source to the engine thread: the payloads copied
+//! into one recycled buffer, decoded by the source's thread, and the positions (Kafka offsets)
+//! to acknowledge once the batch has been applied.
+
+use crate::daemon::EngineLoop;
+use crate::event::{Decoded, Inputs, Limits};
+
+/// Payloads copied out of the source's buffers and decoded on the source's thread, so that the
+/// state updates and detectors run on a thread of their own while the source keeps reading and
+/// decoding the next batch (a two-stage pipeline). Batches are recycled (no allocation per
+/// message once warm) and come back to the source's thread after processing, which then
+/// acknowledges the positions they carry: a message is acknowledged only after it has been
+/// processed.
+#[derive(Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    /// `(start, end)` in `bytes`; `None` for a message without payload.
+    spans: Vec<Option<(u32, u32)>>,
+    /// The messages with a payload, decoded, in order.
+    decoded: Decoded,
+    /// The last position of each (stream, partition) in the batch: a Kafka offset per topic
+    /// index and partition.
+    marks: Vec<(usize, i32, i64)>,
+}
+
+/// A batch is full at this many messages or at this many bytes.
+pub const BATCH_MESSAGES: usize = 512;
+const BATCH_BYTES: usize = 1 << 20;
+
+impl Batch {
+    /// Add a message (`None`: one without payload).
+    #[inline]
+    pub fn push(&mut self, payload: Option<&[u8]>) {
+        self.spans.push(payload.and_then(|p| {
+            let start = u32::try_from(self.bytes.len()).ok()?;
+            let end = u32::try_from(self.bytes.len() + p.len()).ok()?;
+            self.bytes.extend_from_slice(p);
+            Some((start, end))
+        }));
+    }
+
+    /// Add a message by writing it into the buffer (no intermediate copy).
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.bytes.len();
+        write(&mut self.bytes);
+        let span = u32::try_from(start)
+            .ok()
+            .zip(u32::try_from(self.bytes.len()).ok());
+        self.spans.push(span);
+    }
+
+    /// Record position `offset` of `(stream, partition)` (the batch keeps the largest).
+    #[inline]
+    pub fn mark(&mut self, stream: usize, partition: i32, offset: i64) {
+        match self
+            .marks
+            .iter_mut()
+            .find(|(s, p, _)| *p == partition && *s == stream)
+        {
+            Some(m) => m.2 = m.2.max(offset),
+            None => self.marks.push((stream, partition, offset)),
+        }
+    }
+
+    /// The last position of each `(stream, partition)`.
+    pub fn marks(&self) -> &[(usize, i32, i64)] {
+        &self.marks
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether no message is held.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Whether the batch should be sent now.
+    pub fn full(&self) -> bool {
+        self.spans.len() >= BATCH_MESSAGES || self.bytes.len() >= BATCH_BYTES
+    }
+
+    /// Decode every message with a payload (on the source's thread, before sending).
+    pub fn decode(&mut self, limits: &Limits) {
+        for &(a, b) in self.spans.iter().flatten() {
+            self.decoded
+                .push(&self.bytes, a as usize..b as usize, limits);
+        }
+    }
+
+    /// Apply the batch's messages in order.
+    pub fn apply(&self, lp: &mut EngineLoop) {
+        let mut next = 0;
+        for span in &self.spans {
+            match span.and_then(|(a, b)| self.bytes.get(a as usize..b as usize)) {
+                Some(payload) => {
+                    let mut inputs = Inputs::new();
+                    let ev = self.decoded.event(next, &self.bytes, &mut inputs);
+                    next += 1;
+                    let _ = lp.on_decoded(payload, ev);
+                }
+                None => {
+                    let _ = lp.on_message(None);
+                }
+            }
+        }
+    }
+
+    /// Empty the batch (keeps the capacity).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.decoded.clear();
+        self.marks.clear();
+    }
+}

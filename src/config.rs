@@ -73,7 +73,7 @@ pub struct Settings {
 }
 
 /// `[sampling]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingSettings {
     /// IANA time zone for hour-of-week, e.g. `America/New_York`.
@@ -94,9 +94,15 @@ pub struct SamplingSettings {
 }
 
 /// An IANA time zone (`sampling.timezone`), parsed once at load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TimeZone(pub chrono_tz::Tz);
+
+impl From<TimeZone> for String {
+    fn from(t: TimeZone) -> String {
+        t.0.name().to_string()
+    }
+}
 
 impl Default for TimeZone {
     fn default() -> Self {
@@ -138,7 +144,7 @@ impl Default for SamplingSettings {
 }
 
 /// `[[router]]`: a score-threshold routing rule.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSettings {
     /// Router name as in events.
@@ -178,7 +184,7 @@ fn default_tolerance() -> f64 {
 }
 
 /// `[[judge]]`: a judge endpoint.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeSettings {
     /// Endpoint name as in events.

@@ -70,6 +70,39 @@ pub const MEMORY_RECOUNT_NEAR: u64 = 255;
 /// half of it close to the budget.
 pub const MEMORY_RECOUNT_PER_EXPERIMENT: u64 = 8;
 
+/// Everything an engine's events built (nothing its configuration gives): what a snapshot
+/// holds ([`crate::snapshot`]). Alerts travel as their JSON (their report form skips empty
+/// fields, which a binary format cannot).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct EngineState {
+    experiments: Vec<Experiment>,
+    accepted: [u64; Kind::ALL.len()],
+    rejected: [u64; RejectReason::ALL.len()],
+    seq: u64,
+    alerts: Vec<String>,
+    delivered: usize,
+    judges: Vec<JudgeState>,
+    routers: Vec<RouterState>,
+    production: Option<Production>,
+    eval_sets: Vec<EvalSet>,
+}
+
+/// [`EngineState`] borrowed from a running engine, for writing (no copy of the state); the
+/// same fields in the same order, so it reads back as an [`EngineState`].
+#[derive(serde::Serialize)]
+pub(crate) struct EngineStateRef<'a> {
+    experiments: &'a [Experiment],
+    accepted: &'a [u64; Kind::ALL.len()],
+    rejected: &'a [u64; RejectReason::ALL.len()],
+    seq: u64,
+    alerts: Vec<String>,
+    delivered: usize,
+    judges: &'a [JudgeState],
+    routers: &'a [RouterState],
+    production: Option<&'a Production>,
+    eval_sets: &'a [EvalSet],
+}
+
 /// Judges (and routers) tracked at most.
 pub const MAX_INSTRUMENTS: usize = 256;
 
@@ -424,6 +457,65 @@ impl Engine {
     /// The full report (the replay output and `/api/v1/report`).
     pub fn report(&self) -> Report {
         Report::build(self)
+    }
+
+    /// The state the events built, for a snapshot.
+    pub(crate) fn state(&self) -> EngineStateRef<'_> {
+        EngineStateRef {
+            experiments: &self.experiments,
+            accepted: &self.accepted,
+            rejected: &self.rejected,
+            seq: self.seq,
+            alerts: self
+                .alerts
+                .iter()
+                .filter_map(|a| serde_json::to_string(a).ok())
+                .collect(),
+            delivered: self.delivered,
+            judges: &self.judges,
+            routers: &self.routers,
+            production: self.production.as_ref(),
+            eval_sets: &self.eval_sets,
+        }
+    }
+
+    /// An engine for `settings` that continues from `state` (its indexes rebuilt).
+    pub(crate) fn from_state(settings: &Settings, state: EngineState) -> Result<Engine, String> {
+        let mut e = Engine::new(settings);
+        e.index.clear();
+        for (i, x) in state.experiments.iter().enumerate() {
+            e.index.insert(key_of(&x.id), i);
+        }
+        e.judge_index = state
+            .judges
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (key_of(&j.name), i))
+            .collect();
+        e.router_index = state
+            .routers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (key_of(&r.name), i))
+            .collect();
+        e.alerts = state
+            .alerts
+            .iter()
+            .map(|a| serde_json::from_str(a))
+            .collect::<Result<_, _>>()
+            .map_err(|err| format!("an alert does not parse: {err}"))?;
+        e.max_experiments = e.max_experiments.max(state.experiments.len());
+        e.experiments = state.experiments;
+        e.accepted = state.accepted;
+        e.rejected = state.rejected;
+        e.seq = state.seq;
+        e.delivered = state.delivered.min(e.alerts.len());
+        e.judges = state.judges;
+        e.routers = state.routers;
+        e.production = state.production;
+        e.eval_sets = state.eval_sets;
+        e.count_memory();
+        Ok(e)
     }
 
     /// Merge the state of another engine over a disjoint part of the stream (another

@@ -19,6 +19,7 @@ pub mod process;
 pub mod report;
 pub mod sim;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod stats;

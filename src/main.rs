@@ -50,6 +50,10 @@ enum Cmd {
         /// Exit with status 3 when any alert fired.
         #[arg(long)]
         fail_on_alert: bool,
+        /// Also write the final state as a snapshot (the checkpoint format) to this file, and
+        /// print its size and the time to write and read it back.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
         /// Input files, replayed in order.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
@@ -120,8 +124,11 @@ fn main() {
         Cmd::Replay {
             config,
             fail_on_alert,
+            snapshot,
             inputs,
-        } => load_or(config, "").and_then(|s| replay(s, &inputs, fail_on_alert)),
+        } => {
+            load_or(config, "").and_then(|s| replay(s, &inputs, fail_on_alert, snapshot.as_deref()))
+        }
         Cmd::Demo {
             config,
             faults,
@@ -174,7 +181,12 @@ fn init_logging(log: &LogSettings) {
     };
 }
 
-fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result<()> {
+fn replay(
+    settings: Settings,
+    inputs: &[PathBuf],
+    fail_on_alert: bool,
+    snapshot: Option<&std::path::Path>,
+) -> Result<()> {
     init_logging(&settings.log);
     let mut engine = Engine::new(&settings);
     let start = Instant::now();
@@ -201,6 +213,24 @@ fn replay(settings: Settings, inputs: &[PathBuf], fail_on_alert: bool) -> Result
         messages as f64 / secs.max(1e-9),
         armwatch::process::peak_rss_bytes().unwrap_or(0)
     );
+    if let Some(path) = snapshot {
+        let t = Instant::now();
+        let bytes = armwatch::snapshot::write(&engine);
+        let written = t.elapsed().as_secs_f64();
+        std::fs::write(path, &bytes)
+            .with_context(|| format!("--snapshot: cannot write {}", path.display()))?;
+        let t = Instant::now();
+        armwatch::snapshot::read(&settings, &bytes).map_err(|e| {
+            anyhow::anyhow!("--snapshot: the snapshot just written does not read back: {e}")
+        })?;
+        eprintln!(
+            "snapshot: {} bytes ({} experiments), written in {:.1} ms, read back in {:.1} ms",
+            bytes.len(),
+            engine.experiments().len(),
+            written * 1e3,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     if fail_on_alert && !report.alerts.is_empty() {
         std::process::exit(3);
     }

@@ -3,7 +3,9 @@
 use serde::Serialize;
 
 /// Check names used across the project.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
     /// Sample ratio mismatch.
@@ -53,7 +55,7 @@ impl Check {
 }
 
 /// One fired alert.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Alert {
     /// Which check fired.
     pub check: Check,

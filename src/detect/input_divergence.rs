@@ -16,7 +16,7 @@ use crate::stats::sequential::DmEProcess;
 use serde_json::json;
 
 /// Detector state of one input.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DivergenceState {
     /// Whether the alert has fired.
     pub fired: bool,

@@ -17,7 +17,7 @@ use crate::stats::proportion::share;
 use serde_json::json;
 
 /// Detector state of one judge.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct JudgeDetector {
     /// Whether `judge_score_shift` fired.
     pub shift_fired: bool,

@@ -16,7 +16,7 @@ pub mod threshold;
 pub use alert::{Alert, Check};
 
 /// What a detector needs to know about the moment it runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EvalContext {
     /// 0-based position of the current message in the stream.
     pub seq: u64,

@@ -14,14 +14,14 @@ use crate::stats::divergence::{js_distance, kl};
 use serde_json::json;
 
 /// Detector state of one eval set.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SkewState {
     /// Whether the alert fired.
     pub fired: bool,
 }
 
 /// Figures of one dimension of one eval set.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DimensionFigures {
     /// Log e-value.
     pub log_evalue: f64,

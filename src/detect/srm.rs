@@ -7,7 +7,7 @@ use crate::state::experiment::Experiment;
 use serde_json::json;
 
 /// Detector state of one experiment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SrmState {
     /// Whether the alert has fired.
     pub fired: bool,

@@ -25,7 +25,7 @@ use crate::stats::mccrary::{binomial_window_p, dc_density, two_sided_p, McCrary}
 use serde_json::json;
 
 /// Detector state of one router.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ComplianceState {
     /// Log e-value.
     pub log_e: f64,
@@ -80,7 +80,7 @@ pub fn compliance(r: &mut RouterState, decision: Decision, ctx: &EvalContext) ->
 }
 
 /// State of the density test of one router.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DensityTest {
     /// Looks taken.
     pub looks: u32,

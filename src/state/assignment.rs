@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::stats::proportion::{share, RateEProcess};
 
 /// A supported hash function (parsed from its config name once, at load).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(try_from = "String")]
 pub enum HashFn {
     /// XXH3, 64-bit.
@@ -57,7 +57,7 @@ impl HashFn {
 }
 
 /// One piece of a key template.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Part {
     /// Literal bytes.
     Lit(Box<str>),
@@ -80,7 +80,7 @@ impl TryFrom<String> for HashFn {
 }
 
 /// A parsed key template (parsed from its config text once, at load).
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(try_from = "String")]
 pub struct Template {
     parts: Vec<Part>,
@@ -200,7 +200,7 @@ impl Template {
 }
 
 /// A logged arm that the declared hash does not give.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Example {
     /// The id the key hashes: the unit, or the cluster when the key names only the cluster.
     pub unit: Box<str>,
@@ -213,7 +213,7 @@ pub struct Example {
 }
 
 /// A candidate key: the declared key plus `:{input.NAME}`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Candidate {
     /// The input appended.
     pub input: Box<str>,
@@ -244,7 +244,7 @@ pub const MIN_EXPLAIN: u64 = 20;
 pub const EXPLAIN_AGREEMENT: f64 = 0.9;
 
 /// Mismatch counts and evidence of one experiment with a declared assignment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AssignmentState {
     /// The hash function.
     pub hash: HashFn,

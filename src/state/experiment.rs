@@ -15,7 +15,7 @@ use crate::stats::sequential::{Design, DmEProcess};
 use std::collections::HashMap;
 
 /// Bounds and grid shared by all experiments.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ExperimentLimits {
     /// Dirichlet concentration grid.
     pub k_grid: Vec<f64>,
@@ -46,7 +46,7 @@ impl ExperimentLimits {
 }
 
 /// State of one experiment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Experiment {
     /// Experiment id.
     pub id: Box<str>,
@@ -109,7 +109,7 @@ pub struct Experiment {
 }
 
 /// Estimated bytes of an experiment's state by part (see [`Experiment::memory_parts`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemoryParts {
     /// Strata of the watched inputs (values, their e-processes, the heavy-hitter sketch).
     pub strata: usize,

@@ -14,7 +14,7 @@ use super::units::{Exposure, UnitFilter};
 use crate::stats::proportion::{share, wilson};
 
 /// A consistent hash sample of ids with the arms each was seen in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ExposureSample {
     arms_of: IdArms,
     cap: usize,
@@ -204,7 +204,7 @@ impl ExposureSample {
 pub const MAX_MIXED_NAMES: usize = 20;
 
 /// The clusters of a cluster-randomized experiment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Clusters {
     /// Clusters and their arms.
     pub sample: ExposureSample,

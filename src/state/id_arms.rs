@@ -4,7 +4,7 @@
 //! bytes per id where a `HashMap<u64, u64>` takes 24.
 
 /// Arm masks, narrow while every arm fits in a byte.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Masks {
     Narrow(Box<[u8]>),
     Wide(Box<[u64]>),
@@ -42,7 +42,7 @@ impl Masks {
 }
 
 /// Id hash -> arm mask.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IdArms {
     /// 0: empty (the id hash 0 lives in `zero`).
     keys: Box<[u64]>,

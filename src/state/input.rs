@@ -8,7 +8,7 @@ use crate::event::InputValue;
 use crate::stats::sequential::Design;
 
 /// State of one watched input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputState {
     /// Input name.
     pub name: Box<str>,

@@ -9,7 +9,7 @@ use crate::stats::msprt::Cusum;
 pub const MAX_VERSIONS: usize = 32;
 
 /// One model version seen behind the endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct JudgeVersion {
     /// Version string.
     pub version: Box<str>,
@@ -26,7 +26,7 @@ pub struct JudgeVersion {
 }
 
 /// Control scores since a version switch, against those before it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Switch {
     /// Index of the version switched to.
     pub version: usize,
@@ -39,7 +39,7 @@ pub struct Switch {
 }
 
 /// State of one judge.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct JudgeState {
     /// Endpoint name.
     pub name: Box<str>,

@@ -8,7 +8,7 @@ use crate::stats::moments::Moments;
 pub const SCALE: f64 = 1000.0;
 
 /// How a numeric value maps to a bin.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Bins {
     /// Configured edges: bin i is `[edges[i-1], edges[i])`, with open bins at both ends.
     Edges(Box<[f64]>),
@@ -92,7 +92,7 @@ fn fmt_g(x: f64) -> String {
 }
 
 /// Per-arm distribution summary of a numeric input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NumericSummary {
     /// Moments per arm.
     pub moments: Vec<Moments>,

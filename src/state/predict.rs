@@ -146,7 +146,7 @@ impl Predict<'_> {
 }
 
 /// The online model of one experiment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ArmModel {
     arms: usize,
     /// Name hashes of the model's inputs, sorted: slot `s` is `names[s]`.

@@ -8,7 +8,7 @@ pub const DENSITY_BINS: usize = 4096;
 
 /// A fixed fine histogram of scores, aligned so that the threshold is a bin edge (McCrary bins
 /// are re-built from it, so none straddles the threshold), with exact moments and range.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Density {
     /// The threshold the bins are aligned on.
     pub threshold: f64,
@@ -80,7 +80,7 @@ impl Density {
 }
 
 /// State of one router.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RouterState {
     /// Router name.
     pub name: Box<str>,
@@ -103,7 +103,7 @@ pub struct RouterState {
 }
 
 /// What a routing decision says about the rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Decision {
     /// Outside the band, or no rule to check against.
     Unchecked,

@@ -14,7 +14,7 @@ pub const MAX_SEGMENT_VALUES: usize = 64;
 pub const MAX_EVAL_SETS: usize = 256;
 
 /// Hour of week (0 = Monday 00:00-01:00) of epoch milliseconds in `tz`, cached per local hour.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HourOfWeek {
     tz: Tz,
     start: i64,
@@ -53,7 +53,7 @@ impl HourOfWeek {
 }
 
 /// Counts over the cells of one dimension (hour-of-week, or one segment input's values).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Dimension {
     /// Dimension name: `hour_of_week` or the segment input.
     pub name: Box<str>,
@@ -123,7 +123,7 @@ impl Dimension {
 }
 
 /// Production traffic: the reference distributions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Production {
     /// Settings.
     pub cfg: SamplingSettings,
@@ -182,7 +182,7 @@ impl Production {
 }
 
 /// One eval set's samples and their evidence per dimension.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EvalSet {
     /// Eval set name.
     pub name: Box<str>,

@@ -16,7 +16,7 @@ use crate::stats::sketch::CountMin;
 pub const TAIL_LABEL: &str = "__other__";
 
 /// One tracked value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Stratum {
     /// Hash identity of the value.
     pub key: u64,
@@ -42,7 +42,7 @@ impl Stratum {
 /// read from the slots themselves, at most half full: 4 bytes per entry where a `HashMap`
 /// took ~34 (an input's table of 64 strata: 512 bytes, not 2 KB). Rebuilt when it grows or a
 /// stratum is replaced (promotions are rare), so it never needs a deletion.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SlotIndex {
     table: Box<[u32]>,
 }
@@ -113,7 +113,7 @@ impl SlotIndex {
 }
 
 /// A bounded table of strata for one input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Strata {
     index: SlotIndex,
     slots: Vec<Stratum>,

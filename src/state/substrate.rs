@@ -5,7 +5,7 @@
 pub const MAX_VALUES: usize = 16;
 
 /// One value of a substrate input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SubstrateValue {
     /// The value.
     pub value: Box<str>,
@@ -18,7 +18,7 @@ pub struct SubstrateValue {
 }
 
 /// One substrate input of one experiment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SubstrateState {
     /// Input name.
     pub name: Box<str>,

@@ -30,7 +30,7 @@ const K_PER_BIT: f64 = 0.6;
 const HASHES: usize = 12;
 
 /// One blocked Bloom filter of a fixed capacity.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Stage {
     bits: Box<[u64]>,
     inserted: u64,
@@ -91,7 +91,7 @@ fn positions(h: u64) -> [u32; HASHES] {
 }
 
 /// Scalable Bloom filter over unit ids, up to a capacity, at about 1% false positives.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct UnitFilter {
     /// Oldest first; only the last takes new units.
     stages: Vec<Stage>,
@@ -103,7 +103,7 @@ pub struct UnitFilter {
 }
 
 /// What the filter says of a unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exposure {
     /// Not seen before: count this event.
     First,

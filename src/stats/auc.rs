@@ -14,7 +14,7 @@ use crate::each_table;
 pub const BINS: usize = 1024;
 
 /// Binned scores of positives and negatives.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Roc {
     /// Per bin: `[positives, negatives]`, in counters as narrow as the counts allow.
     bins: Widening,

@@ -47,14 +47,14 @@ counter!(u32);
 counter!(u64);
 
 /// `keys x width` counters, sparse or dense.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CountTable<C: Counter = u32> {
     width: usize,
     keys: usize,
     repr: Repr<C>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Repr<C> {
     /// `slots[i]` is `key + 1` (0: empty); its row is `rows[i * width..][..width]`.
     Sparse {
@@ -244,7 +244,7 @@ impl<C: Counter> CountTable<C> {
 /// 65,534, then `u32`, then `u64`: most cells of a table keyed by hashed values (an arm-model expert, a
 /// score histogram) hold a few counts, so a sparse slot of a two-column table is 4 bytes in
 /// `u8`, not 6 or 10. Each table widens on its own; every widening keeps every count exact.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Widening {
     /// `u8` counters.
     Byte(CountTable<u8>),

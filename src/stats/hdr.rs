@@ -47,7 +47,7 @@ fn range_of(i: usize) -> (u64, u64) {
 }
 
 /// A histogram of non-negative integers with 2 significant digits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SparseHdr {
     /// Counts per bucket, in counters as narrow as they allow.
     counts: Widening,

@@ -13,7 +13,7 @@
 //! centres of fine bins of a streaming histogram.
 
 /// Result of the test.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct McCrary {
     /// `ln f+ - ln f-`.
     pub theta: f64,

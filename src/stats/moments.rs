@@ -3,7 +3,7 @@
 //! (Austin 2009; |SMD| > 0.1 is the usual imbalance convention).
 
 /// Online mean and variance.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     n: u64,
     mean: f64,

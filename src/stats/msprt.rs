@@ -32,7 +32,7 @@ pub fn log_msprt(n: u64, xbar: f64, theta0: f64, s2: f64, tau2: f64) -> f64 {
 
 /// Two-sided Page CUSUM on standardized values, with the time each side last left zero (the
 /// onset estimate when it alarms).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cusum {
     /// Upper statistic `S+ = max(0, S+ + z - k)`.
     pub up: f64,

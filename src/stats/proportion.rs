@@ -20,7 +20,7 @@ pub fn share(n: u64, total: u64) -> f64 {
 }
 
 /// One-sided plug-in e-process for "the rate is at most `p0`".
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RateEProcess {
     p0: f64,
     ln_p0: f64,

@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 use statrs::function::gamma::ln_gamma;
 
 /// The null hypothesis (design weights) and the mixture grid, shared by many e-processes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Design {
     weights: Box<[f64]>,
     ln_weights: Box<[f64]>,
@@ -94,7 +94,7 @@ pub fn mle_log_lr(counts: &[u64], design: &Design) -> f64 {
 /// costs one `ln`. `base` absorbs the scale whenever the largest `m_k` drifts far from 1, so
 /// it never overflows; a grid point more than ~1e300 times smaller than the largest may
 /// underflow to zero, which changes the mixture by less than 1e-300 relative.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DmEProcess {
     counts: SmallVec<[u64; 2]>,
     n: u64,

@@ -18,7 +18,7 @@ pub const FIRST_WIDTH: usize = 64;
 pub const GROW_AFTER: u64 = 2;
 
 /// A Count-Min sketch over 64-bit value hashes that widens with its traffic.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CountMin {
     table: Table,
     /// The widest it grows.
@@ -63,7 +63,7 @@ impl CountMin {
 }
 
 /// A `DEPTH x width` table.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Table {
     width_mask: u64,
     rows: Box<[u32]>,

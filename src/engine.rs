@@ -482,22 +482,9 @@ impl Engine {
     /// An engine for `settings` that continues from `state` (its indexes rebuilt).
     pub(crate) fn from_state(settings: &Settings, state: EngineState) -> Result<Engine, String> {
         let mut e = Engine::new(settings);
-        e.index.clear();
-        for (i, x) in state.experiments.iter().enumerate() {
-            e.index.insert(key_of(&x.id), i);
-        }
-        e.judge_index = state
-            .judges
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (key_of(&j.name), i))
-            .collect();
-        e.router_index = state
-            .routers
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (key_of(&r.name), i))
-            .collect();
+        e.index = index_by(&state.experiments, |x| &x.id);
+        e.judge_index = index_by(&state.judges, |j| &j.name);
+        e.router_index = index_by(&state.routers, |r| &r.name);
         e.alerts = state
             .alerts
             .iter()
@@ -545,6 +532,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Name hash -> position, for a list restored from a snapshot.
+fn index_by<T>(list: &[T], name: impl Fn(&T) -> &str) -> HashMap<u64, usize, Identity> {
+    list.iter()
+        .enumerate()
+        .map(|(i, x)| (key_of(name(x)), i))
+        .collect()
 }
 
 /// The index of instrument `name` (a judge or a router), tracking it on first sight; refused

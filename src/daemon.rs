@@ -165,6 +165,35 @@ impl EngineLoop {
         }
     }
 
+    /// Take a reloaded configuration: the engine continues from its own state under the new
+    /// settings (through the snapshot format, so a reload and a restart reconcile the same
+    /// way: experiments declared anew or differently restart, the rest keep their statistics).
+    /// Settings that only a restart applies (Kafka, HTTP, logging) are not read here.
+    pub fn reconfigure(&mut self, settings: &crate::config::Settings) {
+        let bytes = crate::snapshot::write(&self.engine);
+        match crate::snapshot::read(settings, &bytes) {
+            Ok(engine) => {
+                self.engine = engine;
+                tracing::info!(
+                    experiments = self.engine.experiments().len(),
+                    "configuration reloaded"
+                );
+                self.count_reload("applied");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the running configuration is kept");
+                self.count_reload("refused");
+            }
+        }
+    }
+
+    /// Count a configuration reload by result.
+    pub fn count_reload(&self, result: &str) {
+        if let Ok(m) = self.metrics.lock() {
+            m.config_reloads.with_label_values(&[result]).inc();
+        }
+    }
+
     /// Whether the publish cadence is due.
     #[inline]
     pub fn publish_due(&self) -> bool {

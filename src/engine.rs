@@ -501,8 +501,42 @@ impl Engine {
         e.routers = state.routers;
         e.production = state.production;
         e.eval_sets = state.eval_sets;
+        e.reconcile(settings);
         e.count_memory();
         Ok(e)
+    }
+
+    /// Bring restored state in line with `settings` (a restart or a reload with another
+    /// configuration): an experiment declared anew, or declared differently, starts from fresh
+    /// statistics (a new design is a new test); the others keep theirs. Declared judges and
+    /// routers take their new settings.
+    fn reconcile(&mut self, settings: &Settings) {
+        for cfg in &settings.experiments {
+            let key = Experiment::design_key_of(cfg);
+            match self.index.get(&key_of(&cfg.id)).copied() {
+                Some(i) if self.experiments[i].design_key == key => {}
+                Some(i) => {
+                    tracing::warn!(experiment = %cfg.id, "declared design changed: its statistics restart");
+                    self.experiments[i] = Experiment::declared(cfg, &self.exp_limits);
+                }
+                None => {
+                    self.index.insert(key_of(&cfg.id), self.experiments.len());
+                    self.experiments
+                        .push(Experiment::declared(cfg, &self.exp_limits));
+                }
+            }
+        }
+        for j in &mut self.judges {
+            if let Some(c) = settings.judges.iter().find(|c| *c.name == *j.name) {
+                j.cfg = c.clone();
+            }
+        }
+        for r in &mut self.routers {
+            if let Some(c) = settings.routers.iter().find(|c| *c.name == *r.name) {
+                r.cfg = Some(c.clone());
+            }
+        }
+        self.max_experiments = self.max_experiments.max(self.experiments.len());
     }
 
     /// Merge the state of another engine over a disjoint part of the stream (another

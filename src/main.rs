@@ -120,7 +120,7 @@ fn main() {
         Cmd::Run {
             config,
             max_messages,
-        } => load(&config).and_then(|s| run(s, max_messages)),
+        } => load(&config).and_then(|s| run(s, &config, max_messages)),
         Cmd::Replay {
             config,
             fail_on_alert,
@@ -328,7 +328,47 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(settings: Settings, max_messages: Option<u64>) -> Result<()> {
+/// Watch the configuration file (every 2 s, by content): a changed file that validates goes to
+/// the engine thread; one that does not is refused with its key and fix in the log and
+/// counted, and the running configuration is kept (a ConfigMap update picked up without a
+/// restart).
+async fn watch_config(
+    path: PathBuf,
+    to_engine: std::sync::mpsc::Sender<Settings>,
+    metrics: Arc<Mutex<Metrics>>,
+) {
+    let digest = |p: &Path| {
+        std::fs::read(p)
+            .ok()
+            .map(|b| twox_hash::XxHash3_64::oneshot(&b))
+    };
+    let mut seen = digest(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = digest(&path);
+        if now.is_none() || now == seen {
+            continue; // unchanged, or briefly absent while a ConfigMap's link is swapped
+        }
+        seen = now;
+        match Settings::load(&path) {
+            Ok(s) => {
+                tracing::info!(path = %path.display(), "configuration file changed: reloading");
+                if to_engine.send(s).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "configuration file changed but is invalid: refused, the running configuration is kept");
+                if let Ok(m) = metrics.lock() {
+                    m.config_reloads.with_label_values(&["refused"]).inc();
+                }
+            }
+        }
+    }
+}
+
+fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<()> {
     init_logging(&settings.log);
     runtime()?.block_on(async move {
         let out = start_outputs(&settings, false).await?;
@@ -342,10 +382,12 @@ fn run(settings: Settings, max_messages: Option<u64>) -> Result<()> {
         let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let (reload_tx, reloads) = std::sync::mpsc::channel();
         tracing::info!(brokers = %settings.kafka.brokers, topics = ?settings.kafka.topics, group = %settings.kafka.group_id, "consuming");
         let worker = std::thread::Builder::new()
             .name("armwatch-consumer".into())
-            .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages))?;
+            .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages, reloads))?;
+        let watcher = tokio::spawn(watch_config(config.to_path_buf(), reload_tx, out.metrics.clone()));
         let signal = tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
@@ -353,6 +395,7 @@ fn run(settings: Settings, max_messages: Option<u64>) -> Result<()> {
         });
         let lp = join(worker).await?.context("the engine thread failed")?;
         signal.abort();
+        watcher.abort();
         finish(out, lp).await;
         Ok(())
     })

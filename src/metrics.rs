@@ -125,6 +125,8 @@ pub struct Metrics {
     pub dead_letter: IntCounterVec,
     /// Alert sink deliveries by sink and result.
     pub sink_deliveries: IntCounterVec,
+    /// Configuration reloads by result (`applied`, `refused`).
+    pub config_reloads: IntCounterVec,
     /// Rejected messages whose log line was suppressed by the rate limit.
     pub rejected_log_suppressed: IntCounter,
     /// 1 while the source is connected and consuming.
@@ -203,6 +205,7 @@ impl Metrics {
             consumer_lag: reg!(r, IntGaugeVec::new(Opts::new("armwatch_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics)."), &["topic", "partition"])),
             dead_letter: reg!(r, IntCounterVec::new(Opts::new("armwatch_dead_letter_total", "Rejected messages forwarded to the dead-letter topic, by result."), &["result"])),
             sink_deliveries: reg!(r, IntCounterVec::new(Opts::new("armwatch_alert_deliveries_total", "Alert deliveries by sink and result."), &["sink", "result"])),
+            config_reloads: reg!(r, IntCounterVec::new(Opts::new("armwatch_config_reloads_total", "Changed configuration files seen, by result: applied, or refused (invalid: the running configuration is kept)."), &["result"])),
             rejected_log_suppressed: reg!(r, IntCounter::new("armwatch_rejected_log_suppressed_total", "Rejected messages not logged because of the log rate limit (still counted).")),
             source_ready: reg!(r, IntGauge::new("armwatch_source_ready", "1 while the source is connected and consuming.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),

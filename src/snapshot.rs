@@ -142,6 +142,72 @@ mod tests {
         assert_eq!(resumed.alerts(), straight.alerts());
     }
 
+    /// Read back under another configuration (a restart after a ConfigMap change, or a
+    /// reload): an experiment declared anew or differently restarts, the others keep every
+    /// count.
+    #[test]
+    fn another_configuration_restarts_only_what_it_redeclares() {
+        let before = Settings::from_toml(
+            "[[experiment]]\nid = \"exp-b\"\narms = { control = 0.5, treatment = 0.5 }",
+        )
+        .unwrap();
+        let mut engine = Engine::new(&before);
+        let event = |e: &str, arm: &str, u: usize| {
+            format!(
+                r#"{{"kind":"prompt","ts":1,"experiment":"{e}","arm":"{arm}","unit":"u{u}","inputs":{{"tier":"t{}"}}}}"#,
+                u % 3
+            )
+        };
+        for u in 0..300 {
+            for e in ["exp-a", "exp-b", "exp-d"] {
+                let arm = if u % 2 == 0 { "control" } else { "treatment" };
+                engine.process(event(e, arm, u).as_bytes()).unwrap();
+            }
+        }
+        let n = |e: &Engine, id: &str| {
+            e.experiments()
+                .iter()
+                .find(|x| &*x.id == id)
+                .map(|x| (x.declared, x.srm.n()))
+        };
+        // an undeclared experiment restarts once when its second arm appears: 299 counted
+        assert_eq!(n(&engine, "exp-a"), Some((false, 299)));
+        let after = Settings::from_toml(
+            "[[experiment]]\nid = \"exp-a\"\narms = { control = 0.5, treatment = 0.5 }\n\
+             [[experiment]]\nid = \"exp-b\"\narms = { control = 0.9, treatment = 0.1 }\n\
+             [[experiment]]\nid = \"exp-c\"\narms = { a = 0.5, b = 0.5 }",
+        )
+        .unwrap();
+        let same = read(&before, &write(&engine)).unwrap();
+        assert_eq!(n(&same, "exp-b"), Some((true, 300)));
+        let mut reloaded = read(&after, &write(&engine)).unwrap();
+        assert_eq!(
+            n(&reloaded, "exp-a"),
+            Some((true, 0)),
+            "declared anew: restarts"
+        );
+        assert_eq!(
+            n(&reloaded, "exp-b"),
+            Some((true, 0)),
+            "declared differently: restarts"
+        );
+        assert_eq!(n(&reloaded, "exp-c"), Some((true, 0)), "new");
+        assert_eq!(n(&reloaded, "exp-d"), Some((false, 299)), "untouched: kept");
+        assert_eq!(reloaded.seen(), engine.seen());
+        // and it goes on counting under the new declaration
+        reloaded
+            .process(event("exp-b", "control", 1_000).as_bytes())
+            .unwrap();
+        assert_eq!(n(&reloaded, "exp-b"), Some((true, 1)));
+        let shares = &reloaded
+            .experiments()
+            .iter()
+            .find(|x| &*x.id == "exp-b")
+            .unwrap()
+            .design;
+        assert_eq!(shares.weights(), &[0.9, 0.1]);
+    }
+
     #[test]
     fn refuses_other_versions_and_corrupt_bytes() {
         let settings = Settings::from_toml("").unwrap();

@@ -373,3 +373,133 @@ max_message_bytes = 4096
         .expect("daemon exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
 }
+
+/// A changed configuration file is taken without a restart: an experiment declared by the new
+/// file starts under its declaration, the others keep every count, and an invalid file is
+/// refused (logged with its key, counted) while the running configuration stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_without_restart() {
+    let broker = Broker::start();
+    create_topics(&broker.addr, &[("reload.events", 1)]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut sends = Vec::new();
+    for u in 0..2_000u64 {
+        let exp = if u % 2 == 0 { "exp-a" } else { "exp-d" };
+        let arm = if (u / 2) % 2 == 0 {
+            "control"
+        } else {
+            "treatment"
+        };
+        let ev = format!(
+            r#"{{"kind":"prompt","ts":{},"experiment":"{exp}","arm":"{arm}","unit":"u{u}","inputs":{{"tier":"t{}"}}}}"#,
+            1_767_225_600_000u64 + u,
+            u % 3
+        );
+        let p = producer.clone();
+        sends.push(tokio::spawn(async move {
+            p.send(
+                FutureRecord::to("reload.events")
+                    .key("k")
+                    .payload(ev.as_bytes()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+        }));
+    }
+    for s in sends {
+        s.await.expect("join").expect("produced");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("armwatch.toml");
+    let base = format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"armwatch-reload\"\ntopics = [\"reload.events\"]\n\
+         options = {{ \"session.timeout.ms\" = \"6000\", \"max.poll.interval.ms\" = \"10000\" }}\n\n\
+         [http]\nlisten = \"{http}\"\n",
+        broker.addr
+    );
+    std::fs::write(&config, &base).expect("config written");
+    let log = dir.path().join("armwatch.log");
+    let _daemon = armwatch(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &log,
+    );
+    let experiment = |id: &str| -> Option<serde_json::Value> {
+        let (status, body) = http_get(&http, &format!("/api/v1/experiments/{id}"))?;
+        (status == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok())?
+    };
+    let n = |v: &serde_json::Value| {
+        v["report"]["counts"]
+            .as_array()
+            .map(|c| c.iter().filter_map(serde_json::Value::as_u64).sum::<u64>())
+    };
+    wait_for(
+        Duration::from_secs(90),
+        || {
+            http_get(&http, "/metrics").is_some_and(|(_, t)| {
+                metric(&t, r#"armwatch_events_accepted_total{kind="prompt"}"#) == Some(2_000.0)
+            })
+        },
+        "all 2,000 events consumed",
+    );
+    let kept = experiment("exp-d").expect("exp-d");
+    let a = experiment("exp-a").expect("exp-a");
+    assert_eq!(a["report"]["declared"], false);
+
+    // declare exp-a in the file: taken within a couple of publish intervals
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[experiment]]\nid = \"exp-a\"\narms = {{ control = 0.8, treatment = 0.2 }}\n"
+        ),
+    )
+    .expect("config rewritten");
+    wait_for(
+        Duration::from_secs(30),
+        || experiment("exp-a").is_some_and(|v| v["report"]["declared"] == true),
+        "exp-a declared after the reload",
+    );
+    let a = experiment("exp-a").expect("exp-a");
+    assert_eq!(a["report"]["design"], serde_json::json!([0.8, 0.2]));
+    assert_eq!(
+        n(&a),
+        Some(0),
+        "a new declaration starts from fresh statistics"
+    );
+    let d = experiment("exp-d").expect("exp-d");
+    assert_eq!(n(&d), n(&kept), "the other experiment keeps its counts");
+    assert!(n(&kept).unwrap_or(0) > 900);
+
+    // an invalid file is refused and the running configuration kept
+    std::fs::write(&config, format!("{base}\n[log]\nformat = \"xml\"\n")).expect("rewritten");
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            http_get(&http, "/metrics").is_some_and(|(_, t)| {
+                metric(&t, r#"armwatch_config_reloads_total{result="refused"}"#) == Some(1.0)
+            })
+        },
+        "the invalid file counted as refused",
+    );
+    let (_, text) = http_get(&http, "/metrics").expect("metrics");
+    assert_eq!(
+        metric(&text, r#"armwatch_config_reloads_total{result="applied"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        experiment("exp-a").map(|v| v["report"]["declared"].clone()),
+        Some(serde_json::json!(true))
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("log.format") && logged.contains("running configuration is kept"),
+        "the refusal names the key:\n{logged}"
+    );
+    assert_eq!(http_get(&http, "/healthz").map(|r| r.0), Some(200));
+}

@@ -233,19 +233,24 @@ impl Source for KafkaSource {
 }
 
 /// Consume until `stop` is set (or `max_messages` have been consumed): the consumer thread
-/// polls, copies, decodes and stores offsets, the engine thread applies ([`super::drive`]).
+/// polls, copies, decodes and stores offsets, the engine thread applies ([`super::drive`])
+/// and takes the last of `reloads` (valid configurations) before each publish.
 pub fn consume(
     consumer: BaseConsumer<Context>,
     lp: EngineLoop,
     stop: Arc<AtomicBool>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     max_messages: Option<u64>,
+    reloads: std::sync::mpsc::Receiver<crate::config::Settings>,
 ) -> std::io::Result<EngineLoop> {
     super::drive(
         KafkaSource::new(consumer, max_messages),
         lp,
         &stop,
         move |lp| {
+            if let Some(settings) = reloads.try_iter().last() {
+                lp.reconfigure(&settings);
+            }
             if let Ok(m) = lp.metrics().lock() {
                 m.source_ready
                     .set(i64::from(lp.shared().ready.load(Ordering::Relaxed)));

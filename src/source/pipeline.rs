@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Run `source` into `lp` until the source ends or `stop` is set; `on_publish` runs on the
-/// engine thread before each publish (e.g. the Kafka lag gauges). Returns the engine loop once
+/// engine thread before each publish, between batches (the Kafka lag gauges, a reloaded
+/// configuration). Returns the engine loop once
 /// every batch has been applied and acknowledged and the source has finished.
 pub fn drive<S: Source>(
     mut source: S,
     lp: EngineLoop,
     stop: &AtomicBool,
-    on_publish: impl FnMut(&EngineLoop) + Send + 'static,
+    on_publish: impl FnMut(&mut EngineLoop) + Send + 'static,
 ) -> std::io::Result<EngineLoop> {
     let limits = *lp.engine().decode_limits();
     let (to_engine, batches) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
@@ -75,7 +76,7 @@ fn apply(
     mut lp: EngineLoop,
     batches: &mpsc::Receiver<Batch>,
     done: &mpsc::Sender<Batch>,
-    mut on_publish: impl FnMut(&EngineLoop),
+    mut on_publish: impl FnMut(&mut EngineLoop),
 ) -> EngineLoop {
     let mut drain = Drain::default();
     loop {
@@ -90,12 +91,12 @@ fn apply(
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if lp.publish_due() {
-            on_publish(&lp);
+            on_publish(&mut lp);
             lp.publish();
         }
     }
     drain.log(&lp);
-    on_publish(&lp);
+    on_publish(&mut lp);
     lp.publish();
     lp.flush_dead_letter();
     lp

@@ -52,6 +52,9 @@ pub struct Experiment {
     pub id: Box<str>,
     /// Declared in config (otherwise equal weights are assumed).
     pub declared: bool,
+    /// A hash of the declaration (0 when undeclared): a reloaded configuration that declares
+    /// the experiment differently restarts its statistics.
+    pub design_key: u64,
     /// Arm names, in design order.
     pub arms: Vec<Box<str>>,
     /// Null hypothesis: design weights.
@@ -173,6 +176,7 @@ impl Experiment {
         let weights: Vec<f64> = cfg.arms.values().copied().collect();
         let mut e = Experiment::with_design(&cfg.id, arms, &weights, limits);
         e.declared = true;
+        e.design_key = Experiment::design_key_of(cfg);
         e.treatment_inputs = cfg
             .treatment_inputs
             .iter()
@@ -203,6 +207,11 @@ impl Experiment {
         e
     }
 
+    /// The [`Self::design_key`] a declaration gives (its every field).
+    pub fn design_key_of(cfg: &ExperimentSettings) -> u64 {
+        key_of(&format!("{cfg:?}"))
+    }
+
     /// An undeclared experiment, first seen with `arm`.
     pub fn undeclared(id: &str, limits: &ExperimentLimits) -> Experiment {
         Experiment::with_design(id, Vec::new(), &[], limits)
@@ -218,6 +227,7 @@ impl Experiment {
         let mut e = Experiment {
             id: id.into(),
             declared: false,
+            design_key: 0,
             srm: DmEProcess::new(&design),
             arms,
             design,

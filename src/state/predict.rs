@@ -24,7 +24,9 @@
 
 use crate::each_table;
 use crate::stats::auc::Roc;
-use crate::stats::count_table::{has_room, CountTable, Counter, Widening as Cells};
+use crate::stats::count_table::{
+    has_room, nibble_add, nibbles, CountTable, Counter, Widening as Cells, NIBBLE_ROOM,
+};
 use crate::stats::sequential::Design;
 
 /// Inputs the model reads (the first watched inputs of the experiment).
@@ -116,9 +118,32 @@ struct Predict<'a> {
 }
 
 impl Predict<'_> {
-    /// Add an expert's prediction (weighted by `w`) into `q` and count the arm in its `cell`;
-    /// returns its factor for the observed arm and whether a count is one short of the
-    /// counter's maximum (the table must widen before the next event).
+    /// Add an expert's prediction (weighted by `w`) from its cell's counts (`count(a)`, `n`
+    /// in all) into `q`; returns its factor for the observed arm.
+    #[inline]
+    fn predict(
+        &self,
+        count: impl Fn(usize) -> u64,
+        in_cell: u64,
+        w: f64,
+        q: &mut [f64; 64],
+    ) -> f64 {
+        let w0 = self.w0;
+        let inv = 1.0 / (in_cell as f64 + CONCENTRATION);
+        let count = |a: usize| count(a) as f64;
+        if w0.len() == 2 {
+            q[1] += w * (count(1) + CONCENTRATION * w0[1]) * inv;
+        } else {
+            for (a, t) in w0.iter().enumerate() {
+                q[a] += w * (count(a) + CONCENTRATION * t) * inv;
+            }
+        }
+        (count(self.arm) + self.k_arm) * inv * self.inv_w0_arm
+    }
+
+    /// [`Self::predict`] from `cell` of `table`, then count the arm there; also whether a
+    /// count is one short of the counter's maximum (the table must widen before the next
+    /// event).
     #[inline]
     fn learn<C: Counter>(
         &self,
@@ -127,21 +152,27 @@ impl Predict<'_> {
         w: f64,
         q: &mut [f64; 64],
     ) -> (f64, bool) {
-        let (w0, arm) = (self.w0, self.arm);
+        let arm = self.arm;
         let row = table.row_mut(cell);
-        let in_cell: u64 = row.iter().map(|&c| c.into()).sum();
-        let inv = 1.0 / (in_cell as f64 + CONCENTRATION);
-        let count = |a: usize| -> f64 { Into::<u64>::into(row[a]) as f64 };
-        if w0.len() == 2 {
-            q[1] += w * (count(1) + CONCENTRATION * w0[1]) * inv;
-        } else {
-            for (a, t) in w0.iter().enumerate() {
-                q[a] += w * (count(a) + CONCENTRATION * t) * inv;
-            }
-        }
-        let factor = (count(arm) + self.k_arm) * inv * self.inv_w0_arm;
+        let in_cell: u64 = row.iter().map(|&c| c.get()).sum();
+        let factor = self.predict(|a| row[a].get(), in_cell, w, q);
         row[arm] = row[arm].plus(C::ONE);
-        (factor, !has_room::<C>(row[arm].into()))
+        (factor, !has_room::<C>(row[arm].get()))
+    }
+
+    /// [`Self::learn`] for a two-arm table in nibbles.
+    #[inline]
+    fn learn_nibbles(
+        &self,
+        table: &mut CountTable<u8>,
+        cell: usize,
+        w: f64,
+        q: &mut [f64; 64],
+    ) -> (f64, bool) {
+        let c = nibbles(table.row_mut(cell)[0]);
+        let factor = self.predict(|a| c[a & 1], c[0] + c[1], w, q);
+        let now = nibble_add(table, cell, self.arm);
+        (factor, now >= NIBBLE_ROOM)
     }
 }
 
@@ -319,7 +350,7 @@ impl ArmModel {
             let f = usize::from(f);
             let (w, cell) = (self.weights[f], usize::from(cell));
             let table = &mut self.tables[f];
-            let (fac, full) = each_table!(table, t => p.learn(t, cell, w, &mut q));
+            let (fac, full) = each_table!(table, t => p.learn(t, cell, w, &mut q), n => p.learn_nibbles(n, cell, w, &mut q));
             factor[n] = fac;
             if full {
                 table.widen();
@@ -465,7 +496,7 @@ mod tests {
         assert!(a.log_e_design() > 10.0);
     }
 
-    /// Counters widen from 8 to 16 to 32 bits before a count can saturate, expert by expert: a
+    /// Counters widen from 4 to 8 to 16 to 32 bits before a count can saturate, expert by expert: a
     /// model that passed 65,535 events in one cell gives the same figures, to the bit, as one
     /// wide from the start; merges go back to the narrowest counters that hold the sums.
     #[test]
@@ -483,14 +514,18 @@ mod tests {
             let arm = usize::from(t % 3 == 0);
             narrow.observe(&design, &keys, arm);
             wide.observe(&design, &keys, arm);
+            if t == 60 {
+                // past 14 in a cell: the nibbles have widened to bytes
+                assert!(matches!(hot(&narrow), Cells::Byte(_)));
+            }
             if t == 600 {
                 // past 254 in a cell: the byte counters have widened to u16
                 assert!(matches!(hot(&narrow), Cells::Narrow(_)));
             }
         }
         assert!(matches!(hot(&narrow), Cells::Wide(_)));
-        // an expert that has not counted anything stays in bytes
-        assert!(matches!(narrow.tables[EXPERTS - 2], Cells::Byte(_)));
+        // an expert that has not counted anything stays in nibbles
+        assert!(matches!(narrow.tables[EXPERTS - 2], Cells::Nibble(_)));
         assert_eq!(
             narrow.log_e_design().to_bits(),
             wide.log_e_design().to_bits()
@@ -516,6 +551,20 @@ mod tests {
             Cells::Byte(t) => assert_eq!(t.max_count(), 2 * hot(&small).wide().max_count()),
             other => panic!("merged small table is not in bytes: {other:?}"),
         }
+        // and tiny ones into nibbles
+        let mut tiny = ArmModel::new(&design);
+        tiny.add_input(5);
+        for t in 0..10u64 {
+            let keys = [t % 2; MODEL_INPUTS];
+            tiny.observe(&design, &keys, usize::from(t % 3 == 0));
+        }
+        let mut two = tiny.clone();
+        two.merge(&tiny);
+        assert!(matches!(hot(&two), Cells::Nibble(_)));
+        assert_eq!(
+            hot(&two).wide().max_count(),
+            2 * hot(&tiny).wide().max_count()
+        );
     }
 
     /// An input added mid-stream keeps the state of the experts already running.

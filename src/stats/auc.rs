@@ -7,7 +7,7 @@
 //! `SE^2 = (A(1-A) + (n1-1)(Q1-A^2) + (n2-1)(Q2-A^2)) / (n1 n2)`,
 //! `Q1 = A/(2-A)`, `Q2 = 2A^2/(1+A)`.
 
-use super::count_table::{Counter as _, Widening};
+use super::count_table::{nibbles, Counter as _, Widening};
 use crate::each_table;
 
 /// Score bins per class.
@@ -63,11 +63,18 @@ impl Roc {
         // the bins used, in score order (empty bins add nothing)
         let mut below = 0f64; // negatives in lower bins
         let mut wins = 0f64;
+        let mut step = |p: f64, n: f64| {
+            wins += p * (below + 0.5 * n);
+            below += n;
+        };
         each_table!(&self.bins, t => {
             for (_, row) in t.sorted() {
-                let (p, n) = (row[0].get() as f64, row[1].get() as f64);
-                wins += p * (below + 0.5 * n);
-                below += n;
+                step(row[0].get() as f64, row[1].get() as f64);
+            }
+        }, packed => {
+            for (_, row) in packed.sorted() {
+                let [p, n] = nibbles(row[0]);
+                step(p as f64, n as f64);
             }
         });
         wins / (self.n_pos as f64 * self.n_neg as f64)

@@ -240,12 +240,15 @@ impl<C: Counter> CountTable<C> {
     }
 }
 
-/// A [`CountTable`] in `u8` counters until a count reaches 254, then `u16` until one reaches
-/// 65,534, then `u32`, then `u64`: most cells of a table keyed by hashed values (an arm-model expert, a
+/// A [`CountTable`] of two columns in 4-bit counters (two per byte) until a count reaches 14,
+/// any table in `u8` counters until a count reaches 254, then `u16` until one reaches 65,534,
+/// then `u32`, then `u64`: most cells of a table keyed by hashed values (an arm-model expert, a
 /// score histogram) hold a few counts, so a sparse slot of a two-column table is 4 bytes in
 /// `u8`, not 6 or 10. Each table widens on its own; every widening keeps every count exact.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Widening {
+    /// A two-column table in 4-bit counters: one byte per row, column 0 in the low nibble.
+    Nibble(CountTable<u8>),
     /// `u8` counters.
     Byte(CountTable<u8>),
     /// `u16` counters.
@@ -256,11 +259,13 @@ pub enum Widening {
     Widest(CountTable<u64>),
 }
 
-/// `$body` with `$t` bound to the [`Widening`] table's [`CountTable`], whatever its counter.
+/// `$body` with `$t` bound to the [`Widening`] table's [`CountTable`], whatever its counter;
+/// `$nibble` with `$n` bound to the packed table of [`Widening::Nibble`].
 #[macro_export]
 macro_rules! each_table {
-    ($cells:expr, $t:ident => $body:expr) => {
+    ($cells:expr, $t:ident => $body:expr, $n:ident => $nibble:expr) => {
         match $cells {
+            $crate::stats::count_table::Widening::Nibble($n) => $nibble,
             $crate::stats::count_table::Widening::Byte($t) => $body,
             $crate::stats::count_table::Widening::Narrow($t) => $body,
             $crate::stats::count_table::Widening::Wide($t) => $body,
@@ -270,20 +275,27 @@ macro_rules! each_table {
 }
 
 impl Widening {
-    /// An empty table for keys `0..keys`, rows of `width`, in bytes.
+    /// An empty table for keys `0..keys`, rows of `width`: in nibbles when `width` is 2,
+    /// else in bytes.
     pub fn new(keys: usize, width: usize) -> Widening {
-        Widening::Byte(CountTable::new(keys, width))
+        if width == 2 {
+            Widening::Nibble(CountTable::new(keys, 1))
+        } else {
+            Widening::Byte(CountTable::new(keys, width))
+        }
     }
 
     /// The same counts in `u64` counters.
     pub fn wide(&self) -> CountTable<u64> {
-        each_table!(self, t => t.convert())
+        each_table!(self, t => t.convert(), n => unpack(n))
     }
 
     /// The same counts in the narrowest counters that hold them with room for one more.
     pub fn narrowest(t: CountTable<u64>) -> Widening {
         let max = t.max_count();
-        if has_room::<u8>(max) {
+        if t.width == 2 && max < NIBBLE_ROOM {
+            Widening::Nibble(pack(&t))
+        } else if has_room::<u8>(max) {
             Widening::Byte(t.convert())
         } else if has_room::<u16>(max) {
             Widening::Narrow(t.convert())
@@ -297,6 +309,7 @@ impl Widening {
     /// Move the counts to the next wider counters (`u64` stays).
     pub fn widen(&mut self) {
         *self = match self {
+            Widening::Nibble(n) => Widening::Byte(unpack(n).convert()),
             Widening::Byte(t) => Widening::Narrow(t.convert()),
             Widening::Narrow(t) => Widening::Wide(t.convert()),
             Widening::Wide(t) => Widening::Widest(t.convert()),
@@ -312,7 +325,7 @@ impl Widening {
             let c = &mut t.row_mut(key)[col];
             *c = c.plus(Counter::ONE);
             !has_room_for(*c)
-        });
+        }, n => nibble_add(n, key, col) >= NIBBLE_ROOM);
         if full {
             self.widen();
         }
@@ -328,14 +341,47 @@ impl Widening {
 
     /// Memory held, in bytes (the enum included).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Widening>() + each_table!(self, t => t.bytes())
+        std::mem::size_of::<Widening>() + each_table!(self, t => t.bytes(), n => n.bytes())
     }
 
     /// See [`CountTable::prefetch`].
     #[inline]
     pub fn prefetch(&self, key: usize) {
-        each_table!(self, t => t.prefetch(key))
+        each_table!(self, t => t.prefetch(key), n => n.prefetch(key))
     }
+}
+
+/// A nibble table widens when a count reaches this (room for one more below 15).
+pub const NIBBLE_ROOM: u64 = 14;
+
+/// The two counts of a packed row.
+#[inline]
+pub fn nibbles(b: u8) -> [u64; 2] {
+    [u64::from(b & 15), u64::from(b >> 4)]
+}
+
+/// Count one in column `col` (0 or 1) of packed row `key`; returns the new count.
+#[inline]
+pub fn nibble_add(n: &mut CountTable<u8>, key: usize, col: usize) -> u64 {
+    let b = &mut n.row_mut(key)[0];
+    let shift = 4 * (col & 1);
+    *b += 1 << shift;
+    u64::from((*b >> shift) & 15)
+}
+
+fn unpack(n: &CountTable<u8>) -> CountTable<u64> {
+    let mut out = CountTable::new(n.keys, 2);
+    n.for_each(|k, row| out.row_mut(k).copy_from_slice(&nibbles(row[0])));
+    out
+}
+
+fn pack(t: &CountTable<u64>) -> CountTable<u8> {
+    let mut out = CountTable::new(t.keys, 1);
+    t.for_each(|k, row| {
+        // callers check that every count is below 15
+        out.row_mut(k)[0] = (row[0] as u8 & 15) | ((row[1] as u8 & 15) << 4);
+    });
+    out
 }
 
 #[inline]
@@ -370,6 +416,34 @@ mod tests {
             t.for_each(|k, row| seen[k * width..(k + 1) * width].copy_from_slice(row));
             prop_assert_eq!(seen, dense);
             prop_assert!(t.bytes() <= keys * width * 4);
+        }
+    }
+
+    proptest! {
+        /// A widening table counts what a dense `u64` array counts, through every widening
+        /// (nibbles, bytes, ...) and merges, for two columns and for three.
+        #[test]
+        fn widening_counts_exactly(
+            ops in proptest::collection::vec((0usize..40, 0usize..3), 0..3000),
+            width in 2usize..4,
+        ) {
+            let keys = 40;
+            let mut t = Widening::new(keys, width);
+            let mut dense = vec![0u64; keys * width];
+            for &(k, c) in &ops {
+                let c = c % width;
+                t.add_one(k, c);
+                dense[k * width + c] += 1;
+            }
+            let check = |t: &Widening| {
+                let mut seen = vec![0u64; keys * width];
+                t.wide().for_each(|k, row| seen[k * width..(k + 1) * width].copy_from_slice(row));
+                seen
+            };
+            prop_assert_eq!(check(&t), dense.clone());
+            let mut m = t.clone();
+            m.merge(&t);
+            prop_assert_eq!(check(&m), dense.iter().map(|x| 2 * x).collect::<Vec<_>>());
         }
     }
 

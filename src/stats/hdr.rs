@@ -85,11 +85,12 @@ impl SparseHdr {
     /// empty.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [u64; N] {
         let mut out = [0u64; N];
+        // one column: never in nibbles (those are two-column tables), but read them right anyway
         let rows: Vec<(usize, u64)> = each_table!(&self.counts, t => t
             .sorted()
             .into_iter()
             .map(|(i, row)| (i, row[0].get()))
-            .collect());
+            .collect(), _n => self.counts.wide().sorted().into_iter().map(|(i, row)| (i, row[0])).collect());
         let mut rows = rows.iter();
         let mut cum = 0u64;
         let mut at = None;

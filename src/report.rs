@@ -559,7 +559,7 @@ fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
         .strata
         .slots()
         .iter()
-        .map(|s| (&*s.label, &s.ep))
+        .map(|s| (inp.strata.label(s), &s.ep))
         .chain(std::iter::once((TAIL_LABEL, inp.strata.tail())))
         .filter(|(_, ep)| ep.n() > 0)
         .map(|(label, ep)| ValueReport {

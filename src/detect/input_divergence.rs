@@ -41,7 +41,7 @@ pub fn top_stratum(exp: &Experiment, input: usize) -> Option<(String, &DmEProces
     let cands = s
         .slots()
         .iter()
-        .map(|x| (&*x.label, &x.ep))
+        .map(|x| (s.label(x), &x.ep))
         .chain(std::iter::once((TAIL_LABEL, s.tail())));
     for (label, ep) in cands {
         if ep.n() == 0 {

@@ -20,8 +20,9 @@ pub const TAIL_LABEL: &str = "__other__";
 pub struct Stratum {
     /// Hash identity of the value.
     pub key: u64,
-    /// The value, for display.
-    pub label: Box<str>,
+    /// The value, for display: `(start, len)` in the table's label text ([`Strata::label`]),
+    /// one allocation per input instead of one per value.
+    label: (u32, u32),
     /// Its e-process.
     pub ep: DmEProcess,
     /// `ep.log_e()` as last added into the table's running sum.
@@ -130,8 +131,11 @@ pub struct Strata {
     promotions: u64,
     /// Arm counts over all values of the input (the pooled marginal).
     totals: Box<[u64]>,
-    /// Bytes of the active strata's labels (kept so that counting memory does not walk them).
-    label_bytes: usize,
+    /// The strata's labels, one after the other (a replaced stratum's label stays until the
+    /// text is compacted, when half of it is such garbage).
+    labels: String,
+    /// Bytes of `labels` no stratum points to.
+    label_garbage: usize,
 }
 
 /// Minimum sketch estimate before a tail value can be promoted.
@@ -153,7 +157,8 @@ impl Strata {
             max_strata,
             promotions: 0,
             totals: vec![0; design.arms()].into(),
-            label_bytes: 0,
+            labels: String::new(),
+            label_garbage: 0,
         }
     }
 
@@ -169,7 +174,7 @@ impl Strata {
         self.totals[arm] += 1;
         let slot = match self.index.get(key, &self.slots) {
             Some(i) => i,
-            None if self.slots.len() < self.max_strata => self.insert(design, key, label()),
+            None if self.slots.len() < self.max_strata => self.insert(design, key, &label()),
             None => match self.maybe_promote(design, key, label) {
                 Some(i) => i,
                 None => {
@@ -188,9 +193,24 @@ impl Strata {
         s.log_e = l;
     }
 
-    fn insert(&mut self, design: &Design, key: u64, label: Box<str>) -> usize {
+    /// The display value of stratum `s` of this table.
+    pub fn label(&self, s: &Stratum) -> &str {
+        let (start, len) = (s.label.0 as usize, s.label.1 as usize);
+        self.labels.get(start..start + len).unwrap_or_default()
+    }
+
+    /// Append `label` to the label text.
+    fn push_label(&mut self, label: &str) -> (u32, u32) {
+        // labels are display values cut to a few hundred bytes; a table's text stays far
+        // below 4 GB (at most `max_strata` labels plus as much garbage)
+        let start = u32::try_from(self.labels.len()).unwrap_or(u32::MAX);
+        self.labels.push_str(label);
+        (start, u32::try_from(label.len()).unwrap_or(0))
+    }
+
+    fn insert(&mut self, design: &Design, key: u64, label: &str) -> usize {
         let i = self.slots.len();
-        self.label_bytes += label.len();
+        let label = self.push_label(label);
         self.slots.push(Stratum {
             key,
             label,
@@ -233,8 +253,8 @@ impl Strata {
         for (e, c) in self.evicted_counts.iter_mut().zip(old.ep.counts()) {
             *e += c;
         }
-        let label = label();
-        self.label_bytes = self.label_bytes + label.len() - old.label.len();
+        self.label_garbage += old.label.1 as usize;
+        let label = self.push_label(&label());
         self.slots[victim] = Stratum {
             key,
             label,
@@ -244,7 +264,23 @@ impl Strata {
         };
         self.index.rebuild(&self.slots);
         self.promotions += 1;
+        if self.label_garbage * 2 > self.labels.len() {
+            self.compact_labels();
+        }
         Some(victim)
+    }
+
+    /// Rewrite the label text without the labels of replaced strata.
+    fn compact_labels(&mut self) {
+        let mut text = String::with_capacity(self.labels.len() - self.label_garbage);
+        for s in &mut self.slots {
+            let (start, len) = (s.label.0 as usize, s.label.1 as usize);
+            let at = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            text.push_str(self.labels.get(start..start + len).unwrap_or_default());
+            s.label.0 = at;
+        }
+        self.labels = text;
+        self.label_garbage = 0;
     }
 
     /// [`Self::log_e`] from the running sum: O(1), exact up to floating-point drift of the
@@ -298,7 +334,7 @@ impl Strata {
     pub fn memory_bytes(&self) -> usize {
         self.index.bytes()
             + self.slots.capacity() * std::mem::size_of::<Stratum>()
-            + self.label_bytes
+            + self.labels.capacity()
             + self.sketch.as_ref().map_or(0, CountMin::bytes)
             + (self.totals.len() + self.evicted_counts.len()) * 8
     }
@@ -352,7 +388,7 @@ impl Strata {
             match self.index.get(s.key, &self.slots) {
                 Some(i) => self.slots[i].ep.merge(&s.ep, design),
                 None if self.slots.len() < self.max_strata => {
-                    let i = self.insert(design, s.key, s.label.clone());
+                    let i = self.insert(design, s.key, other.label(s));
                     self.slots[i].ep.merge(&s.ep, design);
                 }
                 None => self.tail.merge(&s.ep, design),
@@ -457,6 +493,29 @@ mod tests {
         assert!(s.promotions() < 20, "promotions {}", s.promotions());
     }
 
+    /// Through many promotions (label text compacted on the way) every stratum keeps its own
+    /// label, and the text stays bounded.
+    #[test]
+    fn labels_survive_promotions_and_compaction() {
+        let d = design();
+        let mut s = Strata::new(&d, 4);
+        for round in 0..40u64 {
+            for _ in 0..(100 * (round + 1)) {
+                let v = format!("value-{round}");
+                s.observe(&d, key_of(&v), || v.clone().into(), (round % 2) as usize);
+            }
+        }
+        assert!(s.promotions() > 8, "promotions {}", s.promotions());
+        for x in s.slots() {
+            assert_eq!(key_of(s.label(x)), x.key, "label {:?}", s.label(x));
+        }
+        assert!(
+            s.labels.len() <= 2 * 4 * "value-40".len() + 16,
+            "{} bytes",
+            s.labels.len()
+        );
+    }
+
     #[test]
     fn memory_is_bounded_and_heavy_hitter_is_promoted() {
         let d = design();
@@ -473,7 +532,7 @@ mod tests {
             s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
         }
         assert_eq!(s.slots().len(), 4);
-        assert!(s.slots().iter().any(|x| &*x.label == "heavy"));
+        assert!(s.slots().iter().any(|x| s.label(x) == "heavy"));
         assert!(
             s.promotions() >= 1 && s.promotions() <= 4,
             "promotions {}",

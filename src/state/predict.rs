@@ -196,6 +196,8 @@ pub struct ArmModel {
     started: Vec<u8>,
     /// `ln scale`.
     log_scale: f64,
+    /// Sum of the log e-values of partitions merged in (frozen at their merge).
+    merged_log_e: f64,
     /// Arm counts of the events the model saw.
     pub counts: Box<[u64]>,
     /// Prequential ROC of `q(arm = a)` per arm (one-vs-rest).
@@ -221,6 +223,7 @@ impl ArmModel {
             idle_weight: 1.0 - NULL_WEIGHT,
             started: Vec::new(),
             log_scale: 0.0,
+            merged_log_e: 0.0,
             counts: vec![0; arms].into(),
             roc: (0..if arms == 2 { 1 } else { arms })
                 .map(|_| Roc::default())
@@ -382,10 +385,11 @@ impl ArmModel {
         }
     }
 
-    /// `ln prod_t q_t(arm_t) / theta0(arm_t)`: the e-value against the design weights.
+    /// `ln prod_t q_t(arm_t) / theta0(arm_t)`: the e-value against the design weights (times
+    /// the frozen e-values of partitions merged in).
     pub fn log_e_design(&self) -> f64 {
         let sum: f64 = self.null_weight + self.weights.iter().sum::<f64>();
-        self.log_scale + sum.ln()
+        self.log_scale + sum.ln() + self.merged_log_e
     }
 
     /// The e-value for "the arm does not depend on the inputs" with the arm shares left free:
@@ -429,7 +433,10 @@ impl ArmModel {
     }
 
     /// Merge another partition: counts, tables and ROC add; the evidence is sequence-dependent,
-    /// so the merged e-value is the larger of the two (each valid on its own).
+    /// so the other partition's e-value is multiplied in, frozen at the merge (a product of
+    /// e-processes over disjoint, under the null independent, events is one; a stopped one
+    /// stays one), and this model's mixture goes on from its own weights. The larger of the
+    /// two, which this did before, is not an e-value: its expectation can reach 2.
     pub fn merge(&mut self, o: &ArmModel) {
         if o.arms != self.arms || o.names != self.names {
             return;
@@ -443,12 +450,7 @@ impl ArmModel {
         for (a, b) in self.roc.iter_mut().zip(&o.roc) {
             a.merge(b);
         }
-        if o.log_e_design() > self.log_e_design() {
-            self.weights.clone_from(&o.weights);
-            self.null_weight = o.null_weight;
-            self.idle_weight = o.idle_weight;
-            self.log_scale = o.log_scale;
-        }
+        self.merged_log_e += o.log_e_design();
         self.fired |= o.fired;
     }
 }

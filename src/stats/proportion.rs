@@ -81,12 +81,14 @@ impl RateEProcess {
         share(self.s, self.n)
     }
 
-    /// Add another partition's draws. Evidence is not additive across interleavings, so the
-    /// merged e-value is the larger of the two (each is valid on its own).
+    /// Add another partition's draws. The evidence depends on the order of the draws, so the
+    /// other partition's e-value is multiplied in (log-added), frozen at the merge: a product
+    /// of e-processes over disjoint, under the null independent, draws is one. (The larger
+    /// of the two is not: its expectation can reach 2.)
     pub fn merge(&mut self, o: &RateEProcess) {
         self.n += o.n;
         self.s += o.s;
-        self.log_e = self.log_e.max(o.log_e);
+        self.log_e += o.log_e;
     }
 }
 
@@ -115,6 +117,38 @@ pub fn z_two_sided(alpha: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The merged e-value is an e-value: over 20,000 null pairs (rate exactly p0, 100 draws
+    /// each) the mean of the product of the two is at most 1 (measured 0.58: the clamp makes
+    /// it a supermartingale), while the mean of the larger of the two, what the merge once
+    /// took, is above 1 (measured 1.16): not an e-value.
+    #[test]
+    fn merged_by_product_is_an_e_value() {
+        let p0 = 0.2f64;
+        let mut state = 11u64;
+        let mut draw = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) < p0
+        };
+        let trials = 20_000;
+        let (mut product, mut larger) = (0.0, 0.0);
+        for _ in 0..trials {
+            let (mut a, mut b) = (RateEProcess::new(p0), RateEProcess::new(p0));
+            for _ in 0..100 {
+                a.observe(draw());
+                b.observe(draw());
+            }
+            larger += a.log_e().max(b.log_e()).exp();
+            a.merge(&b);
+            product += a.log_e().exp();
+        }
+        let (product, larger) = (product / trials as f64, larger / trials as f64);
+        eprintln!("mean merged e-value {product:.3}, mean of the larger {larger:.3}");
+        assert!(product <= 1.1, "mean of the product {product}");
+        assert!(larger > 1.05, "mean of the larger {larger}");
+    }
 
     #[test]
     fn rate_at_or_below_p0_never_gains_on_zero() {

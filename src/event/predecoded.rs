@@ -64,9 +64,14 @@ struct EventSpans {
     body: BodySpans,
 }
 
-/// Decoded events of a batch of messages, in message order (rejections included).
+/// Messages and their decoded events, in message order (rejections included). The messages'
+/// bytes live here and can only be appended to, so every span taken from them stays valid
+/// UTF-8 at its offset until [`Decoded::clear`]: that is what makes reading them back without
+/// a second UTF-8 check sound.
 #[derive(Debug, Default)]
 pub struct Decoded {
+    /// The messages, one after the other.
+    bytes: Vec<u8>,
     events: Vec<Result<EventSpans, RejectReason>>,
     inputs: Vec<(Span, Value)>,
     /// Unescaped strings.
@@ -107,8 +112,9 @@ impl Spanner<'_> {
 }
 
 impl Decoded {
-    /// Forget every event (keeps the capacity).
+    /// Forget every message and event (keeps the capacity).
     pub fn clear(&mut self) {
+        self.bytes.clear();
         self.events.clear();
         self.inputs.clear();
         self.side.clear();
@@ -124,9 +130,23 @@ impl Decoded {
         self.events.is_empty()
     }
 
-    /// Decode the message `buf[at]` and keep it as the next event. A buffer past 2 GB
+    /// Append a message's bytes (not decoded yet); returns where they are (`None` past 4 GB).
+    pub fn append(&mut self, payload: &[u8]) -> Option<Range<usize>> {
+        let start = self.bytes.len();
+        u32::try_from(start + payload.len()).ok()?;
+        self.bytes.extend_from_slice(payload);
+        Some(start..self.bytes.len())
+    }
+
+    /// The bytes of messages appended.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Decode the appended message at `at` and keep it as the next event. A buffer past 2 GB
     /// (never, with the source's batch bounds) is rejected as `oversized`.
-    pub fn push(&mut self, buf: &[u8], at: Range<usize>, limits: &Limits) {
+    pub fn decode(&mut self, at: Range<usize>, limits: &Limits) {
+        let buf = &self.bytes;
         let Some(payload) = buf.get(at.clone()) else {
             self.events.push(Err(RejectReason::Truncated));
             return;
@@ -193,14 +213,14 @@ fn spans(
 }
 
 impl Decoded {
-    /// Event `i` (its rejection when it did not decode), borrowed from `buf` (the buffer the
-    /// events were decoded from) with its inputs in `inputs`.
+    /// Event `i` (its rejection when it did not decode), borrowed from the messages, with its
+    /// inputs in `inputs`.
     pub fn event<'s, 'a: 's>(
         &'a self,
         i: usize,
-        buf: &'a [u8],
         inputs: &'s mut Inputs<'a>,
     ) -> Result<Event<'s>, RejectReason> {
+        let buf = &self.bytes[..];
         let ev = *self
             .events
             .get(i)
@@ -219,7 +239,8 @@ impl Decoded {
             debug_assert!(std::str::from_utf8(bytes).is_ok());
             // SAFETY: every span was recorded from a `&str` (the decoder validated the whole
             // message as UTF-8, and the side buffer is a `String`) at this exact offset of
-            // this buffer, which is not modified between `push` and `event`
+            // `self.bytes` or `self.side`, which are only appended to until `clear` (which
+            // also forgets the spans)
             Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(bytes) })
         };
         let opt = |s: Option<Span>| s.map(text);
@@ -303,23 +324,18 @@ mod tests {
         ] {
             msgs.push(m.as_bytes().to_vec());
         }
-        let mut buf = Vec::new();
-        let mut at = Vec::new();
-        for m in &msgs {
-            at.push(buf.len()..buf.len() + m.len());
-            buf.extend_from_slice(m);
-        }
         let limits = Limits::default();
         let mut d = Decoded::default();
+        let at: Vec<_> = msgs.iter().map(|m| d.append(m).unwrap()).collect();
         for r in &at {
-            d.push(&buf, r.clone(), &limits);
+            d.decode(r.clone(), &limits);
         }
         assert_eq!(d.len(), msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             let mut direct_inputs = Inputs::new();
             let direct = decode_into(m, &limits, &mut direct_inputs);
             let mut inputs = Inputs::new();
-            let back = d.event(i, &buf, &mut inputs);
+            let back = d.event(i, &mut inputs);
             assert_eq!(back, direct, "message {i}");
         }
         d.clear();

@@ -13,11 +13,12 @@ use crate::event::{Decoded, Inputs, Limits};
 /// processed.
 #[derive(Default)]
 pub struct Batch {
-    bytes: Vec<u8>,
-    /// `(start, end)` in `bytes`; `None` for a message without payload.
-    spans: Vec<Option<(u32, u32)>>,
-    /// The messages with a payload, decoded, in order.
+    /// The messages' bytes and, once decoded, their events.
     decoded: Decoded,
+    /// Where each message is in `decoded`'s bytes; `None` for a message without payload.
+    spans: Vec<Option<(u32, u32)>>,
+    /// Scratch for messages written in place ([`Batch::push_with`]).
+    scratch: Vec<u8>,
     /// The last position of each (stream, partition) in the batch: a Kafka offset per topic
     /// index and partition.
     marks: Vec<(usize, i32, i64)>,
@@ -31,22 +32,19 @@ impl Batch {
     /// Add a message (`None`: one without payload).
     #[inline]
     pub fn push(&mut self, payload: Option<&[u8]>) {
-        self.spans.push(payload.and_then(|p| {
-            let start = u32::try_from(self.bytes.len()).ok()?;
-            let end = u32::try_from(self.bytes.len() + p.len()).ok()?;
-            self.bytes.extend_from_slice(p);
-            Some((start, end))
-        }));
+        let span = payload
+            .and_then(|p| self.decoded.append(p))
+            .map(|r| (r.start as u32, r.end as u32));
+        self.spans.push(span);
     }
 
-    /// Add a message by writing it into the buffer (no intermediate copy).
+    /// Add a message written by `write` (into a reused scratch buffer).
     pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.bytes.len();
-        write(&mut self.bytes);
-        let span = u32::try_from(start)
-            .ok()
-            .zip(u32::try_from(self.bytes.len()).ok());
-        self.spans.push(span);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        write(&mut scratch);
+        self.push(Some(&scratch));
+        self.scratch = scratch;
     }
 
     /// Record position `offset` of `(stream, partition)` (the batch keeps the largest).
@@ -79,14 +77,13 @@ impl Batch {
 
     /// Whether the batch should be sent now.
     pub fn full(&self) -> bool {
-        self.spans.len() >= BATCH_MESSAGES || self.bytes.len() >= BATCH_BYTES
+        self.spans.len() >= BATCH_MESSAGES || self.decoded.bytes().len() >= BATCH_BYTES
     }
 
     /// Decode every message with a payload (on the source's thread, before sending).
     pub fn decode(&mut self, limits: &Limits) {
         for &(a, b) in self.spans.iter().flatten() {
-            self.decoded
-                .push(&self.bytes, a as usize..b as usize, limits);
+            self.decoded.decode(a as usize..b as usize, limits);
         }
     }
 
@@ -94,10 +91,10 @@ impl Batch {
     pub fn apply(&self, lp: &mut EngineLoop) {
         let mut next = 0;
         for span in &self.spans {
-            match span.and_then(|(a, b)| self.bytes.get(a as usize..b as usize)) {
+            match span.and_then(|(a, b)| self.decoded.bytes().get(a as usize..b as usize)) {
                 Some(payload) => {
                     let mut inputs = Inputs::new();
-                    let ev = self.decoded.event(next, &self.bytes, &mut inputs);
+                    let ev = self.decoded.event(next, &mut inputs);
                     next += 1;
                     let _ = lp.on_decoded(payload, ev);
                 }
@@ -110,7 +107,6 @@ impl Batch {
 
     /// Empty the batch (keeps the capacity).
     pub fn clear(&mut self) {
-        self.bytes.clear();
         self.spans.clear();
         self.decoded.clear();
         self.marks.clear();

@@ -12,8 +12,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
     status_kib("VmHWM:").map(|k| k * 1024)
 }
 
-/// CPU time (user + system, all threads) of process `pid` (`"self"` for this one), in
-/// seconds, from `/proc/<pid>/stat` (in `USER_HZ`, 100 per second on Linux): for the
+/// CPU time (user + system) of process `pid` (`"self"` for this one, all its threads;
+/// `"thread-self"` for the calling thread alone), in seconds, from `/proc/<pid>/stat` (in `USER_HZ`, 100 per second on Linux): for the
 /// benchmarks that explain a rate by where the CPU went.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -61,6 +61,14 @@ mod tests {
         let s = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 500 0 0 0 1234 56 0 0 20 0 9 0";
         assert_eq!(parse_cpu(s), Some(12.90));
         assert!(cpu_seconds("self").is_some_and(|c| c >= 0.0));
+        // a busy thread's own CPU time grows (10 ms ticks)
+        let t0 = cpu_seconds("thread-self").unwrap();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed().as_millis() < 60 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(cpu_seconds("thread-self").unwrap() > t0);
     }
 
     #[test]

@@ -109,6 +109,8 @@ struct Drain {
     first: Option<Instant>,
     /// The process's CPU seconds at the first message.
     first_cpu: Option<f64>,
+    /// The engine thread's CPU seconds at the first message.
+    first_engine_cpu: Option<f64>,
 }
 
 impl Drain {
@@ -117,30 +119,26 @@ impl Drain {
         if self.first.is_none() {
             self.first = Some(Instant::now());
             self.first_cpu = crate::process::cpu_seconds("self");
+            self.first_engine_cpu = crate::process::cpu_seconds("thread-self");
         }
         self.messages += n as u64;
     }
 
+    /// Called on the engine thread (its CPU time is read from `/proc/thread-self`).
     fn log(&self, lp: &EngineLoop) {
         let secs = self.first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        // the engine's share of the wall time, from the sampled processing histogram, and
-        // the publishes (report, metrics) that shared the engine thread with it
-        let (busy, publishes, publish_mean) = lp
+        // the engine thread's share of the wall time: its CPU time (applying, detecting and
+        // publishing), measured, not extrapolated from the sampled processing times
+        let busy = crate::process::cpu_seconds("thread-self")
+            .zip(self.first_engine_cpu)
+            .map_or(f64::NAN, |(now, first)| (now - first) / secs.max(1e-9));
+        let (publishes, publish_mean) = lp
             .metrics()
             .lock()
             .map(|m| {
-                let (n, sum) = (
-                    m.processing.get_sample_count(),
-                    m.processing.get_sample_sum(),
-                );
-                let busy = if n == 0 || secs == 0.0 {
-                    0.0
-                } else {
-                    sum / n as f64 * self.messages as f64 / secs
-                };
                 let p = m.publish_seconds.get_sample_count();
                 let mean = m.publish_seconds.get_sample_sum() / p.max(1) as f64;
-                (busy, p, mean)
+                (p, mean)
             })
             .unwrap_or_default();
         // every thread's (consumer, librdkafka, engine, HTTP): the cost of a message

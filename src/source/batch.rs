@@ -19,6 +19,8 @@ pub struct Batch {
     spans: Vec<Option<(u32, u32)>>,
     /// Scratch for messages written in place ([`Batch::push_with`]).
     scratch: Vec<u8>,
+    /// Whether [`Batch::decode`] has run.
+    decoded_all: bool,
     /// The last position of each (stream, partition) in the batch: a Kafka offset per topic
     /// index and partition.
     marks: Vec<(usize, i32, i64)>,
@@ -80,11 +82,15 @@ impl Batch {
         self.spans.len() >= BATCH_MESSAGES || self.decoded.bytes().len() >= BATCH_BYTES
     }
 
-    /// Decode every message with a payload (on the source's thread, before sending).
+    /// Decode every message with a payload, once (on whichever thread gets there first).
     pub fn decode(&mut self, limits: &Limits) {
+        if self.decoded_all {
+            return;
+        }
         for &(a, b) in self.spans.iter().flatten() {
             self.decoded.decode(a as usize..b as usize, limits);
         }
+        self.decoded_all = true;
     }
 
     /// Apply the batch's messages in order.
@@ -107,6 +113,7 @@ impl Batch {
 
     /// Empty the batch (keeps the capacity).
     pub fn clear(&mut self) {
+        self.decoded_all = false;
         self.spans.clear();
         self.decoded.clear();
         self.marks.clear();

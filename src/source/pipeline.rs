@@ -5,8 +5,9 @@
 use super::batch::Batch;
 use super::Source;
 use crate::daemon::EngineLoop;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Batches in flight between the two threads (bounds the copy buffers to a few MB).
@@ -25,9 +26,12 @@ pub fn drive<S: Source>(
     let limits = *lp.engine().decode_limits();
     let (to_engine, batches) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
     let (to_source, returned) = mpsc::channel::<Batch>();
+    // batches sent and not yet taken by the engine thread
+    let queued = Arc::new(AtomicUsize::new(0));
+    let taken = Arc::clone(&queued);
     let engine = std::thread::Builder::new()
         .name("armwatch-engine".into())
-        .spawn(move || apply(lp, &batches, &to_source, on_publish))?;
+        .spawn(move || apply(lp, &batches, &to_source, &taken, limits, on_publish))?;
     let mut spare: Vec<Batch> = Vec::new();
     let mut cur = Batch::default();
     let mut failed = None;
@@ -45,7 +49,12 @@ pub fn drive<S: Source>(
             }
         };
         if !cur.is_empty() {
-            cur.decode(&limits);
+            // decoding goes to whichever side has room: here while the engine thread has
+            // batches waiting (it is the slower stage), there while it waits for this one
+            if queued.load(Ordering::Relaxed) > 0 {
+                cur.decode(&limits);
+            }
+            queued.fetch_add(1, Ordering::Relaxed);
             let next = spare.pop().unwrap_or_default();
             if to_engine.send(std::mem::replace(&mut cur, next)).is_err() {
                 break; // the engine thread is gone; its join below says why
@@ -76,13 +85,17 @@ fn apply(
     mut lp: EngineLoop,
     batches: &mpsc::Receiver<Batch>,
     done: &mpsc::Sender<Batch>,
+    queued: &AtomicUsize,
+    limits: crate::event::Limits,
     mut on_publish: impl FnMut(&mut EngineLoop),
 ) -> EngineLoop {
     let mut drain = Drain::default();
     loop {
         match batches.recv_timeout(Duration::from_millis(100)) {
-            Ok(b) => {
+            Ok(mut b) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
                 drain.messages(b.len());
+                b.decode(&limits);
                 b.apply(&mut lp);
                 // the source's thread may already be gone at shutdown: nothing to do then
                 let _ = done.send(b);

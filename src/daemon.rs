@@ -166,25 +166,17 @@ impl EngineLoop {
     }
 
     /// Take a reloaded configuration: the engine continues from its own state under the new
-    /// settings (through the snapshot format, so a reload and a restart reconcile the same
-    /// way: experiments declared anew or differently restart, the rest keep their statistics).
+    /// settings, reconciled as a restart from a snapshot would be (experiments declared anew or
+    /// differently restart, the rest keep their statistics), the state moved, not copied.
     /// Settings that only a restart applies (Kafka, HTTP, logging) are not read here.
     pub fn reconfigure(&mut self, settings: &crate::config::Settings) {
-        let bytes = crate::snapshot::write(&self.engine);
-        match crate::snapshot::read(settings, &bytes) {
-            Ok(engine) => {
-                self.engine = engine;
-                tracing::info!(
-                    experiments = self.engine.experiments().len(),
-                    "configuration reloaded"
-                );
-                self.count_reload("applied");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "configuration reload failed; the running configuration is kept");
-                self.count_reload("refused");
-            }
-        }
+        let old = std::mem::replace(&mut self.engine, Engine::new(settings));
+        self.engine = old.reconfigured(settings);
+        tracing::info!(
+            experiments = self.engine.experiments().len(),
+            "configuration reloaded"
+        );
+        self.count_reload("applied");
     }
 
     /// Count a configuration reload by result.

@@ -71,15 +71,16 @@ pub const MEMORY_RECOUNT_NEAR: u64 = 255;
 pub const MEMORY_RECOUNT_PER_EXPERIMENT: u64 = 8;
 
 /// Everything an engine's events built (nothing its configuration gives): what a snapshot
-/// holds ([`crate::snapshot`]). Alerts travel as their JSON (their report form skips empty
-/// fields, which a binary format cannot).
-#[derive(serde::Serialize, serde::Deserialize)]
+/// holds ([`crate::snapshot`]) and what a reconfigured engine takes over. Alerts travel as
+/// their JSON (their report form skips empty fields, which a binary format cannot).
+#[derive(serde::Deserialize)]
 pub(crate) struct EngineState {
     experiments: Vec<Experiment>,
     accepted: [u64; Kind::ALL.len()],
     rejected: [u64; RejectReason::ALL.len()],
     seq: u64,
-    alerts: Vec<String>,
+    #[serde(deserialize_with = "alerts_from_json")]
+    alerts: Vec<Alert>,
     delivered: usize,
     judges: Vec<JudgeState>,
     routers: Vec<RouterState>,
@@ -95,12 +96,27 @@ pub(crate) struct EngineStateRef<'a> {
     accepted: &'a [u64; Kind::ALL.len()],
     rejected: &'a [u64; RejectReason::ALL.len()],
     seq: u64,
-    alerts: Vec<String>,
+    #[serde(serialize_with = "alerts_as_json")]
+    alerts: &'a [Alert],
     delivered: usize,
     judges: &'a [JudgeState],
     routers: &'a [RouterState],
     production: Option<&'a Production>,
     eval_sets: &'a [EvalSet],
+}
+
+fn alerts_as_json<S: serde::Serializer>(alerts: &&[Alert], ser: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    let text: Result<Vec<String>, _> = alerts.iter().map(serde_json::to_string).collect();
+    serde::Serialize::serialize(&text.map_err(S::Error::custom)?, ser)
+}
+
+fn alerts_from_json<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<Alert>, D::Error> {
+    use serde::de::Error as _;
+    let text: Vec<String> = serde::Deserialize::deserialize(de)?;
+    text.iter()
+        .map(|a| serde_json::from_str(a).map_err(D::Error::custom))
+        .collect()
 }
 
 /// Judges (and routers) tracked at most.
@@ -466,11 +482,7 @@ impl Engine {
             accepted: &self.accepted,
             rejected: &self.rejected,
             seq: self.seq,
-            alerts: self
-                .alerts
-                .iter()
-                .filter_map(|a| serde_json::to_string(a).ok())
-                .collect(),
+            alerts: &self.alerts,
             delivered: self.delivered,
             judges: &self.judges,
             routers: &self.routers,
@@ -479,18 +491,35 @@ impl Engine {
         }
     }
 
+    /// The state the events built, moved out (the configuration is dropped).
+    fn into_state(self) -> EngineState {
+        EngineState {
+            experiments: self.experiments,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            seq: self.seq,
+            alerts: self.alerts,
+            delivered: self.delivered,
+            judges: self.judges,
+            routers: self.routers,
+            production: self.production,
+            eval_sets: self.eval_sets,
+        }
+    }
+
+    /// This engine's state under other settings (a configuration reload): reconciled as a
+    /// restart from a snapshot would be, without copying the state.
+    pub fn reconfigured(self, settings: &Settings) -> Engine {
+        Engine::from_state(settings, self.into_state())
+    }
+
     /// An engine for `settings` that continues from `state` (its indexes rebuilt).
-    pub(crate) fn from_state(settings: &Settings, state: EngineState) -> Result<Engine, String> {
+    pub(crate) fn from_state(settings: &Settings, state: EngineState) -> Engine {
         let mut e = Engine::new(settings);
         e.index = index_by(&state.experiments, |x| &x.id);
         e.judge_index = index_by(&state.judges, |j| &j.name);
         e.router_index = index_by(&state.routers, |r| &r.name);
-        e.alerts = state
-            .alerts
-            .iter()
-            .map(|a| serde_json::from_str(a))
-            .collect::<Result<_, _>>()
-            .map_err(|err| format!("an alert does not parse: {err}"))?;
+        e.alerts = state.alerts;
         e.max_experiments = e.max_experiments.max(state.experiments.len());
         e.experiments = state.experiments;
         e.accepted = state.accepted;
@@ -503,7 +532,7 @@ impl Engine {
         e.eval_sets = state.eval_sets;
         e.reconcile(settings);
         e.count_memory();
-        Ok(e)
+        e
     }
 
     /// Bring restored state in line with `settings` (a restart or a reload with another

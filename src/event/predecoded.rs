@@ -72,6 +72,8 @@ struct EventSpans {
 pub struct Decoded {
     /// The messages, one after the other.
     bytes: Vec<u8>,
+    /// Each message's `(start, end)` in `bytes`; `None` for a message without payload.
+    messages: Vec<Option<(u32, u32)>>,
     events: Vec<Result<EventSpans, RejectReason>>,
     inputs: Vec<(Span, Value)>,
     /// Unescaped strings.
@@ -115,53 +117,66 @@ impl Decoded {
     /// Forget every message and event (keeps the capacity).
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.messages.clear();
         self.events.clear();
         self.inputs.clear();
         self.side.clear();
     }
 
-    /// Events held.
+    /// Messages held.
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.messages.len()
     }
 
-    /// Whether no event is held.
+    /// Whether no message is held.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.messages.is_empty()
     }
 
-    /// Append a message's bytes (not decoded yet); returns where they are (`None` past 4 GB).
-    pub fn append(&mut self, payload: &[u8]) -> Option<Range<usize>> {
-        let start = self.bytes.len();
-        u32::try_from(start + payload.len()).ok()?;
-        self.bytes.extend_from_slice(payload);
-        Some(start..self.bytes.len())
+    /// Bytes of the messages held.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
     }
 
-    /// The bytes of messages appended.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// Decode the appended message at `at` and keep it as the next event. A buffer past 2 GB
-    /// (never, with the source's batch bounds) is rejected as `oversized`.
-    pub fn decode(&mut self, at: Range<usize>, limits: &Limits) {
-        let buf = &self.bytes;
-        let Some(payload) = buf.get(at.clone()) else {
-            self.events.push(Err(RejectReason::Truncated));
-            return;
-        };
-        let mut inputs = Inputs::new();
-        let res = decode_into(payload, limits, &mut inputs).and_then(|ev| {
-            let msg = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
-            let mut sp = Spanner {
-                base: at.start,
-                msg,
-                side: &mut self.side,
-            };
-            spans(&mut self.inputs, &ev, &mut sp).ok_or(RejectReason::Oversized)
+    /// Append a message (`None`: one without payload; a payload that would take the buffer
+    /// past 4 GB is kept as one without), not decoded yet.
+    pub fn push(&mut self, payload: Option<&[u8]>) {
+        let span = payload.and_then(|p| {
+            let start = u32::try_from(self.bytes.len()).ok()?;
+            let end = u32::try_from(self.bytes.len() + p.len()).ok()?;
+            self.bytes.extend_from_slice(p);
+            Some((start, end))
         });
-        self.events.push(res);
+        self.messages.push(span);
+    }
+
+    /// The payload of message `i`.
+    pub fn payload(&self, i: usize) -> Option<&[u8]> {
+        let (a, b) = (*self.messages.get(i)?)?;
+        self.bytes.get(a as usize..b as usize)
+    }
+
+    /// Decode every message not decoded yet (a message without payload is `empty`). A
+    /// buffer past 2 GB (never, with the source's batch bounds) is rejected as `oversized`.
+    pub fn decode(&mut self, limits: &Limits) {
+        for i in self.events.len()..self.messages.len() {
+            let Some((a, b)) = self.messages[i] else {
+                self.events.push(Err(RejectReason::Empty));
+                continue;
+            };
+            let (base, payload) = (a as usize, &self.bytes[a as usize..b as usize]);
+            let mut inputs = Inputs::new();
+            let res = decode_into(payload, limits, &mut inputs).and_then(|ev| {
+                let msg = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+                let mut sp = Spanner {
+                    base,
+                    msg,
+                    side: &mut self.side,
+                };
+                spans(&mut self.inputs, &ev, &mut sp).ok_or(RejectReason::Oversized)
+            });
+            self.events.push(res);
+        }
     }
 }
 
@@ -326,10 +341,11 @@ mod tests {
         }
         let limits = Limits::default();
         let mut d = Decoded::default();
-        let at: Vec<_> = msgs.iter().map(|m| d.append(m).unwrap()).collect();
-        for r in &at {
-            d.decode(r.clone(), &limits);
+        for m in &msgs {
+            d.push(Some(m));
         }
+        d.decode(&limits);
+        d.decode(&limits); // once only
         assert_eq!(d.len(), msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             let mut direct_inputs = Inputs::new();

@@ -13,14 +13,10 @@ use crate::event::{Decoded, Inputs, Limits};
 /// processed.
 #[derive(Default)]
 pub struct Batch {
-    /// The messages' bytes and, once decoded, their events.
+    /// The messages and, once decoded, their events.
     decoded: Decoded,
-    /// Where each message is in `decoded`'s bytes; `None` for a message without payload.
-    spans: Vec<Option<(u32, u32)>>,
     /// Scratch for messages written in place ([`Batch::push_with`]).
     scratch: Vec<u8>,
-    /// Whether [`Batch::decode`] has run.
-    decoded_all: bool,
     /// The last position of each (stream, partition) in the batch: a Kafka offset per topic
     /// index and partition.
     marks: Vec<(usize, i32, i64)>,
@@ -34,10 +30,7 @@ impl Batch {
     /// Add a message (`None`: one without payload).
     #[inline]
     pub fn push(&mut self, payload: Option<&[u8]>) {
-        let span = payload
-            .and_then(|p| self.decoded.append(p))
-            .map(|r| (r.start as u32, r.end as u32));
-        self.spans.push(span);
+        self.decoded.push(payload);
     }
 
     /// Add a message written by `write` (into a reused scratch buffer).
@@ -69,40 +62,31 @@ impl Batch {
 
     /// Messages held.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.decoded.len()
     }
 
     /// Whether no message is held.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.decoded.is_empty()
     }
 
     /// Whether the batch should be sent now.
     pub fn full(&self) -> bool {
-        self.spans.len() >= BATCH_MESSAGES || self.decoded.bytes().len() >= BATCH_BYTES
+        self.decoded.len() >= BATCH_MESSAGES || self.decoded.bytes_len() >= BATCH_BYTES
     }
 
-    /// Decode every message with a payload, once (on whichever thread gets there first).
+    /// Decode the messages (once: on whichever thread gets there first).
     pub fn decode(&mut self, limits: &Limits) {
-        if self.decoded_all {
-            return;
-        }
-        for &(a, b) in self.spans.iter().flatten() {
-            self.decoded.decode(a as usize..b as usize, limits);
-        }
-        self.decoded_all = true;
+        self.decoded.decode(limits);
     }
 
     /// Apply the batch's messages in order.
     pub fn apply(&self, lp: &mut EngineLoop) {
-        let mut next = 0;
-        for span in &self.spans {
-            match span.and_then(|(a, b)| self.decoded.bytes().get(a as usize..b as usize)) {
+        for i in 0..self.decoded.len() {
+            match self.decoded.payload(i) {
                 Some(payload) => {
                     let mut inputs = Inputs::new();
-                    let ev = self.decoded.event(next, &mut inputs);
-                    next += 1;
-                    let _ = lp.on_decoded(payload, ev);
+                    let _ = lp.on_decoded(payload, self.decoded.event(i, &mut inputs));
                 }
                 None => {
                     let _ = lp.on_message(None);
@@ -113,8 +97,6 @@ impl Batch {
 
     /// Empty the batch (keeps the capacity).
     pub fn clear(&mut self) {
-        self.decoded_all = false;
-        self.spans.clear();
         self.decoded.clear();
         self.marks.clear();
     }

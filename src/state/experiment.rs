@@ -374,47 +374,49 @@ impl Experiment {
                 return None;
             }
         }
-        let found = self.input_index(name);
+        let (found, code) = self.input_code(name);
         if let Some(slot) = self.input_order.get_mut(p) {
-            *slot = match found {
-                Some(i) => i16::try_from(i).unwrap_or(NO_INPUT),
-                None => self
-                    .ignored
-                    .iter()
-                    .position(|n| **n == *name)
-                    .map_or(NO_INPUT, |i| -1 - i as i16),
-            };
+            *slot = code.and_then(|c| i16::try_from(c).ok()).unwrap_or(NO_INPUT);
         }
         found
     }
 
     #[inline]
     fn input_index(&mut self, name: &str) -> Option<usize> {
+        self.input_code(name).0
+    }
+
+    /// The input `name` is (or `None`: not watched), with its `name_index` code when it has
+    /// one (the input, or `-1 - i` for ignored name `i`).
+    #[inline]
+    fn input_code(&mut self, name: &str) -> (Option<usize>, Option<i32>) {
         let h = key_of(name);
         if let Some(&v) = self.name_index.get(&h) {
             if v >= 0 && *self.inputs[v as usize].name == *name {
-                return Some(v as usize);
+                return (Some(v as usize), Some(v));
             }
             if v < 0 && *self.ignored[(-1 - v) as usize] == *name {
-                return None;
+                return (None, Some(v));
             }
         }
         let found = self.resolve_input(name);
-        if !self.name_index.contains_key(&h) {
-            match found {
-                Some(i) => {
-                    self.name_index.insert(h, i as i32);
-                }
-                None if self.ignored.len() < MAX_IGNORED
-                    && self.inputs.len() < self.limits.max_inputs =>
-                {
-                    self.name_index.insert(h, -1 - self.ignored.len() as i32);
-                    self.ignored.push(name.into());
-                }
-                None => {}
-            }
+        if self.name_index.contains_key(&h) {
+            return (found, None); // a 64-bit collision: resolved, not cached
         }
-        found
+        let code = match found {
+            Some(i) => i32::try_from(i).ok(),
+            None if self.ignored.len() < MAX_IGNORED
+                && self.inputs.len() < self.limits.max_inputs =>
+            {
+                self.ignored.push(name.into());
+                Some(-(self.ignored.len() as i32))
+            }
+            None => None,
+        };
+        if let Some(c) = code {
+            self.name_index.insert(h, c);
+        }
+        (found, code)
     }
 
     fn resolve_input(&mut self, name: &str) -> Option<usize> {

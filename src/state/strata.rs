@@ -82,14 +82,8 @@ impl SlotIndex {
         } else {
             self.table.fill(0);
         }
-        let mask = self.table.len() - 1;
         for (n, s) in slots.iter().enumerate() {
-            let mut i = Self::home(s.key, mask);
-            while self.table[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            // slots are at most `max_strata` (a config bound far below u32::MAX)
-            self.table[i] = u32::try_from(n + 1).unwrap_or(u32::MAX);
+            self.place(n, s.key);
         }
     }
 
@@ -97,14 +91,19 @@ impl SlotIndex {
     fn push(&mut self, slots: &[Stratum]) {
         if slots.len() * 2 > self.table.len() {
             self.rebuild(slots);
-            return;
+        } else if let Some(last) = slots.last() {
+            self.place(slots.len() - 1, last.key);
         }
-        let n = slots.len() - 1;
+    }
+
+    /// Put slot `n`, whose value is `key`, in the first free entry from its home.
+    fn place(&mut self, n: usize, key: u64) {
         let mask = self.table.len() - 1;
-        let mut i = Self::home(slots[n].key, mask);
+        let mut i = Self::home(key, mask);
         while self.table[i] != 0 {
             i = (i + 1) & mask;
         }
+        // slots are at most `max_strata` (a config bound far below u32::MAX)
         self.table[i] = u32::try_from(n + 1).unwrap_or(u32::MAX);
     }
 

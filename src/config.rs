@@ -241,6 +241,54 @@ pub struct KafkaSettings {
     /// Rejected messages are forwarded here when set.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Checkpoints of each input partition's state (`[kafka.checkpoint]`).
+    #[serde(default)]
+    pub checkpoint: CheckpointSettings,
+}
+
+/// `[kafka.checkpoint]`: the state of each assigned input partition, snapshotted to a
+/// compacted topic with the next offset it covers, restored on assignment.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// Off: the state lives only in memory (a restart starts from the committed offsets with
+    /// empty statistics).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The state topic (compacted; created if missing). Default `<group_id>.armwatch-state`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Milliseconds between periodic checkpoints (also taken on revoke, at shutdown and
+    /// before an alert is delivered).
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_checkpoint_interval() -> u64 {
+    5_000
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        CheckpointSettings {
+            enabled: true,
+            topic: None,
+            interval_ms: default_checkpoint_interval(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// The state topic: `checkpoint.topic`, else `<group_id>.armwatch-state`.
+    pub fn state_topic(&self) -> String {
+        self.checkpoint
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.armwatch-state", self.group_id))
+    }
 }
 
 fn default_brokers() -> String {
@@ -261,6 +309,7 @@ impl Default for KafkaSettings {
             topics: default_topics(),
             options: BTreeMap::new(),
             dead_letter_topic: None,
+            checkpoint: CheckpointSettings::default(),
         }
     }
 }
@@ -692,6 +741,28 @@ impl Settings {
                 "must list at least one non-empty topic",
                 "e.g. topics = [\"llm.events\"]",
             ));
+        }
+        let c = &self.kafka.checkpoint;
+        if c.interval_ms < 100 {
+            return Err(invalid(
+                "kafka.checkpoint.interval_ms",
+                format!("{} ms is too short (every checkpoint writes the state)", c.interval_ms),
+                "use a few seconds, e.g. interval_ms = 5000",
+            ));
+        }
+        if let Some(t) = &c.topic {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+                || self.kafka.topics.contains(t)
+            {
+                return Err(invalid(
+                    "kafka.checkpoint.topic",
+                    format!("`{t}` is not a usable state topic (Kafka topic characters only, and not an input topic)"),
+                    "leave it unset for `<group_id>.armwatch-state`, or name a topic of its own",
+                ));
+            }
         }
         if self.kafka.group_id.trim().is_empty() {
             return Err(invalid(

@@ -1,13 +1,16 @@
-//! The IO shell around one [`Engine`]: feeds it messages, forwards new alerts to the sink task,
-//! logs rejections at a bounded rate, and publishes metrics and the report at a fixed cadence.
-//! Kafka (`run`) and the simulator (`demo`) both drive it.
+//! The IO shell around the engines of the owned partitions ([`Partitions`]): feeds them
+//! messages, forwards new alerts to the sink task, logs rejections at a bounded rate,
+//! checkpoints the partitions' state, and publishes metrics and the merged report at a fixed
+//! cadence. Kafka (`run`) and the simulator (`demo`) both drive it.
 
 use crate::detect::Alert;
 use crate::engine::Engine;
 use crate::event::{Event, Kind, RejectReason};
 use crate::http::Shared;
 use crate::metrics::Metrics;
+use crate::partitions::{Part, Partitions, Route};
 use prometheus::Histogram;
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -48,6 +51,18 @@ impl RateLimiter {
     }
 }
 
+/// Hand `alerts` to the sink task (never blocking the engine thread).
+fn send_alerts(tx: &mpsc::Sender<Alert>, alerts: &[Alert]) {
+    for a in alerts {
+        if tx.try_send(a.clone()).is_err() {
+            tracing::error!(
+                check = a.check.as_str(),
+                "alert channel full: alert kept in the report but not sent to sinks"
+            );
+        }
+    }
+}
+
 /// Something that forwards rejected messages (the dead-letter topic).
 pub trait DeadLetter {
     /// Forward `payload` rejected for `reason`; false when it could not be queued.
@@ -57,9 +72,36 @@ pub trait DeadLetter {
     fn flush(&mut self) {}
 }
 
-/// The engine and everything it reports to.
+/// Where checkpoints go (the Kafka state topic).
+pub trait CheckpointStore {
+    /// Write the records of checkpoints ([`crate::checkpoint::records`]) in order and return
+    /// once they are durable (or failed).
+    fn write(&mut self, records: &[(String, Vec<u8>)]) -> Result<(), String>;
+}
+
+/// A request from the consumer's thread, which must wait for the answer.
+pub enum Control {
+    /// Checkpoint these partitions (by index) and stop owning them, then answer.
+    Revoke(Vec<usize>, std::sync::mpsc::Sender<()>),
+}
+
+/// Checkpointing: the store, the cadence, what became durable, and the alerts held until the
+/// state that fired them is durable (so that a restart does not fire them again).
+struct Checkpointing {
+    store: Box<dyn CheckpointStore + Send>,
+    every: Duration,
+    last: Instant,
+    /// `(partition index, next offset)` of checkpoints now durable: the consumer commits them
+    /// (offsets never run ahead of a durable checkpoint).
+    durable: Arc<Mutex<Vec<(usize, i64)>>>,
+    controls: std::sync::mpsc::Receiver<Control>,
+    held: Vec<Alert>,
+}
+
+/// The engines and everything they report to.
 pub struct EngineLoop {
-    engine: Engine,
+    parts: Partitions,
+    checkpointing: Option<Checkpointing>,
     metrics: Arc<Mutex<Metrics>>,
     processing: Histogram,
     shared: Arc<Shared>,
@@ -76,9 +118,9 @@ pub struct EngineLoop {
 }
 
 impl EngineLoop {
-    /// Wire an engine to its outputs.
+    /// Wire the partitions' engines to their outputs.
     pub fn new(
-        engine: Engine,
+        parts: Partitions,
         metrics: Arc<Mutex<Metrics>>,
         shared: Arc<Shared>,
         alerts: mpsc::Sender<Alert>,
@@ -90,7 +132,8 @@ impl EngineLoop {
             .map(|m| m.processing.clone())
             .expect("metrics lock is not poisoned at startup");
         EngineLoop {
-            engine,
+            parts,
+            checkpointing: None,
             metrics,
             processing,
             shared,
@@ -104,52 +147,174 @@ impl EngineLoop {
         }
     }
 
-    /// Process one message (`None`: a message without payload).
+    /// Checkpoint the partitions' state to `store` every `every` (and before alerts are
+    /// delivered, on revoke and at the end); what became durable goes to `durable`; the
+    /// consumer's revokes arrive on `controls`.
+    pub fn with_checkpoints(
+        mut self,
+        store: Box<dyn CheckpointStore + Send>,
+        every: Duration,
+        durable: Arc<Mutex<Vec<(usize, i64)>>>,
+        controls: std::sync::mpsc::Receiver<Control>,
+    ) -> EngineLoop {
+        self.checkpointing = Some(Checkpointing {
+            store,
+            every,
+            last: Instant::now(),
+            durable,
+            controls,
+            held: Vec::new(),
+        });
+        self
+    }
+
+    /// Process one message of partition `part` at `offset` (`-1`: a source without offsets;
+    /// `payload` `None`: a message without payload, `decoded` its event decoded with
+    /// [`Self::decode_limits`], possibly on another thread).
     #[inline]
-    pub fn on_message(&mut self, payload: Option<&[u8]>) -> Result<Kind, RejectReason> {
-        self.handle(payload, |engine| match payload {
-            Some(p) => engine.process(p),
+    pub fn on_message_at(
+        &mut self,
+        part: usize,
+        offset: i64,
+        payload: Option<&[u8]>,
+        decoded: Result<Event<'_>, RejectReason>,
+    ) -> Option<Result<Kind, RejectReason>> {
+        let timer = (self.n & 63 == 0).then(Instant::now);
+        self.n += 1;
+        let engine = match self.parts.engine_for(part, offset) {
+            Route::Apply(e) => e,
+            Route::Unowned | Route::Duplicate => return None,
+        };
+        let res = match payload {
+            Some(_) => engine.process_decoded(decoded),
             None => {
                 engine.count_rejected(RejectReason::Empty);
                 Err(RejectReason::Empty)
             }
-        })
-    }
-
-    /// [`Self::on_message`] for a message already decoded (on the consumer thread): `payload`
-    /// is its bytes, for the dead-letter topic and the log when it is rejected.
-    pub fn on_decoded(
-        &mut self,
-        payload: &[u8],
-        decoded: Result<Event<'_>, RejectReason>,
-    ) -> Result<Kind, RejectReason> {
-        self.handle(Some(payload), |engine| engine.process_decoded(decoded))
-    }
-
-    #[inline]
-    fn handle(
-        &mut self,
-        payload: Option<&[u8]>,
-        process: impl FnOnce(&mut Engine) -> Result<Kind, RejectReason>,
-    ) -> Result<Kind, RejectReason> {
-        let timer = (self.n & 63 == 0).then(Instant::now);
-        self.n += 1;
-        let res = process(&mut self.engine);
+        };
+        let fresh = engine.take_new_alerts();
+        if !fresh.is_empty() {
+            match &mut self.checkpointing {
+                Some(c) => c.held.extend_from_slice(fresh),
+                None => send_alerts(&self.alerts, fresh),
+            }
+        }
         if let Some(t) = timer {
             self.processing.observe(t.elapsed().as_secs_f64());
         }
         if let Err(reason) = res {
             self.rejected(payload.unwrap_or_default(), reason);
         }
-        for a in self.engine.take_new_alerts() {
-            if self.alerts.try_send(a.clone()).is_err() {
-                tracing::error!(
-                    check = a.check.as_str(),
-                    "alert channel full: alert kept in the report but not sent to sinks"
-                );
+        Some(res)
+    }
+
+    /// Process one message of a source without partitions (`None`: one without payload).
+    pub fn on_message(&mut self, payload: Option<&[u8]>) -> Result<Kind, RejectReason> {
+        let mut inputs = crate::event::Inputs::new();
+        let limits = self.decode_limits();
+        let decoded = match payload {
+            Some(p) => crate::event::decode_into(p, &limits, &mut inputs),
+            None => Err(RejectReason::Empty),
+        };
+        self.on_message_at(0, -1, payload, decoded)
+            .unwrap_or(Err(RejectReason::Empty))
+    }
+
+    /// The decoder's limits.
+    pub fn decode_limits(&self) -> crate::event::Limits {
+        self.parts.decode_limits()
+    }
+
+    /// Own partition `index` from now on, continuing from `part` (restored from its
+    /// checkpoint, or fresh); its engine takes the running settings.
+    pub fn assign(&mut self, index: usize, mut part: Part) {
+        let settings = self.parts.settings().clone();
+        let old = std::mem::replace(&mut part.engine, Engine::new(&settings));
+        part.engine = old.reconfigured(&settings);
+        tracing::info!(partition = %part.key, next_offset = part.next_offset, generation = part.generation, "partition state taken on");
+        self.parts.assign(index, part);
+        self.count_owned();
+    }
+
+    fn count_owned(&self) {
+        if let Ok(m) = self.metrics.lock() {
+            m.partitions_owned.set(self.parts.len() as i64);
+        }
+    }
+
+    /// Between batches: answer the consumer's requests, and checkpoint when due (the cadence,
+    /// or alerts waiting for a durable state).
+    pub fn between_batches(&mut self) {
+        let Some(c) = &self.checkpointing else {
+            return;
+        };
+        let revokes: Vec<Control> = c.controls.try_iter().collect();
+        let due = !c.held.is_empty() || c.last.elapsed() >= c.every;
+        for Control::Revoke(parts, answer) in revokes {
+            self.checkpoint(|i, _| parts.contains(&i));
+            for i in parts {
+                if let Some(p) = self.parts.revoke(i) {
+                    tracing::info!(partition = %p.key, next_offset = p.next_offset, "partition state handed over");
+                }
+            }
+            self.count_owned();
+            let _ = answer.send(());
+        }
+        if due {
+            self.checkpoint(|_, _| true);
+        }
+    }
+
+    /// Checkpoint every owned partition with unsaved state (at the end).
+    pub fn checkpoint_all(&mut self) {
+        if self.checkpointing.is_some() {
+            self.checkpoint(|_, _| true);
+        }
+    }
+
+    /// Checkpoint the dirty partitions `which` selects, then deliver the held alerts (after a
+    /// failure too: an alert is never withheld, at worst it fires again after a restart).
+    fn checkpoint(&mut self, which: impl Fn(usize, &Part) -> bool) {
+        let Some(c) = &mut self.checkpointing else {
+            return;
+        };
+        c.last = Instant::now();
+        for (i, p) in self.parts.iter_mut() {
+            if !p.dirty || !which(i, p) {
+                continue;
+            }
+            let t = Instant::now();
+            let snapshot = crate::snapshot::write(&p.engine);
+            let records = crate::checkpoint::records(
+                &p.key,
+                p.generation + 1,
+                p.next_offset,
+                &snapshot,
+            );
+            let res = c.store.write(&records);
+            let m = self.metrics.lock();
+            match res {
+                Ok(()) => {
+                    p.generation += 1;
+                    p.dirty = false;
+                    if let Ok(mut d) = c.durable.lock() {
+                        d.push((i, p.next_offset));
+                    }
+                    if let Ok(m) = &m {
+                        m.checkpoints.with_label_values(&["written"]).inc();
+                        m.checkpoint_bytes.set(snapshot.len() as i64);
+                        m.checkpoint_seconds.observe(t.elapsed().as_secs_f64());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(partition = %p.key, error = %e, "checkpoint failed: the state stays in memory and is retried; consumer offsets stay at the last durable checkpoint");
+                    if let Ok(m) = &m {
+                        m.checkpoints.with_label_values(&["failed"]).inc();
+                    }
+                }
             }
         }
-        res
+        send_alerts(&self.alerts, &std::mem::take(&mut c.held));
     }
 
     fn rejected(&mut self, payload: &[u8], reason: RejectReason) {
@@ -170,12 +335,8 @@ impl EngineLoop {
     /// differently restart, the rest keep their statistics), the state moved, not copied.
     /// Settings that only a restart applies (Kafka, HTTP, logging) are not read here.
     pub fn reconfigure(&mut self, settings: &crate::config::Settings) {
-        let old = std::mem::replace(&mut self.engine, Engine::new(settings));
-        self.engine = old.reconfigured(settings);
-        tracing::info!(
-            experiments = self.engine.experiments().len(),
-            "configuration reloaded"
-        );
+        self.parts.reconfigure(settings);
+        tracing::info!(partitions = self.parts.len(), "configuration reloaded");
         self.count_reload("applied");
     }
 
@@ -196,8 +357,11 @@ impl EngineLoop {
     /// serialize it at most once per publish and serve the same bytes to every client.
     pub fn publish(&mut self) {
         self.last_publish = Instant::now();
-        self.engine.count_memory();
-        let report = self.engine.report();
+        for (_, p) in self.parts.iter_mut() {
+            p.engine.count_memory();
+        }
+        let view = self.parts.view();
+        let report = view.report();
         let text = match self.metrics.lock() {
             Ok(mut m) => {
                 let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
@@ -206,7 +370,7 @@ impl EngineLoop {
                 m.dead_letter
                     .with_label_values(&["dropped"])
                     .inc_by(dropped);
-                m.publish(&self.engine, &report);
+                m.publish(&view, &report);
                 // the cost of this publish lands in the next scrape
                 m.publish_seconds
                     .observe(self.last_publish.elapsed().as_secs_f64());
@@ -224,9 +388,9 @@ impl EngineLoop {
         }
     }
 
-    /// The engine (for the final report).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The merged view of the owned partitions' engines (for the final report).
+    pub fn engine(&self) -> Cow<'_, Engine> {
+        self.parts.view()
     }
 
     /// Shared state for the HTTP handlers.

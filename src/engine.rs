@@ -569,7 +569,8 @@ impl Engine {
     }
 
     /// Merge the state of another engine over a disjoint part of the stream (another
-    /// partition): counters add, experiment state merges, alerts are unioned.
+    /// partition): counters add, experiment state merges, alerts are unioned, instruments
+    /// seen by one partition only are taken over.
     pub fn merge(&mut self, other: &Engine) {
         for (a, b) in self.accepted.iter_mut().zip(other.accepted) {
             *a += b;
@@ -582,6 +583,31 @@ impl Engine {
             match self.experiment_index(&o.id) {
                 Ok(i) => self.experiments[i].merge(o),
                 Err(r) => self.rejected[r.index()] += o.srm.n(),
+            }
+        }
+        // instruments (judges, routers, the eval sampler) are order-dependent detectors: one
+        // seen in a single partition is taken whole (exact); one seen in several keeps the
+        // first partition's state (a partial view: key instrument events by their name)
+        for j in &other.judges {
+            if !self.judge_index.contains_key(&key_of(&j.name)) && self.judges.len() < MAX_INSTRUMENTS {
+                self.judge_index.insert(key_of(&j.name), self.judges.len());
+                self.judges.push(j.clone());
+            }
+        }
+        for r in &other.routers {
+            if !self.router_index.contains_key(&key_of(&r.name)) && self.routers.len() < MAX_INSTRUMENTS {
+                self.router_index.insert(key_of(&r.name), self.routers.len());
+                self.routers.push(r.clone());
+            }
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.production, &other.production) {
+            if mine.n == 0 && theirs.n > 0 {
+                *mine = theirs.clone();
+            }
+        }
+        for e in &other.eval_sets {
+            if !self.eval_sets.iter().any(|x| x.name == e.name) && self.eval_sets.len() < MAX_EVAL_SETS {
+                self.eval_sets.push(e.clone());
             }
         }
         for a in &other.alerts {

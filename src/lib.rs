@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod detect;
@@ -15,6 +16,7 @@ pub mod event;
 pub(crate) mod hint;
 pub mod http;
 pub mod metrics;
+pub mod partitions;
 pub mod process;
 pub mod report;
 pub mod sim;

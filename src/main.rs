@@ -7,10 +7,11 @@ use armwatch::daemon::{DeadLetter, EngineLoop};
 use armwatch::engine::Engine;
 use armwatch::http::Shared;
 use armwatch::metrics::Metrics;
+use armwatch::partitions::Partitions;
 use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
 use armwatch::sink::SinkConfig;
 use armwatch::source::simulated::SimulatedSource;
-use armwatch::source::{file, kafka};
+use armwatch::source::{file, kafka, state_topic};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -374,12 +375,27 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let out = start_outputs(&settings, false).await?;
         let lag = Arc::new(Mutex::new(Vec::new()));
         // readiness is set by the consumer's rebalance callback
-        let consumer = kafka::consumer(&settings.kafka, out.shared.clone(), lag.clone()).context("kafka: cannot create the consumer")?;
+        let checkpointing = settings.kafka.checkpoint.enabled;
+        let (controls, control_rx) = std::sync::mpsc::channel();
+        let durable = Arc::new(Mutex::new(Vec::new()));
+        let checkpoints = if checkpointing {
+            state_topic::ensure(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
+            Some(Arc::new(kafka::Checkpoints::new(settings.clone(), controls, durable.clone(), out.metrics.clone())))
+        } else {
+            None
+        };
+        let consumer = kafka::consumer(&settings.kafka, out.shared.clone(), lag.clone(), checkpoints).context("kafka: cannot create the consumer")?;
         let dead_letter: Option<Box<dyn DeadLetter + Send>> = match &settings.kafka.dead_letter_topic {
             Some(t) => Some(Box::new(kafka::KafkaDeadLetter::new(&settings.kafka, t).context("kafka.dead_letter_topic: cannot create the producer")?)),
             None => None,
         };
-        let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
+        let parts = if checkpointing { Partitions::none(&settings) } else { Partitions::single(Engine::new(&settings), &settings) };
+        let mut lp = EngineLoop::new(parts, out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
+        if checkpointing {
+            let store = state_topic::KafkaCheckpointStore::new(&settings.kafka).context("kafka.checkpoint: cannot create the state topic's producer")?;
+            lp = lp.with_checkpoints(Box::new(store), Duration::from_millis(settings.kafka.checkpoint.interval_ms), durable, control_rx);
+            tracing::info!(topic = %settings.kafka.state_topic(), interval_ms = settings.kafka.checkpoint.interval_ms, "checkpointing partition state");
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let (reload_tx, reloads) = std::sync::mpsc::channel();
@@ -463,7 +479,7 @@ fn demo(
         let out = start_outputs(&settings, true).await?;
         out.shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(faults = ?faults, rate, "demo: simulated prompt traffic for prompt-variant, router-v2, ranker-v3 (hash-assigned) and workspace-collab (cluster-randomized)");
-        let lp = EngineLoop::new(Engine::new(&settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, None);
+        let lp = EngineLoop::new(Partitions::single(Engine::new(&settings), &settings), out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, None);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let source = SimulatedSource::new(Simulator::new(seed, experiments).with_instruments(instruments), rate, events);

@@ -131,6 +131,16 @@ pub struct Metrics {
     pub rejected_log_suppressed: IntCounter,
     /// 1 while the source is connected and consuming.
     pub source_ready: IntGauge,
+    /// Checkpoints of partition state written, by result (`written`, `failed`).
+    pub checkpoints: IntCounterVec,
+    /// Time to snapshot a partition's state and have it durable in the state topic.
+    pub checkpoint_seconds: Histogram,
+    /// Size of the last checkpoint written (bytes).
+    pub checkpoint_bytes: IntGauge,
+    /// Partition states taken on at assignment, by result (`restored`, `none`, `refused`).
+    pub checkpoint_restores: IntCounterVec,
+    /// Input partitions whose state this replica owns.
+    pub partitions_owned: IntGauge,
     /// Wall time of the last publish.
     pub last_publish: Gauge,
     /// Time to build the report and copy it into the metrics, per publish.
@@ -208,6 +218,11 @@ impl Metrics {
             config_reloads: reg!(r, IntCounterVec::new(Opts::new("armwatch_config_reloads_total", "Changed configuration files seen, by result: applied, or refused (invalid: the running configuration is kept)."), &["result"])),
             rejected_log_suppressed: reg!(r, IntCounter::new("armwatch_rejected_log_suppressed_total", "Rejected messages not logged because of the log rate limit (still counted).")),
             source_ready: reg!(r, IntGauge::new("armwatch_source_ready", "1 while the source is connected and consuming.")),
+            checkpoints: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoints_total", "Checkpoints of an input partition's state written to the state topic, by result: written (durable), failed (kept dirty, retried)."), &["result"])),
+            checkpoint_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_checkpoint_seconds", "Time to snapshot one partition's state and have it durable in the state topic (on the engine thread).").buckets(vec![1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]))),
+            checkpoint_bytes: reg!(r, IntGauge::new("armwatch_checkpoint_bytes", "Size of the last checkpoint written (bytes).")),
+            checkpoint_restores: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoint_restores_total", "Input partitions taken on at assignment, by result: restored (from a checkpoint), none (no checkpoint: built from the earliest offset), refused (old-format or corrupt checkpoint: rebuilt from the earliest offset)."), &["result"])),
+            partitions_owned: reg!(r, IntGauge::new("armwatch_partitions_owned", "Input partitions whose state this replica owns.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),
             publish_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_publish_seconds", "Time to build the report, the metrics and their texts, per publish (every 500 ms, on the engine thread).").buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]))),
             state_memory: reg!(r, IntGauge::new("armwatch_state_memory_bytes", "Estimated memory of the statistics (compared with limits.max_memory_bytes).")),

@@ -4,6 +4,7 @@
 
 use crate::daemon::EngineLoop;
 use crate::event::{Decoded, Inputs, Limits};
+use crate::partitions::Part;
 
 /// Payloads copied out of the source's buffers and decoded on the source's thread, so that the
 /// state updates and detectors run on a thread of their own while the source keeps reading and
@@ -20,6 +21,12 @@ pub struct Batch {
     /// The last position of each (stream, partition) in the batch: a Kafka offset per topic
     /// index and partition.
     marks: Vec<(usize, i32, i64)>,
+    /// Each message's partition (a source's index) and offset, for sources with partitions
+    /// (empty otherwise: every message goes to partition 0).
+    positions: Vec<(u32, i64)>,
+    /// Partitions taken on, each before the message at its position: `(message index,
+    /// partition index, state)`.
+    assigned: Vec<(usize, usize, Part)>,
 }
 
 /// A batch is full at this many messages or at this many bytes.
@@ -31,6 +38,18 @@ impl Batch {
     #[inline]
     pub fn push(&mut self, payload: Option<&[u8]>) {
         self.decoded.push(payload);
+    }
+
+    /// Add a message of partition `part` at `offset`.
+    #[inline]
+    pub fn push_at(&mut self, payload: Option<&[u8]>, part: u32, offset: i64) {
+        self.decoded.push(payload);
+        self.positions.push((part, offset));
+    }
+
+    /// Own partition `index` from the next message on, continuing from `part`.
+    pub fn assign(&mut self, index: usize, part: Part) {
+        self.assigned.push((self.decoded.len(), index, part));
     }
 
     /// Add a message written by `write` (into a reused scratch buffer).
@@ -65,9 +84,9 @@ impl Batch {
         self.decoded.len()
     }
 
-    /// Whether no message is held.
+    /// Whether no message (and no assignment) is held.
     pub fn is_empty(&self) -> bool {
-        self.decoded.is_empty()
+        self.decoded.is_empty() && self.assigned.is_empty()
     }
 
     /// Whether the batch should be sent now.
@@ -80,18 +99,27 @@ impl Batch {
         self.decoded.decode(limits);
     }
 
-    /// Apply the batch's messages in order.
-    pub fn apply(&self, lp: &mut EngineLoop) {
+    /// Apply the batch's assignments and messages in order.
+    pub fn apply(&mut self, lp: &mut EngineLoop) {
+        let mut assigned = std::mem::take(&mut self.assigned).into_iter().peekable();
         for i in 0..self.decoded.len() {
-            match self.decoded.payload(i) {
-                Some(payload) => {
-                    let mut inputs = Inputs::new();
-                    let _ = lp.on_decoded(payload, self.decoded.event(i, &mut inputs));
-                }
-                None => {
-                    let _ = lp.on_message(None);
-                }
+            while let Some((_, index, part)) = assigned.next_if(|a| a.0 <= i) {
+                lp.assign(index, part);
             }
+            let (part, offset) = self
+                .positions
+                .get(i)
+                .map_or((0, -1), |&(p, o)| (p as usize, o));
+            let mut inputs = Inputs::new();
+            let payload = self.decoded.payload(i);
+            let decoded = match payload {
+                Some(_) => self.decoded.event(i, &mut inputs),
+                None => Err(crate::event::RejectReason::Empty),
+            };
+            let _ = lp.on_message_at(part, offset, payload, decoded);
+        }
+        for (_, index, part) in assigned {
+            lp.assign(index, part);
         }
     }
 
@@ -99,5 +127,7 @@ impl Batch {
     pub fn clear(&mut self) {
         self.decoded.clear();
         self.marks.clear();
+        self.positions.clear();
+        self.assigned.clear();
     }
 }

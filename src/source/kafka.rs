@@ -1,5 +1,9 @@
 //! The Kafka source: a consumer-group member on a dedicated thread (`BaseConsumer::poll`, no
-//! async hop per message), storing offsets only after a message has been processed.
+//! async hop per message). Without checkpoints it stores offsets once a message has been
+//! processed; with checkpoints ([`Checkpoints`]) each assigned partition's state is restored
+//! from the state topic and consumption resumes at the offset its checkpoint covers, a revoked
+//! partition's state is checkpointed before it is released, and offsets are stored only up to
+//! durable checkpoints.
 
 use super::batch::Batch;
 use super::Source;
@@ -8,21 +12,208 @@ use crate::daemon::{DeadLetter, EngineLoop, RateLimiter};
 use crate::event::RejectReason;
 use crate::http::Shared;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use crate::checkpoint::partition_key;
+use crate::config::Settings;
+use crate::daemon::Control;
+use crate::metrics::Metrics;
+use crate::partitions::Part;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// Consumer callbacks: readiness (straight into the HTTP state) on assignment, lag from
-/// statistics.
+/// statistics, and with checkpoints the restore and hand-over of partition state.
 pub struct Context {
     shared: Arc<Shared>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
+    checkpoints: Option<Arc<Checkpoints>>,
+}
+
+/// The consumer's side of checkpointing: restores assigned partitions from the state topic,
+/// asks the engine thread to checkpoint revoked ones, and stores the offsets of durable
+/// checkpoints.
+pub struct Checkpoints {
+    settings: Settings,
+    /// `(topic, partition)` by partition index (append-only: an index never changes).
+    table: Mutex<Vec<(String, i32)>>,
+    /// Partitions restored by the last assignment, for the next batch.
+    assigned: Mutex<Vec<(usize, Part)>>,
+    has_assigned: AtomicBool,
+    controls: Mutex<mpsc::Sender<Control>>,
+    /// `(partition index, next offset)` of durable checkpoints, from the engine thread.
+    durable: Arc<Mutex<Vec<(usize, i64)>>>,
+    metrics: Arc<Mutex<Metrics>>,
+    /// Set once the engine thread has ended (its final checkpoints written): the revoke of
+    /// the consumer's close has nothing left to ask.
+    closing: AtomicBool,
+}
+
+/// How long a revoke waits for the engine thread's final checkpoints.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long reading the state topic at assignment may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Checkpoints {
+    /// Checkpointing for the engines of `settings`: revokes go to the engine thread over
+    /// `controls`, which reports durable checkpoints in `durable`.
+    pub fn new(
+        settings: Settings,
+        controls: mpsc::Sender<Control>,
+        durable: Arc<Mutex<Vec<(usize, i64)>>>,
+        metrics: Arc<Mutex<Metrics>>,
+    ) -> Checkpoints {
+        Checkpoints {
+            settings,
+            table: Mutex::new(Vec::new()),
+            assigned: Mutex::new(Vec::new()),
+            has_assigned: AtomicBool::new(false),
+            controls: Mutex::new(controls),
+            durable,
+            metrics,
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The index of `(topic, partition)` (added when new).
+    fn index(&self, topic: &str, partition: i32) -> usize {
+        let Ok(mut t) = self.table.lock() else {
+            return usize::MAX;
+        };
+        match t.iter().position(|(tt, p)| *p == partition && tt == topic) {
+            Some(i) => i,
+            None => {
+                t.push((topic.to_string(), partition));
+                t.len() - 1
+            }
+        }
+    }
+
+    fn count_restore(&self, result: &str) {
+        if let Ok(m) = self.metrics.lock() {
+            m.checkpoint_restores.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// Restore the partitions of `tpl` from the state topic and set each one's start offset:
+    /// the checkpoint's next offset, or the earliest retained offset when there is none or it
+    /// is refused (the state is rebuilt from there).
+    fn restore(&self, tpl: &mut TopicPartitionList) {
+        let wanted: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let keys: Vec<String> = wanted.iter().map(|(t, p)| partition_key(t, *p)).collect();
+        let collected =
+            super::state_topic::read(&self.settings.kafka, Some(keys.clone()), RESTORE_TIMEOUT);
+        if let Err(e) = &collected {
+            tracing::error!(error = %e, "cannot read the state topic: the assigned partitions are rebuilt from their earliest retained offsets");
+        }
+        let mut out = Vec::new();
+        for ((topic, partition), key) in wanted.into_iter().zip(keys) {
+            let index = self.index(&topic, partition);
+            let found = match &collected {
+                Ok(c) => c.checkpoint(&key).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let restored = found.and_then(|cp| match cp {
+                None => Ok(None),
+                Some(cp) => crate::snapshot::read(&self.settings, &cp.snapshot)
+                    .map(|engine| Some((cp, engine)))
+                    .map_err(|e| e.to_string()),
+            });
+            let (part, offset) = match restored {
+                Ok(Some((cp, engine))) => {
+                    self.count_restore("restored");
+                    let part = Part {
+                        key,
+                        engine,
+                        next_offset: cp.next_offset,
+                        generation: cp.generation,
+                        dirty: false,
+                    };
+                    (part, Offset::Offset(cp.next_offset))
+                }
+                Ok(None) => {
+                    self.count_restore("none");
+                    (Part::fresh(key, &self.settings), Offset::Beginning)
+                }
+                Err(e) => {
+                    self.count_restore("refused");
+                    tracing::error!(partition = %key, error = %e, "checkpoint refused: the partition's state is rebuilt from its earliest retained offset");
+                    (Part::fresh(key, &self.settings), Offset::Beginning)
+                }
+            };
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                tracing::warn!(error = %e, "cannot set the start offset");
+            }
+            out.push((index, part));
+        }
+        if let Ok(mut a) = self.assigned.lock() {
+            a.extend(out);
+            self.has_assigned.store(true, Ordering::Release);
+        }
+    }
+
+    /// Have the engine thread checkpoint the partitions of `tpl` and drop them, then store the
+    /// offsets their checkpoints cover (committed with the revoke).
+    fn hand_over(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let parts: Vec<usize> = tpl
+            .elements()
+            .iter()
+            .map(|e| self.index(e.topic(), e.partition()))
+            .collect();
+        let (answer, answered) = mpsc::channel();
+        let sent = self
+            .controls
+            .lock()
+            .map(|c| c.send(Control::Revoke(parts, answer)).is_ok())
+            .unwrap_or(false);
+        if sent && answered.recv_timeout(REVOKE_TIMEOUT).is_err() {
+            tracing::error!("the engine thread did not checkpoint the revoked partitions in time: their next owner resumes from their last checkpoint");
+        }
+        self.store_durable(consumer);
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "offset commit at revoke");
+        }
+    }
+
+    /// Store the offsets of the checkpoints made durable since the last call.
+    fn store_durable(&self, consumer: &BaseConsumer<Context>) {
+        let durable = match self.durable.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => return,
+        };
+        if durable.is_empty() {
+            return;
+        }
+        let Ok(table) = self.table.lock() else {
+            return;
+        };
+        for (i, next) in durable {
+            let Some((topic, p)) = table.get(i) else {
+                continue;
+            };
+            // librdkafka commits the stored offset + 1: the next offset to read
+            if next > 0 {
+                if let Err(e) = consumer.store_offset(topic, *p, next - 1) {
+                    tracing::debug!(error = %e, topic = %topic, partition = p, "offset of a checkpoint not stored (partition no longer assigned)");
+                }
+            }
+        }
+    }
 }
 
 impl ClientContext for Context {
@@ -46,6 +237,53 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// The default rebalance with, when checkpointing, the state restored (and the start
+    /// offsets set) before the partitions are assigned, and checkpointed before they are
+    /// released.
+    fn rebalance(
+        &self,
+        c: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let res = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(cp) = &self.checkpoints {
+                    cp.restore(tpl);
+                }
+                let r = if cooperative {
+                    c.incremental_assign(tpl)
+                } else {
+                    c.assign(tpl)
+                };
+                self.post_rebalance(c, &Rebalance::Assign(tpl));
+                r
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Some(cp) = &self.checkpoints {
+                    cp.hand_over(c, tpl);
+                }
+                let r = if cooperative {
+                    c.incremental_unassign(tpl)
+                } else {
+                    c.unassign()
+                };
+                self.post_rebalance(c, &Rebalance::Revoke(tpl));
+                r
+            }
+            other => {
+                let e = KafkaError::Rebalance(other.into());
+                self.post_rebalance(c, &Rebalance::Error(e));
+                // drop everything (librdkafka's own default): a later assignment restores
+                c.unassign()
+            }
+        };
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "rebalance assignment failed");
+        }
+    }
+
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Assign(tpl) => {
@@ -75,11 +313,13 @@ pub fn client_config(k: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConf
     c
 }
 
-/// Create the consumer (subscribed) for `k`.
+/// Create the consumer (subscribed) for `k`, checkpointing partition state when
+/// `checkpoints` is given.
 pub fn consumer(
     k: &KafkaSettings,
     shared: Arc<Shared>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
+    checkpoints: Option<Arc<Checkpoints>>,
 ) -> Result<BaseConsumer<Context>, KafkaError> {
     let c = client_config(
         k,
@@ -97,7 +337,11 @@ pub fn consumer(
             ("fetch.queue.backoff.ms", "10"),
         ],
     );
-    let consumer: BaseConsumer<Context> = c.create_with_context(Context { shared, lag })?;
+    let consumer: BaseConsumer<Context> = c.create_with_context(Context {
+        shared,
+        lag,
+        checkpoints,
+    })?;
     let topics: Vec<&str> = k.topics.iter().map(|t| t.as_str()).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
@@ -148,17 +392,56 @@ pub struct KafkaSource {
     errors: RateLimiter,
     polled: u64,
     max_messages: Option<u64>,
+    checkpoints: Option<Arc<Checkpoints>>,
+    /// The last message's `(topic, partition)` and partition index (with checkpoints).
+    last_part: Option<(String, i32, u32)>,
 }
 
 impl KafkaSource {
     /// Poll `consumer` (at most `max_messages`, then end).
     pub fn new(consumer: BaseConsumer<Context>, max_messages: Option<u64>) -> KafkaSource {
+        let checkpoints = consumer.context().checkpoints.clone();
         KafkaSource {
             consumer,
             topics: Vec::new(),
             errors: RateLimiter::new(1),
             polled: 0,
             max_messages,
+            checkpoints,
+            last_part: None,
+        }
+    }
+
+    /// Move restored partitions into `batch` (ahead of their first message).
+    fn take_assigned(&self, batch: &mut Batch) {
+        let Some(cp) = &self.checkpoints else {
+            return;
+        };
+        if cp.has_assigned.swap(false, Ordering::Acquire) {
+            if let Ok(mut a) = cp.assigned.lock() {
+                for (index, part) in a.drain(..) {
+                    batch.assign(index, part);
+                }
+            }
+        }
+    }
+
+}
+
+/// The partition index of `(topic, partition)` (`last` caches it for runs of one partition).
+#[inline]
+fn part_index(
+    last: &mut Option<(String, i32, u32)>,
+    cp: &Checkpoints,
+    topic: &str,
+    partition: i32,
+) -> u32 {
+    match last {
+        Some((t, p, i)) if *p == partition && t == topic => *i,
+        _ => {
+            let i = cp.index(topic, partition) as u32;
+            *last = Some((topic.to_string(), partition, i));
+            i
         }
     }
 }
@@ -186,13 +469,24 @@ impl Source for KafkaSource {
             } else {
                 Duration::ZERO
             };
-            match self.consumer.poll(wait) {
+            let polled = self.consumer.poll(wait);
+            // a rebalance ran inside the poll: its partitions go in before any of their messages
+            self.take_assigned(batch);
+            match polled {
                 Some(Ok(msg)) => {
                     self.polled += 1;
-                    batch.push(msg.payload());
                     let (partition, offset) = (msg.partition(), msg.offset());
-                    let stream = stream(&mut self.topics, msg.topic());
-                    batch.mark(stream, partition, offset);
+                    match &self.checkpoints {
+                        Some(cp) => {
+                            let index = part_index(&mut self.last_part, cp, msg.topic(), partition);
+                            batch.push_at(msg.payload(), index, offset);
+                        }
+                        None => {
+                            batch.push(msg.payload());
+                            let stream = stream(&mut self.topics, msg.topic());
+                            batch.mark(stream, partition, offset);
+                        }
+                    }
                     if batch.full() {
                         return Ok(true);
                     }
@@ -210,6 +504,11 @@ impl Source for KafkaSource {
     }
 
     fn done(&mut self, batch: &Batch) {
+        if let Some(cp) = &self.checkpoints {
+            // offsets follow durable checkpoints, not applied batches
+            cp.store_durable(&self.consumer);
+            return;
+        }
         for &(t, p, o) in batch.marks() {
             let Some(topic) = self.topics.get(t) else {
                 continue;
@@ -223,6 +522,10 @@ impl Source for KafkaSource {
     }
 
     fn finish(&mut self) {
+        if let Some(cp) = &self.checkpoints {
+            cp.store_durable(&self.consumer);
+            cp.closing.store(true, Ordering::Release);
+        }
         if let Err(e) = self
             .consumer
             .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)

@@ -11,6 +11,7 @@ pub mod file;
 pub mod kafka;
 mod pipeline;
 pub mod simulated;
+pub mod state_topic;
 
 pub use batch::Batch;
 pub use pipeline::drive;

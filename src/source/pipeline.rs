@@ -23,7 +23,7 @@ pub fn drive<S: Source>(
     stop: &AtomicBool,
     on_publish: impl FnMut(&mut EngineLoop) + Send + 'static,
 ) -> std::io::Result<EngineLoop> {
-    let limits = *lp.engine().decode_limits();
+    let limits = lp.decode_limits();
     let (to_engine, batches) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
     let (to_source, returned) = mpsc::channel::<Batch>();
     // batches sent and not yet taken by the engine thread
@@ -103,12 +103,14 @@ fn apply(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        lp.between_batches();
         if lp.publish_due() {
             on_publish(&mut lp);
             lp.publish();
         }
     }
     drain.log(&lp);
+    lp.checkpoint_all();
     on_publish(&mut lp);
     lp.publish();
     lp.flush_dead_letter();
@@ -244,7 +246,7 @@ mod tests {
         }
         let (tx, _rx) = tokio::sync::mpsc::channel(64);
         let lp = EngineLoop::new(
-            Engine::new(&settings),
+            crate::partitions::Partitions::single(Engine::new(&settings), &settings),
             Arc::new(Mutex::new(Metrics::new(100))),
             Arc::new(crate::http::Shared::default()),
             tx,
@@ -265,7 +267,7 @@ mod tests {
             r["memory"] = serde_json::Value::Null;
             r
         };
-        assert_eq!(strip(lp.engine()), strip(&direct));
+        assert_eq!(strip(&lp.engine()), strip(&direct));
         assert_eq!(lp.engine().seen(), 2_000);
         // a batch acknowledges the last offset of its partition: increasing, up to the last
         let acked = acked.lock().unwrap();

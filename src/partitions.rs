@@ -1,0 +1,215 @@
+//! The engines of the input partitions a daemon owns: one [`Engine`] per Kafka partition (the
+//! way Kafka Streams keeps state), so that a partition's state can be checkpointed, handed to
+//! another replica on a rebalance and restored there without touching the others'. Sans-IO:
+//! the consumer says which partitions it owns and from which checkpoint; this dispatches each
+//! message to its partition's engine and serves the merged view.
+//!
+//! Each engine knows the next offset it has not applied: a message below it is already in the
+//! state (a checkpoint covered it, or it was fetched twice around a rebalance) and is skipped,
+//! so a partition's events are applied exactly once however often it moves.
+//! Sources without partitions (files, the simulator) use one engine at index 0.
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use std::borrow::Cow;
+
+/// One owned input partition.
+pub struct Part {
+    /// Its checkpoint key ([`crate::checkpoint::partition_key`]).
+    pub key: String,
+    /// Its state.
+    pub engine: Engine,
+    /// The first offset not applied (`-1`: none seen, take any).
+    pub next_offset: i64,
+    /// The generation of its last checkpoint (0: none written).
+    pub generation: u64,
+    /// Messages applied since its last checkpoint.
+    pub dirty: bool,
+}
+
+impl Part {
+    /// A partition starting from fresh state (no checkpoint).
+    pub fn fresh(key: String, settings: &Settings) -> Part {
+        Part {
+            key,
+            engine: Engine::new(settings),
+            next_offset: -1,
+            generation: 0,
+            dirty: false,
+        }
+    }
+}
+
+/// What became of a message handed to [`Partitions::engine_for`].
+pub enum Route<'a> {
+    /// Apply it to this engine.
+    Apply(&'a mut Engine),
+    /// Its partition is not owned (revoked while it was on its way): dropped, its next owner
+    /// reads it.
+    Unowned,
+    /// Below the partition's next offset: already in the state.
+    Duplicate,
+}
+
+/// The owned partitions, by the source's partition index.
+pub struct Partitions {
+    parts: Vec<Option<Part>>,
+    settings: Settings,
+}
+
+impl Partitions {
+    /// One engine for a source without partitions.
+    pub fn single(engine: Engine, settings: &Settings) -> Partitions {
+        Partitions {
+            parts: vec![Some(Part {
+                key: String::new(),
+                engine,
+                next_offset: -1,
+                generation: 0,
+                dirty: false,
+            })],
+            settings: settings.clone(),
+        }
+    }
+
+    /// None yet: the consumer assigns them.
+    pub fn none(settings: &Settings) -> Partitions {
+        Partitions {
+            parts: Vec::new(),
+            settings: settings.clone(),
+        }
+    }
+
+    /// The settings new engines get.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The decoder's limits (every engine's).
+    pub fn decode_limits(&self) -> crate::event::Limits {
+        crate::event::Limits {
+            max_message_bytes: self.settings.limits.max_message_bytes,
+            max_inputs_per_event: self.settings.limits.max_inputs_per_event,
+        }
+    }
+
+    /// Own partition `index` from now on (replacing whatever was there).
+    pub fn assign(&mut self, index: usize, part: Part) {
+        if self.parts.len() <= index {
+            self.parts.resize_with(index + 1, || None);
+        }
+        self.parts[index] = Some(part);
+    }
+
+    /// Stop owning partition `index`; its state is returned (for a final checkpoint).
+    pub fn revoke(&mut self, index: usize) -> Option<Part> {
+        self.parts.get_mut(index).and_then(Option::take)
+    }
+
+    /// Where the message at `offset` of partition `index` goes (its offset then counts as
+    /// applied); `offset < 0` for a source without offsets.
+    #[inline]
+    pub fn engine_for(&mut self, index: usize, offset: i64) -> Route<'_> {
+        match self.parts.get_mut(index) {
+            Some(Some(p)) => {
+                if offset >= 0 {
+                    if offset < p.next_offset {
+                        return Route::Duplicate;
+                    }
+                    p.next_offset = offset + 1;
+                }
+                p.dirty = true;
+                Route::Apply(&mut p.engine)
+            }
+            _ => Route::Unowned,
+        }
+    }
+
+    /// The owned partitions (with their index).
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Part)> {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+    }
+
+    /// The owned partitions, mutably (with their index).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Part)> {
+        self.parts
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_mut().map(|p| (i, p)))
+    }
+
+    /// Partitions owned.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether none is owned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every engine continues under `settings` (a reload).
+    pub fn reconfigure(&mut self, settings: &Settings) {
+        for (_, p) in self.iter_mut() {
+            let old = std::mem::replace(&mut p.engine, Engine::new(settings));
+            p.engine = old.reconfigured(settings);
+        }
+        self.settings = settings.clone();
+    }
+
+    /// The merged view of every owned partition ([`Engine::merge`]): borrowed when there is
+    /// one, an empty engine when there is none.
+    pub fn view(&self) -> Cow<'_, Engine> {
+        let mut parts = self.iter().map(|(_, p)| &p.engine);
+        match (parts.next(), parts.next()) {
+            (None, _) => Cow::Owned(Engine::new(&self.settings)),
+            (Some(only), None) => Cow::Borrowed(only),
+            (Some(a), Some(b)) => {
+                let mut merged = a.clone();
+                merged.merge(b);
+                for e in parts {
+                    merged.merge(e);
+                }
+                Cow::Owned(merged)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offsets below a partition's next offset are skipped, unowned partitions dropped, and the
+    /// view merges what the partitions applied.
+    #[test]
+    fn dispatch_by_partition_and_offset() {
+        let settings = Settings::from_toml("").unwrap();
+        let mut parts = Partitions::none(&settings);
+        assert_eq!(parts.view().seen(), 0);
+        parts.assign(2, Part::fresh("t/2".into(), &settings));
+        let mut restored = Part::fresh("t/0".into(), &settings);
+        restored.next_offset = 10;
+        parts.assign(0, restored);
+        let mut sim = crate::sim::Simulator::single(1, crate::sim::Faults::default());
+        let mut applied = 0;
+        for (index, offset) in [(0, 3), (0, 10), (0, 10), (0, 11), (2, 0), (1, 0), (2, 1)] {
+            let mut b = Vec::new();
+            sim.next_event(&mut b);
+            if let Route::Apply(e) = parts.engine_for(index, offset) {
+                e.process(&b).unwrap();
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, 4);
+        assert_eq!(parts.view().seen(), 4);
+        let p0 = parts.revoke(0).unwrap();
+        assert_eq!((p0.next_offset, p0.dirty), (12, true));
+        assert!(matches!(parts.engine_for(0, 12), Route::Unowned));
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts.view().seen(), 2);
+    }
+}

@@ -135,3 +135,101 @@ pub fn armwatch(args: &[&str], log: &std::path::Path) -> Proc {
             .expect("armwatch starts"),
     )
 }
+
+/// Create `topics` (name, partitions) on `brokers`.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let res = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+/// Produce `messages` (key, payload) to `topic` in order, at most `per_second` (0: as fast as
+/// the broker takes them), and wait until every one is delivered.
+pub fn produce(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], per_second: u64) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()
+        .expect("producer");
+    let start = Instant::now();
+    for (i, (k, v)) in messages.iter().enumerate() {
+        if per_second > 0 && i % 1_000 == 0 {
+            let due = Duration::from_secs_f64(i as f64 / per_second as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let mut rec = BaseRecord::to(topic).key(&k[..]).payload(&v[..]);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(5));
+                    rec = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+}
+
+/// Send `signal` (e.g. `-KILL`, `-TERM`, `-STOP`, `-CONT`) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// Every message of `topic` from the start, until `quiet` passes without a new one.
+pub fn read_all(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("read-all-{topic}-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "10000")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    // the group join takes a few seconds before the first message
+    let mut first = true;
+    while last.elapsed() < if first { Duration::from_secs(30) } else { quiet } {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+            last = Instant::now();
+            first = false;
+        }
+    }
+    out
+}

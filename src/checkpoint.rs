@@ -3,17 +3,22 @@
 //! read back. Sans-IO: the Kafka shell (`source::kafka::state`) moves the records.
 //!
 //! A snapshot can be far larger than a Kafka message (1 MB by default), so it is cut into
-//! chunks. A compacted topic keeps only the latest record per key, so a checkpoint must never
-//! overwrite the chunks of the checkpoint it replaces before it is complete: chunks go to one
-//! of two slots (the generation's parity, double buffering), and a commit record, written last
-//! under the partition's own key, names the generation, the slot, the chunk count and the next
-//! offset. A crash in the middle of a checkpoint leaves the previous commit pointing at a slot
-//! that nothing touched. The layout, all integers little endian:
+//! chunks, and a commit record, written last under the partition's own key, names the writer,
+//! the generation, the chunk count and the next offset. A compacted topic keeps only the
+//! latest record per key, so no checkpoint may overwrite another's chunks: each chunk's key
+//! names its writer (a random id per process) and its generation, and the chunks of a
+//! checkpoint are deleted (tombstones) only once a newer commit is durable. A crash in the
+//! middle of a checkpoint leaves the previous commit and its chunks untouched; a writer that
+//! died with records still in flight (a zombie whose late records land after its successor
+//! restored) can only add chunks under its own keys, and its late commit is a complete,
+//! consistent checkpoint too (its state with its offset). The reader keeps the last few commits
+//! of each partition and restores the newest whose chunks are all there. All integers little
+//! endian:
 //!
-//! - commit, key `{topic}/{partition}`: `ARMK`, version u32, generation u64, chunks u32,
-//!   next offset i64, snapshot length u64;
-//! - chunk, key `{topic}/{partition}#{slot}.{index}`: `ARMC`, version u32, generation u64,
-//!   index u32, then the bytes.
+//! - commit, key `{topic}/{partition}`: `ARMK`, version u32, writer u64, generation u64,
+//!   chunks u32, next offset i64, snapshot length u64;
+//! - chunk, key `{topic}/{partition}#{writer:016x}.{generation}.{index}`: `ARMC`, version u32,
+//!   generation u64, index u32, then the bytes.
 //!
 //! The snapshot itself carries its own version and checksum: a torn or altered checkpoint is
 //! refused at restore, never half-applied.
@@ -30,7 +35,9 @@ pub const VERSION: u32 = 1;
 /// the headers).
 pub const CHUNK_BYTES: usize = 900 * 1024;
 
-const COMMIT_LEN: usize = 4 + 4 + 8 + 4 + 8 + 8;
+const COMMIT_LEN: usize = 4 + 4 + 8 + 8 + 4 + 8 + 8;
+/// Commits kept per partition while reading (the newest complete one is restored).
+const COMMITS_KEPT: usize = 4;
 const CHUNK_HEADER: usize = 4 + 4 + 8 + 4;
 
 /// The key of partition `partition` of `topic` (its commit record's key).
@@ -47,6 +54,14 @@ pub struct Checkpoint {
     pub next_offset: i64,
     /// [`crate::snapshot`] bytes.
     pub snapshot: Vec<u8>,
+    /// Every chunk key of the partition in the topic (this checkpoint's and any left by
+    /// crashed writers): the next checkpoint deletes them.
+    pub superseded: Vec<String>,
+}
+
+/// The chunk key of chunk `index` of `writer`'s checkpoint `generation` of partition `key`.
+fn chunk_key(key: &str, writer: u64, generation: u64, index: u32) -> String {
+    format!("{key}#{writer:016x}.{generation}.{index}")
 }
 
 /// Why a checkpoint was refused.
@@ -83,16 +98,17 @@ pub enum CheckpointError {
     },
 }
 
-/// The records of one checkpoint, in the order to write them (the chunks, then the commit):
-/// `(key, value)`.
+/// The records of one checkpoint by `writer`, in the order to write them: its chunks, its
+/// commit, then tombstones (`None`) for the `superseded` chunk keys of older checkpoints.
 pub fn records(
     key: &str,
+    writer: u64,
     generation: u64,
     next_offset: i64,
     snapshot: &[u8],
-) -> Vec<(String, Vec<u8>)> {
-    let slot = generation % 2;
-    let mut out: Vec<(String, Vec<u8>)> = snapshot
+    superseded: &[String],
+) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out: Vec<(String, Option<Vec<u8>>)> = snapshot
         .chunks(CHUNK_BYTES)
         .enumerate()
         .map(|(i, bytes)| {
@@ -102,18 +118,27 @@ pub fn records(
             v.extend_from_slice(&generation.to_le_bytes());
             v.extend_from_slice(&(i as u32).to_le_bytes());
             v.extend_from_slice(bytes);
-            (format!("{key}#{slot}.{i}"), v)
+            (chunk_key(key, writer, generation, i as u32), Some(v))
         })
         .collect();
     let mut c = Vec::with_capacity(COMMIT_LEN);
     c.extend_from_slice(COMMIT);
     c.extend_from_slice(&VERSION.to_le_bytes());
+    c.extend_from_slice(&writer.to_le_bytes());
     c.extend_from_slice(&generation.to_le_bytes());
     c.extend_from_slice(&(out.len() as u32).to_le_bytes());
     c.extend_from_slice(&next_offset.to_le_bytes());
     c.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
-    out.push((key.to_string(), c));
+    out.push((key.to_string(), Some(c)));
+    out.extend(superseded.iter().map(|k| (k.clone(), None)));
     out
+}
+
+/// The chunk keys [`records`] writes (what the checkpoint after it supersedes).
+pub fn chunk_keys(key: &str, writer: u64, generation: u64, snapshot_len: usize) -> Vec<String> {
+    (0..snapshot_len.div_ceil(CHUNK_BYTES))
+        .map(|i| chunk_key(key, writer, generation, i as u32))
+        .collect()
 }
 
 /// Reads `N` little-endian bytes at `at`.
@@ -123,6 +148,7 @@ fn le<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
 
 /// A commit record's fields.
 struct Commit {
+    writer: u64,
     generation: u64,
     chunks: u32,
     next_offset: i64,
@@ -142,20 +168,25 @@ fn parse_commit(v: &[u8]) -> Result<Commit, CheckpointError> {
     }
     let field = |at| le::<8>(v, at).ok_or(CheckpointError::Commit);
     Ok(Commit {
-        generation: u64::from_le_bytes(field(8)?),
-        chunks: u32::from_le_bytes(le(v, 16).ok_or(CheckpointError::Commit)?),
-        next_offset: i64::from_le_bytes(field(20)?),
-        len: u64::from_le_bytes(field(28)?),
+        writer: u64::from_le_bytes(field(8)?),
+        generation: u64::from_le_bytes(field(16)?),
+        chunks: u32::from_le_bytes(le(v, 24).ok_or(CheckpointError::Commit)?),
+        next_offset: i64::from_le_bytes(field(28)?),
+        len: u64::from_le_bytes(field(36)?),
     })
 }
 
-/// The latest record of each key of a state topic read from its start, kept only for the
-/// partitions asked for (the topic holds every partition's checkpoints).
+/// The latest record of each key of a state topic read from its start (and the last few
+/// commits of each partition), kept only for the partitions asked for (the topic holds every
+/// partition's checkpoints).
 #[derive(Default)]
 pub struct Collector {
     /// Partition keys to keep (`None`: all).
     wanted: Option<Vec<String>>,
-    latest: HashMap<String, Vec<u8>>,
+    /// Chunks by key.
+    chunks: HashMap<String, Vec<u8>>,
+    /// The last [`COMMITS_KEPT`] commits of each partition, oldest first.
+    commits: HashMap<String, Vec<Vec<u8>>>,
 }
 
 impl Collector {
@@ -163,13 +194,8 @@ impl Collector {
     pub fn new(wanted: Option<Vec<String>>) -> Collector {
         Collector {
             wanted,
-            latest: HashMap::new(),
+            ..Collector::default()
         }
-    }
-
-    /// The partition key of a record key (a chunk's key less its `#slot.index`).
-    fn partition_of(key: &str) -> &str {
-        key.split_once('#').map_or(key, |(p, _)| p)
     }
 
     /// Add a record in log order (`None`: a tombstone, which removes the key).
@@ -177,59 +203,79 @@ impl Collector {
         let Ok(key) = std::str::from_utf8(key) else {
             return; // not ours
         };
+        let (partition, chunk) = match key.split_once('#') {
+            Some((p, _)) => (p, true),
+            None => (key, false),
+        };
         if let Some(w) = &self.wanted {
-            let p = Self::partition_of(key);
-            if !w.iter().any(|k| k == p) {
+            if !w.iter().any(|k| k == partition) {
                 return;
             }
         }
-        match value {
-            Some(v) => {
-                self.latest.insert(key.to_string(), v.to_vec());
+        match (chunk, value) {
+            (true, Some(v)) => {
+                self.chunks.insert(key.to_string(), v.to_vec());
             }
-            None => {
-                self.latest.remove(key);
+            (true, None) => {
+                self.chunks.remove(key);
+            }
+            (false, Some(v)) => {
+                let c = self.commits.entry(key.to_string()).or_default();
+                if c.len() == COMMITS_KEPT {
+                    c.remove(0);
+                }
+                c.push(v.to_vec());
+            }
+            (false, None) => {
+                self.commits.remove(key);
             }
         }
     }
 
     /// Every partition key with a commit record.
     pub fn partitions(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .latest
-            .keys()
-            .filter(|k| !k.contains('#'))
-            .cloned()
-            .collect();
+        let mut out: Vec<String> = self.commits.keys().cloned().collect();
         out.sort();
         out
     }
 
-    /// The checkpoint of partition `key`: `Ok(None)` when it has none.
+    /// The checkpoint of partition `key`: the newest commit whose chunks are all there
+    /// (`Ok(None)` when it has none; the newest commit's error when none is complete).
     pub fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, CheckpointError> {
-        let Some(commit) = self.latest.get(key) else {
+        let Some(commits) = self.commits.get(key) else {
             return Ok(None);
         };
+        let mut first_error = None;
+        for commit in commits.iter().rev() {
+            match self.assemble(key, commit) {
+                Ok(cp) => return Ok(Some(cp)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(None), Err)
+    }
+
+    fn assemble(&self, key: &str, commit: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let c = parse_commit(commit)?;
-        let slot = c.generation % 2;
         let mut snapshot = Vec::with_capacity(usize::try_from(c.len).unwrap_or(0).min(1 << 30));
         for i in 0..c.chunks {
-            let bad = CheckpointError::Chunk {
+            let bad = || CheckpointError::Chunk {
                 generation: c.generation,
                 index: i,
                 chunks: c.chunks,
             };
-            let v = self.latest.get(&format!("{key}#{slot}.{i}")).ok_or(bad)?;
+            let v = self
+                .chunks
+                .get(&chunk_key(key, c.writer, c.generation, i))
+                .ok_or_else(bad)?;
             let ok = v.get(..4) == Some(CHUNK)
                 && le::<4>(v, 4).map(u32::from_le_bytes) == Some(VERSION)
                 && le::<8>(v, 8).map(u64::from_le_bytes) == Some(c.generation)
                 && le::<4>(v, 16).map(u32::from_le_bytes) == Some(i);
             if !ok {
-                return Err(CheckpointError::Chunk {
-                    generation: c.generation,
-                    index: i,
-                    chunks: c.chunks,
-                });
+                return Err(bad());
             }
             snapshot.extend_from_slice(&v[CHUNK_HEADER..]);
         }
@@ -240,11 +286,20 @@ impl Collector {
                 want: c.len,
             });
         }
-        Ok(Some(Checkpoint {
+        let prefix = format!("{key}#");
+        let mut superseded: Vec<String> = self
+            .chunks
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        superseded.sort();
+        Ok(Checkpoint {
             generation: c.generation,
             next_offset: c.next_offset,
             snapshot,
-        }))
+            superseded,
+        })
     }
 }
 
@@ -256,50 +311,67 @@ mod tests {
         (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
     }
 
-    fn collect(c: &mut Collector, recs: &[(String, Vec<u8>)]) {
+    fn collect(c: &mut Collector, recs: &[(String, Option<Vec<u8>>)]) {
         for (k, v) in recs {
-            c.add(k.as_bytes(), Some(v));
+            c.add(k.as_bytes(), v.as_deref());
         }
     }
 
     /// A snapshot of several chunks comes back byte for byte with its offset; the latest
-    /// complete checkpoint wins; other partitions' records are not kept.
+    /// complete checkpoint wins and deletes the chunks it supersedes; other partitions' records
+    /// are not kept.
     #[test]
     fn round_trip_latest_wins() {
         let key = partition_key("llm.events", 3);
         let mut c = Collector::new(Some(vec![key.clone()]));
         let a = bytes(2 * CHUNK_BYTES + 17, 1);
         let b = bytes(CHUNK_BYTES / 2, 2);
-        collect(&mut c, &records(&key, 7, 1_000, &a));
-        collect(&mut c, &records("llm.events/4", 1, 5, &a));
+        collect(&mut c, &records(&key, 1, 7, 1_000, &a, &[]));
+        collect(&mut c, &records("llm.events/4", 1, 1, 5, &a, &[]));
         assert_eq!(c.partitions(), vec![key.clone()]);
         let got = c.checkpoint(&key).unwrap().unwrap();
         assert_eq!((got.generation, got.next_offset), (7, 1_000));
         assert_eq!(got.snapshot, a);
-        collect(&mut c, &records(&key, 8, 2_000, &b));
+        assert_eq!(got.superseded, chunk_keys(&key, 1, 7, a.len()));
+        collect(&mut c, &records(&key, 2, 8, 2_000, &b, &got.superseded));
         let got = c.checkpoint(&key).unwrap().unwrap();
-        assert_eq!((got.generation, got.next_offset, got.snapshot), (8, 2_000, b));
+        assert_eq!((got.generation, got.next_offset, &got.snapshot), (8, 2_000, &b));
+        assert_eq!(got.superseded, chunk_keys(&key, 2, 8, b.len()));
         assert_eq!(c.checkpoint("llm.events/9"), Ok(None));
     }
 
-    /// A checkpoint cut off before its commit leaves the previous one readable (the chunks went
-    /// to the other slot); one whose commit landed without a chunk is refused, not read short.
+    /// A checkpoint cut off before its commit leaves the previous one readable; a writer's late
+    /// records (a zombie's, of the same generation as its successor's) never corrupt another
+    /// checkpoint; a commit whose chunks are gone falls back to an older complete one.
     #[test]
-    fn torn_checkpoints() {
+    fn torn_and_late_checkpoints() {
         let key = partition_key("t", 0);
         let mut c = Collector::new(None);
         let a = bytes(3 * CHUNK_BYTES, 3);
-        collect(&mut c, &records(&key, 4, 40, &a));
-        let next = records(&key, 5, 50, &bytes(3 * CHUNK_BYTES, 4));
-        collect(&mut c, &next[..2]); // killed before the commit
-        assert_eq!(c.checkpoint(&key).unwrap().unwrap().snapshot, a);
-        // the commit of generation 5 without its last chunk
-        c.add(next[3].0.as_bytes(), Some(&next[3].1));
+        collect(&mut c, &records(&key, 1, 4, 40, &a, &[]));
+        // writer 1 dies while writing generation 5: its chunks land, its commit does not
+        let late = records(&key, 1, 5, 50, &bytes(3 * CHUNK_BYTES, 4), &[]);
+        collect(&mut c, &late[..2]);
+        let restored = c.checkpoint(&key).unwrap().unwrap();
+        assert_eq!((restored.generation, &restored.snapshot), (4, &a));
+        // writer 2 restores generation 4 and writes its generation 5
+        let b = bytes(CHUNK_BYTES + 5, 5);
+        collect(&mut c, &records(&key, 2, 5, 60, &b, &restored.superseded));
+        // writer 1's last chunk and its commit land late
+        collect(&mut c, &late[2..]);
+        // writer 1's commit is the newest but lost its first chunks to writer 2's tombstones:
+        // writer 2's complete checkpoint is restored
+        let got = c.checkpoint(&key).unwrap().unwrap();
+        assert_eq!((got.next_offset, &got.snapshot), (60, &b));
+        // a commit whose chunk is missing and nothing older: refused, not read short
+        let mut d = Collector::new(None);
+        let recs = records(&key, 3, 1, 10, &a, &[]);
+        collect(&mut d, &recs[1..]);
         assert_eq!(
-            c.checkpoint(&key),
+            d.checkpoint(&key),
             Err(CheckpointError::Chunk {
-                generation: 5,
-                index: 2,
+                generation: 1,
+                index: 0,
                 chunks: 3
             })
         );
@@ -309,22 +381,26 @@ mod tests {
     #[test]
     fn refused_records() {
         let key = partition_key("t", 1);
-        let mut recs = records(&key, 1, 9, b"abc");
+        let mut recs = records(&key, 1, 1, 9, b"abc", &[]);
         let mut c = Collector::new(None);
-        recs[1].1[4] = 9; // the commit's version
+        if let Some(v) = recs[1].1.as_mut() {
+            v[4] = 9; // the commit's version
+        }
         collect(&mut c, &recs);
         assert_eq!(
             c.checkpoint(&key),
             Err(CheckpointError::Version { found: 9 })
         );
+        c.add(key.as_bytes(), None);
         c.add(key.as_bytes(), Some(b"ARMK"));
         assert!(c.checkpoint(&key).is_err());
+        c.add(key.as_bytes(), None);
         c.add(key.as_bytes(), Some(b"junk"));
         assert_eq!(c.checkpoint(&key), Err(CheckpointError::Commit));
         c.add(key.as_bytes(), None);
         assert_eq!(c.checkpoint(&key), Ok(None));
         // an empty snapshot is one commit and no chunk
-        let e = records(&key, 2, 0, b"");
+        let e = records(&key, 1, 2, 0, b"", &[]);
         assert_eq!(e.len(), 1);
         collect(&mut c, &e);
         assert_eq!(c.checkpoint(&key).unwrap().unwrap().snapshot, b"");

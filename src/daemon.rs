@@ -74,9 +74,9 @@ pub trait DeadLetter {
 
 /// Where checkpoints go (the Kafka state topic).
 pub trait CheckpointStore {
-    /// Write the records of checkpoints ([`crate::checkpoint::records`]) in order and return
-    /// once they are durable (or failed).
-    fn write(&mut self, records: &[(String, Vec<u8>)]) -> Result<(), String>;
+    /// Write the records of checkpoints ([`crate::checkpoint::records`]; `None`: a
+    /// tombstone) in order and return once they are durable (or failed).
+    fn write(&mut self, records: &[(String, Option<Vec<u8>>)]) -> Result<(), String>;
 }
 
 /// A request from the consumer's thread, which must wait for the answer.
@@ -89,6 +89,8 @@ pub enum Control {
 /// state that fired them is durable (so that a restart does not fire them again).
 struct Checkpointing {
     store: Box<dyn CheckpointStore + Send>,
+    /// This process's writer id (random): its chunks never share a key with another's.
+    writer: u64,
     every: Duration,
     last: Instant,
     /// `(partition index, next offset)` of checkpoints now durable: the consumer commits them
@@ -157,8 +159,10 @@ impl EngineLoop {
         durable: Arc<Mutex<Vec<(usize, i64)>>>,
         controls: std::sync::mpsc::Receiver<Control>,
     ) -> EngineLoop {
+        let seed = format!("{} {:?}", std::process::id(), std::time::SystemTime::now());
         self.checkpointing = Some(Checkpointing {
             store,
+            writer: twox_hash::XxHash3_64::oneshot(seed.as_bytes()),
             every,
             last: Instant::now(),
             durable,
@@ -269,6 +273,9 @@ impl EngineLoop {
     pub fn checkpoint_all(&mut self) {
         if self.checkpointing.is_some() {
             self.checkpoint(|_, _| true);
+            for (_, p) in self.parts.iter() {
+                tracing::info!(partition = %p.key, next_offset = p.next_offset, generation = p.generation, dirty = p.dirty, "final checkpoint");
+            }
         }
     }
 
@@ -285,18 +292,23 @@ impl EngineLoop {
             }
             let t = Instant::now();
             let snapshot = crate::snapshot::write(&p.engine);
+            let generation = p.generation + 1;
             let records = crate::checkpoint::records(
                 &p.key,
-                p.generation + 1,
+                c.writer,
+                generation,
                 p.next_offset,
                 &snapshot,
+                &p.superseded,
             );
             let res = c.store.write(&records);
             let m = self.metrics.lock();
             match res {
                 Ok(()) => {
-                    p.generation += 1;
+                    p.generation = generation;
                     p.dirty = false;
+                    p.superseded =
+                        crate::checkpoint::chunk_keys(&p.key, c.writer, generation, snapshot.len());
                     if let Ok(mut d) = c.durable.lock() {
                         d.push((i, p.next_offset));
                     }

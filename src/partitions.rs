@@ -25,6 +25,8 @@ pub struct Part {
     pub generation: u64,
     /// Messages applied since its last checkpoint.
     pub dirty: bool,
+    /// Chunk keys in the state topic that the next checkpoint deletes.
+    pub superseded: Vec<String>,
 }
 
 impl Part {
@@ -36,6 +38,7 @@ impl Part {
             next_offset: -1,
             generation: 0,
             dirty: false,
+            superseded: Vec::new(),
         }
     }
 }
@@ -67,6 +70,7 @@ impl Partitions {
                 next_offset: -1,
                 generation: 0,
                 dirty: false,
+                superseded: Vec::new(),
             })],
             settings: settings.clone(),
         }

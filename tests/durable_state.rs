@@ -148,73 +148,172 @@ fn logs(dir: &Path) -> String {
     out
 }
 
+/// The `next_offset` of each `message` line of a log, in order.
+fn offsets_logged(log: &str, message: &str) -> Vec<i64> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            let rest = l.split("next_offset=").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit() && c != '-')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Stream `n` events live (at `rate`/s) into a fresh broker while the daemon is stopped by
+/// `sig` each time its state passes one of `points`, then restarted; returns the final
+/// report, the reference report, the alerts delivered and the logs.
+async fn restarted_stream(
+    name: &str,
+    n: usize,
+    rate: u64,
+    points: &[u64],
+    sig: &str,
+) -> (serde_json::Value, serde_json::Value, BTreeMap<String, u32>, String) {
+    let broker = Broker::start();
+    let topic = format!("{name}.events");
+    let alerts_topic = format!("{topic}.alerts");
+    create_topics(&broker.addr, &[(&topic, 1), (&alerts_topic, 1)]).await;
+    let all = events(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let text = config(&broker.addr, name, &topic, &http);
+    let cfg = dir.path().join("armwatch.toml");
+    std::fs::write(&cfg, &text).expect("config written");
+    let want = reference(&text, &all);
+
+    let brokers = broker.addr.clone();
+    let t = topic.clone();
+    let producing = std::thread::spawn(move || produce(&brokers, &t, &all, rate));
+    for (run, &point) in points.iter().enumerate() {
+        let mut daemon = start(dir.path(), &cfg, run as u32);
+        wait_for(
+            Duration::from_secs(90),
+            || counted(&http).is_some_and(|c| c >= point),
+            &format!("the state to pass {point} messages (run {run})\n{}", logs(dir.path())),
+        );
+        signal(daemon.0.id(), sig);
+        let status = daemon.0.wait().expect("daemon exits");
+        if sig == "-TERM" {
+            assert!(status.success(), "clean exit on SIGTERM: {status}");
+        }
+    }
+    producing.join().expect("producer");
+    let _daemon = start(dir.path(), &cfg, points.len() as u32);
+    wait_for(
+        Duration::from_secs(120),
+        || counted(&http) == Some(n as u64),
+        &format!("all {n} messages counted once\n{}", logs(dir.path())),
+    );
+    let got = report(&http);
+    let alerts = delivered_alerts(&broker.addr, &alerts_topic);
+    // the state topic's records, for a failure's message: key and size (0: a tombstone),
+    // commits with their generation
+    let mut log = logs(dir.path());
+    for (k, v) in read_all(&broker.addr, &format!("{name}.armwatch-state"), Duration::from_secs(2)) {
+        let k = String::from_utf8_lossy(&k).to_string();
+        let generation = (!k.contains('#') && v.len() >= 24)
+            .then(|| u64::from_le_bytes(v[16..24].try_into().unwrap_or_default()));
+        log.push_str(&format!("state record {k} {} bytes generation {generation:?}\n", v.len()));
+    }
+    (got, want, alerts, log)
+}
+
+/// Asserts the restarted stream's report equals the reference and each alert was delivered
+/// once.
+fn assert_same(
+    got: &serde_json::Value,
+    want: &serde_json::Value,
+    alerts: &BTreeMap<String, u32>,
+    log: &str,
+) {
+    assert!(!log.contains("checkpoint refused"), "{log}");
+    assert_eq!(got["events"], want["events"], "counts");
+    assert_eq!(got, want, "the report after restarts equals one uninterrupted pass");
+    // the sink logs each alert it delivers: which runs delivered what, when this fails
+    let fired: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.starts_with("--- run")
+                || l.contains("armwatch::alert")
+                || l.contains("taken on")
+                || l.contains("checkpoint")
+                || l.starts_with("state record")
+        })
+        .collect();
+    assert!(alerts.len() >= 3, "{alerts:?}");
+    assert_eq!(
+        *alerts,
+        report_alerts(want),
+        "each alert delivered once; delivered by run:\n{}",
+        fired.join("\n")
+    );
+}
+
 /// kill -9 at five points of a live 1M-event stream, restarting each time: the final report
 /// equals one uninterrupted pass over the same events (every count and e-value: one partition,
 /// so even the order-dependent e-processes see the same order), and every alert reached the
 /// alert topic exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_restarts_equal_one_pass() {
-    const N: usize = 1_000_000;
-    let broker = Broker::start();
-    let topic = "durable.events";
-    create_topics(
-        &broker.addr,
-        &[(topic, 1), ("durable.events.alerts", 1)],
-    )
-    .await;
-    let all = events(N);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let http = format!("127.0.0.1:{}", free_port());
-    let text = config(&broker.addr, "durable", topic, &http);
-    let cfg = dir.path().join("armwatch.toml");
-    std::fs::write(&cfg, &text).expect("config written");
-    let want = reference(&text, &all);
-
-    // a live stream: produced over ~20 s while the daemon is killed and restarted
-    let brokers = broker.addr.clone();
-    let producing = std::thread::spawn(move || produce(&brokers, topic, &all, 50_000));
-    // kill points (messages counted by the state when the kill lands), spread over the stream
     let points = [110_000u64, 290_000, 420_000, 640_000, 830_000];
-    let mut killed_at = Vec::new();
-    for (n, &point) in points.iter().enumerate() {
-        let mut daemon = start(dir.path(), &cfg, n as u32);
-        wait_for(
-            Duration::from_secs(90),
-            || counted(&http).is_some_and(|c| c >= point),
-            &format!("the state to pass {point} messages (run {n})\n{}", logs(dir.path())),
-        );
-        signal(daemon.0.id(), "-KILL");
-        let _ = daemon.0.wait();
-        killed_at.push(point);
-    }
-    producing.join().expect("producer");
-    let _daemon = start(dir.path(), &cfg, points.len() as u32);
-    wait_for(
-        Duration::from_secs(120),
-        || counted(&http) == Some(N as u64),
-        &format!("all {N} messages counted once\n{}", logs(dir.path())),
-    );
-    let got = report(&http);
-    let log = logs(dir.path());
+    let (got, want, alerts, log) =
+        restarted_stream("killed", 1_000_000, 50_000, &points, "-KILL").await;
     assert!(
         log.matches("partition state taken on").count() > points.len(),
         "every restart restores: {log}"
     );
-    assert!(log.contains("checkpoint") && !log.contains("checkpoint refused"));
-    assert_eq!(got["events"], want["events"], "counts");
-    assert_eq!(got, want, "the report after 5 kills equals one uninterrupted pass");
-    let alerts = delivered_alerts(&broker.addr, "durable.events.alerts");
-    assert!(alerts.len() >= 3, "{alerts:?}");
-    // the sink logs each alert it delivers: which runs delivered what, when this fails
-    let fired: Vec<&str> = log
-        .lines()
-        .filter(|l| l.starts_with("--- run") || l.contains("armwatch::alert"))
-        .collect();
-    assert_eq!(
-        alerts,
-        report_alerts(&want),
-        "each alert delivered once; delivered by run:\n{}",
-        fired.join("\n")
-    );
-    println!("killed at {killed_at:?}; {} alerts each delivered once", alerts.len());
+    assert_same(&got, &want, &alerts, &log);
+    println!("killed at {points:?}; {} alerts each delivered once", alerts.len());
+}
+
+/// SIGTERM mid-stream: the daemon writes a final checkpoint and commits, the restart resumes
+/// exactly where it stopped (nothing processed twice), and the final report equals one pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_restarts_resume_exactly() {
+    let points = [90_000u64, 230_000];
+    let (got, want, alerts, log) =
+        restarted_stream("termed", 300_000, 30_000, &points, "-TERM").await;
+    let finals = offsets_logged(&log, "final checkpoint");
+    let restored = offsets_logged(&log, "partition state taken on");
+    assert_eq!(finals.len(), points.len(), "{log}");
+    // run 0 starts fresh (-1); each later run starts at the previous one's final offset
+    assert_eq!(restored[0], -1);
+    assert_eq!(&restored[1..], &finals[..], "{log}");
+    assert_same(&got, &want, &alerts, &log);
+}
+
+/// The state topic through the real broker: checkpoints written by the store read back by the
+/// reader, the newest complete one restored (the reader reads to the end of the topic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_topic_round_trip() {
+    use armwatch::checkpoint::{partition_key, records};
+    use armwatch::daemon::CheckpointStore;
+    use armwatch::source::state_topic;
+    let broker = Broker::start();
+    let settings = Settings::from_toml(&format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"rt\"\n",
+        broker.addr
+    ))
+    .expect("settings");
+    state_topic::ensure(&settings.kafka).await.expect("state topic");
+    // created once, found the second time
+    state_topic::ensure(&settings.kafka).await.expect("state topic exists");
+    let mut store = state_topic::KafkaCheckpointStore::new(&settings.kafka).expect("store");
+    let key = partition_key("in", 0);
+    let mut superseded = Vec::new();
+    for generation in 1..=5u64 {
+        let snapshot: Vec<u8> = (0..(generation as usize * 700_000)).map(|i| (i % 251) as u8).collect();
+        let recs = records(&key, 42, generation, generation as i64 * 100, &snapshot, &superseded);
+        store.write(&recs).expect("durable");
+        superseded = armwatch::checkpoint::chunk_keys(&key, 42, generation, snapshot.len());
+        let c = state_topic::read(&settings.kafka, Some(vec![key.clone()]), Duration::from_secs(30))
+            .expect("read");
+        let cp = c.checkpoint(&key).expect("complete").expect("present");
+        assert_eq!((cp.generation, cp.next_offset), (generation, generation as i64 * 100));
+        assert_eq!(cp.snapshot, snapshot);
+        assert_eq!(cp.superseded, superseded, "older chunks deleted");
+    }
 }

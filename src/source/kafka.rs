@@ -140,6 +140,7 @@ impl Checkpoints {
                         next_offset: cp.next_offset,
                         generation: cp.generation,
                         dirty: false,
+                        superseded: cp.superseded,
                     };
                     (part, Offset::Offset(cp.next_offset))
                 }

@@ -129,6 +129,9 @@ struct Drained {
     cpu: f64,
     busy: f64,
     publish_mean_seconds: f64,
+    checkpoints: f64,
+    checkpoint_bytes: f64,
+    checkpoint_seconds: f64,
 }
 
 /// Drain `n` messages with `armwatch run --max-messages n` (its own consumer group), while
@@ -141,6 +144,7 @@ fn drain_armwatch(
     dir: &std::path::Path,
     clients: usize,
     round: usize,
+    checkpoints: bool,
 ) -> Drained {
     let config = dir.join("armwatch.toml");
     let http = format!("127.0.0.1:{}", support::free_port());
@@ -151,13 +155,13 @@ fn drain_armwatch(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}\"\ntopics = [\"{topic}\"]\n\
-             options = {{ {} }}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}-{checkpoints}\"\ntopics = [\"{topic}\"]\n\
+             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = 1000\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
             options.join(", "),
         ),
     )
     .expect("config written");
-    let log = dir.join(format!("{topic}-{clients}-{round}.log"));
+    let log = dir.join(format!("{topic}-{clients}-{round}-{checkpoints}.log"));
     let args = [
         "run",
         "--config",
@@ -220,6 +224,9 @@ fn drain_armwatch(
         cpu: f("cpu_seconds"),
         busy: f("engine_busy_share"),
         publish_mean_seconds: f("publish_mean_seconds"),
+        checkpoints: f("checkpoints"),
+        checkpoint_bytes: f("checkpoint_bytes"),
+        checkpoint_seconds: f("checkpoint_seconds"),
     }
 }
 
@@ -269,7 +276,7 @@ fn main() {
         create_topic(&broker.addr, &topic);
         let produced = fill(&broker.addr, &topic, make(), n);
         // interleaved rounds, medians: one drain of each varies by a third from run to run
-        let (mut bares, mut alones) = (Vec::new(), Vec::new());
+        let (mut bares, mut alones, mut offs) = (Vec::new(), Vec::new(), Vec::new());
         // CPU microseconds per message: (broker, bare client) and (broker, armwatch)
         let (mut cpu_bare, mut cpu_armwatch) = (Vec::new(), Vec::new());
         let broker_pid = broker.pid().to_string();
@@ -285,15 +292,17 @@ fn main() {
             ));
             cpu_bare.push((per_msg(cpu(&broker_pid) - b0), per_msg(cpu("self") - c0)));
             let b0 = cpu(&broker_pid);
-            let a = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round);
+            let a = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round, true);
             cpu_armwatch.push((per_msg(cpu(&broker_pid) - b0), per_msg(a.cpu)));
             alones.push(a);
+            offs.push(drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round, false));
         }
+        let on_off: Vec<f64> = alones.iter().zip(&offs).map(|(a, o)| a.rate / o.rate).collect();
         let ratios: Vec<f64> = bares.iter().zip(&alones).map(|(b, a)| a.rate / b).collect();
         let bare = median(bares.clone());
         let alone = &alones[median_index(&alones.iter().map(|a| a.rate).collect::<Vec<_>>())];
         // a fifth of the topic is enough for the rate with clients (slow at 1,000 experiments)
-        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, CLIENTS, 0);
+        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, CLIENTS, 0, true);
         println!(
             "{:<12} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
             name,
@@ -322,6 +331,18 @@ fn main() {
             mean(&cpu_bare, |c| c.1),
             mean(&cpu_armwatch, |c| c.0),
             mean(&cpu_armwatch, |c| c.1),
+        );
+        let written: f64 = alones.iter().map(|a| a.checkpoints).sum();
+        let bytes: f64 = alones.iter().map(|a| a.checkpoint_bytes).sum();
+        let secs: f64 = alones.iter().map(|a| a.checkpoint_seconds).sum();
+        println!(
+            "  checkpoints on/off: {:.2}x (median; rounds {}); off {}/s; {:.0} checkpoints per drain of {PARTITIONS} partitions, mean {:.2} MB and {:.1} ms each",
+            median(on_off.clone()),
+            on_off.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
+            list(&offs.iter().map(|a| a.rate).collect::<Vec<_>>()),
+            written / rounds as f64,
+            bytes / written.max(1.0) / 1e6,
+            secs / written.max(1.0) * 1e3,
         );
         println!(
             "  {rounds} rounds: bare {} | armwatch {} | ratios {}",

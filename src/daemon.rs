@@ -9,6 +9,7 @@ use crate::event::{Event, Kind, RejectReason};
 use crate::http::Shared;
 use crate::metrics::Metrics;
 use crate::partitions::{Part, Partitions, Route};
+use crate::sink::Outgoing;
 use prometheus::Histogram;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -51,15 +52,29 @@ impl RateLimiter {
     }
 }
 
-/// Hand `alerts` to the sink task (never blocking the engine thread).
-fn send_alerts(tx: &mpsc::Sender<Alert>, alerts: &[Alert]) {
-    for a in alerts {
-        if tx.try_send(a.clone()).is_err() {
+/// Hand `alerts` to the sink task (never blocking the engine thread); with `ack = Some((part,
+/// first))` each is acknowledged as `(part, first + i)` once delivered.
+fn send_alerts(tx: &mpsc::Sender<Outgoing>, alerts: &[Alert], ack: Option<(usize, usize)>) {
+    for (i, a) in alerts.iter().enumerate() {
+        let out = Outgoing {
+            alert: a.clone(),
+            ack: ack.map(|(p, first)| (p, first + i)),
+        };
+        if tx.try_send(out).is_err() {
             tracing::error!(
                 check = a.check.as_str(),
                 "alert channel full: alert kept in the report but not sent to sinks"
             );
         }
+    }
+}
+
+/// Hand partition `i`'s alerts not yet handed to the sinks.
+fn hand_alerts(tx: &mpsc::Sender<Outgoing>, i: usize, p: &mut Part) {
+    let new = &p.engine.alerts()[p.handed.min(p.engine.alerts().len())..];
+    if !new.is_empty() {
+        send_alerts(tx, new, Some((i, p.handed)));
+        p.handed = p.engine.alerts().len();
     }
 }
 
@@ -79,14 +94,23 @@ pub trait CheckpointStore {
     fn write(&mut self, records: &[(String, Option<Vec<u8>>)]) -> Result<(), String>;
 }
 
+/// How long a stop or a hand-over waits for the sinks to acknowledge the alerts handed to
+/// them.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// A request from the consumer's thread, which must wait for the answer.
 pub enum Control {
     /// Checkpoint these partitions (by index) and stop owning them, then answer.
     Revoke(Vec<usize>, std::sync::mpsc::Sender<()>),
 }
 
-/// Checkpointing: the store, the cadence, what became durable, and the alerts held until the
-/// state that fired them is durable (so that a restart does not fire them again).
+/// Checkpointing: the store, the cadence, what became durable, and the alerts' delivery.
+///
+/// Alerts are delivered at least once: a new alert is handed to the sinks once a checkpoint
+/// holding it is durable (so a restart does not fire it anew), and counted as delivered when
+/// the sinks acknowledge it; the next checkpoint records that. After a restart the alerts not
+/// recorded as delivered are handed again (the same alert: same identity and first event, which
+/// Alertmanager and a consumer of the alert topic deduplicate).
 struct Checkpointing {
     store: Box<dyn CheckpointStore + Send>,
     /// This process's writer id (random): its chunks never share a key with another's.
@@ -97,7 +121,10 @@ struct Checkpointing {
     /// (offsets never run ahead of a durable checkpoint).
     durable: Arc<Mutex<Vec<(usize, i64)>>>,
     controls: std::sync::mpsc::Receiver<Control>,
-    held: Vec<Alert>,
+    /// `(partition index, alert index)` acknowledged by the sinks.
+    acks: std::sync::mpsc::Receiver<(usize, usize)>,
+    /// A new alert waits for a durable checkpoint.
+    alerts_waiting: bool,
 }
 
 /// The engines and everything they report to.
@@ -107,7 +134,7 @@ pub struct EngineLoop {
     metrics: Arc<Mutex<Metrics>>,
     processing: Histogram,
     shared: Arc<Shared>,
-    alerts: mpsc::Sender<Alert>,
+    alerts: mpsc::Sender<Outgoing>,
     reject_log: RateLimiter,
     dead_letter: Option<Box<dyn DeadLetter + Send>>,
     publish_every: Duration,
@@ -125,7 +152,7 @@ impl EngineLoop {
         parts: Partitions,
         metrics: Arc<Mutex<Metrics>>,
         shared: Arc<Shared>,
-        alerts: mpsc::Sender<Alert>,
+        alerts: mpsc::Sender<Outgoing>,
         rejected_log_per_second: u32,
         dead_letter: Option<Box<dyn DeadLetter + Send>>,
     ) -> EngineLoop {
@@ -151,13 +178,14 @@ impl EngineLoop {
 
     /// Checkpoint the partitions' state to `store` every `every` (and before alerts are
     /// delivered, on revoke and at the end); what became durable goes to `durable`; the
-    /// consumer's revokes arrive on `controls`.
+    /// consumer's revokes arrive on `controls`, the sinks' acknowledgements on `acks`.
     pub fn with_checkpoints(
         mut self,
         store: Box<dyn CheckpointStore + Send>,
         every: Duration,
         durable: Arc<Mutex<Vec<(usize, i64)>>>,
         controls: std::sync::mpsc::Receiver<Control>,
+        acks: std::sync::mpsc::Receiver<(usize, usize)>,
     ) -> EngineLoop {
         let seed = format!("{} {:?}", std::process::id(), std::time::SystemTime::now());
         self.checkpointing = Some(Checkpointing {
@@ -167,7 +195,8 @@ impl EngineLoop {
             last: Instant::now(),
             durable,
             controls,
-            held: Vec::new(),
+            acks,
+            alerts_waiting: false,
         });
         self
     }
@@ -185,22 +214,24 @@ impl EngineLoop {
     ) -> Option<Result<Kind, RejectReason>> {
         let timer = (self.n & 63 == 0).then(Instant::now);
         self.n += 1;
-        let engine = match self.parts.engine_for(part, offset) {
-            Route::Apply(e) => e,
+        let p = match self.parts.engine_for(part, offset) {
+            Route::Apply(p) => p,
             Route::Unowned | Route::Duplicate => return None,
         };
         let res = match payload {
-            Some(_) => engine.process_decoded(decoded),
+            Some(_) => p.engine.process_decoded(decoded),
             None => {
-                engine.count_rejected(RejectReason::Empty);
+                p.engine.count_rejected(RejectReason::Empty);
                 Err(RejectReason::Empty)
             }
         };
-        let fresh = engine.take_new_alerts();
-        if !fresh.is_empty() {
-            match &mut self.checkpointing {
-                Some(c) => c.held.extend_from_slice(fresh),
-                None => send_alerts(&self.alerts, fresh),
+        match &mut self.checkpointing {
+            Some(c) => c.alerts_waiting |= p.engine.alerts().len() > p.handed,
+            None => {
+                let fresh = p.engine.take_new_alerts();
+                if !fresh.is_empty() {
+                    send_alerts(&self.alerts, fresh, None);
+                }
             }
         }
         if let Some(t) = timer {
@@ -235,6 +266,14 @@ impl EngineLoop {
         let settings = self.parts.settings().clone();
         let old = std::mem::replace(&mut part.engine, Engine::new(&settings));
         part.engine = old.reconfigured(&settings);
+        // its checkpoint is durable: the alerts it holds that no sink acknowledged go out again
+        part.handed = part.engine.delivered();
+        let pending = &part.engine.alerts()[part.handed..];
+        if !pending.is_empty() {
+            tracing::info!(partition = %part.key, alerts = pending.len(), "alerts not acknowledged before the hand-over: delivered again");
+            send_alerts(&self.alerts, pending, Some((index, part.handed)));
+            part.handed = part.engine.alerts().len();
+        }
         tracing::info!(partition = %part.key, next_offset = part.next_offset, generation = part.generation, "partition state taken on");
         self.parts.assign(index, part);
         self.count_owned();
@@ -253,8 +292,11 @@ impl EngineLoop {
             return;
         };
         let revokes: Vec<Control> = c.controls.try_iter().collect();
-        let due = !c.held.is_empty() || c.last.elapsed() >= c.every;
+        let due = c.alerts_waiting || c.last.elapsed() >= c.every;
+        self.take_acks(Duration::ZERO);
         for Control::Revoke(parts, answer) in revokes {
+            self.checkpoint(|i, _| parts.contains(&i));
+            self.take_acks(ACK_WAIT);
             self.checkpoint(|i, _| parts.contains(&i));
             for i in parts {
                 if let Some(p) = self.parts.revoke(i) {
@@ -269,9 +311,39 @@ impl EngineLoop {
         }
     }
 
-    /// Checkpoint every owned partition with unsaved state (at the end).
+    /// Take the sinks' acknowledgements, waiting up to `wait` for those of every alert handed
+    /// to them (a clean stop or hand-over leaves none to deliver again).
+    fn take_acks(&mut self, wait: Duration) {
+        let Some(c) = &self.checkpointing else {
+            return;
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            for (i, alert) in c.acks.try_iter() {
+                if let Some(p) = self.parts.get_mut(i) {
+                    // recorded by the next checkpoint
+                    p.dirty |= p.engine.confirm_delivered(alert);
+                }
+            }
+            let settled = self.parts.iter().all(|(_, p)| p.engine.delivered() >= p.handed);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if settled || left.is_zero() {
+                return;
+            }
+            if let Ok((i, alert)) = c.acks.recv_timeout(left) {
+                if let Some(p) = self.parts.get_mut(i) {
+                    p.dirty |= p.engine.confirm_delivered(alert);
+                }
+            }
+        }
+    }
+
+    /// Checkpoint every owned partition with unsaved state (at the end), then once more with
+    /// the sinks' acknowledgements of the alerts it handed them.
     pub fn checkpoint_all(&mut self) {
         if self.checkpointing.is_some() {
+            self.checkpoint(|_, _| true);
+            self.take_acks(ACK_WAIT);
             self.checkpoint(|_, _| true);
             for (_, p) in self.parts.iter() {
                 tracing::info!(partition = %p.key, next_offset = p.next_offset, generation = p.generation, dirty = p.dirty, "final checkpoint");
@@ -279,15 +351,21 @@ impl EngineLoop {
         }
     }
 
-    /// Checkpoint the dirty partitions `which` selects, then deliver the held alerts (after a
-    /// failure too: an alert is never withheld, at worst it fires again after a restart).
+    /// Checkpoint the dirty partitions `which` selects, then hand their new alerts to the
+    /// sinks (after a failed checkpoint too: an alert is never withheld, at worst it fires
+    /// again after a restart).
     fn checkpoint(&mut self, which: impl Fn(usize, &Part) -> bool) {
         let Some(c) = &mut self.checkpointing else {
             return;
         };
         c.last = Instant::now();
+        c.alerts_waiting = false;
         for (i, p) in self.parts.iter_mut() {
-            if !p.dirty || !which(i, p) {
+            if !which(i, p) {
+                continue;
+            }
+            if !p.dirty {
+                hand_alerts(&self.alerts, i, p);
                 continue;
             }
             let t = Instant::now();
@@ -315,6 +393,7 @@ impl EngineLoop {
                     if let Ok(m) = &m {
                         m.checkpoints.with_label_values(&["written"]).inc();
                         m.checkpoint_bytes.set(snapshot.len() as i64);
+                        m.checkpoint_written_bytes.inc_by(snapshot.len() as u64);
                         m.checkpoint_seconds.observe(t.elapsed().as_secs_f64());
                     }
                 }
@@ -325,8 +404,9 @@ impl EngineLoop {
                     }
                 }
             }
+            drop(m);
+            hand_alerts(&self.alerts, i, p);
         }
-        send_alerts(&self.alerts, &std::mem::take(&mut c.held));
     }
 
     fn rejected(&mut self, payload: &[u8], reason: RejectReason) {

@@ -389,6 +389,21 @@ impl Engine {
         new
     }
 
+    /// Alerts acknowledged by the sinks (with checkpoints: the rest are delivered again after
+    /// a restart, at least once).
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+
+    /// The sinks acknowledged alert `index` (in order): counted as delivered.
+    pub fn confirm_delivered(&mut self, index: usize) -> bool {
+        if index == self.delivered && index < self.alerts.len() {
+            self.delivered += 1;
+            return true;
+        }
+        false
+    }
+
     /// Every alert fired so far (all stay active).
     pub fn alerts(&self) -> &[Alert] {
         &self.alerts

@@ -241,7 +241,9 @@ fn replay(
 struct Outputs {
     shared: Arc<Shared>,
     metrics: Arc<Mutex<Metrics>>,
-    alerts: tokio::sync::mpsc::Sender<armwatch::detect::Alert>,
+    alerts: tokio::sync::mpsc::Sender<armwatch::sink::Outgoing>,
+    /// The sinks' acknowledgements of checkpointed alerts (taken by the engine loop).
+    acks: Option<std::sync::mpsc::Receiver<(usize, usize)>>,
     sinks: tokio::task::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
     stop_http: tokio::sync::oneshot::Sender<()>,
@@ -251,6 +253,7 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
     let shared = Arc::new(Shared::default());
     let metrics = Arc::new(Mutex::new(Metrics::new(settings.metrics.max_label_values)));
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let (ack_tx, acks) = std::sync::mpsc::channel();
     let kafka_sink = match &settings.alerts.kafka_topic {
         Some(t) => Some((
             kafka::client_config(&settings.kafka, &[])
@@ -265,6 +268,7 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
         kafka: kafka_sink,
         resend: Duration::from_secs(settings.alerts.resend_interval_secs.max(1)),
         stdout: stdout_alerts,
+        acks: Some(ack_tx),
     };
     let sinks = tokio::spawn(armwatch::sink::run(rx, sink_cfg, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)
@@ -286,6 +290,7 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
         shared,
         metrics,
         alerts: tx,
+        acks: Some(acks),
         sinks,
         http,
         stop_http,
@@ -390,10 +395,12 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             None => None,
         };
         let parts = if checkpointing { Partitions::none(&settings) } else { Partitions::single(Engine::new(&settings), &settings) };
+        let mut out = out;
+        let acks = out.acks.take().context("the sinks' acknowledgements are taken once")?;
         let mut lp = EngineLoop::new(parts, out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
         if checkpointing {
             let store = state_topic::KafkaCheckpointStore::new(&settings.kafka).context("kafka.checkpoint: cannot create the state topic's producer")?;
-            lp = lp.with_checkpoints(Box::new(store), Duration::from_millis(settings.kafka.checkpoint.interval_ms), durable, control_rx);
+            lp = lp.with_checkpoints(Box::new(store), Duration::from_millis(settings.kafka.checkpoint.interval_ms), durable, control_rx, acks);
             tracing::info!(topic = %settings.kafka.state_topic(), interval_ms = settings.kafka.checkpoint.interval_ms, "checkpointing partition state");
         }
         let stop = Arc::new(AtomicBool::new(false));

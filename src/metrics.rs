@@ -137,6 +137,8 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     /// Size of the last checkpoint written (bytes).
     pub checkpoint_bytes: IntGauge,
+    /// Bytes of checkpoints written.
+    pub checkpoint_written_bytes: IntCounter,
     /// Partition states taken on at assignment, by result (`restored`, `none`, `refused`).
     pub checkpoint_restores: IntCounterVec,
     /// Input partitions whose state this replica owns.
@@ -221,6 +223,7 @@ impl Metrics {
             checkpoints: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoints_total", "Checkpoints of an input partition's state written to the state topic, by result: written (durable), failed (kept dirty, retried)."), &["result"])),
             checkpoint_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_checkpoint_seconds", "Time to snapshot one partition's state and have it durable in the state topic (on the engine thread).").buckets(vec![1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]))),
             checkpoint_bytes: reg!(r, IntGauge::new("armwatch_checkpoint_bytes", "Size of the last checkpoint written (bytes).")),
+            checkpoint_written_bytes: reg!(r, IntCounter::new("armwatch_checkpoint_written_bytes_total", "Bytes of checkpoints written to the state topic.")),
             checkpoint_restores: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoint_restores_total", "Input partitions taken on at assignment, by result: restored (from a checkpoint), none (no checkpoint: built from the earliest offset), refused (old-format or corrupt checkpoint: rebuilt from the earliest offset)."), &["result"])),
             partitions_owned: reg!(r, IntGauge::new("armwatch_partitions_owned", "Input partitions whose state this replica owns.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),

@@ -27,6 +27,9 @@ pub struct Part {
     pub dirty: bool,
     /// Chunk keys in the state topic that the next checkpoint deletes.
     pub superseded: Vec<String>,
+    /// Alerts handed to the sinks (not kept: after a restore, those not acknowledged are
+    /// handed again).
+    pub handed: usize,
 }
 
 impl Part {
@@ -39,14 +42,15 @@ impl Part {
             generation: 0,
             dirty: false,
             superseded: Vec::new(),
+            handed: 0,
         }
     }
 }
 
 /// What became of a message handed to [`Partitions::engine_for`].
 pub enum Route<'a> {
-    /// Apply it to this engine.
-    Apply(&'a mut Engine),
+    /// Apply it to this partition's engine.
+    Apply(&'a mut Part),
     /// Its partition is not owned (revoked while it was on its way): dropped, its next owner
     /// reads it.
     Unowned,
@@ -71,6 +75,7 @@ impl Partitions {
                 generation: 0,
                 dirty: false,
                 superseded: Vec::new(),
+                handed: 0,
             })],
             settings: settings.clone(),
         }
@@ -105,6 +110,11 @@ impl Partitions {
         self.parts[index] = Some(part);
     }
 
+    /// Partition `index`, when owned.
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut Part> {
+        self.parts.get_mut(index).and_then(Option::as_mut)
+    }
+
     /// Stop owning partition `index`; its state is returned (for a final checkpoint).
     pub fn revoke(&mut self, index: usize) -> Option<Part> {
         self.parts.get_mut(index).and_then(Option::take)
@@ -123,7 +133,7 @@ impl Partitions {
                     p.next_offset = offset + 1;
                 }
                 p.dirty = true;
-                Route::Apply(&mut p.engine)
+                Route::Apply(p)
             }
             _ => Route::Unowned,
         }
@@ -203,8 +213,8 @@ mod tests {
         for (index, offset) in [(0, 3), (0, 10), (0, 10), (0, 11), (2, 0), (1, 0), (2, 1)] {
             let mut b = Vec::new();
             sim.next_event(&mut b);
-            if let Route::Apply(e) = parts.engine_for(index, offset) {
-                e.process(&b).unwrap();
+            if let Route::Apply(p) = parts.engine_for(index, offset) {
+                p.engine.process(&b).unwrap();
                 applied += 1;
             }
         }

@@ -20,10 +20,23 @@ pub struct SinkConfig {
     pub resend: Duration,
     /// Also print each alert as one JSON line on stdout (the demo).
     pub stdout: bool,
+    /// Where delivered alerts are acknowledged (to the engine thread, which records them in
+    /// the checkpointed state).
+    pub acks: Option<std::sync::mpsc::Sender<(usize, usize)>>,
+}
+
+/// An alert on its way to the sinks, with what to acknowledge once every sink has taken it:
+/// `(partition index, alert index)` for alerts whose delivery the checkpointed state records.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The alert.
+    pub alert: Alert,
+    /// Acknowledged on `SinkConfig::acks` once delivered.
+    pub ack: Option<(usize, usize)>,
 }
 
 /// Deliver alerts from `rx` until the channel closes.
-pub async fn run(mut rx: mpsc::Receiver<Alert>, cfg: SinkConfig, metrics: Arc<Mutex<Metrics>>) {
+pub async fn run(mut rx: mpsc::Receiver<Outgoing>, cfg: SinkConfig, metrics: Arc<Mutex<Metrics>>) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -41,7 +54,10 @@ pub async fn run(mut rx: mpsc::Receiver<Alert>, cfg: SinkConfig, metrics: Arc<Mu
     loop {
         tokio::select! {
             a = rx.recv() => {
-                let Some(alert) = a else { break };
+                let Some(Outgoing { alert, ack }) = a else { break };
+                // acknowledged unless a sink that cannot retry later failed (the webhook's
+                // alerts are re-sent on the resend cadence)
+                let mut delivered = true;
                 let json = serde_json::to_string(&alert).unwrap_or_default();
                 tracing::warn!(target: "armwatch::alert", check = alert.check.as_str(), experiment = alert.experiment.as_deref().unwrap_or(""),
                     subject = %alert.subject, value = alert.value.as_deref().unwrap_or(""), evidence = alert.evidence,
@@ -56,6 +72,7 @@ pub async fn run(mut rx: mpsc::Receiver<Alert>, cfg: SinkConfig, metrics: Arc<Mu
                     let ok = producer.send(rec, Duration::from_secs(5)).await.is_ok();
                     if !ok {
                         tracing::warn!(topic, "alert not delivered to Kafka");
+                        delivered = false;
                     }
                     count("kafka", ok);
                 }
@@ -63,6 +80,9 @@ pub async fn run(mut rx: mpsc::Receiver<Alert>, cfg: SinkConfig, metrics: Arc<Mu
                     active.push(alertmanager::Posted::new(&alert));
                     let ok = alertmanager::post(client, url, &active[active.len() - 1..]).await;
                     count("alertmanager", ok);
+                }
+                if let (Some(ack), Some(acks), true) = (ack, &cfg.acks, delivered) {
+                    let _ = acks.send(ack);
                 }
             }
             _ = resend.tick() => {

@@ -141,6 +141,7 @@ impl Checkpoints {
                         generation: cp.generation,
                         dirty: false,
                         superseded: cp.superseded,
+                        handed: 0,
                     };
                     (part, Offset::Offset(cp.next_offset))
                 }

@@ -109,8 +109,9 @@ fn apply(
             lp.publish();
         }
     }
-    drain.log(&lp);
+    // the final checkpoints count in the drain (their time, their number)
     lp.checkpoint_all();
+    drain.log(&lp);
     on_publish(&mut lp);
     lp.publish();
     lp.flush_dead_letter();
@@ -147,13 +148,19 @@ impl Drain {
         let busy = crate::process::cpu_seconds("thread-self")
             .zip(self.first_engine_cpu)
             .map_or(f64::NAN, |(now, first)| (now - first) / secs.max(1e-9));
-        let (publishes, publish_mean) = lp
+        let (publishes, publish_mean, checkpoints, checkpoint_bytes, checkpoint_seconds) = lp
             .metrics()
             .lock()
             .map(|m| {
                 let p = m.publish_seconds.get_sample_count();
                 let mean = m.publish_seconds.get_sample_sum() / p.max(1) as f64;
-                (p, mean)
+                (
+                    p,
+                    mean,
+                    m.checkpoint_seconds.get_sample_count(),
+                    m.checkpoint_written_bytes.get(),
+                    m.checkpoint_seconds.get_sample_sum(),
+                )
             })
             .unwrap_or_default();
         // every thread's (consumer, librdkafka, engine, HTTP): the cost of a message
@@ -168,6 +175,9 @@ impl Drain {
             engine_busy_share = busy,
             publishes,
             publish_mean_seconds = publish_mean,
+            checkpoints,
+            checkpoint_bytes,
+            checkpoint_seconds,
             "drained"
         );
     }

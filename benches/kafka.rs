@@ -295,9 +295,21 @@ fn main() {
             let a = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round, true);
             cpu_armwatch.push((per_msg(cpu(&broker_pid) - b0), per_msg(a.cpu)));
             alones.push(a);
-            offs.push(drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round, false));
+            offs.push(drain_armwatch(
+                &broker.addr,
+                &topic,
+                n as u64,
+                dir,
+                0,
+                round,
+                false,
+            ));
         }
-        let on_off: Vec<f64> = alones.iter().zip(&offs).map(|(a, o)| a.rate / o.rate).collect();
+        let on_off: Vec<f64> = alones
+            .iter()
+            .zip(&offs)
+            .map(|(a, o)| a.rate / o.rate)
+            .collect();
         let ratios: Vec<f64> = bares.iter().zip(&alones).map(|(b, a)| a.rate / b).collect();
         let bare = median(bares.clone());
         let alone = &alones[median_index(&alones.iter().map(|a| a.rate).collect::<Vec<_>>())];

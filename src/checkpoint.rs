@@ -335,7 +335,10 @@ mod tests {
         assert_eq!(got.superseded, chunk_keys(&key, 1, 7, a.len()));
         collect(&mut c, &records(&key, 2, 8, 2_000, &b, &got.superseded));
         let got = c.checkpoint(&key).unwrap().unwrap();
-        assert_eq!((got.generation, got.next_offset, &got.snapshot), (8, 2_000, &b));
+        assert_eq!(
+            (got.generation, got.next_offset, &got.snapshot),
+            (8, 2_000, &b)
+        );
         assert_eq!(got.superseded, chunk_keys(&key, 2, 8, b.len()));
         assert_eq!(c.checkpoint("llm.events/9"), Ok(None));
     }

@@ -746,7 +746,10 @@ impl Settings {
         if c.interval_ms < 100 {
             return Err(invalid(
                 "kafka.checkpoint.interval_ms",
-                format!("{} ms is too short (every checkpoint writes the state)", c.interval_ms),
+                format!(
+                    "{} ms is too short (every checkpoint writes the state)",
+                    c.interval_ms
+                ),
                 "use a few seconds, e.g. interval_ms = 5000",
             ));
         }

@@ -325,7 +325,10 @@ impl EngineLoop {
                     p.dirty |= p.engine.confirm_delivered(alert);
                 }
             }
-            let settled = self.parts.iter().all(|(_, p)| p.engine.delivered() >= p.handed);
+            let settled = self
+                .parts
+                .iter()
+                .all(|(_, p)| p.engine.delivered() >= p.handed);
             let left = deadline.saturating_duration_since(Instant::now());
             if settled || left.is_zero() {
                 return;

@@ -604,14 +604,19 @@ impl Engine {
         // seen in a single partition is taken whole (exact); one seen in several keeps the
         // first partition's state (a partial view: key instrument events by their name)
         for j in &other.judges {
-            if !self.judge_index.contains_key(&key_of(&j.name)) && self.judges.len() < MAX_INSTRUMENTS {
+            if !self.judge_index.contains_key(&key_of(&j.name))
+                && self.judges.len() < MAX_INSTRUMENTS
+            {
                 self.judge_index.insert(key_of(&j.name), self.judges.len());
                 self.judges.push(j.clone());
             }
         }
         for r in &other.routers {
-            if !self.router_index.contains_key(&key_of(&r.name)) && self.routers.len() < MAX_INSTRUMENTS {
-                self.router_index.insert(key_of(&r.name), self.routers.len());
+            if !self.router_index.contains_key(&key_of(&r.name))
+                && self.routers.len() < MAX_INSTRUMENTS
+            {
+                self.router_index
+                    .insert(key_of(&r.name), self.routers.len());
                 self.routers.push(r.clone());
             }
         }
@@ -621,7 +626,9 @@ impl Engine {
             }
         }
         for e in &other.eval_sets {
-            if !self.eval_sets.iter().any(|x| x.name == e.name) && self.eval_sets.len() < MAX_EVAL_SETS {
+            if !self.eval_sets.iter().any(|x| x.name == e.name)
+                && self.eval_sets.len() < MAX_EVAL_SETS
+            {
                 self.eval_sets.push(e.clone());
             }
         }

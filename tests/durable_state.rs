@@ -142,11 +142,29 @@ fn start(dir: &Path, config: &Path, n: u32) -> Proc {
     )
 }
 
+/// `text` without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn logs(dir: &Path) -> String {
     let mut out = String::new();
     for n in 0..10 {
         if let Ok(t) = std::fs::read_to_string(dir.join(format!("armwatch-{n}.log"))) {
-            out.push_str(&format!("--- run {n}\n{t}"));
+            out.push_str(&format!("--- run {n}\n{}", strip_ansi(&t)));
         }
     }
     out
@@ -201,7 +219,10 @@ async fn restarted_stream(
         wait_for(
             Duration::from_secs(90),
             || counted(&http).is_some_and(|c| c >= point),
-            &format!("the state to pass {point} messages (run {run})\n{}", logs(dir.path())),
+            &format!(
+                "the state to pass {point} messages (run {run})\n{}",
+                logs(dir.path())
+            ),
         );
         signal(daemon.0.id(), sig);
         let status = daemon.0.wait().expect("daemon exits");
@@ -221,11 +242,18 @@ async fn restarted_stream(
     // the state topic's records, for a failure's message: key and size (0: a tombstone),
     // commits with their generation
     let mut log = logs(dir.path());
-    for (k, v) in read_all(&broker.addr, &format!("{name}.armwatch-state"), Duration::from_secs(2)) {
+    for (k, v) in read_all(
+        &broker.addr,
+        &format!("{name}.armwatch-state"),
+        Duration::from_secs(2),
+    ) {
         let k = String::from_utf8_lossy(&k).to_string();
         let generation = (!k.contains('#') && v.len() >= 24)
             .then(|| u64::from_le_bytes(v[16..24].try_into().unwrap_or_default()));
-        log.push_str(&format!("state record {k} {} bytes generation {generation:?}\n", v.len()));
+        log.push_str(&format!(
+            "state record {k} {} bytes generation {generation:?}\n",
+            v.len()
+        ));
     }
     (got, want, alerts, log)
 }
@@ -242,9 +270,15 @@ fn assert_same(
 ) -> usize {
     assert!(!log.contains("checkpoint refused"), "{log}");
     assert_eq!(got["events"], want["events"], "counts");
-    assert_eq!(got, want, "the report after restarts equals one uninterrupted pass");
+    assert_eq!(
+        got, want,
+        "the report after restarts equals one uninterrupted pass"
+    );
     let want = report_alerts(want);
-    assert!(want.len() >= 3 && want.values().all(|f| f.len() == 1), "{want:?}");
+    assert!(
+        want.len() >= 3 && want.values().all(|f| f.len() == 1),
+        "{want:?}"
+    );
     // the sink logs each alert it delivers: which runs delivered what, when this fails
     let fired: Vec<&str> = log
         .lines()
@@ -257,9 +291,10 @@ fn assert_same(
         })
         .collect();
     let same = delivered.len() == want.len()
-        && delivered
-            .iter()
-            .all(|(id, firsts)| want.get(id).is_some_and(|w| firsts.iter().all(|f| *f == w[0])));
+        && delivered.iter().all(|(id, firsts)| {
+            want.get(id)
+                .is_some_and(|w| firsts.iter().all(|f| *f == w[0]))
+        });
     assert!(
         same,
         "every alert delivered, copies identical:\n{delivered:?}\nwant {want:?}\nby run:\n{}",
@@ -302,7 +337,10 @@ async fn sigterm_restarts_resume_exactly() {
     assert_eq!(restored[0], -1);
     assert_eq!(&restored[1..], &finals[..], "{log}");
     let again = assert_same(&got, &want, &alerts, &log);
-    assert_eq!(again, 0, "a clean stop leaves nothing unacknowledged");
+    assert_eq!(
+        again, 0,
+        "a clean stop leaves nothing unacknowledged: {alerts:?}"
+    );
 }
 
 /// The state topic through the real broker: checkpoints written by the store read back by the
@@ -318,21 +356,41 @@ async fn state_topic_round_trip() {
         broker.addr
     ))
     .expect("settings");
-    state_topic::ensure(&settings.kafka).await.expect("state topic");
+    state_topic::ensure(&settings.kafka)
+        .await
+        .expect("state topic");
     // created once, found the second time
-    state_topic::ensure(&settings.kafka).await.expect("state topic exists");
+    state_topic::ensure(&settings.kafka)
+        .await
+        .expect("state topic exists");
     let mut store = state_topic::KafkaCheckpointStore::new(&settings.kafka).expect("store");
     let key = partition_key("in", 0);
     let mut superseded = Vec::new();
     for generation in 1..=5u64 {
-        let snapshot: Vec<u8> = (0..(generation as usize * 700_000)).map(|i| (i % 251) as u8).collect();
-        let recs = records(&key, 42, generation, generation as i64 * 100, &snapshot, &superseded);
+        let snapshot: Vec<u8> = (0..(generation as usize * 700_000))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let recs = records(
+            &key,
+            42,
+            generation,
+            generation as i64 * 100,
+            &snapshot,
+            &superseded,
+        );
         store.write(&recs).expect("durable");
         superseded = armwatch::checkpoint::chunk_keys(&key, 42, generation, snapshot.len());
-        let c = state_topic::read(&settings.kafka, Some(vec![key.clone()]), Duration::from_secs(30))
-            .expect("read");
+        let c = state_topic::read(
+            &settings.kafka,
+            Some(vec![key.clone()]),
+            Duration::from_secs(30),
+        )
+        .expect("read");
         let cp = c.checkpoint(&key).expect("complete").expect("present");
-        assert_eq!((cp.generation, cp.next_offset), (generation, generation as i64 * 100));
+        assert_eq!(
+            (cp.generation, cp.next_offset),
+            (generation, generation as i64 * 100)
+        );
         assert_eq!(cp.snapshot, snapshot);
         assert_eq!(cp.superseded, superseded, "older chunks deleted");
     }

@@ -33,7 +33,6 @@ fn malformed() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-
 /// Produce one message to `llm.events`, keyed by the experiment.
 fn send(
     producer: &FutureProducer,

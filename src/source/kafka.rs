@@ -7,16 +7,16 @@
 
 use super::batch::Batch;
 use super::Source;
+use crate::checkpoint::partition_key;
 use crate::config::KafkaSettings;
+use crate::config::Settings;
+use crate::daemon::Control;
 use crate::daemon::{DeadLetter, EngineLoop, RateLimiter};
 use crate::event::RejectReason;
 use crate::http::Shared;
-use rdkafka::config::ClientConfig;
-use crate::checkpoint::partition_key;
-use crate::config::Settings;
-use crate::daemon::Control;
 use crate::metrics::Metrics;
 use crate::partitions::Part;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
 };
@@ -242,12 +242,7 @@ impl ConsumerContext for Context {
     /// The default rebalance with, when checkpointing, the state restored (and the start
     /// offsets set) before the partitions are assigned, and checkpointed before they are
     /// released.
-    fn rebalance(
-        &self,
-        c: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let res = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -427,7 +422,6 @@ impl KafkaSource {
             }
         }
     }
-
 }
 
 /// The partition index of `(topic, partition)` (`last` caches it for runs of one partition).

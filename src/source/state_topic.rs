@@ -36,9 +36,9 @@ pub async fn ensure(k: &KafkaSettings) -> Result<(), KafkaError> {
             Ok(_) => tracing::info!(%topic, "state topic created (compacted)"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(topic = %t, error = %code, "cannot create the state topic")
-                })
+                return Err(KafkaError::AdminOp(code)).inspect_err(
+                    |_| tracing::error!(topic = %t, error = %code, "cannot create the state topic"),
+                )
             }
         }
     }
@@ -185,7 +185,8 @@ pub fn read(
             format!("{} {:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()
         )
     );
-    let producer: BaseProducer = client_config(k, &[("acks", "all"), ("linger.ms", "0")]).create()?;
+    let producer: BaseProducer =
+        client_config(k, &[("acks", "all"), ("linger.ms", "0")]).create()?;
     for &p in &partitions {
         producer
             .send(BaseRecord::<str, [u8]>::to(&topic).key(&fence).partition(p))

@@ -204,31 +204,37 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(ok, "kill {signal} {pid}");
 }
 
-/// Every message of `topic` from the start, until `quiet` passes without a new one.
+/// Every message of `topic` from the start (each once: assigned, no group rebalance to
+/// re-read after), until `quiet` passes without a new one.
 pub fn read_all(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message;
+    use rdkafka::{Message, Offset, TopicPartitionList};
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("read-all-{topic}-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("max.poll.interval.ms", "10000")
+        .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    c.subscribe(&[topic]).expect("subscribe");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    c.assign(&tpl).expect("assign");
     let mut out = Vec::new();
     let mut last = Instant::now();
-    // the group join takes a few seconds before the first message
-    let mut first = true;
-    while last.elapsed() < if first { Duration::from_secs(30) } else { quiet } {
+    while last.elapsed() < quiet {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             out.push((
                 m.key().unwrap_or_default().to_vec(),
                 m.payload().unwrap_or_default().to_vec(),
             ));
             last = Instant::now();
-            first = false;
         }
     }
     out

@@ -262,6 +262,15 @@ pub struct CheckpointSettings {
     /// before an alert is delivered).
     #[serde(default = "default_checkpoint_interval")]
     pub interval_ms: u64,
+    /// Milliseconds between refreshes of the merged view: other replicas' partitions read
+    /// from their checkpoints in the state topic and merged into this replica's report and
+    /// metrics (0: this replica reports only the partitions it owns).
+    #[serde(default = "default_view_interval")]
+    pub view_interval_ms: u64,
+}
+
+fn default_view_interval() -> u64 {
+    10_000
 }
 
 fn yes() -> bool {
@@ -277,6 +286,7 @@ impl Default for CheckpointSettings {
             enabled: true,
             topic: None,
             interval_ms: default_checkpoint_interval(),
+            view_interval_ms: default_view_interval(),
         }
     }
 }
@@ -751,6 +761,16 @@ impl Settings {
                     c.interval_ms
                 ),
                 "use a few seconds, e.g. interval_ms = 5000",
+            ));
+        }
+        if c.view_interval_ms != 0 && c.view_interval_ms < 100 {
+            return Err(invalid(
+                "kafka.checkpoint.view_interval_ms",
+                format!(
+                    "{} ms is too short (each refresh decodes other replicas' changed checkpoints)",
+                    c.view_interval_ms
+                ),
+                "use seconds, e.g. view_interval_ms = 10000, or 0 to report only owned partitions",
             ));
         }
         if let Some(t) = &c.topic {

@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::event::{Event, Kind, RejectReason};
 use crate::http::Shared;
 use crate::metrics::Metrics;
-use crate::partitions::{Part, Partitions, Route};
+use crate::partitions::{Part, Partitions, Route, Viewed};
 use crate::sink::Outgoing;
 use prometheus::Histogram;
 use std::borrow::Cow;
@@ -131,6 +131,9 @@ struct Checkpointing {
 pub struct EngineLoop {
     parts: Partitions,
     checkpointing: Option<Checkpointing>,
+    /// Other replicas' partitions from their checkpoints (the state topic's tail), merged
+    /// into the view.
+    others: Option<Arc<Mutex<Arc<Vec<Viewed>>>>>,
     metrics: Arc<Mutex<Metrics>>,
     processing: Histogram,
     shared: Arc<Shared>,
@@ -163,6 +166,7 @@ impl EngineLoop {
         EngineLoop {
             parts,
             checkpointing: None,
+            others: None,
             metrics,
             processing,
             shared,
@@ -199,6 +203,20 @@ impl EngineLoop {
             alerts_waiting: false,
         });
         self
+    }
+
+    /// Merge the partitions `others` holds (other replicas', from their checkpoints) into the
+    /// report and metrics.
+    pub fn with_merged_view(mut self, others: Arc<Mutex<Arc<Vec<Viewed>>>>) -> EngineLoop {
+        self.others = Some(others);
+        self
+    }
+
+    fn others(&self) -> Arc<Vec<Viewed>> {
+        self.others
+            .as_ref()
+            .and_then(|o| o.lock().ok().map(|o| Arc::clone(&o)))
+            .unwrap_or_default()
     }
 
     /// Process one message of partition `part` at `offset` (`-1`: a source without offsets;
@@ -455,8 +473,10 @@ impl EngineLoop {
         for (_, p) in self.parts.iter_mut() {
             p.engine.count_memory();
         }
-        let view = self.parts.view();
-        let report = view.report();
+        let others = self.others();
+        let view = self.parts.view_with(&others);
+        let mut report = view.report();
+        report.partitions = self.parts.provenance(&others);
         let text = match self.metrics.lock() {
             Ok(mut m) => {
                 let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
@@ -466,6 +486,13 @@ impl EngineLoop {
                     .with_label_values(&["dropped"])
                     .inc_by(dropped);
                 m.publish(&view, &report);
+                m.partitions_viewed.set(
+                    report
+                        .partitions
+                        .iter()
+                        .filter(|p| p.source == "checkpoint")
+                        .count() as i64,
+                );
                 // the cost of this publish lands in the next scrape
                 m.publish_seconds
                     .observe(self.last_publish.elapsed().as_secs_f64());

@@ -403,6 +403,14 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             lp = lp.with_checkpoints(Box::new(store), Duration::from_millis(settings.kafka.checkpoint.interval_ms), durable, control_rx, acks);
             tracing::info!(topic = %settings.kafka.state_topic(), interval_ms = settings.kafka.checkpoint.interval_ms, "checkpointing partition state");
         }
+        let view_stop = Arc::new(AtomicBool::new(false));
+        let mut view_thread = None;
+        if checkpointing && settings.kafka.checkpoint.view_interval_ms > 0 {
+            let others = Arc::new(Mutex::new(Arc::new(Vec::new())));
+            let every = Duration::from_millis(settings.kafka.checkpoint.view_interval_ms);
+            view_thread = Some(state_topic::follow(&settings.kafka, settings.clone(), every, others.clone(), view_stop.clone()).context("kafka.checkpoint.view_interval_ms: cannot follow the state topic (set it to 0 to report only owned partitions)")?);
+            lp = lp.with_merged_view(others);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let (reload_tx, reloads) = std::sync::mpsc::channel();
@@ -417,6 +425,10 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             stop.store(true, Ordering::Relaxed);
         });
         let lp = join(worker).await?.context("the engine thread failed")?;
+        view_stop.store(true, Ordering::Relaxed);
+        if let Some(v) = view_thread {
+            let _ = join(v).await;
+        }
         signal.abort();
         watcher.abort();
         finish(out, lp).await;

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub checkpoint_restores: IntCounterVec,
     /// Input partitions whose state this replica owns.
     pub partitions_owned: IntGauge,
+    /// Other replicas' partitions merged into this replica's view from their checkpoints.
+    pub partitions_viewed: IntGauge,
     /// Wall time of the last publish.
     pub last_publish: Gauge,
     /// Time to build the report and copy it into the metrics, per publish.
@@ -226,6 +228,7 @@ impl Metrics {
             checkpoint_written_bytes: reg!(r, IntCounter::new("armwatch_checkpoint_written_bytes_total", "Bytes of checkpoints written to the state topic.")),
             checkpoint_restores: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoint_restores_total", "Input partitions taken on at assignment, by result: restored (from a checkpoint), none (no checkpoint: built from the earliest offset), refused (old-format or corrupt checkpoint: rebuilt from the earliest offset)."), &["result"])),
             partitions_owned: reg!(r, IntGauge::new("armwatch_partitions_owned", "Input partitions whose state this replica owns.")),
+            partitions_viewed: reg!(r, IntGauge::new("armwatch_partitions_viewed", "Other replicas' input partitions merged into this replica's report and metrics from their last checkpoints.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),
             publish_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_publish_seconds", "Time to build the report, the metrics and their texts, per publish (every 500 ms, on the engine thread).").buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]))),
             state_memory: reg!(r, IntGauge::new("armwatch_state_memory_bytes", "Estimated memory of the statistics (compared with limits.max_memory_bytes).")),

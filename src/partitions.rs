@@ -58,6 +58,17 @@ pub enum Route<'a> {
     Duplicate,
 }
 
+/// Another replica's partition, as of its last checkpoint (for the merged view).
+#[derive(Clone)]
+pub struct Viewed {
+    /// Its checkpoint key.
+    pub key: String,
+    /// The first offset not in it.
+    pub next_offset: i64,
+    /// Its state.
+    pub engine: std::sync::Arc<Engine>,
+}
+
 /// The owned partitions, by the source's partition index.
 pub struct Partitions {
     parts: Vec<Option<Part>>,
@@ -155,6 +166,30 @@ impl Partitions {
             .filter_map(|(i, p)| p.as_mut().map(|p| (i, p)))
     }
 
+    /// What [`Self::view_with`] merges: each partition, whether owned, and its next offset.
+    pub fn provenance(&self, others: &[Viewed]) -> Vec<crate::report::PartitionView> {
+        let mut out: Vec<crate::report::PartitionView> = self
+            .iter()
+            .filter(|(_, p)| !p.key.is_empty())
+            .map(|(_, p)| crate::report::PartitionView {
+                partition: p.key.clone(),
+                source: "owned",
+                next_offset: p.next_offset,
+            })
+            .collect();
+        for o in others {
+            if !out.iter().any(|v| v.partition == o.key) {
+                out.push(crate::report::PartitionView {
+                    partition: o.key.clone(),
+                    source: "checkpoint",
+                    next_offset: o.next_offset,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.partition.cmp(&b.partition));
+        out
+    }
+
     /// Partitions owned.
     pub fn len(&self) -> usize {
         self.iter().count()
@@ -177,7 +212,24 @@ impl Partitions {
     /// The merged view of every owned partition ([`Engine::merge`]): borrowed when there is
     /// one, an empty engine when there is none.
     pub fn view(&self) -> Cow<'_, Engine> {
-        let mut parts = self.iter().map(|(_, p)| &p.engine);
+        self.view_with(&[])
+    }
+
+    /// The merged view of every owned partition and of `others` (other replicas' partitions,
+    /// from their checkpoints; those this replica owns are left out), in partition-key order.
+    pub fn view_with<'a>(&'a self, others: &'a [Viewed]) -> Cow<'a, Engine> {
+        let mut all: Vec<(&str, &Engine)> = self
+            .iter()
+            .map(|(_, p)| (p.key.as_str(), &p.engine))
+            .chain(
+                others
+                    .iter()
+                    .filter(|o| !self.iter().any(|(_, p)| p.key == o.key))
+                    .map(|o| (o.key.as_str(), &*o.engine)),
+            )
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        let mut parts = all.into_iter().map(|(_, e)| e);
         match (parts.next(), parts.next()) {
             (None, _) => Cow::Owned(Engine::new(&self.settings)),
             (Some(only), None) => Cow::Borrowed(only),

@@ -40,6 +40,22 @@ pub struct Report<E = BTreeMap<String, ExperimentReport>> {
     pub sampling: Option<SamplingReport>,
     /// The statistics' memory against `limits.max_memory_bytes`.
     pub memory: MemoryReport,
+    /// The input partitions this view merges (the daemon with checkpoints): which this replica
+    /// owns and which come from other replicas' checkpoints.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionView>,
+}
+
+/// One input partition in a merged view.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionView {
+    /// `topic/partition`.
+    pub partition: String,
+    /// `owned` (this replica's live state) or `checkpoint` (another replica's, as of its last
+    /// checkpoint).
+    pub source: &'static str,
+    /// The first offset not in the view.
+    pub next_offset: i64,
 }
 
 /// Memory of the statistics.
@@ -390,6 +406,7 @@ impl<E> Report<E> {
             .collect();
         let (state_bytes, budget_bytes) = engine.memory();
         Report {
+            partitions: Vec::new(),
             memory: MemoryReport {
                 state_bytes,
                 budget_bytes,

@@ -7,7 +7,7 @@ mod support;
 
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
-use armwatch::sim::{Faults, Instruments, Simulator};
+use armwatch::sim::{Faults, Instruments, Simulator, Users};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -81,6 +81,9 @@ fn reference(config: &str, events: &[(Vec<u8>, Vec<u8>)]) -> serde_json::Value {
 
 fn strip(mut report: serde_json::Value) -> serde_json::Value {
     report["memory"] = serde_json::Value::Null;
+    if let Some(r) = report.as_object_mut() {
+        r.remove("partitions");
+    }
     report
 }
 
@@ -394,4 +397,186 @@ async fn state_topic_round_trip() {
         assert_eq!(cp.snapshot, snapshot);
         assert_eq!(cp.superseded, superseded, "older chunks deleted");
     }
+}
+
+/// Two replicas share four partitions (events partitioned by unit), a third joins and the
+/// first stops (SIGTERM) mid-stream. At the end every replica's view merges all four
+/// partitions (its own live, the others from their checkpoints in the state topic) and equals
+/// the merge of four uninterrupted per-partition passes: every count, so no unit is counted
+/// twice; and each alert of each partition was delivered exactly once (by its owner at the
+/// time), none by two replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_partitions_and_merge() {
+    const N: usize = 200_000;
+    const P: i32 = 4;
+    let broker = Broker::start();
+    let topic = "shared.events";
+    create_topics(&broker.addr, &[(topic, P), ("shared.events.alerts", 1)]).await;
+    let mut sim = Simulator::single_with_users(
+        5,
+        Faults {
+            tier_leak: Some(("pro".into(), 0.56)),
+            ..Default::default()
+        },
+        Some(Users::returning(40_000)),
+    );
+    let all: Vec<(Vec<u8>, Vec<u8>)> = (0..N)
+        .map(|_| {
+            let mut b = Vec::new();
+            sim.next_event(&mut b);
+            let v: serde_json::Value = serde_json::from_slice(&b).expect("event");
+            let unit = v["unit"].as_str().expect("unit").as_bytes().to_vec();
+            (unit, b)
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let https: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let cfgs: Vec<std::path::PathBuf> = https
+        .iter()
+        .enumerate()
+        .map(|(i, http)| {
+            let text = config(&broker.addr, "shared", topic, http).replace(
+                "interval_ms = 300",
+                "interval_ms = 300\nview_interval_ms = 500",
+            );
+            let path = dir.path().join(format!("replica-{i}.toml"));
+            std::fs::write(&path, text).expect("config written");
+            path
+        })
+        .collect();
+    // the reference: one uninterrupted pass per partition, merged in partition order
+    let settings =
+        Settings::from_toml(&config(&broker.addr, "shared", topic, &https[0])).expect("config");
+    let mut engines: Vec<Engine> = (0..P).map(|_| Engine::new(&settings)).collect();
+    for (k, v) in &all {
+        let _ = engines[partition_of(k, P) as usize].process(v);
+    }
+    let mut expected_alerts: Vec<(String, u64)> = engines
+        .iter()
+        .flat_map(|e| {
+            e.alerts()
+                .iter()
+                .map(|a| identity(&serde_json::to_value(a).expect("alert")))
+        })
+        .collect();
+    expected_alerts.sort();
+    let mut merged = engines[0].clone();
+    for e in &engines[1..] {
+        merged.merge(e);
+    }
+    let want = strip(serde_json::to_value(merged.report()).expect("report"));
+    let units = all
+        .iter()
+        .map(|(k, _)| &k[..])
+        .collect::<std::collections::HashSet<&[u8]>>()
+        .len();
+
+    let keys: Vec<(Vec<u8>, ())> = all.iter().map(|(k, _)| (k.clone(), ())).collect();
+    let brokers = broker.addr.clone();
+    let producing =
+        std::thread::spawn(move || produce_partitioned(&brokers, topic, &all, 20_000, Some(P)));
+    let mut a = start(dir.path(), &cfgs[0], 0);
+    let _b = start(dir.path(), &cfgs[1], 1);
+    wait_for(
+        Duration::from_secs(90),
+        || counted(&https[0]).is_some_and(|c| c >= 50_000),
+        &format!("replica A to pass 50,000 messages\n{}", logs(dir.path())),
+    );
+    let _c = start(dir.path(), &cfgs[2], 2);
+    // C has taken partitions over (the rebalance is done) and the stream has gone on
+    let owns = |http: &str| {
+        http_get(http, "/metrics")
+            .and_then(|(_, t)| metric(&t, "armwatch_partitions_owned"))
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(90),
+        || owns(&https[2]) >= 1.0 && counted(&https[2]).is_some_and(|c| c >= 100_000),
+        &format!(
+            "replica C to own partitions and pass 100,000 messages\n{}",
+            logs(dir.path())
+        ),
+    );
+    signal(a.0.id(), "-TERM");
+    assert!(a.0.wait().expect("A exits").success());
+    producing.join().expect("producer");
+    wait_for(
+        Duration::from_secs(90),
+        || owns(&https[1]) + owns(&https[2]) == P as f64,
+        &format!("B and C to own the four partitions\n{}", logs(dir.path())),
+    );
+    let provenance = |http: &str| {
+        http_get(http, "/api/v1/report")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|r| r["partitions"].to_string())
+            .unwrap_or_default()
+    };
+    let mut per_partition = [0u64; P as usize];
+    for (k, _) in &keys {
+        per_partition[partition_of(k, P) as usize] += 1;
+    }
+    for (name, http) in [("B", &https[1]), ("C", &https[2])] {
+        let start = std::time::Instant::now();
+        while counted(http) != Some(N as u64) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "replica {name}'s merged view to count all {N} messages: B {} C {}, produced per partition {per_partition:?}\n{}",
+                provenance(&https[1]),
+                provenance(&https[2]),
+                logs(dir.path())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let log = logs(dir.path());
+    assert!(!log.contains("checkpoint refused"), "{log}");
+    let handed = log.matches("partition state handed over").count();
+    let taken = log.matches("partition state taken on").count();
+    println!("{taken} partition states taken on, {handed} handed over");
+    assert!(handed >= 4 && taken >= 8, "rebalances moved state: {log}");
+    let mut owned = Vec::new();
+    for (name, http) in [("B", &https[1]), ("C", &https[2])] {
+        let (_, body) = http_get(http, "/api/v1/report").expect("report");
+        let full: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let parts = full["partitions"].as_array().expect("partitions").clone();
+        assert_eq!(
+            parts.len(),
+            P as usize,
+            "{name} views every partition: {parts:?}"
+        );
+        owned.extend(
+            parts
+                .iter()
+                .filter(|p| p["source"] == "owned")
+                .map(|p| p["partition"].as_str().unwrap_or_default().to_string()),
+        );
+        let got = strip(full);
+        assert_eq!(got["events"], want["events"], "{name}: counts");
+        let exp = &got["experiments"]["prompt-variant"];
+        let arms: u64 = exp["counts"]
+            .as_array()
+            .expect("counts")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .sum();
+        assert_eq!(arms, units as u64, "{name}: each unit counted once");
+        assert_eq!(
+            got, want,
+            "{name}: the merged view equals the merged per-partition passes"
+        );
+    }
+    owned.sort();
+    let every: Vec<String> = (0..P).map(|p| format!("{topic}/{p}")).collect();
+    assert_eq!(owned, every, "each partition owned by exactly one replica");
+    let mut delivered: Vec<(String, u64)> = delivered_alerts(&broker.addr, "shared.events.alerts")
+        .into_iter()
+        .flat_map(|(id, firsts)| firsts.into_iter().map(move |f| (id.clone(), f)))
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered, expected_alerts,
+        "each partition's alerts delivered once"
+    );
 }

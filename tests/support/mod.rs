@@ -159,9 +159,25 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// The partition [`produce_partitioned`] gives `key` among `partitions`.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    (twox_hash::XxHash3_64::oneshot(key) % partitions as u64) as i32
+}
+
 /// Produce `messages` (key, payload) to `topic` in order, at most `per_second` (0: as fast as
 /// the broker takes them), and wait until every one is delivered.
 pub fn produce(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], per_second: u64) {
+    produce_partitioned(brokers, topic, messages, per_second, None)
+}
+
+/// [`produce`], each message to partition [`partition_of`] its key when `partitions` is given.
+pub fn produce_partitioned(
+    brokers: &str,
+    topic: &str,
+    messages: &[(Vec<u8>, Vec<u8>)],
+    per_second: u64,
+    partitions: Option<i32>,
+) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -180,6 +196,9 @@ pub fn produce(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], per_
             }
         }
         let mut rec = BaseRecord::to(topic).key(&k[..]).payload(&v[..]);
+        if let Some(n) = partitions {
+            rec = rec.partition(partition_of(k, n));
+        }
         loop {
             match producer.send(rec) {
                 Ok(()) => break,

@@ -134,6 +134,9 @@ pub struct EngineLoop {
     /// Other replicas' partitions from their checkpoints (the state topic's tail), merged
     /// into the view.
     others: Option<Arc<Mutex<Arc<Vec<Viewed>>>>>,
+    /// Partitions this replica handed over, as it left them, until the state topic's tail
+    /// shows their next owner's checkpoints at least as far (so the view never goes back).
+    handed_over: Vec<Viewed>,
     metrics: Arc<Mutex<Metrics>>,
     processing: Histogram,
     shared: Arc<Shared>,
@@ -167,6 +170,7 @@ impl EngineLoop {
             parts,
             checkpointing: None,
             others: None,
+            handed_over: Vec::new(),
             metrics,
             processing,
             shared,
@@ -212,11 +216,28 @@ impl EngineLoop {
         self
     }
 
-    fn others(&self) -> Arc<Vec<Viewed>> {
-        self.others
+    /// Other replicas' partitions for the view: from the state topic's tail, or as this
+    /// replica handed them over when the tail is not that far yet.
+    fn others(&mut self) -> Vec<Viewed> {
+        let Some(tail) = self
+            .others
             .as_ref()
             .and_then(|o| o.lock().ok().map(|o| Arc::clone(&o)))
-            .unwrap_or_default()
+        else {
+            return Vec::new();
+        };
+        self.handed_over.retain(|h| {
+            !tail
+                .iter()
+                .any(|t| t.key == h.key && t.next_offset >= h.next_offset)
+        });
+        let mut out: Vec<Viewed> = tail
+            .iter()
+            .filter(|t| !self.handed_over.iter().any(|h| h.key == t.key))
+            .cloned()
+            .collect();
+        out.extend(self.handed_over.iter().cloned());
+        out
     }
 
     /// Process one message of partition `part` at `offset` (`-1`: a source without offsets;
@@ -293,6 +314,7 @@ impl EngineLoop {
             part.handed = part.engine.alerts().len();
         }
         tracing::info!(partition = %part.key, next_offset = part.next_offset, generation = part.generation, "partition state taken on");
+        self.handed_over.retain(|h| h.key != part.key);
         self.parts.assign(index, part);
         self.count_owned();
     }
@@ -319,6 +341,14 @@ impl EngineLoop {
             for i in parts {
                 if let Some(p) = self.parts.revoke(i) {
                     tracing::info!(partition = %p.key, next_offset = p.next_offset, "partition state handed over");
+                    if self.others.is_some() {
+                        self.handed_over.retain(|h| h.key != p.key);
+                        self.handed_over.push(Viewed {
+                            key: p.key,
+                            next_offset: p.next_offset,
+                            engine: Arc::new(p.engine),
+                        });
+                    }
                 }
             }
             self.count_owned();

@@ -175,6 +175,7 @@ impl Partitions {
                 partition: p.key.clone(),
                 source: "owned",
                 next_offset: p.next_offset,
+                messages: p.engine.seen(),
             })
             .collect();
         for o in others {
@@ -183,6 +184,7 @@ impl Partitions {
                     partition: o.key.clone(),
                     source: "checkpoint",
                     next_offset: o.next_offset,
+                    messages: o.engine.seen(),
                 });
             }
         }

@@ -56,6 +56,9 @@ pub struct PartitionView {
     pub source: &'static str,
     /// The first offset not in the view.
     pub next_offset: i64,
+    /// Messages its state has counted (offsets start at 0: equal to `next_offset` while
+    /// nothing was lost to retention).
+    pub messages: u64,
 }
 
 /// Memory of the statistics.

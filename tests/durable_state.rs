@@ -433,6 +433,7 @@ async fn replicas_share_partitions_and_merge() {
     let https: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
+    // (ports picked together, before the broker's clients take ephemeral ones)
     let cfgs: Vec<std::path::PathBuf> = https
         .iter()
         .enumerate()

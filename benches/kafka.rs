@@ -148,6 +148,11 @@ fn drain_armwatch(
 ) -> Drained {
     let config = dir.join("armwatch.toml");
     let http = format!("127.0.0.1:{}", support::free_port());
+    // `ARMWATCH_BENCH_CHECKPOINT_MS`: the checkpoint interval (1,000 ms)
+    let interval: u64 = std::env::var("ARMWATCH_BENCH_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     let options: Vec<String> = GROUP_OPTIONS
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
@@ -156,7 +161,7 @@ fn drain_armwatch(
         &config,
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}-{checkpoints}\"\ntopics = [\"{topic}\"]\n\
-             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = 1000\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
+             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = {interval}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
             options.join(", "),
         ),
     )

@@ -77,17 +77,10 @@ fn fill(brokers: &str, topic: &str, mut sim: Simulator, n: usize) -> f64 {
         sim.next_event(&mut buf);
         key = key.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let k = key.to_le_bytes();
-        let mut rec = BaseRecord::to(topic).payload(&buf[..]).key(&k[..]);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(5));
-                    rec = r;
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        support::send(
+            &producer,
+            BaseRecord::to(topic).payload(&buf[..]).key(&k[..]),
+        );
     }
     producer.flush(Duration::from_secs(300)).expect("flushed");
     n as f64 / start.elapsed().as_secs_f64()

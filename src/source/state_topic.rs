@@ -153,21 +153,15 @@ impl CheckpointStore for KafkaCheckpointStore {
     }
 }
 
-/// Read the state topic of `k` from its start to its end (as of now) and keep the latest
-/// record of each key of the partitions `wanted` (`None`: all).
-///
-/// The end is found by a fence, not by the high watermark: a tombstone under a key of its own
-/// is written to each state partition first, and each partition is read until its fence comes
-/// back. Records written before the read began (acknowledged or still landing) are before the
-/// fence; and the broker of the tests (tansu) reports a high watermark that stops short of the
-/// last records of a multi-record batch (measured: 1 after a batch of 2 at offsets 0-1).
-pub fn read(
+/// A consumer of the state topic outside the group (`{group_id}.armwatch-state-{role}`, never
+/// committing), assigned every partition from the start; returns it and the partitions.
+fn reader(
     k: &KafkaSettings,
-    wanted: Option<Vec<String>>,
+    role: &str,
     timeout: Duration,
-) -> Result<Collector, KafkaError> {
+) -> Result<(BaseConsumer, Vec<i32>), KafkaError> {
     let topic = k.state_topic();
-    let group = format!("{}.armwatch-state-reader", k.group_id);
+    let group = format!("{}.armwatch-state-{role}", k.group_id);
     let consumer: BaseConsumer = client_config(
         k,
         &[
@@ -184,6 +178,31 @@ pub fn read(
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+    }
+    if !partitions.is_empty() {
+        consumer.assign(&tpl)?;
+    }
+    Ok((consumer, partitions))
+}
+
+/// Read the state topic of `k` from its start to its end (as of now) and keep the latest
+/// record of each key of the partitions `wanted` (`None`: all).
+///
+/// The end is found by a fence, not by the high watermark: a tombstone under a key of its own
+/// is written to each state partition first, and each partition is read until its fence comes
+/// back. Records written before the read began (acknowledged or still landing) are before the
+/// fence; and the broker of the tests (tansu) reports a high watermark that stops short of the
+/// last records of a multi-record batch (measured: 1 after a batch of 2 at offsets 0-1).
+pub fn read(
+    k: &KafkaSettings,
+    wanted: Option<Vec<String>>,
+    timeout: Duration,
+) -> Result<Collector, KafkaError> {
+    let topic = k.state_topic();
+    let (consumer, partitions) = reader(k, "reader", timeout)?;
     let mut out = Collector::new(wanted);
     if partitions.is_empty() {
         return Ok(out);
@@ -202,11 +221,6 @@ pub fn read(
             .map_err(|(e, _)| e)?;
     }
     producer.flush(timeout)?;
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
     let mut open = partitions;
     while !open.is_empty() {
@@ -239,25 +253,7 @@ pub fn follow(
     out: Arc<Mutex<Arc<Vec<Viewed>>>>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
-    let topic = k.state_topic();
-    let group = format!("{}.armwatch-state-view", k.group_id);
-    let consumer: BaseConsumer = client_config(
-        k,
-        &[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-        ],
-    )
-    .create()?;
-    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    let (consumer, _) = reader(k, "view", Duration::from_secs(10))?;
     let worker = std::thread::Builder::new()
         .name("armwatch-state-view".into())
         .spawn(move || {

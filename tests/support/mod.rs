@@ -212,18 +212,26 @@ pub fn produce_partitioned(
         if let Some(n) = partitions {
             rec = rec.partition(partition_of(k, n));
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(5));
-                    rec = r;
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send(&producer, rec);
     }
     producer.flush(Duration::from_secs(300)).expect("flushed");
+}
+
+/// Queue `rec`, waiting while the producer's queue is full.
+pub fn send(
+    producer: &rdkafka::producer::BaseProducer,
+    mut rec: rdkafka::producer::BaseRecord<'_, [u8], [u8]>,
+) {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                producer.poll(Duration::from_millis(5));
+                rec = r;
+            }
+        }
+    }
+    producer.poll(Duration::ZERO);
 }
 
 /// Send `signal` (e.g. `-KILL`, `-TERM`, `-STOP`, `-CONT`) to `pid`.

@@ -94,6 +94,71 @@ pub trait CheckpointStore {
     fn write(&mut self, records: &[(String, Option<Vec<u8>>)]) -> Result<(), String>;
 }
 
+/// One partition's checkpoint for the writer thread: its records, and the alerts to hand to
+/// the sinks once it is durable.
+struct Job {
+    part: usize,
+    key: String,
+    generation: u64,
+    next_offset: i64,
+    records: Vec<(String, Option<Vec<u8>>)>,
+    bytes: usize,
+    alerts: Vec<Outgoing>,
+    started: Instant,
+}
+
+/// A job's outcome.
+struct Written {
+    part: usize,
+    generation: u64,
+    next_offset: i64,
+    ok: bool,
+    bytes: usize,
+    seconds: f64,
+}
+
+/// Checkpoints waiting for the writer thread at most: past it a checkpoint is skipped (its
+/// partition stays dirty for the next), so a slow or unreachable broker never blocks the engine
+/// thread.
+const JOBS_QUEUED: usize = 8;
+
+/// How long a hand-over or a stop waits for its checkpoints to be written.
+const WRITE_WAIT: Duration = Duration::from_secs(45);
+
+/// The writer thread: writes each job's records and waits until they are durable, then hands
+/// the job's alerts to the sinks (after a failure too: never withheld) and reports.
+fn write_checkpoints(
+    mut store: Box<dyn CheckpointStore + Send>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    written: std::sync::mpsc::Sender<Written>,
+    alerts: mpsc::Sender<Outgoing>,
+) {
+    for job in jobs {
+        let res = store.write(&job.records);
+        if let Err(e) = &res {
+            tracing::error!(partition = %job.key, error = %e, "checkpoint failed: the state stays in memory and is retried; consumer offsets stay at the last durable checkpoint");
+        }
+        for a in job.alerts {
+            if alerts.try_send(a).is_err() {
+                tracing::error!(
+                    "alert channel full: alert kept in the report but not sent to sinks"
+                );
+            }
+        }
+        let done = Written {
+            part: job.part,
+            generation: job.generation,
+            next_offset: job.next_offset,
+            ok: res.is_ok(),
+            bytes: job.bytes,
+            seconds: job.started.elapsed().as_secs_f64(),
+        };
+        if written.send(done).is_err() {
+            return;
+        }
+    }
+}
+
 /// How long a stop or a hand-over waits for the sinks to acknowledge the alerts handed to
 /// them.
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -112,7 +177,13 @@ pub enum Control {
 /// recorded as delivered are handed again (the same alert: same identity and first event, which
 /// Alertmanager and a consumer of the alert topic deduplicate).
 struct Checkpointing {
-    store: Box<dyn CheckpointStore + Send>,
+    /// Checkpoints on their way to the writer thread (`None` once it is told to end).
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// What the writer thread made durable (or failed to).
+    written: std::sync::mpsc::Receiver<Written>,
+    /// Jobs sent and not yet reported.
+    in_flight: usize,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     /// This process's writer id (random): its chunks never share a key with another's.
     writer: u64,
     every: Duration,
@@ -125,7 +196,13 @@ struct Checkpointing {
     acks: std::sync::mpsc::Receiver<(usize, usize)>,
     /// A new alert waits for a durable checkpoint.
     alerts_waiting: bool,
+    /// The last checkpoint taken for alerts (at most one per [`ALERT_CHECKPOINT_EVERY`]).
+    last_alert: Instant,
 }
+
+/// Alerts wait at most this long for a checkpoint of their partition (one per second at
+/// most, of the partitions that fired: a burst of alerts costs one checkpoint, not one each).
+const ALERT_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The engines and everything they report to.
 pub struct EngineLoop {
@@ -196,8 +273,19 @@ impl EngineLoop {
         acks: std::sync::mpsc::Receiver<(usize, usize)>,
     ) -> EngineLoop {
         let seed = format!("{} {:?}", std::process::id(), std::time::SystemTime::now());
+        let (jobs, queued) = std::sync::mpsc::sync_channel(JOBS_QUEUED);
+        let (report, written) = std::sync::mpsc::channel();
+        let sinks = self.alerts.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("armwatch-checkpoint".into())
+            .spawn(move || write_checkpoints(store, queued, report, sinks))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the checkpoint writer"))
+            .ok();
         self.checkpointing = Some(Checkpointing {
-            store,
+            jobs: Some(jobs),
+            written,
+            in_flight: 0,
+            writer_thread,
             writer: twox_hash::XxHash3_64::oneshot(seed.as_bytes()),
             every,
             last: Instant::now(),
@@ -205,6 +293,7 @@ impl EngineLoop {
             controls,
             acks,
             alerts_waiting: false,
+            last_alert: Instant::now(),
         });
         self
     }
@@ -332,12 +421,16 @@ impl EngineLoop {
             return;
         };
         let revokes: Vec<Control> = c.controls.try_iter().collect();
-        let due = c.alerts_waiting || c.last.elapsed() >= c.every;
+        let periodic = c.last.elapsed() >= c.every;
+        let for_alerts = c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY;
         self.take_acks(Duration::ZERO);
+        self.take_written(Duration::ZERO);
         for Control::Revoke(parts, answer) in revokes {
             self.checkpoint(|i, _| parts.contains(&i));
+            self.take_written(WRITE_WAIT);
             self.take_acks(ACK_WAIT);
             self.checkpoint(|i, _| parts.contains(&i));
+            self.take_written(WRITE_WAIT);
             for i in parts {
                 if let Some(p) = self.parts.revoke(i) {
                     tracing::info!(partition = %p.key, next_offset = p.next_offset, "partition state handed over");
@@ -354,8 +447,19 @@ impl EngineLoop {
             self.count_owned();
             let _ = answer.send(());
         }
-        if due {
-            self.checkpoint(|_, _| true);
+        if periodic || for_alerts {
+            if periodic {
+                self.checkpoint(|_, _| true);
+            } else {
+                self.checkpoint(|_, p| p.engine.alerts().len() > p.handed);
+            }
+            if let Some(c) = &mut self.checkpointing {
+                if periodic {
+                    c.last = Instant::now();
+                }
+                c.last_alert = Instant::now();
+                c.alerts_waiting = false;
+            }
         }
     }
 
@@ -394,23 +498,24 @@ impl EngineLoop {
     pub fn checkpoint_all(&mut self) {
         if self.checkpointing.is_some() {
             self.checkpoint(|_, _| true);
+            self.take_written(WRITE_WAIT);
             self.take_acks(ACK_WAIT);
             self.checkpoint(|_, _| true);
+            self.take_written(WRITE_WAIT);
+            self.stop_writer();
             for (_, p) in self.parts.iter() {
                 tracing::info!(partition = %p.key, next_offset = p.next_offset, generation = p.generation, dirty = p.dirty, "final checkpoint");
             }
         }
     }
 
-    /// Checkpoint the dirty partitions `which` selects, then hand their new alerts to the
-    /// sinks (after a failed checkpoint too: an alert is never withheld, at worst it fires
-    /// again after a restart).
+    /// Queue checkpoints of the dirty partitions `which` selects for the writer thread (the
+    /// engine thread only serializes); their new alerts go to the sinks once written. A
+    /// partition whose checkpoint finds the queue full stays dirty for the next.
     fn checkpoint(&mut self, which: impl Fn(usize, &Part) -> bool) {
         let Some(c) = &mut self.checkpointing else {
             return;
         };
-        c.last = Instant::now();
-        c.alerts_waiting = false;
         for (i, p) in self.parts.iter_mut() {
             if !which(i, p) {
                 continue;
@@ -419,7 +524,10 @@ impl EngineLoop {
                 hand_alerts(&self.alerts, i, p);
                 continue;
             }
-            let t = Instant::now();
+            let Some(jobs) = &c.jobs else {
+                return;
+            };
+            let started = Instant::now();
             let snapshot = crate::snapshot::write(&p.engine);
             let generation = p.generation + 1;
             let records = crate::checkpoint::records(
@@ -430,33 +538,95 @@ impl EngineLoop {
                 &snapshot,
                 &p.superseded,
             );
-            let res = c.store.write(&records);
-            let m = self.metrics.lock();
-            match res {
+            let handed = p.handed.min(p.engine.alerts().len());
+            let alerts: Vec<Outgoing> = p.engine.alerts()[handed..]
+                .iter()
+                .enumerate()
+                .map(|(k, a)| Outgoing {
+                    alert: a.clone(),
+                    ack: Some((i, handed + k)),
+                })
+                .collect();
+            let job = Job {
+                part: i,
+                key: p.key.clone(),
+                generation,
+                next_offset: p.next_offset,
+                records,
+                bytes: snapshot.len(),
+                alerts,
+                started,
+            };
+            match jobs.try_send(job) {
                 Ok(()) => {
+                    c.in_flight += 1;
                     p.generation = generation;
                     p.dirty = false;
                     p.superseded =
                         crate::checkpoint::chunk_keys(&p.key, c.writer, generation, snapshot.len());
-                    if let Ok(mut d) = c.durable.lock() {
-                        d.push((i, p.next_offset));
-                    }
-                    if let Ok(m) = &m {
-                        m.checkpoints.with_label_values(&["written"]).inc();
-                        m.checkpoint_bytes.set(snapshot.len() as i64);
-                        m.checkpoint_written_bytes.inc_by(snapshot.len() as u64);
-                        m.checkpoint_seconds.observe(t.elapsed().as_secs_f64());
-                    }
+                    p.handed = p.engine.alerts().len();
                 }
-                Err(e) => {
-                    tracing::error!(partition = %p.key, error = %e, "checkpoint failed: the state stays in memory and is retried; consumer offsets stay at the last durable checkpoint");
-                    if let Ok(m) = &m {
-                        m.checkpoints.with_label_values(&["failed"]).inc();
+                Err(_) => {
+                    if let Ok(m) = self.metrics.lock() {
+                        m.checkpoints.with_label_values(&["skipped"]).inc();
                     }
                 }
             }
-            drop(m);
-            hand_alerts(&self.alerts, i, p);
+        }
+    }
+
+    /// Take the writer thread's reports (waiting up to `wait` until none is in flight): a
+    /// written checkpoint's offset becomes committable; a failed one leaves its partition dirty.
+    fn take_written(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let Some(c) = &mut self.checkpointing else {
+                return;
+            };
+            let next = match c.written.try_recv() {
+                Ok(w) => Some(w),
+                Err(_) if c.in_flight == 0 => return,
+                Err(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    c.written.recv_timeout(left).ok()
+                }
+            };
+            let Some(w) = next else {
+                return;
+            };
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if w.ok {
+                if let Ok(mut d) = c.durable.lock() {
+                    d.push((w.part, w.next_offset));
+                }
+            } else if let Some(p) = self.parts.get_mut(w.part) {
+                if p.generation == w.generation {
+                    p.dirty = true; // rewritten by the next checkpoint
+                }
+            }
+            if let Ok(m) = self.metrics.lock() {
+                if w.ok {
+                    m.checkpoints.with_label_values(&["written"]).inc();
+                    m.checkpoint_bytes.set(w.bytes as i64);
+                    m.checkpoint_written_bytes.inc_by(w.bytes as u64);
+                    m.checkpoint_seconds.observe(w.seconds);
+                } else {
+                    m.checkpoints.with_label_values(&["failed"]).inc();
+                }
+            }
+        }
+    }
+
+    /// Stop the writer thread once its queue is written (at the end).
+    pub fn stop_writer(&mut self) {
+        if let Some(c) = &mut self.checkpointing {
+            c.jobs = None;
+            if let Some(t) = c.writer_thread.take() {
+                let _ = t.join();
+            }
         }
     }
 

@@ -404,6 +404,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             tracing::info!(topic = %settings.kafka.state_topic(), interval_ms = settings.kafka.checkpoint.interval_ms, "checkpointing partition state");
         }
         let view_stop = Arc::new(AtomicBool::new(false));
+        let watchdog = kafka::watch_brokers(&settings.kafka, kafka::readiness(&consumer), view_stop.clone()).context("kafka: cannot start the broker watchdog")?;
         let mut view_thread = None;
         if checkpointing && settings.kafka.checkpoint.view_interval_ms > 0 {
             let others = Arc::new(Mutex::new(Arc::new(Vec::new())));
@@ -429,6 +430,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         if let Some(v) = view_thread {
             let _ = join(v).await;
         }
+        let _ = join(watchdog).await;
         signal.abort();
         watcher.abort();
         finish(out, lp).await;

@@ -222,7 +222,7 @@ impl Metrics {
             config_reloads: reg!(r, IntCounterVec::new(Opts::new("armwatch_config_reloads_total", "Changed configuration files seen, by result: applied, or refused (invalid: the running configuration is kept)."), &["result"])),
             rejected_log_suppressed: reg!(r, IntCounter::new("armwatch_rejected_log_suppressed_total", "Rejected messages not logged because of the log rate limit (still counted).")),
             source_ready: reg!(r, IntGauge::new("armwatch_source_ready", "1 while the source is connected and consuming.")),
-            checkpoints: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoints_total", "Checkpoints of an input partition's state written to the state topic, by result: written (durable), failed (kept dirty, retried)."), &["result"])),
+            checkpoints: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoints_total", "Checkpoints of an input partition's state written to the state topic, by result: written (durable), failed (kept dirty, retried), skipped (the writer queue was full: kept dirty for the next)."), &["result"])),
             checkpoint_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_checkpoint_seconds", "Time to snapshot one partition's state and have it durable in the state topic (on the engine thread).").buckets(vec![1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]))),
             checkpoint_bytes: reg!(r, IntGauge::new("armwatch_checkpoint_bytes", "Size of the last checkpoint written (bytes).")),
             checkpoint_written_bytes: reg!(r, IntCounter::new("armwatch_checkpoint_written_bytes_total", "Bytes of checkpoints written to the state topic.")),

@@ -33,9 +33,73 @@ use std::time::Duration;
 /// Consumer callbacks: readiness (straight into the HTTP state) on assignment, lag from
 /// statistics, and with checkpoints the restore and hand-over of partition state.
 pub struct Context {
-    shared: Arc<Shared>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     checkpoints: Option<Arc<Checkpoints>>,
+    readiness: Arc<Readiness>,
+}
+
+/// What readiness is made of: partitions assigned (and restored) by the consumer's callbacks,
+/// brokers answering by [`watch_brokers`].
+pub struct Readiness {
+    shared: Arc<Shared>,
+    assigned: AtomicBool,
+    reachable: AtomicBool,
+}
+
+impl Readiness {
+    /// Ready while partitions are assigned and a broker answers.
+    fn update(&self) {
+        let ready = self.assigned.load(Ordering::Relaxed) && self.reachable.load(Ordering::Relaxed);
+        self.shared.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// Brokers that have not answered a metadata request for this long count as unreachable (a
+/// paused or partitioned broker keeps its TCP connections open, so no disconnect says so).
+const BROKER_SILENCE: Duration = Duration::from_secs(10);
+
+/// Ask the brokers of `k` for metadata every 2 s (on a client of its own, so that a busy or
+/// blocked consumer thread does not hide a silent broker) and mark the daemon not ready
+/// while none has answered for [`BROKER_SILENCE`], until `stop` is set.
+pub fn watch_brokers(
+    k: &KafkaSettings,
+    readiness: Arc<Readiness>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, KafkaError> {
+    use rdkafka::producer::Producer as _;
+    let client: rdkafka::producer::BaseProducer = client_config(k, &[]).create()?;
+    let topic = k.topics.first().cloned().unwrap_or_default();
+    std::thread::Builder::new()
+        .name("armwatch-brokers".into())
+        .spawn(move || {
+            let mut last_answer = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let asked = std::time::Instant::now();
+                if client
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .is_ok()
+                {
+                    last_answer = std::time::Instant::now();
+                }
+                let reachable = last_answer.elapsed() < BROKER_SILENCE;
+                if reachable != readiness.reachable.swap(reachable, Ordering::Relaxed) {
+                    if reachable {
+                        tracing::info!("brokers answer again: ready");
+                    } else {
+                        tracing::warn!(
+                            silent_seconds = last_answer.elapsed().as_secs(),
+                            "no broker has answered for 10 s: not ready"
+                        );
+                    }
+                }
+                readiness.update();
+                while asked.elapsed() < Duration::from_secs(2) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map_err(|_| KafkaError::Global(rdkafka::error::RDKafkaErrorCode::Fail))
 }
 
 /// The consumer's side of checkpointing: restores assigned partitions from the state topic,
@@ -285,11 +349,13 @@ impl ConsumerContext for Context {
         match r {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.shared.ready.store(true, Ordering::Relaxed);
+                self.readiness.assigned.store(true, Ordering::Relaxed);
+                self.readiness.update();
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                self.shared.ready.store(false, Ordering::Relaxed);
+                self.readiness.assigned.store(false, Ordering::Relaxed);
+                self.readiness.update();
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -335,9 +401,13 @@ pub fn consumer(
         ],
     );
     let consumer: BaseConsumer<Context> = c.create_with_context(Context {
-        shared,
         lag,
         checkpoints,
+        readiness: Arc::new(Readiness {
+            shared,
+            assigned: AtomicBool::new(false),
+            reachable: AtomicBool::new(true),
+        }),
     })?;
     let topics: Vec<&str> = k.topics.iter().map(|t| t.as_str()).collect();
     consumer.subscribe(&topics)?;
@@ -392,6 +462,11 @@ pub struct KafkaSource {
     checkpoints: Option<Arc<Checkpoints>>,
     /// The last message's `(topic, partition)` and partition index (with checkpoints).
     last_part: Option<(String, i32, u32)>,
+}
+
+/// The readiness state of `consumer` (for [`watch_brokers`]).
+pub fn readiness(consumer: &BaseConsumer<Context>) -> Arc<Readiness> {
+    Arc::clone(&consumer.context().readiness)
 }
 
 impl KafkaSource {

@@ -219,9 +219,14 @@ async fn restarted_stream(
     let producing = std::thread::spawn(move || produce(&brokers, &t, &all, rate));
     for (run, &point) in points.iter().enumerate() {
         let mut daemon = start(dir.path(), &cfg, run as u32);
+        // ready: it owns the partition (before that, its merged view shows the checkpoint it
+        // is about to restore)
         wait_for(
             Duration::from_secs(90),
-            || counted(&http).is_some_and(|c| c >= point),
+            || {
+                http_get(&http, "/readyz").map(|r| r.0) == Some(200)
+                    && counted(&http).is_some_and(|c| c >= point)
+            },
             &format!(
                 "the state to pass {point} messages (run {run})\n{}",
                 logs(dir.path())

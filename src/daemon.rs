@@ -159,6 +159,9 @@ fn write_checkpoints(
     }
 }
 
+/// The publish cadence (metrics and report), unless publishing costs more than a tenth of it.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
 /// How long a stop or a hand-over waits for the sinks to acknowledge the alerts handed to
 /// them.
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -220,6 +223,9 @@ pub struct EngineLoop {
     alerts: mpsc::Sender<Outgoing>,
     reject_log: RateLimiter,
     dead_letter: Option<Box<dyn DeadLetter + Send>>,
+    /// 500 ms, or ten times what the last publish cost when that is more (merging the
+    /// views of many partitions of a large fleet is costly: publishing stays under a tenth of
+    /// the engine thread's time).
     publish_every: Duration,
     last_publish: Instant,
     n: u64,
@@ -254,7 +260,7 @@ impl EngineLoop {
             alerts,
             reject_log: RateLimiter::new(rejected_log_per_second),
             dead_letter,
-            publish_every: Duration::from_millis(500),
+            publish_every: PUBLISH_EVERY,
             last_publish: Instant::now(),
             n: 0,
             pending: [0; 3],
@@ -696,6 +702,7 @@ impl EngineLoop {
                 // the cost of this publish lands in the next scrape
                 m.publish_seconds
                     .observe(self.last_publish.elapsed().as_secs_f64());
+                self.publish_every = PUBLISH_EVERY.max(self.last_publish.elapsed() * 10);
                 m.encode()
             }
             Err(_) => String::new(),

@@ -242,3 +242,84 @@ fn returning_users_are_counted_once() {
         "the over-dispersion this guards against did not show ({without_unit})"
     );
 }
+
+/// Issue 9, must-show 6: restarts do not change the false-alarm figures. Each of 100 null
+/// streams is monitored twice: uninterrupted, and restarted from a snapshot (the checkpoint
+/// format) at five points (a kill -9 loses nothing the checkpoint covers, and the events after
+/// it are replayed). Every check's alerts are the same, alert for alert (event and evidence),
+/// so the share of streams that alarm is the same number.
+#[test]
+fn null_false_alarms_unchanged_by_restarts() {
+    let settings = settings();
+    let streams = 100u64;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let results: Vec<(Vec<String>, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let settings = &settings;
+                s.spawn(move || {
+                    (0..streams)
+                        .filter(|i| i % threads == t)
+                        .map(|i| {
+                            let seed = 7_000 + i;
+                            let mut events = Vec::with_capacity(EVENTS);
+                            let mut sim = Simulator::single_with_users(
+                                seed,
+                                Faults::default(),
+                                Some(Users::returning(5_000)),
+                            );
+                            for _ in 0..EVENTS {
+                                let mut b = Vec::new();
+                                sim.next_event(&mut b);
+                                events.push(b);
+                            }
+                            let alerts = |e: &Engine| -> Vec<String> {
+                                e.alerts()
+                                    .iter()
+                                    .map(|a| serde_json::to_string(a).expect("alert JSON"))
+                                    .collect()
+                            };
+                            let mut whole = Engine::new(settings);
+                            for b in &events {
+                                let _ = whole.process(b);
+                            }
+                            // five restart points per stream, spread by the seed
+                            let step = EVENTS as u64 / 6;
+                            let cuts: Vec<usize> = (1..=5u64)
+                                .map(|k| (k * step + (seed * 7_919 + k * 104_729) % step) as usize)
+                                .collect();
+                            let mut restarted = Engine::new(settings);
+                            for (j, b) in events.iter().enumerate() {
+                                if cuts.contains(&j) {
+                                    let bytes = armwatch::snapshot::write(&restarted);
+                                    restarted = armwatch::snapshot::read(settings, &bytes)
+                                        .expect("snapshot reads back");
+                                }
+                                let _ = restarted.process(b);
+                            }
+                            (alerts(&whole), alerts(&restarted))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("stream thread"))
+            .collect()
+    });
+    let alarmed = |pick: fn(&(Vec<String>, Vec<String>)) -> &Vec<String>| {
+        results.iter().filter(|r| !pick(r).is_empty()).count()
+    };
+    let (whole, restarted) = (alarmed(|r| &r.0), alarmed(|r| &r.1));
+    println!(
+        "null, {streams} streams x {EVENTS} events (returning users), every check: {whole} streams alarm uninterrupted, {restarted} restarted 5 times each"
+    );
+    for (i, (w, r)) in results.iter().enumerate() {
+        assert_eq!(
+            w, r,
+            "stream {i}: the same alerts with and without restarts"
+        );
+    }
+    assert_eq!(whole, restarted);
+}

@@ -480,6 +480,13 @@ impl Engine {
         }
     }
 
+    /// Give this engine `bytes` of the memory budget (a replica's budget is shared by the
+    /// engines of the partitions it owns) and recount.
+    pub fn set_memory_budget(&mut self, bytes: usize) {
+        self.memory_budget = bytes;
+        self.count_memory();
+    }
+
     /// `(estimated bytes of state at the last count, budget)`.
     pub fn memory(&self) -> (usize, usize) {
         (self.state_bytes, self.memory_budget)

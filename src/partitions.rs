@@ -119,6 +119,21 @@ impl Partitions {
             self.parts.resize_with(index + 1, || None);
         }
         self.parts[index] = Some(part);
+        self.share_budget();
+    }
+
+    /// The whole `limits.max_memory_bytes`.
+    fn budget(&self) -> usize {
+        usize::try_from(self.settings.limits.max_memory_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Split the memory budget evenly over the owned partitions' engines: a replica owning N
+    /// partitions holds at most the configured budget, not N times it.
+    fn share_budget(&mut self) {
+        let share = self.budget() / self.len().max(1);
+        for (_, p) in self.iter_mut() {
+            p.engine.set_memory_budget(share);
+        }
     }
 
     /// Partition `index`, when owned.
@@ -128,7 +143,9 @@ impl Partitions {
 
     /// Stop owning partition `index`; its state is returned (for a final checkpoint).
     pub fn revoke(&mut self, index: usize) -> Option<Part> {
-        self.parts.get_mut(index).and_then(Option::take)
+        let part = self.parts.get_mut(index).and_then(Option::take);
+        self.share_budget();
+        part
     }
 
     /// Where the message at `offset` of partition `index` goes (its offset then counts as
@@ -209,6 +226,7 @@ impl Partitions {
             p.engine = old.reconfigured(settings);
         }
         self.settings = settings.clone();
+        self.share_budget();
     }
 
     /// The merged view of every owned partition ([`Engine::merge`]): borrowed when there is
@@ -241,6 +259,9 @@ impl Partitions {
                 for e in parts {
                     merged.merge(e);
                 }
+                // the view reports against the whole budget
+                let budget = self.budget();
+                merged.set_memory_budget(budget);
                 Cow::Owned(merged)
             }
         }
@@ -274,10 +295,15 @@ mod tests {
         }
         assert_eq!(applied, 4);
         assert_eq!(parts.view().seen(), 4);
+        // two partitions share the budget; the view reports against all of it
+        let budget = settings.limits.max_memory_bytes as usize;
+        assert!(parts.iter().all(|(_, p)| p.engine.memory().1 == budget / 2));
+        assert_eq!(parts.view().memory().1, budget);
         let p0 = parts.revoke(0).unwrap();
         assert_eq!((p0.next_offset, p0.dirty), (12, true));
         assert!(matches!(parts.engine_for(0, 12), Route::Unowned));
         assert_eq!(parts.len(), 1);
         assert_eq!(parts.view().seen(), 2);
+        assert!(parts.iter().all(|(_, p)| p.engine.memory().1 == budget));
     }
 }

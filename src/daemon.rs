@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::event::{Event, Kind, RejectReason};
 use crate::http::Shared;
 use crate::metrics::Metrics;
-use crate::partitions::{Part, Partitions, Route, Viewed};
+use crate::partitions::{MergedView, Part, Partitions, Route, Viewed};
 use crate::sink::Outgoing;
 use prometheus::Histogram;
 use std::borrow::Cow;
@@ -213,7 +213,7 @@ pub struct EngineLoop {
     checkpointing: Option<Checkpointing>,
     /// Other replicas' partitions from their checkpoints (the state topic's tail), merged
     /// into the view.
-    others: Option<Arc<Mutex<Arc<Vec<Viewed>>>>>,
+    others: Option<Arc<MergedView>>,
     /// Partitions this replica handed over, as it left them, until the state topic's tail
     /// shows their next owner's checkpoints at least as far (so the view never goes back).
     handed_over: Vec<Viewed>,
@@ -306,7 +306,7 @@ impl EngineLoop {
 
     /// Merge the partitions `others` holds (other replicas', from their checkpoints) into the
     /// report and metrics.
-    pub fn with_merged_view(mut self, others: Arc<Mutex<Arc<Vec<Viewed>>>>) -> EngineLoop {
+    pub fn with_merged_view(mut self, others: Arc<MergedView>) -> EngineLoop {
         self.others = Some(others);
         self
     }
@@ -317,7 +317,7 @@ impl EngineLoop {
         let Some(tail) = self
             .others
             .as_ref()
-            .and_then(|o| o.lock().ok().map(|o| Arc::clone(&o)))
+            .and_then(|o| o.others.lock().ok().map(|o| Arc::clone(&o)))
         else {
             return Vec::new();
         };
@@ -417,6 +417,11 @@ impl EngineLoop {
     fn count_owned(&self) {
         if let Ok(m) = self.metrics.lock() {
             m.partitions_owned.set(self.parts.len() as i64);
+        }
+        if let Some(view) = &self.others {
+            if let Ok(mut owned) = view.owned.lock() {
+                *owned = self.parts.iter().map(|(_, p)| p.key.clone()).collect();
+            }
         }
     }
 

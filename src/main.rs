@@ -407,7 +407,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let watchdog = kafka::watch_brokers(&settings.kafka, kafka::readiness(&consumer), view_stop.clone()).context("kafka: cannot start the broker watchdog")?;
         let mut view_thread = None;
         if checkpointing && settings.kafka.checkpoint.view_interval_ms > 0 {
-            let others = Arc::new(Mutex::new(Arc::new(Vec::new())));
+            let others = Arc::new(armwatch::partitions::MergedView::default());
             let every = Duration::from_millis(settings.kafka.checkpoint.view_interval_ms);
             view_thread = Some(state_topic::follow(&settings.kafka, settings.clone(), every, others.clone(), view_stop.clone()).context("kafka.checkpoint.view_interval_ms: cannot follow the state topic (set it to 0 to report only owned partitions)")?);
             lp = lp.with_merged_view(others);

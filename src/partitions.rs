@@ -69,6 +69,17 @@ pub struct Viewed {
     pub engine: std::sync::Arc<Engine>,
 }
 
+/// What the state topic's follower and the engine thread share: the other replicas'
+/// partitions (written by the follower) and the partitions this replica owns (written by the
+/// engine thread: the follower does not decode their checkpoints).
+#[derive(Default)]
+pub struct MergedView {
+    /// Other replicas' partitions, as of their last checkpoints.
+    pub others: std::sync::Mutex<std::sync::Arc<Vec<Viewed>>>,
+    /// Keys of the partitions this replica owns.
+    pub owned: std::sync::Mutex<Vec<String>>,
+}
+
 /// The owned partitions, by the source's partition index.
 pub struct Partitions {
     parts: Vec<Option<Part>>,

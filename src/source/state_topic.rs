@@ -7,7 +7,7 @@ use crate::checkpoint::Collector;
 use crate::config::KafkaSettings;
 use crate::config::Settings;
 use crate::daemon::CheckpointStore;
-use crate::partitions::Viewed;
+use crate::partitions::{MergedView, Viewed};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Create the state topic if it does not exist: one partition, compacted (only the latest
@@ -250,7 +250,7 @@ pub fn follow(
     k: &KafkaSettings,
     settings: Settings,
     every: Duration,
-    out: Arc<Mutex<Arc<Vec<Viewed>>>>,
+    out: Arc<MergedView>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
     let (consumer, _) = reader(k, "view", Duration::from_secs(10))?;
@@ -277,8 +277,15 @@ pub fn follow(
                     continue;
                 }
                 last = Instant::now();
-                let mut changed = false;
+                let owned: Vec<String> = out.owned.lock().map(|o| o.clone()).unwrap_or_default();
+                let before = view.len();
+                view.retain(|v| !owned.contains(&v.key));
+                published.retain(|k, _| !owned.contains(k));
+                let mut changed = view.len() != before;
                 for key in collected.partitions() {
+                    if owned.contains(&key) {
+                        continue; // this replica's own: its live state is in the view
+                    }
                     let Ok(Some(cp)) = collected.checkpoint(&key) else {
                         continue; // incomplete or refused: the last good view stays
                     };
@@ -302,7 +309,7 @@ pub fn follow(
                     }
                 }
                 if changed {
-                    if let Ok(mut o) = out.lock() {
+                    if let Ok(mut o) = out.others.lock() {
                         *o = Arc::new(view.clone());
                     }
                 }

@@ -88,15 +88,19 @@ fn run_many_with(
     make: &(dyn Fn(u64) -> Simulator + Sync),
 ) -> Vec<StreamResult> {
     let settings = settings();
+    per_stream(streams, &|i| run_stream(make(seed0 + i), &settings))
+}
+
+/// `run(i)` for streams `0..streams`, spread over the cores (in stream order per thread).
+fn per_stream<T: Send>(streams: u64, run: &(dyn Fn(u64) -> T + Sync)) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let settings = &settings;
                 s.spawn(move || {
                     (0..streams)
                         .filter(|i| i % threads == t)
-                        .map(|i| run_stream(make(seed0 + i), settings))
+                        .map(run)
                         .collect::<Vec<_>>()
                 })
             })
@@ -252,61 +256,41 @@ fn returning_users_are_counted_once() {
 fn null_false_alarms_unchanged_by_restarts() {
     let settings = settings();
     let streams = 100u64;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let results: Vec<(Vec<String>, Vec<String>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let settings = &settings;
-                s.spawn(move || {
-                    (0..streams)
-                        .filter(|i| i % threads == t)
-                        .map(|i| {
-                            let seed = 7_000 + i;
-                            let mut events = Vec::with_capacity(EVENTS);
-                            let mut sim = Simulator::single_with_users(
-                                seed,
-                                Faults::default(),
-                                Some(Users::returning(5_000)),
-                            );
-                            for _ in 0..EVENTS {
-                                let mut b = Vec::new();
-                                sim.next_event(&mut b);
-                                events.push(b);
-                            }
-                            let alerts = |e: &Engine| -> Vec<String> {
-                                e.alerts()
-                                    .iter()
-                                    .map(|a| serde_json::to_string(a).expect("alert JSON"))
-                                    .collect()
-                            };
-                            let mut whole = Engine::new(settings);
-                            for b in &events {
-                                let _ = whole.process(b);
-                            }
-                            // five restart points per stream, spread by the seed
-                            let step = EVENTS as u64 / 6;
-                            let cuts: Vec<usize> = (1..=5u64)
-                                .map(|k| (k * step + (seed * 7_919 + k * 104_729) % step) as usize)
-                                .collect();
-                            let mut restarted = Engine::new(settings);
-                            for (j, b) in events.iter().enumerate() {
-                                if cuts.contains(&j) {
-                                    let bytes = armwatch::snapshot::write(&restarted);
-                                    restarted = armwatch::snapshot::read(settings, &bytes)
-                                        .expect("snapshot reads back");
-                                }
-                                let _ = restarted.process(b);
-                            }
-                            (alerts(&whole), alerts(&restarted))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
+    let results: Vec<(Vec<String>, Vec<String>)> = per_stream(streams, &|i| {
+        let seed = 7_000 + i;
+        let mut events = Vec::with_capacity(EVENTS);
+        let mut sim =
+            Simulator::single_with_users(seed, Faults::default(), Some(Users::returning(5_000)));
+        for _ in 0..EVENTS {
+            let mut b = Vec::new();
+            sim.next_event(&mut b);
+            events.push(b);
+        }
+        let alerts = |e: &Engine| -> Vec<String> {
+            e.alerts()
+                .iter()
+                .map(|a| serde_json::to_string(a).expect("alert JSON"))
+                .collect()
+        };
+        let mut whole = Engine::new(&settings);
+        for b in &events {
+            let _ = whole.process(b);
+        }
+        // five restart points per stream, spread by the seed
+        let step = EVENTS as u64 / 6;
+        let cuts: Vec<usize> = (1..=5u64)
+            .map(|k| (k * step + (seed * 7_919 + k * 104_729) % step) as usize)
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("stream thread"))
-            .collect()
+        let mut restarted = Engine::new(&settings);
+        for (j, b) in events.iter().enumerate() {
+            if cuts.contains(&j) {
+                let bytes = armwatch::snapshot::write(&restarted);
+                restarted =
+                    armwatch::snapshot::read(&settings, &bytes).expect("snapshot reads back");
+            }
+            let _ = restarted.process(b);
+        }
+        (alerts(&whole), alerts(&restarted))
     });
     let whole = results.iter().filter(|r| !r.0.is_empty()).count();
     let restarted = results.iter().filter(|r| !r.1.is_empty()).count();

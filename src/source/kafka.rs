@@ -23,7 +23,6 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -283,12 +282,26 @@ impl Checkpoints {
 }
 
 impl ClientContext for Context {
-    fn stats(&self, s: Statistics) {
+    /// Consumer lag per partition, read from the statistics JSON directly (only the lag is
+    /// needed; a field the typed `Statistics` does not expect cannot drop the whole update).
+    fn stats_raw(&self, raw: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(raw) else {
+            return;
+        };
         let mut out = Vec::new();
-        for (topic, t) in &s.topics {
-            for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    out.push((topic.clone(), *p, part.consumer_lag));
+        if let Some(topics) = v["topics"].as_object() {
+            for (topic, t) in topics {
+                let Some(parts) = t["partitions"].as_object() else {
+                    continue;
+                };
+                for (p, part) in parts {
+                    let (Ok(p), Some(lag)) = (p.parse::<i32>(), part["consumer_lag"].as_i64())
+                    else {
+                        continue;
+                    };
+                    if p >= 0 && lag >= 0 {
+                        out.push((topic.clone(), p, lag));
+                    }
                 }
             }
         }

@@ -502,7 +502,9 @@ impl KafkaSource {
         let Some(cp) = &self.checkpoints else {
             return;
         };
-        if cp.has_assigned.swap(false, Ordering::Acquire) {
+        // a load first: the swap (a write) only when a rebalance left partitions
+        if cp.has_assigned.load(Ordering::Relaxed) && cp.has_assigned.swap(false, Ordering::Acquire)
+        {
             if let Ok(mut a) = cp.assigned.lock() {
                 for (index, part) in a.drain(..) {
                     batch.assign(index, part);

@@ -555,6 +555,16 @@ fn default_max_arms() -> usize {
     16
 }
 
+impl LimitSettings {
+    /// The decoder's limits.
+    pub fn decode(&self) -> crate::event::Limits {
+        crate::event::Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_inputs_per_event: self.max_inputs_per_event,
+        }
+    }
+}
+
 impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {

@@ -377,18 +377,6 @@ impl EngineLoop {
         Some(res)
     }
 
-    /// Process one message of a source without partitions (`None`: one without payload).
-    pub fn on_message(&mut self, payload: Option<&[u8]>) -> Result<Kind, RejectReason> {
-        let mut inputs = crate::event::Inputs::new();
-        let limits = self.decode_limits();
-        let decoded = match payload {
-            Some(p) => crate::event::decode_into(p, &limits, &mut inputs),
-            None => Err(RejectReason::Empty),
-        };
-        self.on_message_at(0, -1, payload, decoded)
-            .unwrap_or(Err(RejectReason::Empty))
-    }
-
     /// The decoder's limits.
     pub fn decode_limits(&self) -> crate::event::Limits {
         self.parts.decode_limits()
@@ -402,11 +390,9 @@ impl EngineLoop {
         part.engine = old.reconfigured(&settings);
         // its checkpoint is durable: the alerts it holds that no sink acknowledged go out again
         part.handed = part.engine.delivered();
-        let pending = &part.engine.alerts()[part.handed..];
-        if !pending.is_empty() {
-            tracing::info!(partition = %part.key, alerts = pending.len(), "alerts not acknowledged before the hand-over: delivered again");
-            send_alerts(&self.alerts, pending, Some((index, part.handed)));
-            part.handed = part.engine.alerts().len();
+        if part.engine.alerts().len() > part.handed {
+            tracing::info!(partition = %part.key, alerts = part.engine.alerts().len() - part.handed, "alerts not acknowledged before the hand-over: delivered again");
+            hand_alerts(&self.alerts, index, &mut part);
         }
         tracing::info!(partition = %part.key, next_offset = part.next_offset, generation = part.generation, "partition state taken on");
         self.handed_over.retain(|h| h.key != part.key);
@@ -437,11 +423,7 @@ impl EngineLoop {
         self.take_acks(Duration::ZERO);
         self.take_written(Duration::ZERO);
         for Control::Revoke(parts, answer) in revokes {
-            self.checkpoint(|i, _| parts.contains(&i));
-            self.take_written(WRITE_WAIT);
-            self.take_acks(ACK_WAIT);
-            self.checkpoint(|i, _| parts.contains(&i));
-            self.take_written(WRITE_WAIT);
+            self.checkpoint_settled(|i, _| parts.contains(&i));
             for i in parts {
                 if let Some(p) = self.parts.revoke(i) {
                     tracing::info!(partition = %p.key, next_offset = p.next_offset, "partition state handed over");
@@ -481,12 +463,15 @@ impl EngineLoop {
             return;
         };
         let deadline = Instant::now() + wait;
+        // recorded by the next checkpoint
+        let confirm = |parts: &mut Partitions, (i, alert): (usize, usize)| {
+            if let Some(p) = parts.get_mut(i) {
+                p.dirty |= p.engine.confirm_delivered(alert);
+            }
+        };
         loop {
-            for (i, alert) in c.acks.try_iter() {
-                if let Some(p) = self.parts.get_mut(i) {
-                    // recorded by the next checkpoint
-                    p.dirty |= p.engine.confirm_delivered(alert);
-                }
+            for ack in c.acks.try_iter() {
+                confirm(&mut self.parts, ack);
             }
             let settled = self
                 .parts
@@ -496,23 +481,28 @@ impl EngineLoop {
             if settled || left.is_zero() {
                 return;
             }
-            if let Ok((i, alert)) = c.acks.recv_timeout(left) {
-                if let Some(p) = self.parts.get_mut(i) {
-                    p.dirty |= p.engine.confirm_delivered(alert);
-                }
+            if let Ok(ack) = c.acks.recv_timeout(left) {
+                confirm(&mut self.parts, ack);
             }
         }
+    }
+
+    /// Checkpoint the partitions `which` selects and wait until it is written, then take the
+    /// sinks' acknowledgements of the alerts it handed them and checkpoint those (a hand-over
+    /// or a stop leaves nothing to deliver again).
+    fn checkpoint_settled(&mut self, which: impl Fn(usize, &Part) -> bool) {
+        self.checkpoint(&which);
+        self.take_written(WRITE_WAIT);
+        self.take_acks(ACK_WAIT);
+        self.checkpoint(&which);
+        self.take_written(WRITE_WAIT);
     }
 
     /// Checkpoint every owned partition with unsaved state (at the end), then once more with
     /// the sinks' acknowledgements of the alerts it handed them.
     pub fn checkpoint_all(&mut self) {
         if self.checkpointing.is_some() {
-            self.checkpoint(|_, _| true);
-            self.take_written(WRITE_WAIT);
-            self.take_acks(ACK_WAIT);
-            self.checkpoint(|_, _| true);
-            self.take_written(WRITE_WAIT);
+            self.checkpoint_settled(|_, _| true);
             self.stop_writer();
             for (_, p) in self.parts.iter() {
                 tracing::info!(partition = %p.key, next_offset = p.next_offset, generation = p.generation, dirty = p.dirty, "final checkpoint");

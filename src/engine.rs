@@ -127,10 +127,7 @@ impl Engine {
     pub fn new(settings: &Settings) -> Engine {
         let exp_limits = ExperimentLimits::from_settings(settings);
         let mut e = Engine {
-            limits: Limits {
-                max_message_bytes: settings.limits.max_message_bytes,
-                max_inputs_per_event: settings.limits.max_inputs_per_event,
-            },
+            limits: settings.limits.decode(),
             levels: EvalContext::levels(&settings.alerts),
             max_experiments: settings
                 .limits

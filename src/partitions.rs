@@ -118,10 +118,7 @@ impl Partitions {
 
     /// The decoder's limits (every engine's).
     pub fn decode_limits(&self) -> crate::event::Limits {
-        crate::event::Limits {
-            max_message_bytes: self.settings.limits.max_message_bytes,
-            max_inputs_per_event: self.settings.limits.max_inputs_per_event,
-        }
+        self.settings.limits.decode()
     }
 
     /// Own partition `index` from now on (replacing whatever was there).

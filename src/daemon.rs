@@ -3,7 +3,7 @@
 //! checkpoints the partitions' state, and publishes metrics and the merged report at a fixed
 //! cadence. Kafka (`run`) and the simulator (`demo`) both drive it.
 
-use crate::detect::Alert;
+use crate::check::Alert;
 use crate::engine::Engine;
 use crate::event::{Event, Kind, RejectReason};
 use crate::http::Shared;

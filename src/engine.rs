@@ -3,11 +3,11 @@
 //! One `Engine` is owned by one thread; there are no locks and, for a typical event, no heap
 //! allocation. The IO shell feeds it messages and drains new alerts and reports.
 
-use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
-use crate::detect::{
-    assignment, exposure, input_divergence, judge, predictable, sampling, srm, substrate,
-    threshold, Alert, EvalContext,
+use crate::check::{
+    Alert, EvalContext, JudgeUpdate, Tracked, TrackedEvalSet, TrackedExperiment, TrackedJudge,
+    TrackedRouter,
 };
+use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
 use crate::event::{
     decode_into, Body, Event, InputValue, Inputs, Judgment, Kind, Limits, RejectReason, Routing,
 };
@@ -27,7 +27,7 @@ pub struct Engine {
     /// Alert levels; `seq` and `ts_ms` are set per event.
     levels: EvalContext,
     max_experiments: usize,
-    experiments: Vec<Experiment>,
+    experiments: Vec<TrackedExperiment>,
     index: HashMap<u64, usize, Identity>,
     last: usize,
     accepted: [u64; Kind::ALL.len()],
@@ -35,14 +35,14 @@ pub struct Engine {
     seq: u64,
     alerts: Vec<Alert>,
     delivered: usize,
-    judges: Vec<JudgeState>,
+    judges: Vec<TrackedJudge>,
     judge_index: HashMap<u64, usize, Identity>,
     judge_settings: Vec<JudgeSettings>,
-    routers: Vec<RouterState>,
+    routers: Vec<TrackedRouter>,
     router_index: HashMap<u64, usize, Identity>,
     router_settings: Vec<RouterSettings>,
     production: Option<Production>,
-    eval_sets: Vec<EvalSet>,
+    eval_sets: Vec<TrackedEvalSet>,
     k_grid: Vec<f64>,
     /// `limits.max_memory_bytes`.
     memory_budget: usize,
@@ -75,34 +75,34 @@ pub const MEMORY_RECOUNT_PER_EXPERIMENT: u64 = 8;
 /// their JSON (their report form skips empty fields, which a binary format cannot).
 #[derive(serde::Deserialize)]
 pub(crate) struct EngineState {
-    experiments: Vec<Experiment>,
+    experiments: Vec<TrackedExperiment>,
     accepted: [u64; Kind::ALL.len()],
     rejected: [u64; RejectReason::ALL.len()],
     seq: u64,
     #[serde(deserialize_with = "alerts_from_json")]
     alerts: Vec<Alert>,
     delivered: usize,
-    judges: Vec<JudgeState>,
-    routers: Vec<RouterState>,
+    judges: Vec<TrackedJudge>,
+    routers: Vec<TrackedRouter>,
     production: Option<Production>,
-    eval_sets: Vec<EvalSet>,
+    eval_sets: Vec<TrackedEvalSet>,
 }
 
 /// [`EngineState`] borrowed from a running engine, for writing (no copy of the state); the
 /// same fields in the same order, so it reads back as an [`EngineState`].
 #[derive(serde::Serialize)]
 pub(crate) struct EngineStateRef<'a> {
-    experiments: &'a [Experiment],
+    experiments: &'a [TrackedExperiment],
     accepted: &'a [u64; Kind::ALL.len()],
     rejected: &'a [u64; RejectReason::ALL.len()],
     seq: u64,
     #[serde(serialize_with = "alerts_as_json")]
     alerts: &'a [Alert],
     delivered: usize,
-    judges: &'a [JudgeState],
-    routers: &'a [RouterState],
+    judges: &'a [TrackedJudge],
+    routers: &'a [TrackedRouter],
     production: Option<&'a Production>,
-    eval_sets: &'a [EvalSet],
+    eval_sets: &'a [TrackedEvalSet],
 }
 
 fn alerts_as_json<S: serde::Serializer>(alerts: &&[Alert], ser: S) -> Result<S::Ok, S::Error> {
@@ -157,7 +157,7 @@ impl Engine {
             created: None,
         };
         for cfg in &settings.experiments {
-            let exp = Experiment::declared(cfg, &e.exp_limits);
+            let exp = Tracked::new(Experiment::declared(cfg, &e.exp_limits));
             e.index.insert(key_of(&cfg.id), e.experiments.len());
             e.experiments.push(exp);
         }
@@ -230,7 +230,7 @@ impl Engine {
                 }
                 self.created = Some(self.experiments.len());
                 self.experiments
-                    .push(Experiment::undeclared(id, &self.exp_limits));
+                    .push(Tracked::new(Experiment::undeclared(id, &self.exp_limits)));
                 self.index.insert(key, self.experiments.len() - 1);
                 self.experiments.len() - 1
             }
@@ -263,14 +263,12 @@ impl Engine {
             |x| &x.name,
             || {
                 let cfg = settings.iter().find(|c| c.name == *r.router).cloned();
-                RouterState::new(&r.router, cfg)
+                Tracked::new(RouterState::new(&r.router, cfg))
             },
         )?;
-        let router = &mut self.routers[i];
+        let (router, checks) = self.routers[i].parts();
         let decision = router.observe(r.score, r.threshold, &r.route);
-        self.alerts
-            .extend(threshold::compliance(router, decision, ctx));
-        self.alerts.extend(threshold::density(router, ctx));
+        checks.on_event(router, &decision, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -283,14 +281,16 @@ impl Engine {
         // the judge-version mix of an experiment's arms is an input of that experiment
         if let (Some(id), Some(arm)) = (ev.experiment.as_deref(), ev.arm.as_deref()) {
             let e = self.experiment_index(id)?;
-            let exp = &mut self.experiments[e];
-            if let Some(i) = exp.observe_input(
+            let (exp, checks) = self.experiments[e].parts();
+            let obs = exp.observe_input(
                 arm,
                 "judge_version",
                 &InputValue::Str(j.judge_version.clone()),
-            )? {
-                self.alerts.extend(input_divergence::evaluate(exp, i, ctx));
+            )?;
+            if obs.restarted {
+                checks.restart();
             }
+            checks.on_event(exp, &obs, ctx, &mut self.alerts);
         }
         let settings = &self.judge_settings;
         let k = instrument_index(
@@ -300,20 +300,20 @@ impl Engine {
             |x| &x.name,
             || {
                 let cfg = settings.iter().find(|c| c.name == *j.judge).cloned();
-                JudgeState::new(cfg.unwrap_or_else(|| JudgeSettings::discovered(&j.judge)))
+                Tracked::new(JudgeState::new(
+                    cfg.unwrap_or_else(|| JudgeSettings::discovered(&j.judge)),
+                ))
             },
         )?;
-        let judge = &mut self.judges[k];
-        if let Some((v, new)) =
-            judge.observe(&j.judge_version, j.score, j.control, ev.ts_ms, ctx.seq)
-        {
-            if new {
-                self.alerts.extend(judge::version_change(judge, v, ctx));
-            }
-        }
-        if j.control {
-            self.alerts.extend(judge::score_shift(judge, ctx));
-        }
+        let (judge, checks) = self.judges[k].parts();
+        let new_version = judge
+            .observe(&j.judge_version, j.score, j.control, ev.ts_ms, ctx.seq)
+            .and_then(|(v, new)| new.then_some(v));
+        let update = JudgeUpdate {
+            new_version,
+            control: j.control,
+        };
+        checks.on_event(judge, &update, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -329,15 +329,18 @@ impl Engine {
         let i = match self.eval_sets.iter().position(|s| &*s.name == name) {
             Some(i) => i,
             None if self.eval_sets.len() < MAX_EVAL_SETS => {
-                self.eval_sets
-                    .push(EvalSet::new(name, production, self.k_grid.len()));
+                self.eval_sets.push(Tracked::new(EvalSet::new(
+                    name,
+                    production,
+                    self.k_grid.len(),
+                )));
                 self.eval_sets.len() - 1
             }
             None => return Err(RejectReason::InstrumentLimit),
         };
-        let set = &mut self.eval_sets[i];
+        let (set, checks) = self.eval_sets[i].parts();
         set.observe(production, ev.ts_ms, ev.inputs, &self.k_grid);
-        self.alerts.extend(sampling::evaluate(set, production, ctx));
+        checks.on_event(set, &&*production, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -347,35 +350,12 @@ impl Engine {
         }
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
         let i = self.experiment_index(id)?;
-        let exp = &mut self.experiments[i];
+        let (exp, checks) = self.experiments[i].parts();
         let obs = exp.observe(ev, ctx.seq)?;
-        if let Some((k, i)) = obs.substrate_change {
-            self.alerts.extend(substrate::change(
-                &exp.id,
-                &exp.arms,
-                &exp.substrates[k],
-                i,
-                ctx,
-            ));
+        if obs.restarted {
+            checks.restart();
         }
-        if obs.unit {
-            self.alerts.extend(exposure::multiple(exp, ctx));
-        }
-        if obs.cluster_mixed {
-            self.alerts.extend(exposure::cluster(exp, ctx));
-        }
-        self.alerts.extend(assignment::evaluate(exp, ctx));
-        if !obs.counted {
-            return Ok(());
-        }
-        self.alerts.extend(srm::evaluate(exp, ctx));
-        self.alerts.extend(predictable::evaluate(exp, ctx));
-        let mut touched = obs.touched;
-        while touched != 0 {
-            let j = touched.trailing_zeros() as usize;
-            touched &= touched - 1;
-            self.alerts.extend(input_divergence::evaluate(exp, j, ctx));
-        }
+        checks.on_event(exp, &obs, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -407,22 +387,22 @@ impl Engine {
     }
 
     /// Experiments tracked.
-    pub fn experiments(&self) -> &[Experiment] {
+    pub fn experiments(&self) -> &[TrackedExperiment] {
         &self.experiments
     }
 
     /// Production reference and eval sets (sampling skew).
-    pub fn sampling(&self) -> (Option<&Production>, &[EvalSet]) {
+    pub fn sampling(&self) -> (Option<&Production>, &[TrackedEvalSet]) {
         (self.production.as_ref(), &self.eval_sets)
     }
 
     /// Routers tracked.
-    pub fn routers(&self) -> &[RouterState] {
+    pub fn routers(&self) -> &[TrackedRouter] {
         &self.routers
     }
 
     /// Judges tracked.
-    pub fn judges(&self) -> &[JudgeState] {
+    pub fn judges(&self) -> &[TrackedJudge] {
         &self.judges
     }
 
@@ -456,11 +436,11 @@ impl Engine {
     /// every [`MEMORY_RECOUNT_EVERY`] messages ([`MEMORY_RECOUNT_NEAR`] close to the budget).
     pub fn count_memory(&mut self) {
         self.state_bytes = std::mem::size_of::<Engine>()
-            + self.experiments.capacity() * std::mem::size_of::<Experiment>()
+            + self.experiments.capacity() * std::mem::size_of::<TrackedExperiment>()
             + self
                 .experiments
                 .iter()
-                .map(Experiment::memory_bytes)
+                .map(|e| e.memory_bytes())
                 .sum::<usize>()
             + self.index.capacity() * 17;
         let over = self.state_bytes >= self.memory_budget;
@@ -565,12 +545,12 @@ impl Engine {
                 Some(i) if self.experiments[i].design_key == key => {}
                 Some(i) => {
                     tracing::warn!(experiment = %cfg.id, "declared design changed: its statistics restart");
-                    self.experiments[i] = Experiment::declared(cfg, &self.exp_limits);
+                    self.experiments[i] = Tracked::new(Experiment::declared(cfg, &self.exp_limits));
                 }
                 None => {
                     self.index.insert(key_of(&cfg.id), self.experiments.len());
                     self.experiments
-                        .push(Experiment::declared(cfg, &self.exp_limits));
+                        .push(Tracked::new(Experiment::declared(cfg, &self.exp_limits)));
                 }
             }
         }

@@ -1,16 +1,16 @@
 //! armwatch: watches the event streams of LLM product experiments and says, while they run,
 //! when their result cannot be trusted (assignment leaking into inputs, instruments drifting).
 //!
-//! Data flows one way: [`source`] -> [`event`] decode -> [`state`] -> [`detect`] ->
-//! [`metrics`] / [`sink`]. Everything up to the detectors is pure and owned by one
+//! Data flows one way: [`source`] -> [`event`] decode -> [`state`] -> [`check`] ->
+//! [`metrics`] / [`sink`]. Everything up to the checks is pure and owned by one
 //! [`engine::Engine`] per thread.
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
-pub mod detect;
 pub mod engine;
 pub mod event;
 pub(crate) mod hint;

@@ -4,7 +4,7 @@
 //! values, counters aggregate into `__other__` and gauges are not exported for the overflow
 //! (`armwatch_label_values_overflowed` says how many were refused).
 
-use crate::detect::Check;
+use crate::check::{Check, EvalSetMetrics, ExperimentMetrics, JudgeMetrics, RouterMetrics};
 use crate::engine::Engine;
 use crate::event::{Kind, RejectReason};
 use crate::report::Report;
@@ -86,36 +86,9 @@ pub struct Metrics {
     rejected: IntCounterVec,
     arm_events: IntCounterVec,
     repeat_events: IntCounterVec,
-    srm_log_e: GaugeVec,
-    srm_p: GaugeVec,
-    srm_chi2_p: GaugeVec,
-    div_log_e: GaugeVec,
-    div_kl: GaugeVec,
-    div_js: GaugeVec,
-    div_psi: GaugeVec,
-    input_smd: GaugeVec,
     alerts_active: IntGaugeVec,
-    judge_log_e: GaugeVec,
-    router_log_e: GaugeVec,
-    router_share: GaugeVec,
     router_in_band: IntGaugeVec,
-    router_density: GaugeVec,
-    sampling: GaugeVec,
-    substrate: IntGaugeVec,
-    judge_shift: GaugeVec,
-    judge_cusum: GaugeVec,
-    judge_version_judgments: IntGaugeVec,
     alerts_fired: IntCounterVec,
-    mismatch_log_e: GaugeVec,
-    mismatch_ratio: GaugeVec,
-    candidate_agreement: GaugeVec,
-    exposure_ratio: GaugeVec,
-    exposure_followed: IntGaugeVec,
-    exposure_memory: IntGaugeVec,
-    mixed_clusters: IntGaugeVec,
-    clusters: IntGaugeVec,
-    predictable_log_e: GaugeVec,
-    predictable_auc: GaugeVec,
     overflowed: IntGaugeVec,
     /// Sampled per-event processing time.
     pub processing: Histogram,
@@ -152,7 +125,11 @@ pub struct Metrics {
     state_memory: IntGauge,
     memory_budget: IntGauge,
     resident_memory: IntGauge,
-    caps: [LabelCap; 4],
+    labels: Labels,
+    experiment_checks: ExperimentMetrics,
+    router_checks: RouterMetrics,
+    judge_checks: JudgeMetrics,
+    eval_set_checks: EvalSetMetrics,
     last_accepted: [u64; Kind::ALL.len()],
     last_rejected: [u64; RejectReason::ALL.len()],
     last_arm: HashMap<(String, String), u64>,
@@ -160,8 +137,46 @@ pub struct Metrics {
     last_fired: BTreeMap<Check, u64>,
 }
 
+/// Register a gauge vector (a check's metric).
+pub fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    reg!(r, GaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// Register an integer gauge vector (a check's metric).
+pub fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg!(r, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// The label caps: label values from events pass through them.
+#[derive(Debug)]
+pub struct Labels {
+    caps: [LabelCap; 4],
+}
+
+impl Labels {
+    /// An experiment id as a label value (`None`: over the cap).
+    pub fn experiment<'a>(&mut self, v: &'a str) -> Option<Cow<'a, str>> {
+        self.caps[EXP].admit(v)
+    }
+
+    /// An input name.
+    pub fn input<'a>(&mut self, v: &'a str) -> Option<Cow<'a, str>> {
+        self.caps[INPUT].admit(v)
+    }
+
+    /// An arm name.
+    pub fn arm<'a>(&mut self, v: &'a str) -> Option<Cow<'a, str>> {
+        self.caps[ARM].admit(v)
+    }
+
+    /// A judge, router, eval set or sampling dimension.
+    pub fn instrument<'a>(&mut self, v: &'a str) -> Option<Cow<'a, str>> {
+        self.caps[INSTRUMENT].admit(v)
+    }
+}
+
 /// An estimate with its interval as `bound = estimate | lower | upper`.
-fn set_interval(g: &GaugeVec, exp: &str, estimate: f64, [lower, upper]: [f64; 2]) {
+pub fn set_interval(g: &GaugeVec, exp: &str, estimate: f64, [lower, upper]: [f64; 2]) {
     for (bound, v) in [("estimate", estimate), ("lower", lower), ("upper", upper)] {
         g.with_label_values(&[exp, bound]).set(v);
     }
@@ -177,43 +192,14 @@ impl Metrics {
     /// Register everything in a fresh registry.
     pub fn new(max_label_values: usize) -> Metrics {
         let r = Registry::new();
-        let g =
-            |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
         let m = Metrics {
             accepted: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_accepted_total", "Events accepted, by kind."), &["kind"])),
             rejected: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_rejected_total", "Messages rejected, by reason."), &["reason"])),
             arm_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_arm_exposures_total", "Counted exposures per experiment and arm: first exposure per unit (events without unit count each)."), &["experiment", "arm"])),
             repeat_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_repeat_events_total", "Prompt events of units already counted (not counted again)."), &["experiment"])),
-            srm_log_e: reg!(r, g("armwatch_srm_log_evalue", "SRM: log e-value of the Dirichlet-multinomial e-process (alert at ln(1/alpha)).", &["experiment"])),
-            srm_p: reg!(r, g("armwatch_srm_sequential_pvalue", "SRM: anytime-valid sequential p-value.", &["experiment"])),
-            srm_chi2_p: reg!(r, g("armwatch_srm_chisquare_pvalue", "SRM: fixed-sample chi-square p-value (descriptive; not valid under continuous monitoring).", &["experiment"])),
-            div_log_e: reg!(r, g("armwatch_input_divergence_log_evalue", "Arm-conditional input divergence: log e-value per watched input.", &["experiment", "input"])),
-            div_kl: reg!(r, g("armwatch_input_divergence_kl", "KL(reference arm || arm) of an input's value distribution (nats, descriptive).", &["experiment", "input", "arm"])),
-            div_js: reg!(r, g("armwatch_input_divergence_js", "Jensen-Shannon distance between the reference arm's and an arm's value distribution.", &["experiment", "input", "arm"])),
-            div_psi: reg!(r, g("armwatch_input_divergence_psi", "Population stability index of an arm's value distribution against the reference arm.", &["experiment", "input", "arm"])),
-            input_smd: reg!(r, g("armwatch_input_smd", "Standardized mean difference of a numeric input against the reference arm.", &["experiment", "input", "arm"])),
-            router_density: reg!(r, g("armwatch_router_density", "McCrary density test at the routing threshold, last look: stat = theta | se | z | p.", &["router", "stat"])),
-            sampling: reg!(r, g("armwatch_sampling_skew", "Eval set against production per dimension: stat = log_evalue | js | kl | uncovered_share.", &["eval_set", "dimension", "stat"])),
-            substrate: reg!(r, IntGaugeVec::new(Opts::new("armwatch_substrate_value_events", "Events per substrate input value and arm (at most 16 values per input)."), &["experiment", "input", "value", "arm"])),
-            router_log_e: reg!(r, g("armwatch_router_compliance_log_evalue", "Routing-rule compliance: log e-value for a disagreement share above tolerance.", &["router"])),
-            router_share: reg!(r, g("armwatch_router_disagreement_share", "Share of in-band routing decisions that disagree with the rule.", &["router"])),
             router_in_band: reg!(r, IntGaugeVec::new(Opts::new("armwatch_router_in_band_decisions", "Routing decisions within the band around the threshold."), &["router"])),
-            judge_log_e: reg!(r, g("armwatch_judge_score_shift_log_evalue", "Judge control-set score shift: log e-value of the two-sample mSPRT.", &["judge"])),
-            judge_shift: reg!(r, g("armwatch_judge_control_shift_sd", "Judge control-set mean after the baseline minus baseline mean, in baseline sd.", &["judge"])),
-            judge_cusum: reg!(r, g("armwatch_judge_control_cusum", "Two-sided CUSUM of standardized control-set scores (k = 0.5).", &["judge"])),
-            judge_version_judgments: reg!(r, IntGaugeVec::new(Opts::new("armwatch_judge_version_judgments", "Judgments per judge and model version."), &["judge", "version"])),
             alerts_active: reg!(r, IntGaugeVec::new(Opts::new("armwatch_alerts_active", "Active alerts by check and experiment."), &["check", "experiment"])),
             alerts_fired: reg!(r, IntCounterVec::new(Opts::new("armwatch_alerts_fired_total", "Alerts fired, by check."), &["check"])),
-            mismatch_log_e: reg!(r, g("armwatch_assignment_mismatch_log_evalue", "Assignment re-derivation: log e-value that the mismatch share of units exceeds the tolerance.", &["experiment"])),
-            mismatch_ratio: reg!(r, g("armwatch_assignment_mismatch_ratio", "Share of checked units whose logged arm differs from the declared hash's.", &["experiment"])),
-            candidate_agreement: reg!(r, g("armwatch_assignment_candidate_agreement_ratio", "Share of events whose logged arm the candidate key <declared key>:{input} reproduces.", &["experiment", "input"])),
-            exposure_ratio: reg!(r, g("armwatch_multiple_exposure_ratio", "Estimated share of units seen in more than one arm, with its 95% interval: bound = estimate | lower | upper.", &["experiment", "bound"])),
-            exposure_followed: reg!(r, IntGaugeVec::new(Opts::new("armwatch_multiple_exposure_followed_units", "Units followed by the consistent hash sample."), &["experiment"])),
-            exposure_memory: reg!(r, IntGaugeVec::new(Opts::new("armwatch_multiple_exposure_sample_bytes", "Memory of the multiple-exposure sample."), &["experiment"])),
-            mixed_clusters: reg!(r, IntGaugeVec::new(Opts::new("armwatch_cluster_mixed_clusters", "Clusters of a cluster-randomized experiment seen in more than one arm."), &["experiment"])),
-            clusters: reg!(r, IntGaugeVec::new(Opts::new("armwatch_cluster_clusters", "Clusters seen per arm of a cluster-randomized experiment."), &["experiment", "arm"])),
-            predictable_log_e: reg!(r, g("armwatch_arm_predictable_log_evalue", "Joint arm model: log e-value that the arm depends on the watched inputs (arm shares left free).", &["experiment"])),
-            predictable_auc: reg!(r, g("armwatch_arm_predictable_auc", "Joint arm model: prequential AUC with its 95% interval: bound = estimate | lower | upper.", &["experiment", "bound"])),
             overflowed: reg!(r, IntGaugeVec::new(Opts::new("armwatch_label_values_overflowed", "Distinct label values refused by the label cap (aggregated as __other__ or not exported)."), &["label"])),
             processing: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_processing_seconds", "Per-message decode and state update time (1 in 64 messages sampled).").buckets(vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3]))),
             consumer_lag: reg!(r, IntGaugeVec::new(Opts::new("armwatch_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics)."), &["topic", "partition"])),
@@ -234,8 +220,14 @@ impl Metrics {
             state_memory: reg!(r, IntGauge::new("armwatch_state_memory_bytes", "Estimated memory of the statistics (compared with limits.max_memory_bytes).")),
             memory_budget: reg!(r, IntGauge::new("armwatch_memory_budget_bytes", "limits.max_memory_bytes: past it, new experiments are refused (reason memory_limit).")),
             resident_memory: reg!(r, IntGauge::new("armwatch_process_resident_memory_bytes", "Resident set size of the process (/proc/self/status VmRSS).")),
+            labels: Labels {
+                caps: std::array::from_fn(|_| LabelCap::new(max_label_values)),
+            },
+            experiment_checks: ExperimentMetrics::new(&r),
+            router_checks: RouterMetrics::new(&r),
+            judge_checks: JudgeMetrics::new(&r),
+            eval_set_checks: EvalSetMetrics::new(&r),
             registry: r,
-            caps: std::array::from_fn(|_| LabelCap::new(max_label_values)),
             last_accepted: [0; Kind::ALL.len()],
             last_rejected: [0; RejectReason::ALL.len()],
             last_arm: HashMap::new(),
@@ -249,52 +241,6 @@ impl Metrics {
             m.rejected.with_label_values(&[r.as_str()]);
         }
         m
-    }
-
-    /// The assignment-integrity figures of one experiment (label already admitted).
-    fn publish_integrity(&mut self, exp: &str, e: &crate::report::ExperimentReport) {
-        if let Some(a) = &e.assignment {
-            self.mismatch_log_e
-                .with_label_values(&[exp])
-                .set(a.log_evalue);
-            self.mismatch_ratio
-                .with_label_values(&[exp])
-                .set(a.mismatch_rate);
-            for c in &a.candidates {
-                if let Some(input) = self.caps[INPUT].admit(&c.input) {
-                    let input = &*input;
-                    self.candidate_agreement
-                        .with_label_values(&[exp, input])
-                        .set(c.agreement);
-                }
-            }
-        }
-        if let Some(x) = &e.multiple_exposure {
-            set_interval(&self.exposure_ratio, exp, x.estimated_rate, x.interval_95);
-            self.exposure_followed
-                .with_label_values(&[exp])
-                .set(x.followed_units as i64);
-            self.exposure_memory
-                .with_label_values(&[exp])
-                .set(x.memory_bytes as i64);
-        }
-        if let Some(c) = &e.clusters {
-            self.mixed_clusters
-                .with_label_values(&[exp])
-                .set(c.mixed as i64);
-            for (arm, n) in e.arms.iter().zip(&c.clusters_per_arm) {
-                if let Some(arm) = self.caps[ARM].admit(arm) {
-                    let arm = &*arm;
-                    self.clusters.with_label_values(&[exp, arm]).set(*n as i64);
-                }
-            }
-        }
-        if let Some(p) = &e.predictability {
-            self.predictable_log_e
-                .with_label_values(&[exp])
-                .set(p.log_evalue);
-            set_interval(&self.predictable_auc, exp, p.auc, p.auc_interval_95);
-        }
     }
 
     /// The registry to expose.
@@ -322,12 +268,12 @@ impl Metrics {
             self.last_rejected[r.index()] = now;
         }
         for (id, e) in &report.experiments {
-            let exp = self.caps[EXP].admit(id);
+            let exp = self.labels.experiment(id);
             for (arm, &n) in e.arms.iter().zip(&e.counts) {
                 let last = self.last_arm.entry((id.clone(), arm.clone())).or_insert(0);
                 let d = n.saturating_sub(*last);
                 *last = n;
-                let arm_l = self.caps[ARM].admit(arm);
+                let arm_l = self.labels.arm(arm);
                 self.arm_events
                     .with_label_values(&[
                         exp.as_deref().unwrap_or(OVERFLOW),
@@ -342,119 +288,37 @@ impl Metrics {
                 .with_label_values(&[exp.as_deref().unwrap_or(OVERFLOW)])
                 .inc_by(d);
             let Some(exp) = exp else { continue };
-            let exp = &*exp;
-            self.srm_log_e
-                .with_label_values(&[exp])
-                .set(e.srm.log_evalue);
-            self.srm_p.with_label_values(&[exp]).set(e.srm.sequential_p);
-            self.srm_chi2_p
-                .with_label_values(&[exp])
-                .set(e.srm.chi_square_p);
-            self.publish_integrity(exp, e);
-            for (input, values) in &e.substrates {
-                for v in values {
-                    for (arm, n) in e.arms.iter().zip(&v.events_per_arm) {
-                        self.substrate
-                            .with_label_values(&[exp, input, &v.value, arm])
-                            .set(*n as i64);
-                    }
-                }
-            }
-            for (name, inp) in &e.inputs {
-                let Some(input) = self.caps[INPUT].admit(name) else {
-                    continue;
-                };
-                let input = &*input;
-                self.div_log_e
-                    .with_label_values(&[exp, input])
-                    .set(inp.log_evalue);
-                for (arm, d) in &inp.divergence {
-                    let Some(arm) = self.caps[ARM].admit(arm) else {
-                        continue;
-                    };
-                    let arm = &*arm;
-                    self.div_kl.with_label_values(&[exp, input, arm]).set(d.kl);
-                    self.div_js.with_label_values(&[exp, input, arm]).set(d.js);
-                    self.div_psi
-                        .with_label_values(&[exp, input, arm])
-                        .set(d.psi);
-                }
-                for (arm, n) in inp.numeric.iter().flatten() {
-                    if let (Some(smd), Some(arm)) = (n.smd, self.caps[ARM].admit(arm)) {
-                        let arm = &*arm;
-                        self.input_smd
-                            .with_label_values(&[exp, input, arm])
-                            .set(smd);
-                    }
-                }
-            }
+            self.experiment_checks
+                .publish(&mut self.labels, &exp, &e.arms, &e.checks);
         }
         for (name, r) in &report.routers {
-            let Some(router) = self.caps[INSTRUMENT].admit(name) else {
+            let Some(router) = self.labels.instrument(name) else {
                 continue;
             };
-            let router = &*router;
-            self.router_log_e
-                .with_label_values(&[router])
-                .set(r.compliance_log_evalue);
-            self.router_share
-                .with_label_values(&[router])
-                .set(r.disagreement_share);
             self.router_in_band
-                .with_label_values(&[router])
+                .with_label_values(&[&router])
                 .set(r.in_band as i64);
-            if let Some(d) = &r.density {
-                for (stat, v) in [("theta", d.theta), ("se", d.se), ("z", d.z), ("p", d.p)] {
-                    self.router_density
-                        .with_label_values(&[router, stat])
-                        .set(v);
-                }
-            }
+            self.router_checks
+                .publish(&mut self.labels, &router, &[], &r.checks);
         }
         for (name, set) in report.sampling.iter().flat_map(|s| s.eval_sets.iter()) {
-            let Some(set_l) = self.caps[INSTRUMENT].admit(name) else {
-                continue;
-            };
-            let set_l = &*set_l;
-            for (dim, f) in &set.dimensions {
-                let Some(dim_l) = self.caps[INSTRUMENT].admit(dim) else {
-                    continue;
-                };
-                let dim_l = &*dim_l;
-                for (stat, v) in [
-                    ("log_evalue", f.log_evalue),
-                    ("js", f.js),
-                    ("kl", f.kl),
-                    ("uncovered_share", f.uncovered_share),
-                ] {
-                    self.sampling
-                        .with_label_values(&[set_l, dim_l, stat])
-                        .set(v);
-                }
+            if let Some(set_l) = self.labels.instrument(name) {
+                self.eval_set_checks
+                    .publish(&mut self.labels, &set_l, &[], &set.checks);
             }
         }
         for (name, j) in &report.judges {
-            let Some(judge) = self.caps[INSTRUMENT].admit(name) else {
-                continue;
-            };
-            let judge = &*judge;
-            self.judge_log_e
-                .with_label_values(&[judge])
-                .set(j.log_evalue);
-            self.judge_shift.with_label_values(&[judge]).set(j.shift_sd);
-            self.judge_cusum.with_label_values(&[judge]).set(j.cusum);
-            for v in &j.versions {
-                self.judge_version_judgments
-                    .with_label_values(&[judge, &v.version])
-                    .set(v.judgments as i64);
+            if let Some(judge) = self.labels.instrument(name) {
+                self.judge_checks
+                    .publish(&mut self.labels, &judge, &[], &j.checks);
             }
         }
         let mut active: BTreeMap<(Check, String), i64> = BTreeMap::new();
         let mut fired: BTreeMap<Check, u64> = BTreeMap::new();
         for a in &report.alerts {
             let exp = a.experiment.as_deref().map_or(String::new(), |e| {
-                self.caps[EXP]
-                    .admit(e)
+                self.labels
+                    .experiment(e)
                     .map_or(OVERFLOW.to_string(), |l| l.into_owned())
             });
             *active.entry((a.check, exp)).or_insert(0) += 1;
@@ -478,7 +342,7 @@ impl Metrics {
         {
             self.overflowed
                 .with_label_values(&[label])
-                .set(self.caps[i].refused.len() as i64);
+                .set(self.labels.caps[i].refused.len() as i64);
         }
         self.last_publish
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);

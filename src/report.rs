@@ -1,23 +1,13 @@
 //! The JSON report: what `armwatch replay` prints and `/api/v1/report` serves. Metrics are
 //! published from the same structure, so the two never disagree.
 
-use crate::detect::{shares, Alert};
+use crate::check::{
+    Alert, EvalSetSections, ExperimentSections, JudgeSections, RouterSections, SamplingEnv,
+    TrackedExperiment,
+};
 use crate::engine::Engine;
 use crate::event::{Kind, RejectReason};
-use crate::state::experiment::Experiment;
-use crate::state::input::InputState;
-use crate::state::judge::JudgeState;
-use crate::state::strata::TAIL_LABEL;
-use crate::stats::divergence::{chi_square_p, js_distance, kl, psi};
-use crate::stats::moments::smd;
-use crate::stats::proportion::share;
 use serde::Serialize;
-
-pub(crate) mod integrity;
-pub use integrity::{
-    AssignmentReport, CandidateReport, ClustersReport, ExposureReport, MismatchExample,
-    PredictabilityReport, MIN_CLUSTERS_PER_ARM,
-};
 use std::collections::BTreeMap;
 
 /// The whole report. `E` is how the experiments are held: built (the default, what the HTTP
@@ -94,10 +84,9 @@ pub struct EvalSetReport {
     pub samples: u64,
     /// Samples counted in the evidence (after the production warm-up).
     pub samples_in_evidence: u64,
-    /// Per dimension (`hour_of_week` and each segment input).
-    pub dimensions: BTreeMap<String, crate::detect::sampling::DimensionFigures>,
-    /// Whether `sampling_skew` fired.
-    pub alert: bool,
+    /// Its checks (`skew`).
+    #[serde(flatten)]
+    pub checks: EvalSetSections,
 }
 
 /// One router.
@@ -113,80 +102,9 @@ pub struct RouterReport {
     pub in_band: u64,
     /// In-band decisions against the rule.
     pub disagree: u64,
-    /// `disagree / in_band`.
-    pub disagreement_share: f64,
-    /// Log e-value for "disagreement share above tolerance".
-    pub compliance_log_evalue: f64,
-    /// Whether `threshold_compliance` fired.
-    pub compliance_alert: bool,
-    /// The last density look: McCrary theta, z and p (`None` before the first look).
-    pub density: Option<DensityReport>,
-    /// Whether `threshold_density` fired.
-    pub density_alert: bool,
-}
-
-/// The last McCrary look of a router.
-#[derive(Clone, Debug, Serialize)]
-pub struct DensityReport {
-    /// Looks taken (at 1000, 2000, 4000, ... decisions).
-    pub looks: u32,
-    /// `ln f+ - ln f-` at the threshold.
-    pub theta: f64,
-    /// Its standard error.
-    pub se: f64,
-    /// `theta / se`.
-    pub z: f64,
-    /// Two-sided p-value of that look.
-    pub p: f64,
-    /// Binomial complement: counts below/above in the smallest symmetric window with 20 per
-    /// side, and its exact p-value.
-    pub window: Option<(f64, u64, u64, f64)>,
-}
-
-/// One judge endpoint.
-#[derive(Clone, Debug, Serialize)]
-pub struct JudgeReport {
-    /// Versions in order of appearance.
-    pub versions: Vec<JudgeVersionReport>,
-    /// Control judgments in the baseline.
-    pub baseline_n: u64,
-    /// Baseline control mean.
-    pub baseline_mean: f64,
-    /// Baseline control standard deviation.
-    pub baseline_sd: f64,
-    /// Control judgments after the baseline.
-    pub post_n: u64,
-    /// Their mean.
-    pub post_mean: f64,
-    /// `(post_mean - baseline_mean) / baseline_sd`.
-    pub shift_sd: f64,
-    /// Log e-value of the shift test (mSPRT).
-    pub log_evalue: f64,
-    /// Log e-value the alert needs.
-    pub evidence_threshold: f64,
-    /// Two-sided CUSUM statistic (in sd units, k = 0.5).
-    pub cusum: f64,
-    /// Change-point estimate: the post-baseline control judgment where the CUSUM began to rise.
-    pub onset_index: u64,
-    /// Whether `judge_score_shift` fired.
-    pub alert: bool,
-}
-
-/// One version behind a judge endpoint.
-#[derive(Clone, Debug, Serialize)]
-pub struct JudgeVersionReport {
-    /// Version.
-    pub version: String,
-    /// First judgment's time (epoch ms).
-    pub first_ts_ms: i64,
-    /// Judgments.
-    pub judgments: u64,
-    /// Share of the judge's judgments.
-    pub share: f64,
-    /// Control-set judgments.
-    pub control_n: u64,
-    /// Their mean score.
-    pub control_mean: f64,
+    /// Its checks (`compliance`, `density`).
+    #[serde(flatten)]
+    pub checks: RouterSections,
 }
 
 /// Accepted and rejected counts.
@@ -220,39 +138,22 @@ pub struct ExperimentReport {
     pub first_ts_ms: Option<i64>,
     /// Last event time (epoch ms).
     pub last_ts_ms: Option<i64>,
-    /// Sample ratio mismatch.
-    pub srm: SrmReport,
-    /// Watched inputs.
-    pub inputs: BTreeMap<String, InputReport>,
     /// Input occurrences not watched because the per-experiment input limit was reached.
     pub inputs_over_limit: u64,
     /// Times statistics restarted because an undeclared experiment gained an arm.
     pub restarts: u32,
-    /// Declared substrate inputs: each value, when it appeared, and its events per arm.
-    pub substrates: BTreeMap<String, Vec<SubstrateValueReport>>,
-    /// The declared hash assignment re-derived (`assignment_mismatch`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub assignment: Option<AssignmentReport>,
-    /// Units in more than one arm (`multiple_exposure`), when events carry `unit`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub multiple_exposure: Option<ExposureReport>,
-    /// Clusters of a cluster-randomized experiment (`cluster_mixed`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub clusters: Option<ClustersReport>,
-    /// The arm predicted from the inputs (`arm_predictable`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub predictability: Option<PredictabilityReport>,
+    /// Its checks, one section each (`srm`, `inputs`, `substrates`, `assignment`,
+    /// `multiple_exposure`, `clusters`, `predictability`; the last four when they apply).
+    #[serde(flatten)]
+    pub checks: ExperimentSections,
 }
 
-/// One value of a substrate input.
+/// One judge endpoint: its checks (`versions`, `score_shift`).
 #[derive(Clone, Debug, Serialize)]
-pub struct SubstrateValueReport {
-    /// The value.
-    pub value: String,
-    /// First event time (epoch ms).
-    pub first_ts_ms: i64,
-    /// Events per arm, in arm order.
-    pub events_per_arm: Vec<u64>,
+pub struct JudgeReport {
+    /// Its checks.
+    #[serde(flatten)]
+    pub checks: JudgeSections,
 }
 
 /// First-exposure counting.
@@ -268,105 +169,12 @@ pub struct UnitsReport {
     pub filter_full: bool,
 }
 
-/// SRM figures.
-#[derive(Clone, Debug, Serialize)]
-pub struct SrmReport {
-    /// Current log e-value (anytime-valid evidence).
-    pub log_evalue: f64,
-    /// Log e-value the alert needs.
-    pub evidence_threshold: f64,
-    /// Sequential p-value `min_n 1/E_n` (anytime-valid).
-    pub sequential_p: f64,
-    /// Fixed-sample Pearson chi-square p (descriptive only: not valid under peeking).
-    pub chi_square_p: f64,
-    /// Observed shares.
-    pub shares: Vec<f64>,
-    /// Largest share deviation from design.
-    pub max_share_deviation: f64,
-    /// Whether the alert fired.
-    pub alert: bool,
-}
-
-/// One watched input.
-#[derive(Clone, Debug, Serialize)]
-pub struct InputReport {
-    /// Events that carried the input.
-    pub events: u64,
-    /// Log e-value for "the arm depends on the value" (marginal left free): what alerts.
-    pub log_evalue: f64,
-    /// Log e-value of the strata against the design weights (includes any overall SRM).
-    pub log_evalue_vs_design: f64,
-    /// Arm shares over all values of the input.
-    pub pooled_shares: Vec<f64>,
-    /// Log e-value the alert needs (`ln(m / alpha)`).
-    pub evidence_threshold: f64,
-    /// Whether the alert fired.
-    pub alert: bool,
-    /// Exactly tracked values.
-    pub strata: usize,
-    /// Tail values promoted to exact tracking.
-    pub promotions: u64,
-    /// Values with the largest evidence, most first (up to 5).
-    pub top_values: Vec<ValueReport>,
-    /// The arm the divergences compare against.
-    pub reference_arm: String,
-    /// Descriptive divergences of each other arm's value distribution from the reference's.
-    pub divergence: BTreeMap<String, DivergenceReport>,
-    /// Per-arm numeric summaries, when the input had numeric values.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub numeric: Option<BTreeMap<String, NumericReport>>,
-}
-
-/// One value (stratum) of an input.
-#[derive(Clone, Debug, Serialize)]
-pub struct ValueReport {
-    /// The value (or bin, or `__other__`).
-    pub value: String,
-    /// Events with it.
-    pub events: u64,
-    /// Its contribution to the input's log e-value.
-    pub log_evalue: f64,
-    /// Arm shares within it.
-    pub shares: Vec<f64>,
-}
-
-/// Fixed-sample divergences between two arms (descriptive).
-#[derive(Clone, Debug, Serialize)]
-pub struct DivergenceReport {
-    /// KL(reference || arm).
-    pub kl: f64,
-    /// Jensen-Shannon distance.
-    pub js: f64,
-    /// Population stability index.
-    pub psi: f64,
-}
-
-/// Numeric summary of one arm.
-#[derive(Clone, Debug, Serialize)]
-pub struct NumericReport {
-    /// Values seen.
-    pub n: u64,
-    /// Mean.
-    pub mean: f64,
-    /// Standard deviation.
-    pub sd: f64,
-    /// Median (from the histogram: non-negative values, 3 decimals).
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Standardized mean difference against the reference arm.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub smd: Option<f64>,
-}
-
 /// The experiments' reports, each built while it is serialized (in id order, as the map).
 pub struct LazyExperiments<'a>(&'a Engine);
 
 impl Serialize for LazyExperiments<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        let mut order: Vec<&Experiment> = self.0.experiments().iter().collect();
+        let mut order: Vec<&TrackedExperiment> = self.0.experiments().iter().collect();
         order.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         ser.collect_map(
             order
@@ -440,18 +248,7 @@ impl<E> Report<E> {
                         decisions: r.decisions,
                         in_band: r.in_band,
                         disagree: r.disagree,
-                        disagreement_share: share(r.disagree, r.in_band),
-                        compliance_log_evalue: r.compliance.log_e,
-                        compliance_alert: r.compliance.fired,
-                        density: r.density_test.last.map(|(m, p)| DensityReport {
-                            looks: r.density_test.looks,
-                            theta: m.theta,
-                            se: m.se,
-                            z: m.z,
-                            p,
-                            window: r.density_test.window,
-                        }),
-                        density_alert: r.density_test.fired,
+                        checks: r.checks.sections(r, engine.levels()),
                     };
                     (r.name.to_string(), rep)
                 })
@@ -464,21 +261,16 @@ impl<E> Report<E> {
                     eval_sets: sets
                         .iter()
                         .map(|s| {
-                            let dims = (0..s.dims.len())
-                                .map(|d| {
-                                    (
-                                        s.dims[d].name.to_string(),
-                                        crate::detect::sampling::figures(s, p, d),
-                                    )
-                                })
-                                .collect();
+                            let env = SamplingEnv {
+                                production: p,
+                                levels: engine.levels(),
+                            };
                             (
                                 s.name.to_string(),
                                 EvalSetReport {
                                     samples: s.n,
                                     samples_in_evidence: s.n_evidence,
-                                    dimensions: dims,
-                                    alert: s.detector.fired,
+                                    checks: s.checks.sections(s, env),
                                 },
                             )
                         })
@@ -488,19 +280,16 @@ impl<E> Report<E> {
             judges: engine
                 .judges()
                 .iter()
-                .map(|j| (j.name.to_string(), judge_report(j, engine.alpha())))
+                .map(|j| {
+                    let checks = j.checks.sections(j, engine.levels());
+                    (j.name.to_string(), JudgeReport { checks })
+                })
                 .collect(),
         }
     }
 }
 
-/// The arm descriptive comparisons use: `control` when present, else the first.
-pub fn reference_arm(exp: &Experiment) -> usize {
-    exp.arms.iter().position(|a| &**a == "control").unwrap_or(0)
-}
-
-fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
-    let alpha = engine.alpha();
+fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport {
     ExperimentReport {
         declared: e.declared,
         note: (!e.declared)
@@ -516,162 +305,8 @@ fn experiment_report(e: &Experiment, engine: &Engine) -> ExperimentReport {
         },
         first_ts_ms: (e.srm.n() > 0).then_some(e.first_ts_ms),
         last_ts_ms: (e.srm.n() > 0).then_some(e.last_ts_ms),
-        srm: SrmReport {
-            log_evalue: e.srm.log_e(),
-            evidence_threshold: (1.0 / alpha).ln(),
-            sequential_p: e.srm_state.p_value(),
-            chi_square_p: chi_square_p(e.srm.counts(), e.design.weights()),
-            shares: shares(e.srm.counts()),
-            max_share_deviation: e.srm.max_share_deviation(&e.design),
-            alert: e.srm_state.fired,
-        },
-        inputs: e
-            .inputs
-            .iter()
-            .map(|inp| (inp.name.to_string(), input_report(e, inp, alpha)))
-            .collect(),
         inputs_over_limit: e.inputs_over_limit,
         restarts: e.restarts,
-        substrates: e
-            .substrates
-            .iter()
-            .map(|s| {
-                let values = s
-                    .values
-                    .iter()
-                    .map(|v| SubstrateValueReport {
-                        value: v.value.to_string(),
-                        first_ts_ms: v.first_ts_ms,
-                        events_per_arm: v.per_arm.clone(),
-                    })
-                    .collect();
-                (s.name.to_string(), values)
-            })
-            .collect(),
-        assignment: integrity::assignment(e, (1.0 / alpha).ln()),
-        multiple_exposure: integrity::exposure(e, engine.levels()),
-        clusters: integrity::clusters(e),
-        predictability: integrity::predictability(e, (1.0 / alpha).ln()),
-    }
-}
-
-fn input_report(e: &Experiment, inp: &InputState, alpha: f64) -> InputReport {
-    let reference = reference_arm(e);
-    let dists = inp.strata.arm_distributions(e.arms.len());
-    let divergence = e
-        .arms
-        .iter()
-        .enumerate()
-        .filter(|(a, _)| *a != reference)
-        .map(|(a, name)| {
-            let (r, c) = (&dists[reference], &dists[a]);
-            (
-                name.to_string(),
-                DivergenceReport {
-                    kl: kl(r, c),
-                    js: js_distance(r, c),
-                    psi: psi(r, c),
-                },
-            )
-        })
-        .collect();
-    let mut top: Vec<ValueReport> = inp
-        .strata
-        .slots()
-        .iter()
-        .map(|s| (inp.strata.label(s), &s.ep))
-        .chain(std::iter::once((TAIL_LABEL, inp.strata.tail())))
-        .filter(|(_, ep)| ep.n() > 0)
-        .map(|(label, ep)| ValueReport {
-            value: label.to_string(),
-            events: ep.n(),
-            log_evalue: inp.strata.contribution(ep, &e.design),
-            shares: shares(ep.counts()),
-        })
-        .collect();
-    top.sort_by(|a, b| {
-        b.log_evalue
-            .total_cmp(&a.log_evalue)
-            .then_with(|| a.value.cmp(&b.value))
-    });
-    top.truncate(5);
-    let numeric = inp.numeric.as_ref().map(|num| {
-        e.arms
-            .iter()
-            .enumerate()
-            .map(|(a, name)| {
-                let m = &num.moments[a];
-                let [p50, p90, p99] = num.quantiles(a, [0.5, 0.9, 0.99]);
-                (
-                    name.to_string(),
-                    NumericReport {
-                        n: m.n(),
-                        mean: m.mean(),
-                        sd: m.variance().sqrt(),
-                        p50,
-                        p90,
-                        p99,
-                        smd: if a == reference {
-                            None
-                        } else {
-                            smd(m, &num.moments[reference])
-                        },
-                    },
-                )
-            })
-            .collect()
-    });
-    InputReport {
-        events: inp.n,
-        log_evalue: inp.strata.log_e_independence(&e.design),
-        log_evalue_vs_design: inp.strata.log_e(),
-        pooled_shares: shares(inp.strata.totals()),
-        evidence_threshold: (1.0 / alpha).ln() + e.ln_alpha_divisor(),
-        alert: inp.detector.fired,
-        strata: inp.strata.slots().len(),
-        promotions: inp.strata.promotions(),
-        top_values: top,
-        reference_arm: e
-            .arms
-            .get(reference)
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        divergence,
-        numeric,
-    }
-}
-
-fn judge_report(j: &JudgeState, alpha: f64) -> JudgeReport {
-    let total: u64 = j.versions.iter().map(|v| v.judgments).sum();
-    let sd = j.baseline.variance().sqrt();
-    let (cusum, onset_index, _) = j.cusum.peak();
-    JudgeReport {
-        versions: j
-            .versions
-            .iter()
-            .map(|v| JudgeVersionReport {
-                version: v.version.to_string(),
-                first_ts_ms: v.first_ts_ms,
-                judgments: v.judgments,
-                share: share(v.judgments, total),
-                control_n: v.control.n(),
-                control_mean: v.control.mean(),
-            })
-            .collect(),
-        baseline_n: j.baseline.n(),
-        baseline_mean: j.baseline.mean(),
-        baseline_sd: sd,
-        post_n: j.post.n(),
-        post_mean: j.post.mean(),
-        shift_sd: if sd > 0.0 && j.post.n() > 0 {
-            (j.post.mean() - j.baseline.mean()) / sd
-        } else {
-            0.0
-        },
-        log_evalue: j.detector.log_e,
-        evidence_threshold: (1.0 / alpha).ln(),
-        cusum,
-        onset_index,
-        alert: j.detector.shift_fired,
+        checks: e.checks.sections(e, engine.levels()),
     }
 }

@@ -15,7 +15,7 @@ use crate::engine::{Engine, EngineState};
 const MAGIC: &[u8; 4] = b"ARMW";
 
 /// The format written by this build.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Why a snapshot was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -233,11 +233,11 @@ mod tests {
             read(&settings, b"{\"json\": 1}").err(),
             Some(SnapshotError::NotASnapshot)
         );
-        let mut v2 = good.clone();
-        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let mut other = good.clone();
+        other[4..8].copy_from_slice(&(VERSION + 1).to_le_bytes());
         assert_eq!(
-            read(&settings, &v2).err(),
-            Some(SnapshotError::Version { found: 2 })
+            read(&settings, &other).err(),
+            Some(SnapshotError::Version { found: VERSION + 1 })
         );
         // cut anywhere or with a byte flipped: refused
         for cut in (8..good.len()).step_by(97) {

@@ -4,8 +4,8 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+use armwatch::check::Check;
 use armwatch::config::Settings;
-use armwatch::detect::Check;
 use armwatch::engine::Engine;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -293,7 +293,7 @@ fn substrate_rotation_alerts_at_once() {
         a.first_event
     );
     let r = engine.report();
-    let values = &r.experiments["rag"].substrates["embedding_model"];
+    let values = &r.experiments["rag"].checks.substrates["embedding_model"];
     assert_eq!(
         values[1].events_per_arm[0], 0,
         "the control arm never saw e5-v2"
@@ -469,7 +469,7 @@ fn sampling_report_names_uncovered_production() {
     }
     let r = engine.report();
     let s = &r.sampling.as_ref().expect("sampling").eval_sets["day-one"];
-    let how = &s.dimensions["hour_of_week"];
+    let how = &s.checks.skew.dimensions["hour_of_week"];
     // production: 200 hours from Thursday 00:00, so the 24 Thursday hours of the week hold 20
     // events each (they recur on day 8) and the other 144 hold 10: the samples reach 480 of 2000
     assert!(

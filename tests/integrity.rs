@@ -5,8 +5,8 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+use armwatch::check::Check;
 use armwatch::config::Settings;
-use armwatch::detect::Check;
 use armwatch::engine::Engine;
 use armwatch::sim::{Faults, SimExperiment, Simulator, Users};
 use armwatch::state::assignment::HashFn;

@@ -2,7 +2,7 @@
 //! resolves an alert that is not re-sent within its `resolve_timeout`, so active alerts are
 //! re-posted periodically with their original `startsAt`.
 
-use crate::detect::Alert;
+use crate::check::Alert;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

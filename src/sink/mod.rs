@@ -3,7 +3,7 @@
 
 pub mod alertmanager;
 
-use crate::detect::Alert;
+use crate::check::Alert;
 use crate::metrics::Metrics;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::{Arc, Mutex};

@@ -268,8 +268,6 @@ pub struct AssignmentState {
     pub examples: Vec<Example>,
     /// Candidate keys.
     pub candidates: Vec<Candidate>,
-    /// Whether the alert fired.
-    pub fired: bool,
     buf: String,
 }
 
@@ -293,7 +291,6 @@ impl AssignmentState {
             unresolved: 0,
             examples: Vec::new(),
             candidates: Vec::new(),
-            fired: false,
             buf: String::with_capacity(128),
         }
     }
@@ -412,7 +409,6 @@ impl AssignmentState {
                 None => {}
             }
         }
-        self.fired |= o.fired;
     }
 }
 

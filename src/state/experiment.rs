@@ -9,7 +9,6 @@ use super::substrate::SubstrateState;
 use super::units::{Exposure, UnitFilter};
 use super::{key_of, Identity};
 use crate::config::{ExperimentSettings, Settings, UnitOfAssignment};
-use crate::detect::srm::SrmState;
 use crate::event::{Event, InputValue, RejectReason};
 use crate::stats::sequential::{Design, DmEProcess};
 use std::collections::HashMap;
@@ -61,8 +60,6 @@ pub struct Experiment {
     pub design: Design,
     /// Overall arm counts and their e-process.
     pub srm: DmEProcess,
-    /// SRM detector state.
-    pub srm_state: SrmState,
     /// Watched inputs.
     pub inputs: Vec<InputState>,
     /// Inputs seen but not watched because `max_inputs` was reached.
@@ -153,10 +150,15 @@ const NO_INPUT: i16 = i16::MIN;
 /// Ignored (treatment or unwatched) input names remembered at most.
 const MAX_IGNORED: usize = 256;
 
-/// What one event touched, for the detectors.
+/// What one event touched, for the checks ([`crate::check`]).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Observed {
     /// Arm index.
     pub arm: usize,
+    /// An exposure (prompt) event, not a value carried by another kind.
+    pub exposure: bool,
+    /// The statistics restarted (an undeclared experiment gained an arm).
+    pub restarted: bool,
     /// Whether the event was counted (not a repeat exposure of a unit).
     pub counted: bool,
     /// Bit i set when input i was updated.
@@ -231,7 +233,6 @@ impl Experiment {
             srm: DmEProcess::new(&design),
             arms,
             design,
-            srm_state: SrmState::default(),
             inputs: Vec::new(),
             inputs_over_limit: 0,
             restarts: 0,
@@ -340,7 +341,6 @@ impl Experiment {
         let w = vec![1.0 / self.arms.len() as f64; self.arms.len()];
         self.design = Design::new(&w, &self.limits.k_grid);
         self.srm = DmEProcess::new(&self.design);
-        self.srm_state.sup_log_e = 0.0;
         for i in &mut self.inputs {
             i.reset(&self.design, self.limits.max_strata);
         }
@@ -452,12 +452,15 @@ impl Experiment {
     /// Count one exposure event: its unit's first exposure, or every event without a unit.
     pub fn observe(&mut self, ev: &Event<'_>, seq: u64) -> Result<Observed, RejectReason> {
         let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
+        let restarts = self.restarts;
         let arm = self.arm_index(arm_name)?;
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
         let substrate_change = self.observe_substrates(ev, arm, seq);
         let mut obs = Observed {
             arm,
+            exposure: true,
+            restarted: self.restarts != restarts,
             counted: false,
             touched: 0,
             substrate_change,
@@ -575,20 +578,26 @@ impl Experiment {
     }
 
     /// Count one value of an input carried by a non-exposure event of this experiment (e.g. the
-    /// `judge_version` of a judgment): same watched-input rules and divergence machinery.
-    /// Returns the input's index when it is watched.
+    /// `judge_version` of a judgment): same watched-input rules and divergence machinery. The
+    /// input is `touched` when it is watched.
     pub fn observe_input(
         &mut self,
         arm_name: &str,
         name: &str,
         value: &InputValue<'_>,
-    ) -> Result<Option<usize>, RejectReason> {
+    ) -> Result<Observed, RejectReason> {
+        let restarts = self.restarts;
         let arm = self.arm_index(arm_name)?;
-        let Some(i) = self.input_index(name) else {
-            return Ok(None);
+        let mut obs = Observed {
+            arm,
+            restarted: self.restarts != restarts,
+            ..Observed::default()
         };
-        self.inputs[i].observe(&self.design, value, arm);
-        Ok(Some(i))
+        if let Some(i) = self.input_index(name) {
+            self.inputs[i].observe(&self.design, value, arm);
+            obs.touched = 1 << i;
+        }
+        Ok(obs)
     }
 
     /// The unit filter with its exact phase ended: every unit of the sample whose ids are the
@@ -612,7 +621,6 @@ impl Experiment {
             return; // designs differ (undeclared arms seen in another order): cannot merge
         }
         self.srm.merge(&other.srm, &self.design);
-        self.srm_state.merge(&other.srm_state);
         for o in &other.inputs {
             match self.inputs.iter().position(|i| i.name == o.name) {
                 Some(i) => self.inputs[i].merge(o, &self.design),

@@ -20,8 +20,6 @@ pub struct ExposureSample {
     cap: usize,
     level: u32,
     mixed: u64,
-    /// Whether the detector has fired.
-    pub fired: bool,
 }
 
 #[inline]
@@ -38,7 +36,6 @@ impl ExposureSample {
             cap: cap.max(1),
             level: 0,
             mixed: 0,
-            fired: false,
         }
     }
 
@@ -196,7 +193,6 @@ impl ExposureSample {
         self.arms_of
             .retain(|h| level == 0 || mix(h).leading_zeros() >= level);
         self.shrink();
-        self.fired |= o.fired;
     }
 }
 

@@ -22,8 +22,6 @@ pub struct InputState {
     pub bins: Bins,
     /// Events that carried this input.
     pub n: u64,
-    /// Divergence detector state.
-    pub detector: crate::detect::input_divergence::DivergenceState,
 }
 
 impl InputState {
@@ -36,7 +34,6 @@ impl InputState {
             numeric: None,
             bins,
             n: 0,
-            detector: Default::default(),
         }
     }
 
@@ -71,7 +68,7 @@ impl InputState {
         }
     }
 
-    /// Reset the statistics (not the detector) for a new design.
+    /// Reset the statistics for a new design.
     pub fn reset(&mut self, design: &Design, max_strata: usize) {
         self.strata = Strata::new(design, max_strata);
         self.numeric = None;
@@ -87,6 +84,5 @@ impl InputState {
             _ => {}
         }
         self.n += other.n;
-        self.detector.merge(&other.detector);
     }
 }

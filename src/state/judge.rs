@@ -60,8 +60,6 @@ pub struct JudgeState {
     /// One comparison per version switch: control scores since the switch against all
     /// control scores before it.
     pub switches: Vec<Switch>,
-    /// Detector state.
-    pub detector: crate::detect::judge::JudgeDetector,
 }
 
 impl JudgeState {
@@ -77,7 +75,6 @@ impl JudgeState {
             cusum: Cusum::default(),
             control: Moments::default(),
             switches: Vec::new(),
-            detector: Default::default(),
         }
     }
 

@@ -202,10 +202,6 @@ pub struct ArmModel {
     pub counts: Box<[u64]>,
     /// Prequential ROC of `q(arm = a)` per arm (one-vs-rest).
     pub roc: Vec<Roc>,
-    /// Whether the detector fired.
-    pub fired: bool,
-    /// Whether the detector fired on evidence but the AUC margin held it back (for the report).
-    pub evidence_only: bool,
 }
 
 impl ArmModel {
@@ -228,8 +224,6 @@ impl ArmModel {
             roc: (0..if arms == 2 { 1 } else { arms })
                 .map(|_| Roc::default())
                 .collect(),
-            fired: false,
-            evidence_only: false,
         }
     }
 
@@ -451,7 +445,6 @@ impl ArmModel {
             a.merge(b);
         }
         self.merged_log_e += o.log_e_design();
-        self.fired |= o.fired;
     }
 }
 

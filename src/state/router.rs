@@ -94,12 +94,8 @@ pub struct RouterState {
     pub disagree: u64,
     /// The threshold last used (config or events).
     pub threshold: Option<f64>,
-    /// Detector state.
-    pub compliance: crate::detect::threshold::ComplianceState,
     /// Scores around the threshold (once a threshold is known).
     pub density: Option<Density>,
-    /// Density test state.
-    pub density_test: crate::detect::threshold::DensityTest,
 }
 
 /// What a routing decision says about the rule.
@@ -123,9 +119,7 @@ impl RouterState {
             decisions: 0,
             in_band: 0,
             disagree: 0,
-            compliance: Default::default(),
             density: None,
-            density_test: Default::default(),
         }
     }
 

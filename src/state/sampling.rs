@@ -194,8 +194,6 @@ pub struct EvalSet {
     pub n_evidence: u64,
     /// Samples seen.
     pub n: u64,
-    /// Detector state.
-    pub detector: crate::detect::sampling::SkewState,
 }
 
 impl EvalSet {
@@ -218,7 +216,6 @@ impl EvalSet {
             dims,
             n_evidence: 0,
             n: 0,
-            detector: Default::default(),
         }
     }
 

@@ -1,60 +1,150 @@
-//! Judge drift: `judge_version_change` (a new model version behind a stable endpoint name,
-//! alerted at once: it is a deterministic event) and `judge_score_shift` (the judge's mean score
-//! on the fixed control set moves away from its baseline).
+//! `judge_score_shift`: the judge's mean score on the fixed control set moves away from its
+//! baseline.
 //!
-//! The shift test uses the two-sample mSPRT of [`crate::stats::msprt`] (variance `s2 (1/n +
+//! The test uses the two-sample mSPRT of [`crate::stats::msprt`] (variance `s2 (1/n +
 //! 1/n0)`, `s2` the reference variance as a plug-in, mixing variance `(tau_sd * sd)^2`) in two
 //! ways, averaged (see [`score_shift`]): the post-baseline mean against the frozen baseline
 //! (drift within a version; a two-sided CUSUM, k = 0.5 sd, dates its onset), and, per version
-//! switch, the scores since the switch against all before it (the onset is the switch).
+//! switch, the scores since the switch against all before it (the onset is the switch). The
+//! baseline is the first control judgments of one stream: a judge's state is taken whole across
+//! partitions (key judgment events by judge name), not combined.
 
 use super::alert::rfc3339;
-use super::{Alert, Check, EvalContext};
+use super::{Alert, Check, EvalContext, JudgeUpdate, Module};
+use crate::metrics::{gauge_vec, Labels};
 use crate::state::judge::JudgeState;
 use crate::stats::moments::Moments;
 use crate::stats::msprt::log_mixture_bf;
-use crate::stats::proportion::share;
+use prometheus::{GaugeVec, Registry};
+use serde::Serialize;
 use serde_json::json;
+
+/// The check.
+pub struct JudgeScoreShift;
 
 /// Detector state of one judge.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct JudgeDetector {
-    /// Whether `judge_score_shift` fired.
-    pub shift_fired: bool,
+pub struct ShiftState {
+    /// Whether the alert fired.
+    pub fired: bool,
     /// Current log e-value of the shift test.
     pub log_e: f64,
 }
 
-/// After the first judgment of version `v` (not the judge's first version).
-pub fn version_change(j: &JudgeState, v: usize, ctx: &EvalContext) -> Option<Alert> {
-    let (old, new) = (j.versions.get(v.checked_sub(1)?)?, j.versions.get(v)?);
-    let total: u64 = j.versions.iter().map(|x| x.judgments).sum();
-    Some(Alert::deterministic(
-        Check::JudgeVersionChange,
-        None,
-        j.name.to_string(),
-        new.version.to_string(),
-        ctx,
-        format!(
-            "judge `{}` changed model version behind its endpoint: {} -> {} (first seen {}); scores before and after \
-             are not comparable until the control set shows they agree",
-            j.name,
-            old.version,
-            new.version,
-            rfc3339(new.first_ts_ms)
-        ),
-        json!({
-            "old_version": &*old.version,
-            "new_version": &*new.version,
-            "old_first_seen": rfc3339(old.first_ts_ms),
-            "new_first_seen": rfc3339(new.first_ts_ms),
-            "versions": j.versions.iter().map(|x| json!({"version": &*x.version, "judgments": x.judgments, "share": share(x.judgments, total)})).collect::<Vec<_>>(),
-        }),
-    ))
+/// `judge_score_shift` of one judge.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScoreShiftReport {
+    /// Control judgments in the baseline.
+    pub baseline_n: u64,
+    /// Baseline control mean.
+    pub baseline_mean: f64,
+    /// Baseline control standard deviation.
+    pub baseline_sd: f64,
+    /// Control judgments after the baseline.
+    pub post_n: u64,
+    /// Their mean.
+    pub post_mean: f64,
+    /// `(post_mean - baseline_mean) / baseline_sd`.
+    pub shift_sd: f64,
+    /// Log e-value of the shift test (mSPRT).
+    pub log_evalue: f64,
+    /// Log e-value the alert needs.
+    pub evidence_threshold: f64,
+    /// Two-sided CUSUM statistic (in sd units, k = 0.5).
+    pub cusum: f64,
+    /// Change-point estimate: the post-baseline control judgment where the CUSUM began to rise.
+    pub onset_index: u64,
+    /// Whether the alert fired.
+    pub alert: bool,
+}
+
+/// Its metrics.
+pub struct ShiftMetrics {
+    log_e: GaugeVec,
+    shift: GaugeVec,
+    cusum: GaugeVec,
+}
+
+impl Module<JudgeState> for JudgeScoreShift {
+    type State = ShiftState;
+    type Section = ScoreShiftReport;
+    type Metrics = ShiftMetrics;
+
+    fn on_event(
+        st: &mut ShiftState,
+        j: &mut JudgeState,
+        u: &JudgeUpdate,
+        ctx: &EvalContext,
+        out: &mut Vec<Alert>,
+    ) {
+        if u.control {
+            out.extend(score_shift(st, j, ctx));
+        }
+    }
+
+    /// Taken whole with its judge (see the module notes).
+    fn merge(_: &mut ShiftState, _: &JudgeState, _: &ShiftState, _: &JudgeState) {}
+
+    fn section(st: &ShiftState, j: &JudgeState, levels: &EvalContext) -> ScoreShiftReport {
+        let sd = j.baseline.variance().sqrt();
+        let (cusum, onset_index, _) = j.cusum.peak();
+        ScoreShiftReport {
+            baseline_n: j.baseline.n(),
+            baseline_mean: j.baseline.mean(),
+            baseline_sd: sd,
+            post_n: j.post.n(),
+            post_mean: j.post.mean(),
+            shift_sd: if sd > 0.0 && j.post.n() > 0 {
+                (j.post.mean() - j.baseline.mean()) / sd
+            } else {
+                0.0
+            },
+            log_evalue: st.log_e,
+            evidence_threshold: levels.log_threshold,
+            cusum,
+            onset_index,
+            alert: st.fired,
+        }
+    }
+
+    fn metrics(r: &Registry) -> ShiftMetrics {
+        ShiftMetrics {
+            log_e: gauge_vec(
+                r,
+                "armwatch_judge_score_shift_log_evalue",
+                "Judge control-set score shift: log e-value of the two-sample mSPRT.",
+                &["judge"],
+            ),
+            shift: gauge_vec(
+                r,
+                "armwatch_judge_control_shift_sd",
+                "Judge control-set mean after the baseline minus baseline mean, in baseline sd.",
+                &["judge"],
+            ),
+            cusum: gauge_vec(
+                r,
+                "armwatch_judge_control_cusum",
+                "Two-sided CUSUM of standardized control-set scores (k = 0.5).",
+                &["judge"],
+            ),
+        }
+    }
+
+    fn publish(
+        m: &mut ShiftMetrics,
+        _: &mut Labels,
+        judge: &str,
+        _: &[String],
+        s: &ScoreShiftReport,
+    ) {
+        m.log_e.with_label_values(&[judge]).set(s.log_evalue);
+        m.shift.with_label_values(&[judge]).set(s.shift_sd);
+        m.cusum.with_label_values(&[judge]).set(s.cusum);
+    }
 }
 
 /// The version whose first post-baseline control judgment coincides with `onset`.
-pub fn version_at(j: &JudgeState, onset: u64) -> Option<&str> {
+fn version_at(j: &JudgeState, onset: u64) -> Option<&str> {
     let tol = (j.post.n() / 20).max(10);
     j.versions
         .iter()
@@ -81,7 +171,7 @@ fn two_sample(before: &Moments, after: &Moments, tau_sd: f64) -> f64 {
 /// the comparison of control scores since the switch against all before it, weight 2^-(j+1).
 /// A switch is an event of the version stream, not of the scores, so each of those starts at a
 /// stopping time and is 1 until then.
-pub fn score_shift(j: &mut JudgeState, ctx: &EvalContext) -> Option<Alert> {
+fn score_shift(st: &mut ShiftState, j: &JudgeState, ctx: &EvalContext) -> Option<Alert> {
     if j.baseline.n() < j.cfg.baseline {
         return None;
     }
@@ -122,7 +212,7 @@ pub fn score_shift(j: &mut JudgeState, ctx: &EvalContext) -> Option<Alert> {
     }
     let hi = terms.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
     let log_e = hi + terms.iter().map(|t| (t.0 - hi).exp()).sum::<f64>().ln();
-    j.detector.log_e = log_e;
+    st.log_e = log_e;
     let (_, shift_sd, which) =
         terms
             .iter()
@@ -134,10 +224,10 @@ pub fn score_shift(j: &mut JudgeState, ctx: &EvalContext) -> Option<Alert> {
                     a
                 }
             });
-    if j.detector.shift_fired || log_e < ctx.log_threshold || shift_sd.abs() < j.cfg.min_shift_sd {
+    if st.fired || log_e < ctx.log_threshold || shift_sd.abs() < j.cfg.min_shift_sd {
         return None;
     }
-    j.detector.shift_fired = true;
+    st.fired = true;
     let (onset, onset_ts, version) = match which {
         Some(k) => {
             let s = &j.switches[k];

@@ -6,18 +6,84 @@
 //! needs the Jensen-Shannon distance to reach `min_js_distance`. Reported beside it: JS, KL and
 //! coverage, the share of production traffic (weighted by `weight_input` when set) in cells
 //! the sampler never reached.
+//! The e-processes are order-dependent and production is one stream: the sampler's state is
+//! taken whole across partitions, not combined.
 
 use super::alert::rfc3339;
-use super::{Alert, Check, EvalContext};
+use super::{Alert, Check, EvalContext, Module, SamplingEnv};
+use crate::metrics::{gauge_vec, Labels};
 use crate::state::sampling::{Dimension, EvalSet, Production};
 use crate::stats::divergence::{js_distance, kl};
+use prometheus::{GaugeVec, Registry};
+use serde::Serialize;
 use serde_json::json;
+use std::collections::BTreeMap;
+
+/// The check.
+pub struct SamplingSkew;
 
 /// Detector state of one eval set.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SkewState {
     /// Whether the alert fired.
     pub fired: bool,
+}
+
+/// `sampling_skew` of one eval set.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkewReport {
+    /// Per dimension (`hour_of_week` and each segment input).
+    pub dimensions: BTreeMap<String, DimensionFigures>,
+    /// Whether the alert fired.
+    pub alert: bool,
+}
+
+impl Module<EvalSet> for SamplingSkew {
+    type State = SkewState;
+    type Section = SkewReport;
+    type Metrics = GaugeVec;
+
+    fn on_event(
+        st: &mut SkewState,
+        set: &mut EvalSet,
+        production: &&Production,
+        ctx: &EvalContext,
+        out: &mut Vec<Alert>,
+    ) {
+        out.extend(evaluate(st, set, production, ctx));
+    }
+
+    /// Taken whole with its eval set (see the module notes).
+    fn merge(_: &mut SkewState, _: &EvalSet, _: &SkewState, _: &EvalSet) {}
+
+    fn section(st: &SkewState, s: &EvalSet, env: SamplingEnv<'_>) -> SkewReport {
+        SkewReport {
+            dimensions: (0..s.dims.len())
+                .map(|d| (s.dims[d].name.to_string(), figures(s, env.production, d)))
+                .collect(),
+            alert: st.fired,
+        }
+    }
+
+    fn metrics(r: &Registry) -> GaugeVec {
+        gauge_vec(r, "armwatch_sampling_skew", "Eval set against production per dimension: stat = log_evalue | js | kl | uncovered_share.", &["eval_set", "dimension", "stat"])
+    }
+
+    fn publish(m: &mut GaugeVec, labels: &mut Labels, set: &str, _: &[String], s: &SkewReport) {
+        for (dim, f) in &s.dimensions {
+            let Some(dim) = labels.instrument(dim) else {
+                continue;
+            };
+            for (stat, v) in [
+                ("log_evalue", f.log_evalue),
+                ("js", f.js),
+                ("kl", f.kl),
+                ("uncovered_share", f.uncovered_share),
+            ] {
+                m.with_label_values(&[set, &dim, stat]).set(v);
+            }
+        }
+    }
 }
 
 /// Figures of one dimension of one eval set.
@@ -40,7 +106,7 @@ fn as_counts(d: &Dimension, cells: usize) -> Vec<u64> {
 }
 
 /// The figures of dimension `d`.
-pub fn figures(set: &EvalSet, production: &Production, d: usize) -> DimensionFigures {
+fn figures(set: &EvalSet, production: &Production, d: usize) -> DimensionFigures {
     let pd = &production.dims[d];
     let cells = pd.counts.len().max(set.dims[d].counts.len());
     let (prod, samp) = (as_counts(pd, cells), as_counts(&set.dims[d], cells));
@@ -73,8 +139,13 @@ fn cell_label(pd: &Dimension, i: usize) -> String {
 }
 
 /// After a sample of `set`.
-pub fn evaluate(set: &mut EvalSet, production: &Production, ctx: &EvalContext) -> Option<Alert> {
-    if set.detector.fired {
+fn evaluate(
+    st: &mut SkewState,
+    set: &EvalSet,
+    production: &Production,
+    ctx: &EvalContext,
+) -> Option<Alert> {
+    if st.fired {
         return None;
     }
     let dims = set.dims.len();
@@ -84,7 +155,7 @@ pub fn evaluate(set: &mut EvalSet, production: &Production, ctx: &EvalContext) -
     if f.js < production.cfg.min_js_distance {
         return None;
     }
-    set.detector.fired = true;
+    st.fired = true;
     let pd = &production.dims[d];
     let (pt, st) = (pd.total().max(1.0), set.dims[d].total().max(1.0));
     // the most over-sampled cell

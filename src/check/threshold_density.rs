@@ -1,82 +1,99 @@
-//! Routing thresholds: `threshold_density` and `threshold_compliance`.
-//!
 //! `threshold_density`: McCrary's test ([`crate::stats::mccrary`]) on the fixed fine histogram
 //! of scores, re-binned at each look. Looks happen at 1000, 2000, 4000, ... decisions, look j
 //! (from 0) at level `alpha / 2^(j+1)`: the levels sum to alpha, so checking it continuously
 //! keeps the false-alarm level (Bonferroni alpha spending). An alert also needs
 //! `|theta| >= min_log_density_ratio`.
 //!
-//! `threshold_compliance`: near a sharp routing threshold every decision should follow the
-//! rule (`score < threshold` takes the `below` route). A share of in-band decisions that
-//! disagree means overrides, jitter or a fuzzy design, and the regression-discontinuity reading
-//! of the router no longer holds.
-//!
-//! Test of `H0: p <= tolerance` for the disagreement probability `p`, by a plug-in e-process
-//! (Robbins 1970; Ramdas et al., "Game-theoretic statistics and safe anytime-valid inference",
-//! Stat. Sci. 2023): each in-band decision multiplies `E` by `q / p0` if it disagrees and
-//! `(1 - q) / (1 - p0)` if it agrees, where `q >= p0` is the Krichevsky-Trofimov estimate from
-//! the decisions before it. For every `p <= p0` the expected factor is at most 1, so `E` is a
-//! nonnegative supermartingale under H0.
+//! Looks are taken at fixed decision counts of one router's stream, so its state is taken
+//! whole across partitions, not combined (key routing events by router name).
 
 use super::alert::rfc3339;
-use super::{Alert, Check, EvalContext};
+use super::{Alert, Check, EvalContext, Module};
+use crate::metrics::{gauge_vec, Labels};
 use crate::state::router::{Decision, RouterState};
 use crate::stats::mccrary::{binomial_window_p, dc_density, two_sided_p, McCrary};
+use prometheus::{GaugeVec, Registry};
+use serde::Serialize;
 use serde_json::json;
 
-/// Detector state of one router.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ComplianceState {
-    /// Log e-value.
-    pub log_e: f64,
-    /// Whether the alert fired.
-    pub fired: bool,
+/// The check.
+pub struct ThresholdDensity;
+
+/// The last McCrary look of a router.
+#[derive(Clone, Debug, Serialize)]
+pub struct DensityReport {
+    /// Looks taken (at 1000, 2000, 4000, ... decisions).
+    pub looks: u32,
+    /// `ln f+ - ln f-` at the threshold.
+    pub theta: f64,
+    /// Its standard error.
+    pub se: f64,
+    /// `theta / se`.
+    pub z: f64,
+    /// Two-sided p-value of that look.
+    pub p: f64,
+    /// Binomial complement: counts below/above in the smallest symmetric window with 20 per
+    /// side, and its exact p-value.
+    pub window: Option<(f64, u64, u64, f64)>,
 }
 
-/// After a routing decision.
-pub fn compliance(r: &mut RouterState, decision: Decision, ctx: &EvalContext) -> Option<Alert> {
-    let cfg = r.cfg.as_ref()?;
-    let x = match decision {
-        Decision::Unchecked => return None,
-        Decision::Agrees => false,
-        Decision::Disagrees => true,
-    };
-    let p0 = cfg.tolerance;
-    // the estimate from the decisions before this one (counts already include it)
-    let (k, n) = (r.disagree - u64::from(x), r.in_band - 1);
-    let q = ((k as f64 + 0.5) / (n as f64 + 1.0)).clamp(p0, 1.0 - 1e-9);
-    r.compliance.log_e += if x {
-        (q / p0).ln()
-    } else {
-        ((1.0 - q) / (1.0 - p0)).ln()
-    };
-    let share = r.disagree as f64 / r.in_band as f64;
-    if r.compliance.fired || r.compliance.log_e < ctx.log_threshold || share <= p0 {
-        return None;
+/// `threshold_density` of one router.
+#[derive(Clone, Debug, Serialize)]
+pub struct DensitySection {
+    /// The last look (`None` before the first).
+    pub last_look: Option<DensityReport>,
+    /// Whether the alert fired.
+    pub alert: bool,
+}
+
+impl Module<RouterState> for ThresholdDensity {
+    type State = DensityTest;
+    type Section = DensitySection;
+    type Metrics = GaugeVec;
+
+    fn on_event(
+        st: &mut DensityTest,
+        r: &mut RouterState,
+        _: &Decision,
+        ctx: &EvalContext,
+        out: &mut Vec<Alert>,
+    ) {
+        out.extend(density(st, r, ctx));
     }
-    r.compliance.fired = true;
-    Some(Alert {
-        check: Check::ThresholdCompliance,
-        experiment: None,
-        subject: r.name.to_string(),
-        value: None,
-        evidence: r.compliance.log_e,
-        evidence_threshold: ctx.log_threshold,
-        magnitude: share,
-        first_event: ctx.seq,
-        ts: rfc3339(ctx.ts_ms),
-        message: format!(
-            "router `{}` does not follow its rule near the threshold: {:.1}% of {} decisions within {} of {} disagree \
-             (tolerance {:.1}%): overrides, jitter or a fuzzy design",
-            r.name,
-            100.0 * share,
-            r.in_band,
-            cfg.band,
-            r.threshold.unwrap_or(f64::NAN),
-            100.0 * p0
-        ),
-        details: json!({"in_band": r.in_band, "disagree": r.disagree, "share": share, "tolerance": p0, "band": cfg.band, "threshold": r.threshold, "below": cfg.below}),
-    })
+
+    /// Taken whole with its router (see the module notes).
+    fn merge(_: &mut DensityTest, _: &RouterState, _: &DensityTest, _: &RouterState) {}
+
+    fn section(t: &DensityTest, _: &RouterState, _: &EvalContext) -> DensitySection {
+        DensitySection {
+            last_look: t.last.map(|(m, p)| DensityReport {
+                looks: t.looks,
+                theta: m.theta,
+                se: m.se,
+                z: m.z,
+                p,
+                window: t.window,
+            }),
+            alert: t.fired,
+        }
+    }
+
+    fn metrics(r: &Registry) -> GaugeVec {
+        gauge_vec(
+            r,
+            "armwatch_router_density",
+            "McCrary density test at the routing threshold, last look: stat = theta | se | z | p.",
+            &["router", "stat"],
+        )
+    }
+
+    fn publish(m: &mut GaugeVec, _: &mut Labels, router: &str, _: &[String], s: &DensitySection) {
+        if let Some(d) = &s.last_look {
+            for (stat, v) in [("theta", d.theta), ("se", d.se), ("z", d.z), ("p", d.p)] {
+                m.with_label_values(&[router, stat]).set(v);
+            }
+        }
+    }
 }
 
 /// State of the density test of one router.
@@ -96,10 +113,9 @@ pub struct DensityTest {
 pub const FIRST_LOOK: u64 = 1000;
 
 /// After a routing decision: take a look when one is due.
-pub fn density(r: &mut RouterState, ctx: &EvalContext) -> Option<Alert> {
+fn density(t: &mut DensityTest, r: &RouterState, ctx: &EvalContext) -> Option<Alert> {
     let d = r.density.as_ref()?;
     let n = d.moments.n();
-    let t = &mut r.density_test;
     if t.fired || n != FIRST_LOOK << t.looks {
         return None;
     }

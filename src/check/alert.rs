@@ -1,58 +1,7 @@
 //! The alert record every sink receives.
 
+use super::Check;
 use serde::Serialize;
-
-/// Check names used across the project.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    /// Sample ratio mismatch.
-    Srm,
-    /// Arm-conditional input divergence.
-    InputDivergence,
-    /// Density discontinuity at a routing threshold.
-    ThresholdDensity,
-    /// Routing decisions that disagree with the rule.
-    ThresholdCompliance,
-    /// A judge endpoint changed model version.
-    JudgeVersionChange,
-    /// Control-set judge score shift.
-    JudgeScoreShift,
-    /// A substrate input changed value mid-experiment.
-    SubstrateChange,
-    /// Eval sampling skew against production.
-    SamplingSkew,
-    /// Logged arm differs from the declared assignment hash.
-    AssignmentMismatch,
-    /// Units seen in more than one arm.
-    MultipleExposure,
-    /// Clusters split across arms.
-    ClusterMixed,
-    /// The arm can be predicted from the inputs.
-    ArmPredictable,
-}
-
-impl Check {
-    /// The check's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Check::Srm => "srm",
-            Check::InputDivergence => "input_divergence",
-            Check::ThresholdDensity => "threshold_density",
-            Check::ThresholdCompliance => "threshold_compliance",
-            Check::JudgeVersionChange => "judge_version_change",
-            Check::JudgeScoreShift => "judge_score_shift",
-            Check::SubstrateChange => "substrate_change",
-            Check::SamplingSkew => "sampling_skew",
-            Check::AssignmentMismatch => "assignment_mismatch",
-            Check::MultipleExposure => "multiple_exposure",
-            Check::ClusterMixed => "cluster_mixed",
-            Check::ArmPredictable => "arm_predictable",
-        }
-    }
-}
 
 /// One fired alert.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]

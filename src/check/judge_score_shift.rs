@@ -3,7 +3,7 @@
 //!
 //! The test uses the two-sample mSPRT of [`crate::stats::msprt`] (variance `s2 (1/n +
 //! 1/n0)`, `s2` the reference variance as a plug-in, mixing variance `(tau_sd * sd)^2`) in two
-//! ways, averaged (see [`score_shift`]): the post-baseline mean against the frozen baseline
+//! ways, averaged (see `score_shift`): the post-baseline mean against the frozen baseline
 //! (drift within a version; a two-sided CUSUM, k = 0.5 sd, dates its onset), and, per version
 //! switch, the scores since the switch against all before it (the onset is the switch). The
 //! baseline is the first control judgments of one stream: a judge's state is taken whole across

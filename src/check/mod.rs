@@ -9,23 +9,11 @@
 //!
 //! A check has a subject: an experiment, a router, a judge or an eval set. The engine keeps
 //! each subject [`Tracked`] with the states of its checks and calls them all after each event
-//! of that subject, in registration order ([`registry!`] below). Adding a check is its own
+//! of that subject, in registration order (`registry!` below). Adding a check is its own
 //! module and one registration line: the line names the [`Check`] variant, its report field
 //! and the module's type.
 
 pub mod alert;
-pub mod arm_predictable;
-pub mod assignment_mismatch;
-pub mod cluster_mixed;
-pub mod input_divergence;
-pub mod judge_score_shift;
-pub mod judge_version_change;
-pub mod multiple_exposure;
-pub mod sampling_skew;
-pub mod srm;
-pub mod substrate_change;
-pub mod threshold_compliance;
-pub mod threshold_density;
 
 pub use alert::Alert;
 
@@ -201,7 +189,7 @@ impl<S, C> std::ops::DerefMut for Tracked<S, C> {
     }
 }
 
-/// Declares the checks per subject: the [`Check`] enum, and per subject the struct of its
+/// Declares the checks per subject: their modules, the [`Check`] enum, and per subject the struct of its
 /// checks' states (`on_event`, `merge`, `restart`), of their report sections (serialized as
 /// one map entry per section, flattened into the subject's report) and of their metrics.
 macro_rules! registry {
@@ -211,6 +199,8 @@ macro_rules! registry {
             $( $field:ident : $variant:ident = $name:literal => $module:ident :: $ty:ident, )*
         }
     )*) => {
+        $($(pub mod $module;)*)*
+
         /// Check names used across the project.
         #[derive(
             Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,

@@ -59,7 +59,7 @@ const BROKER_SILENCE: Duration = Duration::from_secs(10);
 
 /// Ask the brokers of `k` for metadata every 2 s (on a client of its own, so that a busy or
 /// blocked consumer thread does not hide a silent broker) and mark the daemon not ready
-/// while none has answered for [`BROKER_SILENCE`], until `stop` is set.
+/// while none has answered for `BROKER_SILENCE`, until `stop` is set.
 pub fn watch_brokers(
     k: &KafkaSettings,
     readiness: Arc<Readiness>,

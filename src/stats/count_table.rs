@@ -18,7 +18,7 @@ pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug + Into<u64> {
     fn plus(self, other: Self) -> Self;
     /// `v`, saturating at [`Counter::MAX`].
     fn saturating_from(v: u64) -> Self;
-    /// The count as `u64` (one call whatever the counter, also inside [`each_table!`]).
+    /// The count as `u64` (one call whatever the counter, also inside `each_table!`).
     #[inline]
     fn get(self) -> u64 {
         self.into()

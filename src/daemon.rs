@@ -233,6 +233,8 @@ pub struct EngineLoop {
     /// messages takes no lock per message: rejected-log lines suppressed, dead letters
     /// queued, dead letters dropped.
     pending: [u64; 3],
+    /// Experiments already warned about units counted in several partitions (key hashes).
+    warned_split: std::collections::HashSet<u64>,
 }
 
 impl EngineLoop {
@@ -264,6 +266,7 @@ impl EngineLoop {
             last_publish: Instant::now(),
             n: 0,
             pending: [0; 3],
+            warned_split: Default::default(),
         }
     }
 
@@ -678,6 +681,7 @@ impl EngineLoop {
         let view = self.parts.view_with(&others);
         let mut report = view.report();
         report.partitions = self.parts.provenance(&others);
+        warn_split_units(&mut self.warned_split, &report);
         let text = match self.metrics.lock() {
             Ok(mut m) => {
                 let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
@@ -725,5 +729,24 @@ impl EngineLoop {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Mutex<Metrics>> {
         &self.metrics
+    }
+}
+
+/// Say once per experiment that its units are counted in several partitions (the input is
+/// not keyed by unit): its counts are inflated, and the report says by how much.
+fn warn_split_units(warned: &mut std::collections::HashSet<u64>, report: &crate::report::Report) {
+    for (id, e) in &report.experiments {
+        let Some(d) = e.units.counted_in_several_partitions else {
+            continue;
+        };
+        if warned.len() < 1024 && warned.insert(crate::state::key_of(id)) {
+            tracing::warn!(
+                experiment = %crate::metrics::label_value(id),
+                units = d.round(),
+                counted = e.units.counted,
+                "units counted in more than one input partition: key the input topic by unit \
+                 (or experiment and unit) for exact unit counts"
+            );
+        }
     }
 }

@@ -804,4 +804,57 @@ mod tests {
         }
         assert_eq!(a.accepted(), all.accepted());
     }
+
+    /// An input not keyed by unit: a unit's events land in several partitions and each
+    /// partition counts its first exposure. The merged state says how many units are counted
+    /// twice (exactly, while the multiple-exposure sample follows every unit); keyed by unit,
+    /// none.
+    #[test]
+    fn units_split_across_partitions_are_counted() {
+        let settings = Settings::from_toml(
+            "[[experiment]]\nid = \"prompt-variant\"\narms = { control = 0.5, treatment = 0.5 }",
+        )
+        .unwrap();
+        let mut sim =
+            Simulator::single_with_users(3, Faults::default(), Some(Users::returning(3000)));
+        let events: Vec<(String, Vec<u8>)> = (0..20_000)
+            .map(|_| {
+                let mut b = Vec::new();
+                sim.next_event(&mut b);
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                (v["unit"].as_str().unwrap().to_string(), b)
+            })
+            .collect();
+        for keyed_by_unit in [false, true] {
+            let (mut a, mut b) = (Engine::new(&settings), Engine::new(&settings));
+            let mut units = [
+                std::collections::HashSet::new(),
+                std::collections::HashSet::new(),
+            ];
+            for (i, (unit, e)) in events.iter().enumerate() {
+                let p = if keyed_by_unit {
+                    (key_of(unit) % 2) as usize
+                } else {
+                    i % 2
+                };
+                units[p].insert(unit.clone());
+                [&mut a, &mut b][p].process(e).unwrap();
+            }
+            a.merge(&b);
+            let both = units[0].intersection(&units[1]).count();
+            let m = &a.experiments()[0];
+            assert_eq!(m.units_in_several_partitions(), both as f64);
+            assert_eq!(m.srm.n(), (units[0].len() + units[1].len()) as u64);
+            let reported = a.report().experiments["prompt-variant"]
+                .units
+                .counted_in_several_partitions;
+            if keyed_by_unit {
+                assert_eq!(both, 0);
+                assert_eq!(reported, None);
+            } else {
+                assert!(both > 2000, "most returning units are in both: {both}");
+                assert_eq!(reported, Some(both as f64));
+            }
+        }
+    }
 }

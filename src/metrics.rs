@@ -86,6 +86,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     arm_events: IntCounterVec,
     repeat_events: IntCounterVec,
+    split_units: GaugeVec,
     alerts_active: IntGaugeVec,
     router_in_band: IntGaugeVec,
     alerts_fired: IntCounterVec,
@@ -197,6 +198,7 @@ impl Metrics {
             rejected: reg!(r, IntCounterVec::new(Opts::new("armwatch_events_rejected_total", "Messages rejected, by reason."), &["reason"])),
             arm_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_arm_exposures_total", "Counted exposures per experiment and arm: first exposure per unit (events without unit count each)."), &["experiment", "arm"])),
             repeat_events: reg!(r, IntCounterVec::new(Opts::new("armwatch_experiment_repeat_events_total", "Prompt events of units already counted (not counted again)."), &["experiment"])),
+            split_units: reg!(r, GaugeVec::new(Opts::new("armwatch_experiment_units_in_several_partitions", "Units counted in more than one input partition (estimated; each counted once per partition): not 0 when the input topic is not keyed by unit."), &["experiment"])),
             router_in_band: reg!(r, IntGaugeVec::new(Opts::new("armwatch_router_in_band_decisions", "Routing decisions within the band around the threshold."), &["router"])),
             alerts_active: reg!(r, IntGaugeVec::new(Opts::new("armwatch_alerts_active", "Active alerts by check and experiment."), &["check", "experiment"])),
             alerts_fired: reg!(r, IntCounterVec::new(Opts::new("armwatch_alerts_fired_total", "Alerts fired, by check."), &["check"])),
@@ -288,6 +290,9 @@ impl Metrics {
                 .with_label_values(&[exp.as_deref().unwrap_or(OVERFLOW)])
                 .inc_by(d);
             let Some(exp) = exp else { continue };
+            self.split_units
+                .with_label_values(&[&exp])
+                .set(e.units.counted_in_several_partitions.unwrap_or(0.0));
             self.experiment_checks
                 .publish(&mut self.labels, &exp, &e.arms, &e.checks);
         }

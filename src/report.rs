@@ -167,6 +167,12 @@ pub struct UnitsReport {
     pub uncounted_events: u64,
     /// Whether new units are no longer counted (`limits.units_per_experiment` reached).
     pub filter_full: bool,
+    /// Units (clusters, in a cluster-randomized experiment) counted in more than one input
+    /// partition, estimated from the multiple-exposure sample: each partition counted the
+    /// unit's first exposure, so the counts hold these twice. Present when not zero: the input
+    /// topic is not keyed by unit (see the README's "Durable state").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_in_several_partitions: Option<f64>,
 }
 
 /// The experiments' reports, each built while it is serialized (in id order, as the map).
@@ -302,6 +308,8 @@ fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport
             repeat_events: e.repeat_events,
             uncounted_events: e.uncounted_events,
             filter_full: e.units.as_ref().is_some_and(|u| u.is_full()),
+            counted_in_several_partitions: Some(e.units_in_several_partitions())
+                .filter(|&d| d > 0.0),
         },
         first_ts_ms: (e.srm.n() > 0).then_some(e.first_ts_ms),
         last_ts_ms: (e.srm.n() > 0).then_some(e.last_ts_ms),

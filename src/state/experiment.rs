@@ -615,6 +615,18 @@ impl Experiment {
         })
     }
 
+    /// Estimated randomization units (clusters, or units) counted in more than one merged
+    /// partition (see [`ExposureSample::duplicates`]).
+    pub fn units_in_several_partitions(&self) -> f64 {
+        match &self.clusters {
+            Some(c) => c.sample.duplicates(),
+            None => self
+                .exposures
+                .as_ref()
+                .map_or(0.0, ExposureSample::duplicates),
+        }
+    }
+
     /// Merge the state of the same experiment from another partition (same design).
     pub fn merge(&mut self, other: &Experiment) {
         if self.arms != other.arms {

@@ -20,6 +20,11 @@ pub struct ExposureSample {
     cap: usize,
     level: u32,
     mixed: u64,
+    /// Estimated ids seen in more than one of the partitions merged into this sample, counted
+    /// once per extra partition: each partition counted the id's first exposure, so the merged
+    /// counts hold this many ids twice (zero when the input is keyed by unit).
+    #[serde(default)]
+    duplicates: f64,
 }
 
 #[inline]
@@ -36,6 +41,7 @@ impl ExposureSample {
             cap: cap.max(1),
             level: 0,
             mixed: 0,
+            duplicates: 0.0,
         }
     }
 
@@ -183,12 +189,25 @@ impl ExposureSample {
         self.arms_of.iter().map(|(_, m)| m)
     }
 
-    /// Merge another partition's sample (same ids hash the same way).
+    /// Estimated ids counted in more than one merged partition (see the field).
+    pub fn duplicates(&self) -> f64 {
+        self.duplicates
+    }
+
+    /// Merge another partition's sample (same ids hash the same way). Ids followed by both are
+    /// counted in [`Self::duplicates`] (scaled by the sample rate): with an input keyed by
+    /// anything but the unit, a unit's events land in several partitions, and each
+    /// partition's state counts its first exposure.
     pub fn merge(&mut self, o: &ExposureSample) {
         let level = self.level.max(o.level);
+        let mut shared = 0u64;
         for (h, m) in o.arms_of.iter() {
+            if self.arms_of.get(h) != 0 && (level == 0 || mix(h).leading_zeros() >= level) {
+                shared += 1;
+            }
             self.arms_of.or_mask(h, m);
         }
+        self.duplicates += o.duplicates + shared as f64 / 0.5f64.powi(level as i32);
         self.level = level;
         self.arms_of
             .retain(|h| level == 0 || mix(h).leading_zeros() >= level);

@@ -235,9 +235,16 @@ pub struct KafkaSettings {
     /// Topics to consume.
     #[serde(default = "default_topics")]
     pub topics: Vec<String>,
-    /// Passed through to librdkafka (consumer and producers).
+    /// Passed through to librdkafka (consumer and producers). Also settable from the
+    /// environment (`ARMWATCH_KAFKA_OPTION_SASL_PASSWORD=...` is `sasl.password`) and from
+    /// files (`ARMWATCH_KAFKA_OPTION_SASL_PASSWORD_FILE=/path`, or `option_files` below), so
+    /// that Kubernetes Secrets can carry credentials.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// librdkafka options read from files at startup: `{ "sasl.password" =
+    /// "/var/run/secrets/kafka/password" }` (the file's content, trailing newline removed).
+    #[serde(default)]
+    pub option_files: BTreeMap<String, String>,
     /// Rejected messages are forwarded here when set.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
@@ -291,7 +298,52 @@ impl Default for CheckpointSettings {
     }
 }
 
+/// Environment variables that set one librdkafka option each.
+pub const OPTION_ENV_PREFIX: &str = "ARMWATCH_KAFKA_OPTION_";
+
 impl KafkaSettings {
+    /// Fold the options from files (`option_files`) and from the environment (`vars`:
+    /// `ARMWATCH_KAFKA_OPTION_<NAME>` sets option `<name>` with `_` read as `.`, and
+    /// `..._FILE` sets it from a file) into `options`; the environment wins over the file,
+    /// which wins over `options`. `read` reads a file.
+    pub fn resolve_options(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+        read: impl Fn(&str) -> std::io::Result<String>,
+    ) -> Result<(), ConfigError> {
+        let read_file = |key: &str, path: &str| {
+            read(path)
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| {
+                    invalid(
+                        key,
+                        format!("cannot read `{path}`: {e}"),
+                        "mount the secret at that path, or fix the path",
+                    )
+                })
+        };
+        for (name, path) in std::mem::take(&mut self.option_files) {
+            let v = read_file(&format!("kafka.option_files.{name}"), &path)?;
+            self.options.insert(name, v);
+        }
+        let mut from_env: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(OPTION_ENV_PREFIX) && k.len() > OPTION_ENV_PREFIX.len())
+            .collect();
+        // plain values after files, so that an explicit value wins
+        from_env.sort_by_key(|(k, _)| !k.ends_with("_FILE"));
+        for (var, v) in from_env {
+            let rest = &var[OPTION_ENV_PREFIX.len()..];
+            let (name, v) = match rest.strip_suffix("_FILE") {
+                Some(n) if !n.is_empty() => (n, read_file(&var, &v)?),
+                _ => (rest, v),
+            };
+            self.options
+                .insert(name.to_ascii_lowercase().replace('_', "."), v);
+        }
+        Ok(())
+    }
+
     /// The state topic: `checkpoint.topic`, else `<group_id>.armwatch-state`.
     pub fn state_topic(&self) -> String {
         self.checkpoint
@@ -318,6 +370,7 @@ impl Default for KafkaSettings {
             group_id: default_group(),
             topics: default_topics(),
             options: BTreeMap::new(),
+            option_files: BTreeMap::new(),
             dead_letter_topic: None,
             checkpoint: CheckpointSettings::default(),
         }
@@ -678,7 +731,10 @@ impl Settings {
                     .with_list_parse_key("alerts.k_grid")
                     .try_parsing(true),
             );
-        Self::from_builder(builder)
+        let mut s = Self::from_builder(builder)?;
+        s.kafka
+            .resolve_options(std::env::vars(), |p| std::fs::read_to_string(p))?;
+        Ok(s)
     }
 
     /// Parse a TOML string (no environment overrides), then validate.
@@ -1166,5 +1222,48 @@ mod tests {
         )
         .unwrap();
         assert!(s.experiments[0].arms.contains_key("TreatmentB"));
+    }
+
+    /// Kubernetes Secrets reach librdkafka: options from the environment (dotted names
+    /// spelled with `_`), from files named in the environment or in `option_files`; a file
+    /// that cannot be read stops startup naming the variable.
+    #[test]
+    fn kafka_options_from_environment_and_files() {
+        let mut s = Settings::from_toml(
+            "[kafka]\noptions = { \"security.protocol\" = \"PLAINTEXT\", \"sasl.username\" = \"toml\" }\noption_files = { \"ssl.ca.pem\" = \"/secrets/ca\" }",
+        )
+        .unwrap();
+        let files = |p: &str| match p {
+            "/secrets/ca" => Ok("-----BEGIN CERTIFICATE-----\n".to_string()),
+            "/secrets/pw" => Ok("s3cret\n".to_string()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        let vars = [
+            ("ARMWATCH_KAFKA_OPTION_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("ARMWATCH_KAFKA_OPTION_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("ARMWATCH_KAFKA_OPTION_SASL_PASSWORD_FILE", "/secrets/pw"),
+            ("ARMWATCH_KAFKA_OPTION_", "ignored"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        s.kafka.resolve_options(vars.clone(), files).unwrap();
+        let o = &s.kafka.options;
+        assert_eq!(o["security.protocol"], "SASL_SSL");
+        assert_eq!(o["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(o["sasl.password"], "s3cret");
+        assert_eq!(o["sasl.username"], "toml");
+        assert_eq!(o["ssl.ca.pem"], "-----BEGIN CERTIFICATE-----");
+        assert_eq!(o.len(), 5, "{o:?}");
+        let missing = [("ARMWATCH_KAFKA_OPTION_SASL_PASSWORD_FILE", "/nope")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let e = s
+            .kafka
+            .resolve_options(missing, files)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ARMWATCH_KAFKA_OPTION_SASL_PASSWORD_FILE") && e.contains("/nope"),
+            "{e}"
+        );
     }
 }

@@ -143,12 +143,21 @@ fn main() {
             }
             demo(s, &faults, rate, events, seed)
         }),
-        Cmd::CheckConfig { file } => load(&file).map(|s| {
+        Cmd::CheckConfig { file } => load(&file).and_then(|s| {
+            armwatch::source::kafka::check_clients(&s.kafka).map_err(|e| {
+                anyhow::anyhow!(
+                    "config: kafka.options: librdkafka refuses the client configuration: {e}\n  \
+                     fix: correct or remove that option (see librdkafka's CONFIGURATION.md); \
+                     options also come from ARMWATCH_KAFKA_OPTION_* variables and kafka.option_files"
+                )
+            })?;
             println!(
-                "ok: {} declared experiment(s), {} topic(s)",
+                "ok: {} declared experiment(s), {} topic(s), {} librdkafka option(s) accepted",
                 s.experiments.len(),
-                s.kafka.topics.len()
+                s.kafka.topics.len(),
+                s.kafka.options.len()
             );
+            Ok(())
         }),
     };
     if let Err(e) = result {

@@ -389,6 +389,17 @@ pub fn client_config(k: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConf
     c
 }
 
+/// Build the librdkafka clients `run` builds (the group's consumer and a producer), without
+/// using them: an option librdkafka refuses (an unknown name, a bad value, a SASL mechanism
+/// or TLS setting this build cannot serve) fails here as it would at `run`.
+pub fn check_clients(k: &KafkaSettings) -> Result<(), KafkaError> {
+    let consumer: BaseConsumer = client_config(k, &[("group.id", &k.group_id)]).create()?;
+    drop(consumer);
+    let producer: ThreadedProducer<DefaultProducerContext> = client_config(k, &[]).create()?;
+    drop(producer);
+    Ok(())
+}
+
 /// Create the consumer (subscribed) for `k`, checkpointing partition state when
 /// `checkpoints` is given.
 pub fn consumer(

@@ -2,6 +2,8 @@
 //! `armwatch` binary as a child process, and a minimal HTTP client.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -71,15 +73,22 @@ impl Broker {
     }
 
     pub fn start() -> Broker {
+        Broker::start_advertising(None)
+    }
+
+    /// A broker that advertises `advertised` (a port of a front such as [`tls::Front`], which
+    /// forwards to this broker) in its metadata instead of its own listener.
+    pub fn start_advertising(advertised: Option<u16>) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(tansu_path())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ])

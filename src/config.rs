@@ -466,9 +466,13 @@ pub struct AlertSettings {
     /// Minimum arm-share deviation (absolute) for an SRM or divergence alert.
     #[serde(default = "default_min_dev")]
     pub min_share_deviation: f64,
-    /// Alertmanager v2 endpoint, e.g. `http://127.0.0.1:9093/api/v2/alerts`.
+    /// Alertmanager v2 endpoint, e.g. `http://127.0.0.1:9093/api/v2/alerts` or `https://...`.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// PEM file of the CA that signed the webhook's certificate, when it is not a public one
+    /// (added to the system's roots).
+    #[serde(default)]
+    pub webhook_ca_file: Option<String>,
     /// Kafka topic for alerts.
     #[serde(default)]
     pub kafka_topic: Option<String>,
@@ -510,6 +514,7 @@ impl Default for AlertSettings {
             k_grid: default_k_grid(),
             min_share_deviation: default_min_dev(),
             webhook: None,
+            webhook_ca_file: None,
             kafka_topic: None,
             resend_interval_secs: default_resend(),
             multiple_exposure_rate: default_exposure_rate(),
@@ -796,11 +801,27 @@ impl Settings {
             ));
         }
         if let Some(url) = &a.webhook {
-            if !url.starts_with("http://") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
                     "alerts.webhook",
-                    format!("`{url}` is not an http:// URL (this build has no TLS client)"),
-                    "point it at Alertmanager over http inside the cluster, e.g. http://alertmanager:9093/api/v2/alerts",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                    "e.g. http://alertmanager:9093/api/v2/alerts, or https://... with alerts.webhook_ca_file for a private CA",
+                ));
+            }
+        }
+        if let Some(path) = &a.webhook_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    "alerts.webhook_ca_file",
+                    format!("cannot read `{path}`: {e}"),
+                    "mount the CA's PEM file at that path, or remove the key to trust the system's CAs",
+                )
+            })?;
+            if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                return Err(invalid(
+                    "alerts.webhook_ca_file",
+                    format!("`{path}` holds no PEM certificate"),
+                    "point it at the CA certificate (-----BEGIN CERTIFICATE-----)",
                 ));
             }
         }

@@ -274,6 +274,13 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
     };
     let sink_cfg = SinkConfig {
         webhook: settings.alerts.webhook.clone(),
+        webhook_ca: match &settings.alerts.webhook_ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("alerts.webhook_ca_file: cannot read {p}"))?,
+            ),
+            None => None,
+        },
         kafka: kafka_sink,
         resend: Duration::from_secs(settings.alerts.resend_interval_secs.max(1)),
         stdout: stdout_alerts,

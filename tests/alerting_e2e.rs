@@ -166,3 +166,116 @@ listen = "{aw}"
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// An Alertmanager behind TLS (a certificate generated here, its CA given to armwatch as
+/// `alerts.webhook_ca_file`): the alert goes over https and Alertmanager holds it.
+#[test]
+fn alert_reaches_alertmanager_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+    let cert = support::tls::Cert::generate(dir.path());
+    std::fs::write(
+        d("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.cert_pem.display(),
+            cert.key_pem.display()
+        ),
+    )
+    .expect("web config");
+    std::fs::write(
+        d("am.yml"),
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .expect("am config");
+    let am = format!("127.0.0.1:{}", free_port());
+    let _am = server(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", d("am.yml")),
+            format!("--web.config.file={}", d("web.yml")),
+            format!("--storage.path={}", d("am-data")),
+            format!("--web.listen-address={am}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = std::fs::read(&cert.cert_pem).expect("ca");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let get = |path: &str| {
+        rt.block_on(async {
+            let r = client
+                .get(format!("https://{am}{path}"))
+                .send()
+                .await
+                .ok()?;
+            (r.status().is_success()).then_some(())?;
+            r.text().await.ok()
+        })
+    };
+    wait_for(
+        Duration::from_secs(30),
+        || get("/-/ready").is_some(),
+        "alertmanager ready over https",
+    );
+    // plain http is refused by the TLS listener
+    assert!(http_get(&am, "/-/ready").is_none_or(|(status, _)| status != 200));
+
+    let aw = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d("armwatch.toml"),
+        format!(
+            "[[experiment]]\nid = \"prompt-variant\"\narms = {{ control = 0.5, treatment = 0.5 }}\ntreatment_inputs = [\"fragment\"]\n\n\
+             [alerts]\nalpha = 0.001\nwebhook = \"https://{am}/api/v2/alerts\"\nwebhook_ca_file = \"{}\"\n\n[http]\nlisten = \"{aw}\"\n",
+            cert.cert_pem.display()
+        ),
+    )
+    .expect("armwatch config");
+    let log = dir.path().join("demo.log");
+    let _demo = armwatch(
+        &[
+            "demo",
+            "--config",
+            &d("armwatch.toml"),
+            "--fault",
+            "tier-leak",
+            "--rate",
+            "5000",
+        ],
+        &log,
+    );
+    let mut last = String::new();
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let Some(body) = get("/api/v2/alerts") else {
+                return false;
+            };
+            let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let found = alerts.as_array().into_iter().flatten().any(|a| {
+                a["labels"]["alertname"] == "armwatch_input_divergence"
+                    && a["labels"]["value"] == "pro"
+            });
+            last = body;
+            found
+        },
+        "the alert in Alertmanager over https",
+    );
+    let (_, metrics) = http_get(&aw, "/metrics").expect("metrics");
+    assert!(
+        metric(
+            &metrics,
+            r#"armwatch_alert_deliveries_total{result="ok",sink="alertmanager"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{last}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -12,8 +12,10 @@ use tokio::sync::mpsc;
 
 /// Where alerts go besides the log.
 pub struct SinkConfig {
-    /// Alertmanager v2 `.../api/v2/alerts` URL.
+    /// Alertmanager v2 `.../api/v2/alerts` URL (http or https).
     pub webhook: Option<String>,
+    /// Extra CA certificates (PEM) the webhook's certificate may chain to.
+    pub webhook_ca: Option<Vec<u8>>,
     /// Kafka producer and topic.
     pub kafka: Option<(FutureProducer, String)>,
     /// Re-send cadence for Alertmanager (active alerts expire there unless refreshed).
@@ -37,10 +39,23 @@ pub struct Outgoing {
 
 /// Deliver alerts from `rx` until the channel closes.
 pub async fn run(mut rx: mpsc::Receiver<Outgoing>, cfg: SinkConfig, metrics: Arc<Mutex<Metrics>>) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ok();
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    for ca in cfg
+        .webhook_ca
+        .as_deref()
+        .and_then(|pem| reqwest::Certificate::from_pem_bundle(pem).ok())
+        .into_iter()
+        .flatten()
+    {
+        builder = builder.add_root_certificate(ca);
+    }
+    let client = match builder.build() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "the webhook client cannot be built: alerts go to the other sinks only");
+            None
+        }
+    };
     let mut active: Vec<alertmanager::Posted> = Vec::new();
     let mut resend = tokio::time::interval(cfg.resend);
     resend.tick().await;

@@ -527,20 +527,72 @@ impl Default for AlertSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Listen address for /metrics, /healthz, /readyz, /api/v1/report.
+    /// Listen address for /metrics, /healthz, /readyz, /api/v1/report. Loopback by default:
+    /// exposing it (e.g. `0.0.0.0:9898` in a pod) is a choice.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Show unit ids, cluster names and input values in `/api/v1/*` (otherwise each is replaced
+    /// by a pseudonym, `~` and 8 hex digits of its hash, the same wherever it appears).
+    #[serde(default)]
+    pub report_values: bool,
+    /// A file holding a bearer token that `/api/v1/*` requires (`Authorization: Bearer ...`);
+    /// `/metrics` and the probes stay open.
+    #[serde(default)]
+    pub report_token_file: Option<String>,
+    /// Connections served at once; more are closed at once (the probes keep working under a
+    /// flood of idle connections, which the header timeout also closes).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Milliseconds a connection may take to send a request's headers (and may stay idle
+    /// between requests).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
 }
 
 fn default_listen() -> String {
-    "0.0.0.0:9898".into()
+    "127.0.0.1:9898".into()
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_header_timeout() -> u64 {
+    5_000
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: default_listen(),
+            report_values: false,
+            report_token_file: None,
+            max_connections: default_max_connections(),
+            header_timeout_ms: default_header_timeout(),
         }
+    }
+}
+
+impl HttpSettings {
+    /// The bearer token `/api/v1/*` requires, read from `report_token_file`.
+    pub fn report_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.report_token_file else {
+            return Ok(None);
+        };
+        let t = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "http.report_token_file",
+                format!("cannot read `{path}`: {e}"),
+                "mount the token's Secret at that path, or remove the key",
+            )
+        })?;
+        let t = t.trim().to_string();
+        if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "http.report_token_file",
+                format!("`{path}` does not hold a token of at least 16 printable characters"),
+                "e.g. head -c 24 /dev/urandom | base64 > token",
+            ));
+        }
+        Ok(Some(t))
     }
 }
 
@@ -873,6 +925,27 @@ impl Settings {
                     "leave it unset for `<group_id>.armwatch-state`, or name a topic of its own",
                 ));
             }
+        }
+        self.http.report_token()?;
+        if self.http.max_connections < 4 {
+            return Err(invalid(
+                "http.max_connections",
+                format!(
+                    "{} leaves no room for the probes and a scrape",
+                    self.http.max_connections
+                ),
+                "e.g. max_connections = 256",
+            ));
+        }
+        if self.http.header_timeout_ms < 100 {
+            return Err(invalid(
+                "http.header_timeout_ms",
+                format!(
+                    "{} ms is too short for a client to send a request",
+                    self.http.header_timeout_ms
+                ),
+                "e.g. header_timeout_ms = 5000",
+            ));
         }
         if self.kafka.group_id.trim().is_empty() {
             return Err(invalid(

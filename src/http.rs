@@ -1,5 +1,8 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/api/v1/report`,
-//! `/api/v1/experiments/{id}`.
+//! `/api/v1/experiments/{id}`. Secure by default: loopback unless configured, the report's
+//! unit ids, cluster names and input values pseudonymized unless `http.report_values`, an
+//! optional bearer token on `/api/v1/*`, a connection cap and a header timeout (a flood of idle
+//! connections cannot starve the probes).
 
 use crate::report::Report;
 use axum::body::Bytes;
@@ -24,9 +27,33 @@ pub struct Shared {
     report_json: Mutex<Option<Bytes>>,
     /// The source is connected and consuming.
     pub ready: AtomicBool,
+    /// Serve values as they are (`http.report_values`).
+    report_values: bool,
+    /// The bearer token `/api/v1/*` requires.
+    token: Option<String>,
 }
 
 impl Shared {
+    /// Serving values as they are (`report_values`) or pseudonymized, `/api/v1/*` behind
+    /// `token` when given.
+    pub fn new(report_values: bool, token: Option<String>) -> Shared {
+        Shared {
+            report_values,
+            token,
+            ..Shared::default()
+        }
+    }
+
+    /// The report as served: values pseudonymized unless configured otherwise.
+    fn served<T: serde::Serialize>(&self, v: &T) -> Vec<u8> {
+        if self.report_values {
+            return serde_json::to_vec(v).unwrap_or_default();
+        }
+        let mut v = serde_json::to_value(v).unwrap_or_default();
+        crate::report::redact(&mut v);
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
     /// Replace the published texts (a request holds a reference-counted view of the bytes,
     /// never a copy).
     pub fn set(&self, metrics: impl Into<Bytes>, report: Report) {
@@ -66,7 +93,7 @@ impl Shared {
         let Some(report) = self.last_report() else {
             return Bytes::from_static(b"{}");
         };
-        let b = Bytes::from(serde_json::to_vec(&*report).unwrap_or_default());
+        let b = Bytes::from(self.served(&*report));
         *cache = Some(b.clone());
         b
     }
@@ -74,13 +101,50 @@ impl Shared {
 
 /// The router.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/report", get(report))
+        .route("/api/v1/experiments/{id}", get(experiment))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            authorized,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/api/v1/report", get(report))
-        .route("/api/v1/experiments/{id}", get(experiment))
+        .merge(api)
         .with_state(shared)
+}
+
+/// `/api/v1/*` with a token configured: `Authorization: Bearer <token>` or 401.
+async fn authorized(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required (http.report_token_file)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Equal without an early exit on the first differing byte (the time does not tell how much
+/// of a guessed token was right).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -111,8 +175,7 @@ async fn experiment(
             .iter()
             .filter(|a| a.experiment.as_deref() == Some(id.as_str()))
             .collect();
-        serde_json::to_vec(&serde_json::json!({"experiment": id, "report": e, "alerts": alerts}))
-            .ok()
+        Some(s.served(&serde_json::json!({"experiment": id, "report": e, "alerts": alerts})))
     });
     match json {
         Some(j) => ([(header::CONTENT_TYPE, "application/json")], j).into_response(),
@@ -132,13 +195,63 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-/// Serve until `shutdown` resolves.
+/// How connections are accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers (and may stay idle between requests).
+    pub header_timeout: std::time::Duration,
+}
+
+/// Serve until `shutdown` resolves: at most `limits.max_connections` connections at once (one
+/// more is accepted and closed at once, so the backlog never holds probes behind a flood), each
+/// closed when it does not send its request headers within `limits.header_timeout`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = router(shared);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused_log = crate::daemon::RateLimiter::new(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // out of file descriptors or the like: wait, never spin
+                    if let Some(suppressed) = refused_log.allow() {
+                        tracing::warn!(error = %e, suppressed, "http: accept failed");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(suppressed) = refused_log.allow() {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    suppressed,
+                    "http: connection limit reached, closing new connections (http.max_connections)"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
 }

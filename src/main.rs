@@ -259,7 +259,10 @@ struct Outputs {
 }
 
 async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outputs> {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new(
+        settings.http.report_values,
+        settings.http.report_token()?,
+    ));
     let metrics = Arc::new(Mutex::new(Metrics::new(settings.metrics.max_label_values)));
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let (ack_tx, acks) = std::sync::mpsc::channel();
@@ -293,8 +296,13 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
     tracing::info!(addr = %settings.http.listen, "serving /metrics, /healthz, /readyz, /api/v1/report");
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let sh = shared.clone();
+    let http_settings = settings.http.clone();
     let http = tokio::spawn(async move {
-        if let Err(e) = armwatch::http::serve(listener, sh, async move {
+        let limits = armwatch::http::Limits {
+            max_connections: http_settings.max_connections,
+            header_timeout: Duration::from_millis(http_settings.header_timeout_ms),
+        };
+        if let Err(e) = armwatch::http::serve(listener, sh, limits, async move {
             let _ = stopped.await;
         })
         .await

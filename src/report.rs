@@ -318,3 +318,204 @@ fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport
         checks: e.checks.sections(e, engine.levels()),
     }
 }
+
+/// Replace what identifies people or tenants in a serialized report (unit ids, cluster names,
+/// input values, and the same in alerts) by pseudonyms: `~` and 8 hex digits of the value's
+/// hash, the same wherever the value appears, so that a reader can still tell values apart and
+/// follow one through the report. A pseudonym of a low-entropy value (a tier, a locale) can be
+/// reversed by trying the candidates: it keeps values out of casual reach (a dashboard, a log
+/// of responses), it does not make them anonymous. `http.report_values = true` serves them as
+/// they are.
+pub fn redact(report: &mut serde_json::Value) {
+    use serde_json::Value;
+    if let Some(exps) = report.get_mut("experiments").and_then(Value::as_object_mut) {
+        for e in exps.values_mut() {
+            redact_experiment(e);
+        }
+    }
+    if let Some(alerts) = report.get_mut("alerts").and_then(Value::as_array_mut) {
+        for a in alerts {
+            redact_alert(a);
+        }
+    }
+}
+
+/// The pseudonym of `v`.
+pub fn pseudonym(v: &str) -> String {
+    format!("~{:08x}", crate::state::key_of(v) >> 32)
+}
+
+/// Pseudonymize the string at `v` (if it is one), noting the pair in `seen`.
+fn pseudonymize(v: Option<&mut serde_json::Value>, seen: &mut Vec<(String, String)>) {
+    if let Some(serde_json::Value::String(s)) = v {
+        let p = pseudonym(s);
+        seen.push((std::mem::replace(s, p.clone()), p));
+    }
+}
+
+/// Every element of the array at `v`, as mutable values.
+fn each(v: Option<&mut serde_json::Value>) -> impl Iterator<Item = &mut serde_json::Value> {
+    v.and_then(serde_json::Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+fn redact_experiment(e: &mut serde_json::Value) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    if let Some(inputs) = e
+        .get_mut("inputs")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for i in inputs.values_mut() {
+            for tv in each(i.get_mut("top_values")) {
+                pseudonymize(tv.get_mut("value"), &mut seen);
+            }
+        }
+    }
+    redact_sections(e, &mut seen);
+    seen
+}
+
+/// The assignment examples' units and the mixed clusters' names of a section (or an alert's
+/// details, which are its check's section).
+fn redact_sections(v: &mut serde_json::Value, seen: &mut Vec<(String, String)>) {
+    if let Some(at) = v.get_mut("assignment") {
+        for x in each(at.get_mut("examples")) {
+            pseudonymize(x.get_mut("unit"), seen);
+        }
+    }
+    for x in each(v.get_mut("examples")) {
+        pseudonymize(x.get_mut("unit"), seen);
+    }
+    if let Some(c) = v.get_mut("clusters") {
+        for n in each(c.get_mut("mixed_names")) {
+            pseudonymize(Some(n), seen);
+        }
+    }
+    for n in each(v.get_mut("mixed_names")) {
+        pseudonymize(Some(n), seen);
+    }
+}
+
+fn redact_alert(a: &mut serde_json::Value) {
+    let mut seen = Vec::new();
+    let value_is_data = matches!(
+        a.get("check").and_then(serde_json::Value::as_str),
+        Some("input_divergence" | "cluster_mixed")
+    );
+    if value_is_data {
+        pseudonymize(a.get_mut("value"), &mut seen);
+    }
+    if let Some(d) = a.get_mut("details") {
+        redact_sections(d, &mut seen);
+    }
+    if let Some(serde_json::Value::String(m)) = a.get_mut("message") {
+        // where the messages quote a value: `"value"` (a stratum), `` `name` `` (a cluster),
+        // `unit logged` (an assignment example); never a bare substring, which could sit
+        // inside an experiment id
+        for (v, p) in &seen {
+            for (from, to) in [
+                (format!("{v:?}"), format!("{p:?}")),
+                (format!("`{v}`"), format!("`{p}`")),
+                (format!(" {v} logged "), format!(" {p} logged ")),
+            ] {
+                *m = m.replace(&from, &to);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::sim::{Faults, SimExperiment, Simulator};
+
+    /// The demo's experiments with a tier leak, an assignment key that includes the tier and
+    /// mixed workspaces: after redaction no unit id, workspace name or input value of the
+    /// events is left in the report (alerts, their messages and details included), each
+    /// replaced by its pseudonym, and the experiment ids are untouched.
+    #[test]
+    fn redaction_leaves_no_unit_cluster_or_value() {
+        let settings = Settings::from_toml(include_str!("../config/demo.toml")).unwrap();
+        let mut sim = Simulator::new(
+            5,
+            vec![
+                SimExperiment::random(
+                    "prompt-variant",
+                    Faults {
+                        tier_leak: Some(("pro".into(), 0.6)),
+                        ..Default::default()
+                    },
+                    None,
+                ),
+                SimExperiment::hash_assigned(
+                    "ranker-v3",
+                    Faults {
+                        key_includes_tier: true,
+                        ..Default::default()
+                    },
+                    5_000,
+                ),
+                SimExperiment::clustered(
+                    "workspace-collab",
+                    Faults {
+                        mixed_clusters: 3,
+                        ..Default::default()
+                    },
+                    50_000,
+                    400,
+                ),
+            ],
+        );
+        let mut engine = Engine::new(&settings);
+        let (mut units, mut values) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        let mut buf = Vec::new();
+        for _ in 0..60_000 {
+            sim.next_event(&mut buf);
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            for k in ["unit", "cluster"] {
+                if let Some(u) = v[k].as_str() {
+                    units.insert(u.to_string());
+                }
+            }
+            for (_, x) in v["inputs"].as_object().into_iter().flatten() {
+                if let Some(s) = x.as_str() {
+                    values.insert(s.to_string());
+                }
+            }
+            let _ = engine.process(&buf);
+        }
+        let mut report = serde_json::to_value(engine.report()).unwrap();
+        let checks: std::collections::BTreeSet<String> = report["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["check"].as_str().unwrap().to_string())
+            .collect();
+        for c in ["input_divergence", "assignment_mismatch", "cluster_mixed"] {
+            assert!(checks.contains(c), "{c} fired: {checks:?}");
+        }
+        let before = report.to_string();
+        assert!(before.contains("\"pro\""));
+        redact(&mut report);
+        let after = report.to_string();
+        // substrate values (model names) and judge versions are not user data: kept
+        let kept = ["e5-v1", "e5-v2", "v1", "v2"];
+        for u in units
+            .iter()
+            .chain(values.iter().filter(|v| !kept.contains(&v.as_str())))
+        {
+            for shown in [format!("{u:?}"), format!("`{u}`"), format!(" {u} logged")] {
+                assert!(!after.contains(&shown), "{shown} left in the report");
+            }
+        }
+        assert!(after.contains(&format!("{:?}", pseudonym("pro"))));
+        for id in ["prompt-variant", "ranker-v3", "workspace-collab"] {
+            assert!(after.contains(&format!("\"{id}\"")));
+        }
+    }
+}

@@ -65,6 +65,7 @@ kafka_topic = "{topic}.alerts"
 
 [http]
 listen = "{http}"
+report_values = true
 "#
     )
 }

@@ -248,7 +248,18 @@ max_message_bytes = 4096
         .find(|a| a["check"] == "input_divergence")
         .expect("input_divergence alert");
     assert_eq!(leak["subject"], "tier");
-    assert_eq!(leak["value"], "pro");
+    // values are pseudonymized in /api/v1/* unless http.report_values: the same pseudonym
+    // wherever the value appears, the value itself nowhere
+    let pro = armwatch::report::pseudonym("pro");
+    assert_eq!(leak["value"], pro.as_str());
+    assert!(leak["message"].as_str().is_some_and(|m| m.contains(&pro)));
+    let body = serde_json::to_string(&report).expect("JSON");
+    assert!(!body.contains("\"pro\""), "a raw input value in the report");
+    assert!(
+        report["experiments"]["prompt-variant"]["inputs"]["tier"]["top_values"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x["value"] == pro.as_str()))
+    );
     // one experiment alone: its report and only its alerts (the design is the same; counts may
     // have grown by a publish in between, never shrunk)
     let (status, one) = http_get(&http, "/api/v1/experiments/prompt-variant").expect("one");
@@ -334,7 +345,14 @@ max_message_bytes = 4096
         .iter()
         .find(|a| a["check"] == "input_divergence")
         .expect("alert on the Kafka topic");
-    assert_eq!(sent, leak, "the Kafka sink sends the report's alert");
+    // the sink carries the values; the report serves the same alert pseudonymized
+    assert_eq!(sent["value"], "pro");
+    let mut as_served = serde_json::json!({ "alerts": [sent] });
+    armwatch::report::redact(&mut as_served);
+    assert_eq!(
+        &as_served["alerts"][0], leak,
+        "the Kafka sink sends the report's alert"
+    );
 
     // graceful shutdown on SIGTERM
     let pid = daemon.0.id().to_string();

@@ -375,7 +375,7 @@ impl EngineLoop {
             self.processing.observe(t.elapsed().as_secs_f64());
         }
         if let Err(reason) = res {
-            self.rejected(payload.unwrap_or_default(), reason);
+            self.rejected(payload.unwrap_or_default(), reason, part, offset);
         }
         Some(res)
     }
@@ -634,10 +634,22 @@ impl EngineLoop {
         }
     }
 
-    fn rejected(&mut self, payload: &[u8], reason: RejectReason) {
+    /// Log (rate-limited), count and forward a rejected message. The log never carries the
+    /// payload (it may hold unit ids or anything a producer wrote, and a newline or a colour
+    /// code in it would forge log lines): the reason, the size, where it is (partition and
+    /// offset, to fetch it) and a hash of its bytes (to match it with the dead-letter copy).
+    fn rejected(&mut self, payload: &[u8], reason: RejectReason, part: usize, offset: i64) {
         if let Some(suppressed) = self.reject_log.allow() {
-            let preview = String::from_utf8_lossy(&payload[..payload.len().min(160)]);
-            tracing::warn!(reason = reason.as_str(), suppressed_since_last = suppressed, bytes = payload.len(), preview = %preview, "rejected message");
+            let partition = self.parts.get_mut(part).map(|p| p.key.clone());
+            tracing::warn!(
+                reason = reason.as_str(),
+                suppressed_since_last = suppressed,
+                bytes = payload.len(),
+                partition = partition.as_deref().unwrap_or("-"),
+                offset,
+                xxh3 = %format_args!("{:016x}", twox_hash::XxHash3_64::oneshot(payload)),
+                "rejected message"
+            );
         } else {
             self.pending[0] += 1;
         }
@@ -741,7 +753,7 @@ fn warn_split_units(warned: &mut std::collections::HashSet<u64>, report: &crate:
         };
         if warned.len() < 1024 && warned.insert(crate::state::key_of(id)) {
             tracing::warn!(
-                experiment = %crate::metrics::label_value(id),
+                experiment = ?crate::metrics::label_value(id),
                 units = d.round(),
                 counted = e.units.counted,
                 "units counted in more than one input partition: key the input topic by unit \

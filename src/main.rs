@@ -181,8 +181,10 @@ fn load_or(path: Option<PathBuf>, default: &str) -> Result<Settings> {
 fn init_logging(log: &LogSettings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    // colour codes only for a terminal: never into files or a log collector
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if log.format == armwatch::config::LogFormat::Json {
         b.json().try_init()
@@ -269,7 +271,7 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
     let kafka_sink = match &settings.alerts.kafka_topic {
         Some(t) => Some((
             kafka::client_config(&settings.kafka, &[])
-                .create()
+                .create_with_context(armwatch::source::client_log::Quiet)
                 .context("alerts.kafka_topic: cannot create the Kafka producer")?,
             t.clone(),
         )),
@@ -408,7 +410,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let (controls, control_rx) = std::sync::mpsc::channel();
         let durable = Arc::new(Mutex::new(Vec::new()));
         let checkpoints = if checkpointing {
-            state_topic::ensure(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
+            state_topic::ensure_waiting(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
             Some(Arc::new(kafka::Checkpoints::new(settings.clone(), controls, durable.clone(), out.metrics.clone())))
         } else {
             None

@@ -30,6 +30,8 @@ fn malformed() -> Vec<(&'static str, Vec<u8>)> {
         ("unknown_arm", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"treatment-b"}"#.to_vec()),
         ("oversized", format!(r#"{{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"control","pad":"{}"}}"#, "x".repeat(5000)).into_bytes()),
         ("non_finite", br#"{"kind":"routing","ts":1,"router":"gate","score":1e999,"route":"premium"}"#.to_vec()),
+        // a payload that would forge a log line (newline, ANSI colour) if it were logged
+        ("not_json", b"{\"kind\":\"prompt\"\n2026-01-01T00:00:00Z  INFO forged: all clear\x1b[31m u-4242".to_vec()),
     ]
 }
 
@@ -367,6 +369,23 @@ max_message_bytes = 4096
         })
         .expect("daemon exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
+
+    // the log never carries payload bytes: a rejected message is its reason, size, partition,
+    // offset and hash; nothing a producer wrote can forge a line or colour the terminal
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("rejected message") && text.contains("xxh3="),
+        "{text}"
+    );
+    for raw in [
+        "this is not json",
+        "forged",
+        "u-4242",
+        "\x1b",
+        "treatment-b",
+    ] {
+        assert!(!text.contains(raw), "`{raw}` in the log:\n{text}");
+    }
 }
 
 /// A changed configuration file is taken without a restart: an experiment declared by the new
@@ -497,4 +516,60 @@ async fn config_reload_without_restart() {
         "the refusal names the key:\n{logged}"
     );
     assert_eq!(http_get(&http, "/healthz").map(|r| r.0), Some(200));
+}
+
+/// The daemon started before its broker (a rollout racing the Kafka cluster, a network not yet
+/// up): it waits, says so, is not ready, and consumes everything once the broker is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_waits_for_a_broker_that_starts_later() {
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("armwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"armwatch-late\"\ntopics = [\"late.events\"]\n\
+             options = {{ \"session.timeout.ms\" = \"6000\", \"max.poll.interval.ms\" = \"10000\" }}\n\n\
+             [http]\nlisten = \"{http}\"\n"
+        ),
+    )
+    .expect("config written");
+    let log = dir.path().join("armwatch.log");
+    let _daemon = armwatch(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &log,
+    );
+    wait_for(
+        Duration::from_secs(30),
+        || http_get(&http, "/readyz").is_some_and(|(s, _)| s == 503),
+        "the daemon up and not ready",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(http_get(&http, "/readyz").map(|r| r.0), Some(503));
+    let broker = Broker::start_on(port, None);
+    create_topics(&broker.addr, &[("late.events", 1)]).await;
+    let mut sim = Simulator::single(9, Faults::default());
+    let events: Vec<(Vec<u8>, Vec<u8>)> = (0..5_000)
+        .map(|_| {
+            let mut b = Vec::new();
+            sim.next_event(&mut b);
+            (b"k".to_vec(), b)
+        })
+        .collect();
+    produce(&broker.addr, "late.events", &events, 0);
+    wait_for(
+        Duration::from_secs(90),
+        || {
+            http_get(&http, "/metrics")
+                .and_then(|(_, t)| metric(&t, r#"armwatch_events_accepted_total{kind="prompt"}"#))
+                .is_some_and(|n| n as usize == events.len())
+        },
+        &format!(
+            "every event consumed once the broker is up\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ),
+    );
+    assert_eq!(http_get(&http, "/readyz").map(|r| r.0), Some(200));
 }

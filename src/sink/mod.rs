@@ -17,7 +17,7 @@ pub struct SinkConfig {
     /// Extra CA certificates (PEM) the webhook's certificate may chain to.
     pub webhook_ca: Option<Vec<u8>>,
     /// Kafka producer and topic.
-    pub kafka: Option<(FutureProducer, String)>,
+    pub kafka: Option<(FutureProducer<crate::source::client_log::Quiet>, String)>,
     /// Re-send cadence for Alertmanager (active alerts expire there unless refreshed).
     pub resend: Duration,
     /// Also print each alert as one JSON line on stdout (the demo).
@@ -75,8 +75,8 @@ pub async fn run(mut rx: mpsc::Receiver<Outgoing>, cfg: SinkConfig, metrics: Arc
                 let mut delivered = true;
                 let json = serde_json::to_string(&alert).unwrap_or_default();
                 tracing::warn!(target: "armwatch::alert", check = alert.check.as_str(), experiment = alert.experiment.as_deref().unwrap_or(""),
-                    subject = %alert.subject, value = alert.value.as_deref().unwrap_or(""), evidence = alert.evidence,
-                    magnitude = alert.magnitude, first_event = alert.first_event, "{}", alert.message);
+                    subject = alert.subject.as_str(), value = alert.value.as_deref().unwrap_or(""), evidence = alert.evidence,
+                    magnitude = alert.magnitude, first_event = alert.first_event, "{}", alert.message.escape_debug());
                 count("log", true);
                 if cfg.stdout {
                     println!("{json}");

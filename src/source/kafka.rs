@@ -6,6 +6,7 @@
 //! durable checkpoints.
 
 use super::batch::Batch;
+use super::client_log::Quiet;
 use super::Source;
 use crate::checkpoint::partition_key;
 use crate::config::KafkaSettings;
@@ -22,7 +23,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +67,8 @@ pub fn watch_brokers(
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
     use rdkafka::producer::Producer as _;
-    let client: rdkafka::producer::BaseProducer = client_config(k, &[]).create()?;
+    let client: rdkafka::producer::BaseProducer<Quiet> =
+        client_config(k, &[]).create_with_context(Quiet)?;
     let topic = k.topics.first().cloned().unwrap_or_default();
     std::thread::Builder::new()
         .name("armwatch-brokers".into())
@@ -282,6 +284,16 @@ impl Checkpoints {
 }
 
 impl ClientContext for Context {
+    /// Rate-limited and escaped (see [`super::client_log`]).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::client_log::log(level, fac, log_message);
+    }
+
+    /// Rate-limited per error code (see [`super::client_log`]).
+    fn error(&self, e: KafkaError, reason: &str) {
+        super::client_log::error(&e, reason);
+    }
+
     /// Consumer lag per partition, read from the statistics JSON directly (only the lag is
     /// needed; a field the typed `Statistics` does not expect cannot drop the whole update).
     fn stats_raw(&self, raw: &[u8]) {
@@ -308,10 +320,6 @@ impl ClientContext for Context {
         if let Ok(mut l) = self.lag.lock() {
             *l = out;
         }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
     }
 }
 
@@ -393,9 +401,10 @@ pub fn client_config(k: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConf
 /// using them: an option librdkafka refuses (an unknown name, a bad value, a SASL mechanism
 /// or TLS setting this build cannot serve) fails here as it would at `run`.
 pub fn check_clients(k: &KafkaSettings) -> Result<(), KafkaError> {
-    let consumer: BaseConsumer = client_config(k, &[("group.id", &k.group_id)]).create()?;
+    let consumer: BaseConsumer<Quiet> =
+        client_config(k, &[("group.id", &k.group_id)]).create_with_context(Quiet)?;
     drop(consumer);
-    let producer: ThreadedProducer<DefaultProducerContext> = client_config(k, &[]).create()?;
+    let producer: ThreadedProducer<Quiet> = client_config(k, &[]).create_with_context(Quiet)?;
     drop(producer);
     Ok(())
 }
@@ -440,7 +449,7 @@ pub fn consumer(
 
 /// Rejected messages to a dead-letter topic, with the reason in a header.
 pub struct KafkaDeadLetter {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Quiet>,
     topic: String,
 }
 
@@ -448,7 +457,7 @@ impl KafkaDeadLetter {
     /// A producer for `topic`.
     pub fn new(k: &KafkaSettings, topic: &str) -> Result<KafkaDeadLetter, KafkaError> {
         Ok(KafkaDeadLetter {
-            producer: client_config(k, &[]).create()?,
+            producer: client_config(k, &[]).create_with_context(Quiet)?,
             topic: topic.to_string(),
         })
     }

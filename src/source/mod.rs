@@ -7,6 +7,7 @@
 //! [`file::for_each_message`] on one thread: the one-core reference path of the benchmarks.
 
 pub mod batch;
+pub mod client_log;
 pub mod file;
 pub mod kafka;
 mod pipeline;

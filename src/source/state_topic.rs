@@ -2,6 +2,7 @@
 //! if missing), a producer that writes a checkpoint's records and waits until they are
 //! durable, and a reader that collects the latest records of the whole topic.
 
+use super::client_log::Quiet;
 use super::kafka::client_config;
 use crate::checkpoint::Collector;
 use crate::config::KafkaSettings;
@@ -9,7 +10,6 @@ use crate::config::Settings;
 use crate::daemon::CheckpointStore;
 use crate::partitions::{MergedView, Viewed};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -20,21 +20,60 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// [`ensure`], waiting for the brokers: while none answers (a broker restarting, a network
+/// not yet up) it tries again every few seconds, saying so in the log (not ready meanwhile);
+/// an answer that refuses (no right to create topics, a bad configuration) ends the wait.
+pub async fn ensure_waiting(k: &KafkaSettings) -> Result<(), KafkaError> {
+    let mut tries = 0u32;
+    loop {
+        match ensure(k).await {
+            Err(e) if unreachable(&e) => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "state topic: no broker answers yet; trying again in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An error that says no broker answered (try again), not that one refused.
+fn unreachable(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    let code = match e {
+        KafkaError::AdminOp(c) => Some(*c),
+        e => e.rdkafka_error_code(),
+    };
+    matches!(
+        code,
+        Some(
+            OperationTimedOut
+                | RequestTimedOut
+                | BrokerTransportFailure
+                | AllBrokersDown
+                | NetworkException
+                | BrokerNotAvailable
+                | LeaderNotAvailable
+        )
+    )
+}
+
 /// Create the state topic if it does not exist: one partition, compacted (only the latest
 /// record per key is kept: each partition's last commit and the chunks it names).
 pub async fn ensure(k: &KafkaSettings) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(k, &[]).create()?;
+    let admin: AdminClient<Quiet> = client_config(k, &[]).create_with_context(Quiet)?;
     let topic = k.state_topic();
     let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact")
         // a chunk is up to ~900 KB
         .set("max.message.bytes", "1048588");
-    let res = admin
-        .create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    // the admin request waits for a broker without bound while none answers: bounded here
+    let res = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
+        .await
+        .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut))??;
     for r in res {
         match r {
             Ok(_) => tracing::info!(%topic, "state topic created (compacted)"),
@@ -55,7 +94,15 @@ struct Deliveries {
     failed: AtomicU64,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::client_log::log(level, fac, log_message);
+    }
+
+    fn error(&self, e: KafkaError, reason: &str) {
+        super::client_log::error(&e, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -159,10 +206,10 @@ fn reader(
     k: &KafkaSettings,
     role: &str,
     timeout: Duration,
-) -> Result<(BaseConsumer, Vec<i32>), KafkaError> {
+) -> Result<(BaseConsumer<Quiet>, Vec<i32>), KafkaError> {
     let topic = k.state_topic();
     let group = format!("{}.armwatch-state-{role}", k.group_id);
-    let consumer: BaseConsumer = client_config(
+    let consumer: BaseConsumer<Quiet> = client_config(
         k,
         &[
             ("group.id", &group),
@@ -170,7 +217,7 @@ fn reader(
             ("enable.auto.offset.store", "false"),
         ],
     )
-    .create()?;
+    .create_with_context(Quiet)?;
     let md = consumer.fetch_metadata(Some(&topic), timeout)?;
     let partitions: Vec<i32> = md
         .topics()
@@ -213,8 +260,8 @@ pub fn read(
             format!("{} {:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()
         )
     );
-    let producer: BaseProducer =
-        client_config(k, &[("acks", "all"), ("linger.ms", "0")]).create()?;
+    let producer: BaseProducer<Quiet> =
+        client_config(k, &[("acks", "all"), ("linger.ms", "0")]).create_with_context(Quiet)?;
     for &p in &partitions {
         producer
             .send(BaseRecord::<str, [u8]>::to(&topic).key(&fence).partition(p))

@@ -79,7 +79,11 @@ impl Broker {
     /// A broker that advertises `advertised` (a port of a front such as [`tls::Front`], which
     /// forwards to this broker) in its metadata instead of its own listener.
     pub fn start_advertising(advertised: Option<u16>) -> Broker {
-        let port = free_port();
+        Broker::start_on(free_port(), advertised)
+    }
+
+    /// A broker on `port` (a client may already be waiting for it there).
+    pub fn start_on(port: u16, advertised: Option<u16>) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(tansu_path())

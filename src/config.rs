@@ -1266,7 +1266,18 @@ mod tests {
             "{e}"
         );
         assert!(
-            err("[alerts]\nwebhook = \"https://am:9093/api/v2/alerts\"").contains("no TLS client")
+            err("[alerts]\nwebhook = \"ftp://am:9093/api/v2/alerts\"").contains("`alerts.webhook`")
+        );
+        Settings::from_toml("[alerts]\nwebhook = \"https://am:9093/api/v2/alerts\"").unwrap();
+        assert!(err("[alerts]\nwebhook_ca_file = \"/nonexistent.pem\"")
+            .contains("`alerts.webhook_ca_file`"));
+        assert!(err("[http]\nreport_token_file = \"/nonexistent\"")
+            .contains("`http.report_token_file`"));
+        assert!(err("[http]\nmax_connections = 1").contains("`http.max_connections`"));
+        assert_eq!(
+            HttpSettings::default().listen,
+            "127.0.0.1:9898",
+            "loopback by default"
         );
     }
 

@@ -469,10 +469,32 @@ pub struct AlertSettings {
     /// Alertmanager v2 endpoint, e.g. `http://127.0.0.1:9093/api/v2/alerts` or `https://...`.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// More Alertmanager endpoints, each a sink of its own (its own queue and retries).
+    #[serde(default)]
+    pub webhooks: Vec<String>,
     /// PEM file of the CA that signed the webhook's certificate, when it is not a public one
     /// (added to the system's roots).
     #[serde(default)]
     pub webhook_ca_file: Option<String>,
+    /// Alerts each delivering sink (Kafka, each webhook) may hold, queued or being retried;
+    /// past it an alert is dropped for that sink, counted and logged (and, not acknowledged,
+    /// delivered again after a restart with checkpoints).
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// `severity` label per check name (the rest: `critical` for the checks whose alert means
+    /// the result is wrong, `warning` for instruments and deterministic changes).
+    #[serde(default)]
+    pub severity: BTreeMap<String, String>,
+    /// `runbook_url` annotation of Alertmanager alerts; `{check}`, `{experiment}` and
+    /// `{subject}` are filled in.
+    #[serde(default)]
+    pub runbook_url: Option<String>,
+    /// `dashboard_url` annotation (same placeholders).
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
+    /// The URL armwatch is reached at, for `generatorURL` (default `http://<http.listen>`).
+    #[serde(default)]
+    pub external_url: Option<String>,
     /// Kafka topic for alerts.
     #[serde(default)]
     pub kafka_topic: Option<String>,
@@ -487,6 +509,9 @@ pub struct AlertSettings {
     pub min_auc_margin: f64,
 }
 
+fn default_queue_capacity() -> usize {
+    10_000
+}
 fn default_exposure_rate() -> f64 {
     0.01
 }
@@ -514,7 +539,13 @@ impl Default for AlertSettings {
             k_grid: default_k_grid(),
             min_share_deviation: default_min_dev(),
             webhook: None,
+            webhooks: Vec::new(),
             webhook_ca_file: None,
+            queue_capacity: default_queue_capacity(),
+            severity: BTreeMap::new(),
+            runbook_url: None,
+            dashboard_url: None,
+            external_url: None,
             kafka_topic: None,
             resend_interval_secs: default_resend(),
             multiple_exposure_rate: default_exposure_rate(),
@@ -852,12 +883,45 @@ impl Settings {
                 "e.g. 0.02 (alert only when the AUC exceeds 0.52)",
             ));
         }
-        if let Some(url) = &a.webhook {
+        let urls = a.webhook.iter().map(|u| ("alerts.webhook", u));
+        let more = a.webhooks.iter().map(|u| ("alerts.webhooks", u));
+        let external = a.external_url.iter().map(|u| ("alerts.external_url", u));
+        for (key, url) in urls.chain(more).chain(external) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
-                    "alerts.webhook",
+                    key,
                     format!("`{url}` is not an http:// or https:// URL"),
                     "e.g. http://alertmanager:9093/api/v2/alerts, or https://... with alerts.webhook_ca_file for a private CA",
+                ));
+            }
+        }
+        if a.queue_capacity == 0 {
+            return Err(invalid(
+                "alerts.queue_capacity",
+                "is 0",
+                "e.g. queue_capacity = 10000",
+            ));
+        }
+        for (check, sev) in &a.severity {
+            if !crate::check::Check::ALL.iter().any(|c| c.as_str() == check) {
+                return Err(invalid(
+                    format!("alerts.severity.{check}"),
+                    format!("`{check}` is not a check"),
+                    format!(
+                        "use one of: {}",
+                        crate::check::Check::ALL
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if sev.is_empty() || !sev.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid(
+                    format!("alerts.severity.{check}"),
+                    format!("`{sev}` is not a label value"),
+                    "e.g. critical, warning or info",
                 ));
             }
         }

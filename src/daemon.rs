@@ -54,13 +54,21 @@ impl RateLimiter {
 
 /// Hand `alerts` to the sink task (never blocking the engine thread); with `ack = Some((part,
 /// first))` each is acknowledged as `(part, first + i)` once delivered.
+/// Alerts the engine thread could not hand to the sinks (their channel full), counted into
+/// `armwatch_alerts_dropped_total{sink="all",reason="queue_full"}` at the next publish.
+static DROPPED_BEFORE_SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn send_alerts(tx: &mpsc::Sender<Outgoing>, alerts: &[Alert], ack: Option<(usize, usize)>) {
     for (i, a) in alerts.iter().enumerate() {
         let out = Outgoing {
             alert: a.clone(),
             ack: ack.map(|(p, first)| (p, first + i)),
+            resolved: false,
         };
         if tx.try_send(out).is_err() {
+            // never blocks the engine thread; counted, and (not acknowledged) delivered again
+            // after a restart with checkpoints
+            DROPPED_BEFORE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(
                 check = a.check.as_str(),
                 "alert channel full: alert kept in the report but not sent to sinks"
@@ -139,10 +147,9 @@ fn write_checkpoints(
             tracing::error!(partition = %job.key, error = %e, "checkpoint failed: the state stays in memory and is retried; consumer offsets stay at the last durable checkpoint");
         }
         for a in job.alerts {
-            if alerts.try_send(a).is_err() {
-                tracing::error!(
-                    "alert channel full: alert kept in the report but not sent to sinks"
-                );
+            // this thread may wait for the sinks' dispatcher (it only queues): nothing dropped
+            if alerts.blocking_send(a).is_err() {
+                return; // the sinks are gone: the daemon is stopping
             }
         }
         let done = Written {
@@ -549,6 +556,7 @@ impl EngineLoop {
                 .map(|(k, a)| Outgoing {
                     alert: a.clone(),
                     ack: Some((i, handed + k)),
+                    resolved: false,
                 })
                 .collect();
             let job = Job {
@@ -664,9 +672,43 @@ impl EngineLoop {
     /// differently restart, the rest keep their statistics), the state moved, not copied.
     /// Settings that only a restart applies (Kafka, HTTP, logging) are not read here.
     pub fn reconfigure(&mut self, settings: &crate::config::Settings) {
+        self.resolve_removed(settings);
         self.parts.reconfigure(settings);
         tracing::info!(partitions = self.parts.len(), "configuration reloaded");
         self.count_reload("applied");
+    }
+
+    /// The alerts of experiments the new configuration no longer declares end: each is sent
+    /// to the sinks as resolved (Alertmanager gets `endsAt`), once.
+    fn resolve_removed(&mut self, settings: &crate::config::Settings) {
+        let kept: std::collections::HashSet<&str> =
+            settings.experiments.iter().map(|e| e.id.as_str()).collect();
+        let removed: Vec<String> = self
+            .parts
+            .settings()
+            .experiments
+            .iter()
+            .map(|e| e.id.clone())
+            .filter(|id| !kept.contains(id.as_str()))
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        for (_, p) in self.parts.iter() {
+            for a in p.engine.alerts() {
+                if a.experiment.as_ref().is_some_and(|e| removed.contains(e)) {
+                    let out = Outgoing {
+                        alert: a.clone(),
+                        ack: None,
+                        resolved: true,
+                    };
+                    if self.alerts.try_send(out).is_err() {
+                        DROPPED_BEFORE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        tracing::info!(experiments = ?removed, "experiments left the configuration: their alerts resolved");
     }
 
     /// Count a configuration reload by result.
@@ -698,6 +740,9 @@ impl EngineLoop {
             Ok(mut m) => {
                 let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
                 m.rejected_log_suppressed.inc_by(suppressed);
+                m.alerts_dropped
+                    .with_label_values(&["all", "queue_full"])
+                    .inc_by(DROPPED_BEFORE_SINKS.swap(0, std::sync::atomic::Ordering::Relaxed));
                 m.dead_letter.with_label_values(&["queued"]).inc_by(queued);
                 m.dead_letter
                     .with_label_values(&["dropped"])

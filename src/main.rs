@@ -277,9 +277,22 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
         )),
         None => None,
     };
+    let a = &settings.alerts;
+    let decor = armwatch::sink::alertmanager::Decor {
+        severity: armwatch::check::Check::ALL
+            .iter()
+            .filter_map(|c| a.severity.get(c.as_str()).map(|s| (*c, s.clone())))
+            .collect(),
+        runbook_url: a.runbook_url.clone(),
+        dashboard_url: a.dashboard_url.clone(),
+        external_url: a
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", settings.http.listen)),
+    };
     let sink_cfg = SinkConfig {
-        webhook: settings.alerts.webhook.clone(),
-        webhook_ca: match &settings.alerts.webhook_ca_file {
+        webhooks: a.webhook.iter().chain(&a.webhooks).cloned().collect(),
+        webhook_ca: match &a.webhook_ca_file {
             Some(p) => Some(
                 std::fs::read(p)
                     .with_context(|| format!("alerts.webhook_ca_file: cannot read {p}"))?,
@@ -287,9 +300,11 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
             None => None,
         },
         kafka: kafka_sink,
-        resend: Duration::from_secs(settings.alerts.resend_interval_secs.max(1)),
+        resend: Duration::from_secs(a.resend_interval_secs.max(1)),
         stdout: stdout_alerts,
         acks: Some(ack_tx),
+        queue_capacity: a.queue_capacity,
+        decor,
     };
     let sinks = tokio::spawn(armwatch::sink::run(rx, sink_cfg, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)

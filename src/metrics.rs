@@ -99,6 +99,8 @@ pub struct Metrics {
     pub dead_letter: IntCounterVec,
     /// Alert sink deliveries by sink and result.
     pub sink_deliveries: IntCounterVec,
+    /// Alerts a sink did not deliver, by sink and reason (`queue_full`, `shutdown`).
+    pub alerts_dropped: IntCounterVec,
     /// Configuration reloads by result (`applied`, `refused`).
     pub config_reloads: IntCounterVec,
     /// Rejected messages whose log line was suppressed by the rate limit.
@@ -206,6 +208,7 @@ impl Metrics {
             processing: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_processing_seconds", "Per-message decode and state update time (1 in 64 messages sampled).").buckets(vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3]))),
             consumer_lag: reg!(r, IntGaugeVec::new(Opts::new("armwatch_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics)."), &["topic", "partition"])),
             dead_letter: reg!(r, IntCounterVec::new(Opts::new("armwatch_dead_letter_total", "Rejected messages forwarded to the dead-letter topic, by result."), &["result"])),
+            alerts_dropped: reg!(r, IntCounterVec::new(Opts::new("armwatch_alerts_dropped_total", "Alerts a sink did not deliver, by sink and reason: queue_full (alerts.queue_capacity), shutdown (still failing after the grace). Not acknowledged: with checkpoints they are delivered again after a restart."), &["sink", "reason"])),
             sink_deliveries: reg!(r, IntCounterVec::new(Opts::new("armwatch_alert_deliveries_total", "Alert deliveries by sink and result."), &["sink", "result"])),
             config_reloads: reg!(r, IntCounterVec::new(Opts::new("armwatch_config_reloads_total", "Changed configuration files seen, by result: applied, or refused (invalid: the running configuration is kept)."), &["result"])),
             rejected_log_suppressed: reg!(r, IntCounter::new("armwatch_rejected_log_suppressed_total", "Rejected messages not logged because of the log rate limit (still counted).")),

@@ -279,3 +279,162 @@ fn alert_reaches_alertmanager_over_https() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// A webhook that accepts connections and never answers, and one that answers 500: the real
+/// Alertmanager beside them still gets every alert at once (sinks are independent), with the
+/// configured severity, runbook and dashboard annotations and a generatorURL; the failing
+/// sinks retry with backoff (counted), and what their queues cannot hold is counted as
+/// dropped, never silently lost.
+#[test]
+fn hanging_and_failing_webhooks_do_not_hold_back_alertmanager() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+    std::fs::write(
+        d("am.yml"),
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .expect("am config");
+    let am = format!("127.0.0.1:{}", free_port());
+    let _am = server(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", d("am.yml")),
+            format!("--storage.path={}", d("am-data")),
+            format!("--web.listen-address={am}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        || http_get(&am, "/-/ready").is_some_and(|r| r.0 == 200),
+        "alertmanager ready",
+    );
+    // a receiver that hangs: accepts, reads, never answers
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hang_addr = hang.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    // a receiver that fails: 500 to everything, counting the attempts
+    let fail = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fail_addr = fail.local_addr().expect("addr").to_string();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = attempts.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in fail.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut buf = [0u8; 65536];
+            let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let aw = format!("127.0.0.1:{}", free_port());
+    let demo_config = std::fs::read_to_string("config/demo.toml").expect("demo config");
+    let config = demo_config.replace(
+        "[alerts]\nalpha = 0.001\n",
+        &format!(
+            "[alerts]\nalpha = 0.001\nwebhook = \"http://{am}/api/v2/alerts\"\n\
+             webhooks = [\"http://{hang_addr}/api/v2/alerts\", \"http://{fail_addr}/api/v2/alerts\"]\n\
+             queue_capacity = 1\n\
+             severity = {{ input_divergence = \"warning\" }}\n\
+             runbook_url = \"https://runbooks.example/armwatch#{{check}}\"\n\
+             dashboard_url = \"https://grafana.example/d/armwatch?var-experiment={{experiment}}\"\n\
+             external_url = \"http://armwatch.example:9898\"\n"
+        ),
+    );
+    assert_ne!(
+        config, demo_config,
+        "the demo config has its [alerts] section"
+    );
+    let config = config.replace("listen = \"127.0.0.1:9898\"", &format!("listen = \"{aw}\""));
+    std::fs::write(d("armwatch.toml"), config).expect("armwatch config");
+    let log = dir.path().join("demo.log");
+    let start = std::time::Instant::now();
+    let _demo = armwatch(
+        &[
+            "demo",
+            "--config",
+            &d("armwatch.toml"),
+            "--fault",
+            "tier-leak",
+            "--fault",
+            "srm",
+            "--fault",
+            "judge-upgrade",
+            "--rate",
+            "20000",
+        ],
+        &log,
+    );
+    let mut last = String::new();
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let Some((200, body)) = http_get(&am, "/api/v2/alerts") else {
+                return false;
+            };
+            let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let leak = alerts.as_array().into_iter().flatten().find(|a| {
+                a["labels"]["alertname"] == "armwatch_input_divergence"
+                    && a["labels"]["experiment"] == "prompt-variant"
+            });
+            last = body.clone();
+            leak.is_some_and(|a| {
+                a["labels"]["severity"] == "warning"
+                    && a["annotations"]["runbook_url"]
+                        == "https://runbooks.example/armwatch#input_divergence"
+                    && a["annotations"]["dashboard_url"]
+                        == "https://grafana.example/d/armwatch?var-experiment=prompt-variant"
+                    && a["generatorURL"]
+                        == "http://armwatch.example:9898/api/v1/experiments/prompt-variant"
+            })
+        },
+        "the leak in Alertmanager with its severity and annotations",
+    );
+    let took = start.elapsed();
+    println!("alert in Alertmanager {took:?} after the demo started, next to a hanging and a failing webhook");
+    // the hanging sink's 10 s timeout did not hold it back
+    assert!(took < Duration::from_secs(9), "{took:?}");
+    // the failing sink retries with backoff; the full queues count their drops
+    let series = |t: &str, s: &str| metric(t, s).unwrap_or(0.0);
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            let Some((_, t)) = http_get(&aw, "/metrics") else {
+                return false;
+            };
+            last = t.clone();
+            series(
+                &t,
+                r#"armwatch_alert_deliveries_total{result="error",sink="alertmanager-2"}"#,
+            ) >= 2.0
+                && series(
+                    &t,
+                    r#"armwatch_alerts_dropped_total{reason="queue_full",sink="alertmanager-1"}"#,
+                ) >= 1.0
+                && series(
+                    &t,
+                    r#"armwatch_alert_deliveries_total{result="ok",sink="alertmanager"}"#,
+                ) >= 1.0
+        },
+        "retries and drops counted",
+    );
+    assert!(
+        attempts.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the failing receiver was retried"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("alert queue full"), "{text}");
+    println!(
+        "{}",
+        last.lines()
+            .filter(|l| l.starts_with("armwatch_alert"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -44,3 +44,29 @@ if ((${#need_apt[@]})); then
 else
   echo "apt: prometheus and prometheus-alertmanager already installed"
 fi
+
+# the Kubernetes manifests' checks: kubectl (kustomize), kubernetes-validate and checkov,
+# pinned, in a directory of their own (checkov brings ~250 MB of Python packages that must not
+# mix with the system's)
+TOOLS="${ARMWATCH_TOOLS:-$HOME/.cache/armwatch-tools}"
+mkdir -p "$TOOLS/bin"
+if command -v kubectl >/dev/null 2>&1 || [ -x "$TOOLS/bin/kubectl" ]; then
+  echo "kubectl: already installed"
+else
+  echo "kubectl: downloading v1.32.4"
+  curl -fsSL -o "$TOOLS/bin/kubectl" "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl"
+  chmod +x "$TOOLS/bin/kubectl"
+fi
+PYTOOLS="$TOOLS/py-checkov-3.3.30-kv-1.37.0"
+if [ -f "$PYTOOLS/.complete" ]; then
+  echo "checkov, kubernetes-validate: already installed ($PYTOOLS)"
+else
+  echo "checkov, kubernetes-validate: installing into $PYTOOLS"
+  rm -rf "$PYTOOLS"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$PYTOOLS" \
+    "checkov==3.3.30" "kubernetes-validate==1.37.0" 2>&1 | grep -v -e "^WARNING" -e "dependency conflicts" -e "requires" || true
+  python3 -c "import sys; sys.path.insert(0, '$PYTOOLS'); import checkov, kubernetes_validate" \
+    || { echo "checkov/kubernetes-validate: install failed" >&2; exit 1; }
+  touch "$PYTOOLS/.complete"
+fi
+command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || { echo "promtool missing (Debian's prometheus package ships it)" >&2; exit 1; }

@@ -31,7 +31,14 @@ pub struct Shared {
     report_values: bool,
     /// The bearer token `/api/v1/*` requires.
     token: Option<String>,
+    /// Wall time (epoch ms) of the engine thread's last publish (0: none yet).
+    last_publish_ms: std::sync::atomic::AtomicI64,
 }
+
+/// `/healthz` fails once the engine thread has not published for this long (it publishes every
+/// 0.5 s, at most ten times its publish cost apart, even without traffic): a stopped or stuck
+/// engine thread is a dead daemon, whatever its HTTP side says.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Shared {
     /// Serving values as they are (`report_values`) or pseudonymized, `/api/v1/*` behind
@@ -57,6 +64,8 @@ impl Shared {
     /// Replace the published texts (a request holds a reference-counted view of the bytes,
     /// never a copy).
     pub fn set(&self, metrics: impl Into<Bytes>, report: Report) {
+        self.last_publish_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
         if let Ok(mut m) = self.metrics_text.lock() {
             *m = metrics.into();
         }
@@ -110,7 +119,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
         .with_state(shared)
@@ -187,6 +196,21 @@ async fn experiment(
     }
 }
 
+/// Alive while the engine thread publishes (see [`STALE_AFTER`]); before its first publish
+/// (startup), alive.
+async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let last = s.last_publish_ms.load(Ordering::Relaxed);
+    let age = chrono::Utc::now().timestamp_millis() - last;
+    if last > 0 && age > STALE_AFTER.as_millis() as i64 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the engine thread has not published for {} s\n", age / 1000),
+        )
+    } else {
+        (StatusCode::OK, "ok\n".to_string())
+    }
+}
+
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
@@ -253,5 +277,48 @@ pub async fn serve(
             let _ = conn.await;
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn status(app: Router, path: &str) -> StatusCode {
+        app.oneshot(
+            axum::http::Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .status()
+    }
+
+    /// `/healthz` says whether the engine thread is alive: ok before the first publish and
+    /// while it publishes, 503 once its last publish is older than `STALE_AFTER`.
+    #[tokio::test]
+    async fn healthz_follows_the_engine_thread() {
+        let shared = Arc::new(Shared::new(false, None));
+        assert_eq!(
+            status(router(shared.clone()), "/healthz").await,
+            StatusCode::OK
+        );
+        shared
+            .last_publish_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        assert_eq!(
+            status(router(shared.clone()), "/healthz").await,
+            StatusCode::OK
+        );
+        let stale = chrono::Utc::now().timestamp_millis() - STALE_AFTER.as_millis() as i64 - 1000;
+        shared.last_publish_ms.store(stale, Ordering::Relaxed);
+        assert_eq!(
+            status(router(shared.clone()), "/healthz").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

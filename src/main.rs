@@ -8,7 +8,7 @@ use armwatch::engine::Engine;
 use armwatch::http::Shared;
 use armwatch::metrics::Metrics;
 use armwatch::partitions::Partitions;
-use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator};
+use armwatch::sim::{Faults, Instruments, SimExperiment, Simulator, Users};
 use armwatch::sink::SinkConfig;
 use armwatch::source::simulated::SimulatedSource;
 use armwatch::source::{file, kafka, state_topic};
@@ -496,7 +496,9 @@ fn demo(
                 interaction_leak: has(Fault::InteractionLeak).then_some(0.08),
                 ..Default::default()
             },
-            None,
+            // users keep their arm (and tier) on every visit: a unit drawn again must not
+            // land in the other arm, which would be a real multiple exposure
+            Some(Users::returning(u32::MAX)),
         ),
         SimExperiment::random(
             "router-v2",
@@ -504,7 +506,9 @@ fn demo(
                 srm: has(Fault::Srm).then_some(0.55),
                 ..Default::default()
             },
-            None,
+            // users keep their arm (and tier) on every visit: a unit drawn again must not
+            // land in the other arm, which would be a real multiple exposure
+            Some(Users::returning(u32::MAX)),
         ),
         SimExperiment::hash_assigned(
             "ranker-v3",

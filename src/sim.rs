@@ -18,7 +18,8 @@ pub struct Instruments {
     pub judge_upgrade: Option<(u64, f64)>,
     /// Share of decisions within 0.05 of the 0.85 threshold that take the other route.
     pub router_overrides: f64,
-    /// From this event on, the treatment arm's retrieval uses `e5-v2`.
+    /// From this event on, the first experiment's treatment arm retrieves with `e5-v2` (the
+    /// other experiments keep `e5-v1`: their arms stay independent of the input).
     pub substrate_rotation: Option<u64>,
     /// Share of router scores in (0.85, 0.90) nudged just below the threshold.
     pub score_nudging: f64,
@@ -421,6 +422,7 @@ impl Simulator {
         let embedding = if !self.instruments.enabled {
             None
         } else if treatment
+            && e == 0
             && self
                 .instruments
                 .substrate_rotation

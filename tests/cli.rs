@@ -58,13 +58,18 @@ fn config_errors_name_the_key() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
 }
 
-/// Run `armwatch demo` for 30,000 events with `faults`; the JSON values it prints (one per
+/// Run `armwatch demo` for 100,000 events with `faults`; the JSON values it prints (one per
 /// alert, then the report).
 fn demo(faults: &[&str]) -> Vec<serde_json::Value> {
+    demo_events(faults, "100000")
+}
+
+/// [`demo`] for `events` events.
+fn demo_events(faults: &[&str], events: &str) -> Vec<serde_json::Value> {
     let mut args = vec![
         "demo",
         "--events",
-        "30000",
+        events,
         "--rate",
         "1000000",
         "--listen",
@@ -101,7 +106,7 @@ fn demo_runs_without_setup_and_reports() {
         "interaction-leak",
     ]);
     let report = values.last().expect("a report");
-    assert_eq!(report["events"]["accepted"], 30_000);
+    assert_eq!(report["events"]["accepted"], 100_000);
     let alerts = report["alerts"].as_array().expect("alerts");
     let has = |check: &str, field: &str, v: &str| {
         alerts.iter().any(|a| a["check"] == check && a[field] == v)
@@ -190,4 +195,50 @@ fn kafka_client_errors_are_rate_limited() {
         "{per_facility:?}\n{text}"
     );
     println!("librdkafka lines in 12 s with the broker down: {per_facility:?}");
+}
+
+/// A million events of healthy demo traffic, every check evaluated after every event: no
+/// alert (the random-draw experiments' returning users keep their arm).
+#[test]
+fn clean_demo_stays_quiet_for_a_million_events() {
+    let values = demo_events(&["none"], "1000000");
+    let report = values.last().expect("a report");
+    assert_eq!(report["events"]["accepted"], 1_000_000);
+    assert_eq!(
+        report["alerts"],
+        serde_json::json!([]),
+        "healthy traffic raised alerts"
+    );
+}
+
+/// Each fault alone alerts only where it is injected: its experiment (any of that
+/// experiment's checks may see it) or its instrument, nowhere else.
+#[test]
+fn each_fault_alerts_only_where_injected() {
+    for (fault, place) in [
+        ("tier-leak", "prompt-variant"),
+        ("srm", "router-v2"),
+        ("judge-upgrade", "quality-judge"),
+        ("substrate-rotation", "prompt-variant"),
+        ("router-overrides", "confidence-gate"),
+        ("score-nudging", "confidence-gate"),
+        ("night-sampler", "nightly"),
+        ("assignment-key-tier", "ranker-v3"),
+        ("crossover", "ranker-v3"),
+        ("mixed-clusters", "workspace-collab"),
+        ("interaction-leak", "prompt-variant"),
+    ] {
+        let values = demo(&[fault]);
+        let alerts = values.last().expect("a report")["alerts"]
+            .as_array()
+            .expect("alerts")
+            .clone();
+        assert!(!alerts.is_empty(), "{fault} raised no alert");
+        for a in &alerts {
+            let at = a["experiment"]
+                .as_str()
+                .unwrap_or_else(|| a["subject"].as_str().unwrap_or(""));
+            assert_eq!(at, place, "{fault} alerted elsewhere: {a}");
+        }
+    }
 }

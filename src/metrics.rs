@@ -245,6 +245,11 @@ impl Metrics {
         for r in RejectReason::ALL {
             m.rejected.with_label_values(&[r.as_str()]);
         }
+        // every check's counter exists from the start at 0, so that the first alert is an
+        // increase (Prometheus sees no increase into a series that did not exist)
+        for c in Check::ALL {
+            m.alerts_fired.with_label_values(&[c.as_str()]);
+        }
         m
     }
 

@@ -47,30 +47,17 @@ fn demo_alert_reaches_alertmanager_and_prometheus_scrapes_metrics() {
     );
 
     let aw = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        d("armwatch.toml"),
-        format!(
-            r#"
-[[experiment]]
-id = "prompt-variant"
-arms = {{ control = 0.5, treatment = 0.5 }}
-treatment_inputs = ["fragment"]
-
-[[experiment]]
-id = "router-v2"
-arms = {{ control = 0.5, treatment = 0.5 }}
-treatment_inputs = ["fragment"]
-
-[alerts]
-alpha = 0.001
-webhook = "http://{am}/api/v2/alerts"
-
-[http]
-listen = "{aw}"
-"#
-        ),
-    )
-    .expect("armwatch config");
+    // the demo's own configuration (every experiment, router, judge and eval set declared),
+    // posting to this Alertmanager and listening here
+    let demo_config = std::fs::read_to_string("config/demo.toml").expect("demo config");
+    let config = demo_config
+        .replace(
+            "[alerts]\nalpha = 0.001\n",
+            &format!("[alerts]\nalpha = 0.001\nwebhook = \"http://{am}/api/v2/alerts\"\n"),
+        )
+        .replace("listen = \"127.0.0.1:9898\"", &format!("listen = \"{aw}\""));
+    assert!(config.contains(&am) && config.contains(&aw));
+    std::fs::write(d("armwatch.toml"), config).expect("armwatch config");
 
     let prom = format!("127.0.0.1:{}", free_port());
     std::fs::write(
@@ -165,6 +152,65 @@ listen = "{aw}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // every query of the Grafana dashboard (panels and annotations) returns data from the
+    // real Prometheus scraping the demo, except the few that need the Kafka daemon
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../dashboards/armwatch.json")).expect("dashboard");
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    exprs.extend(
+        dash["annotations"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["expr"].as_str().map(str::to_string)),
+    );
+    // the demo has no consumer, rejects nothing, writes no checkpoint
+    let kafka_only = [
+        "armwatch_consumer_lag_messages",
+        "armwatch_events_rejected_total[5m])) > 0",
+        "armwatch_checkpoints_total",
+    ];
+    let encode = |q: &str| -> String {
+        q.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let run = |q: &str| -> Vec<serde_json::Value> {
+        http_get(&prom, &format!("/api/v1/query?query={}", encode(q)))
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let empty: Vec<String> = exprs
+            .iter()
+            .map(|e| e.replace("$experiment", ".*"))
+            .filter(|e| !kafka_only.iter().any(|k| e.contains(k)))
+            .filter(|e| run(e).is_empty())
+            .collect();
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "dashboard queries without data: {empty:#?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("{} dashboard queries return data", exprs.len());
 }
 
 /// An Alertmanager behind TLS (a certificate generated here, its CA given to armwatch as

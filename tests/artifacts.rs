@@ -50,6 +50,8 @@ fn dashboard_queries_only_exported_metrics() {
     m.consumer_lag.with_label_values(&["t", "0"]).set(0);
     m.dead_letter.with_label_values(&["queued"]).inc();
     m.sink_deliveries.with_label_values(&["log", "ok"]).inc();
+    m.alerts_dropped.with_label_values(&["kafka", "queue_full"]).inc();
+    m.checkpoints.with_label_values(&["written"]).inc();
     m.publish(&engine, &engine.report());
     let exported = m.encode();
     let dash: serde_json::Value =
@@ -254,4 +256,82 @@ fn alertmanager_route_example_is_valid() {
             "{labels:?} -> {text}"
         );
     }
+}
+
+/// The dashboard as an SRE reads it: rows, a description on every panel, the alert's evidence
+/// threshold drawn on the evidence panels, a second quantity on a right axis of its own (never
+/// two units on one axis), "Source ready" green when ready, alert annotations.
+#[test]
+fn dashboard_is_readable() {
+    let d: serde_json::Value =
+        serde_json::from_str(include_str!("../dashboards/armwatch.json")).expect("dashboard");
+    let panels = d["panels"].as_array().expect("panels");
+    let rows = panels.iter().filter(|p| p["type"] == "row").count();
+    assert!(rows >= 5, "{rows} rows");
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let title = p["title"].as_str().unwrap_or("");
+        assert!(
+            p["description"].as_str().is_some_and(|s| s.len() > 20),
+            "{title}: no description"
+        );
+        let targets = p["targets"].as_array().cloned().unwrap_or_default();
+        let overrides = p["fieldConfig"]["overrides"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let right = overrides.iter().any(|o| {
+            o["properties"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["id"] == "custom.axisPlacement" && x["value"] == "right")
+        });
+        let exprs: Vec<&str> = targets.iter().filter_map(|t| t["expr"].as_str()).collect();
+        // two quantities in one panel (a share and an e-value, a count and bytes): two axes
+        let families = |e: &&str| {
+            [
+                "log_evalue",
+                "_ratio",
+                "share",
+                "_bytes",
+                "dead_letter",
+                "z\"",
+                "mixed_clusters",
+                "followed_units",
+                "stat=\"js\"",
+                "uncovered",
+                "_kl",
+                "_psi",
+            ]
+            .iter()
+            .position(|f| e.contains(f))
+        };
+        let kinds: std::collections::BTreeSet<Option<usize>> = exprs.iter().map(families).collect();
+        if kinds.len() > 1 && !title.contains("Memory") {
+            assert!(right, "{title}: {exprs:?} share one axis");
+        }
+        if exprs.iter().any(|e| e.contains("log_evalue")) {
+            let line = p["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line";
+            let said = p["description"].as_str().is_some_and(|s| s.contains("ln("));
+            assert!(
+                line || said,
+                "{title}: the evidence threshold is neither drawn nor given"
+            );
+        }
+    }
+    let ready = panels
+        .iter()
+        .find(|p| p["title"] == "Source ready")
+        .expect("Source ready");
+    let steps = ready["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .expect("steps");
+    assert_eq!(
+        steps.last().map(|s| (&s["color"], &s["value"])),
+        Some((&serde_json::json!("green"), &serde_json::json!(1)))
+    );
+    let annotations = d["annotations"]["list"].as_array().expect("annotations");
+    assert!(annotations.iter().any(|a| a["expr"]
+        .as_str()
+        .is_some_and(|e| e.contains("armwatch_alerts_fired_total"))));
 }

@@ -34,6 +34,8 @@ fi
 need_apt=()
 command -v prometheus-alertmanager >/dev/null 2>&1 || [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+# the status page is checked in a headless browser
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "apt: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -42,7 +44,7 @@ if ((${#need_apt[@]})); then
   # the packages start services we do not want; the tests start their own instances
   for svc in prometheus prometheus-alertmanager; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 else
-  echo "apt: prometheus and prometheus-alertmanager already installed"
+  echo "apt: prometheus, prometheus-alertmanager and chromium already installed"
 fi
 
 # the Kubernetes manifests' checks: kubectl (kustomize), kubernetes-validate and checkov,

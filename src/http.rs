@@ -33,6 +33,8 @@ pub struct Shared {
     token: Option<String>,
     /// Wall time (epoch ms) of the engine thread's last publish (0: none yet).
     last_publish_ms: std::sync::atomic::AtomicI64,
+    /// The status page's evidence history, sampled at publish.
+    history: Mutex<crate::status::History>,
 }
 
 /// `/healthz` fails once the engine thread has not published for this long (it publishes every
@@ -64,8 +66,11 @@ impl Shared {
     /// Replace the published texts (a request holds a reference-counted view of the bytes,
     /// never a copy).
     pub fn set(&self, metrics: impl Into<Bytes>, report: Report) {
-        self.last_publish_ms
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp_millis();
+        self.last_publish_ms.store(now, Ordering::Relaxed);
+        if let Ok(mut h) = self.history.lock() {
+            h.record(&report, now);
+        }
         if let Ok(mut m) = self.metrics_text.lock() {
             *m = metrics.into();
         }
@@ -112,12 +117,14 @@ impl Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/api/v1/report", get(report))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/experiments/{id}", get(experiment))
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             authorized,
         ));
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -169,6 +176,33 @@ async fn report(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         .await
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], json)
+}
+
+/// The status page: experiments, their checks' evidence over time as charts, the active
+/// alerts. Built into the binary, no external script or style (it works air-gapped).
+async fn page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status.html"),
+    )
+}
+
+/// The status page's data ([`crate::status::History::status`]), values pseudonymized as in the
+/// report.
+async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let body = s.last_report().map(|r| {
+        let v = match s.history.lock() {
+            Ok(h) => h.status(&r, s.last_publish_ms.load(Ordering::Relaxed)),
+            Err(_) => serde_json::Value::Null,
+        };
+        s.served(&v)
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.unwrap_or_else(|| {
+            b"{\"alerts\":[],\"series\":[],\"events_accepted\":0,\"events_rejected\":0}".to_vec()
+        }),
+    )
 }
 
 /// One experiment of the last report, with its alerts: what a dashboard or a client watching

@@ -25,3 +25,4 @@ pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod stats;
+pub mod status;

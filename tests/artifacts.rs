@@ -50,7 +50,9 @@ fn dashboard_queries_only_exported_metrics() {
     m.consumer_lag.with_label_values(&["t", "0"]).set(0);
     m.dead_letter.with_label_values(&["queued"]).inc();
     m.sink_deliveries.with_label_values(&["log", "ok"]).inc();
-    m.alerts_dropped.with_label_values(&["kafka", "queue_full"]).inc();
+    m.alerts_dropped
+        .with_label_values(&["kafka", "queue_full"])
+        .inc();
     m.checkpoints.with_label_values(&["written"]).inc();
     m.publish(&engine, &engine.report());
     let exported = m.encode();

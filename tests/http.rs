@@ -133,3 +133,69 @@ fn token_pseudonyms_and_connection_flood() {
         );
     }
 }
+
+/// The status page at `/`, opened in headless Chromium against the demo: the charts of the
+/// checks' evidence are drawn (SVG, no external script) and the tier-leak alert is shown with
+/// its message.
+#[test]
+fn status_page_renders_charts_and_the_alert_in_a_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let log = dir.path().join("demo.log");
+    let _demo = armwatch(
+        &[
+            "demo",
+            "--fault",
+            "tier-leak",
+            "--rate",
+            "20000",
+            "--listen",
+            &http,
+        ],
+        &log,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            get(&http, "/api/v1/status", "")
+                .is_some_and(|(s, b)| s == 200 && b.contains("depends on input `tier`"))
+        },
+        &format!(
+            "the tier leak in the status data\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ),
+    );
+    let (status, page) = get(&http, "/", "").expect("the page");
+    assert_eq!(status, 200);
+    // built in: no external script, style or font
+    for external in ["<script src", "<link", "@import", "url("] {
+        assert!(!page.contains(external), "{external} in the page");
+    }
+    let profile = dir.path().join("chromium");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            &format!("--user-data-dir={}", profile.display()),
+            "--dump-dom",
+            &format!("http://{http}/"),
+        ])
+        .output()
+        .expect("chromium runs (scripts/install-test-deps.sh installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let charts = dom.matches("<polyline").count();
+    assert!(charts >= 5, "{charts} charts drawn:\n{dom}");
+    assert!(dom.contains("threshold"), "threshold lines drawn");
+    assert!(
+        dom.contains("class=\"alert")
+            && dom.contains("arm assignment depends on input `tier` in prompt-variant"),
+        "the tier-leak alert shown:\n{dom}"
+    );
+    assert!(
+        dom.contains("<div id=\"error\"></div>"),
+        "the page could not read the status: {dom}"
+    );
+    println!("status page: {charts} evidence charts and the tier-leak alert rendered by Chromium");
+}

@@ -20,31 +20,51 @@ fn server(bin: &str, args: &[String]) -> Proc {
     )
 }
 
+/// A real Alertmanager in `dir` (its web config `web`, for TLS, when given) routing to a
+/// receiver that drops everything: (process, address). Waits for plain-http readiness unless
+/// TLS is on.
+fn alertmanager(dir: &std::path::Path, web: Option<&std::path::Path>) -> (Proc, String) {
+    std::fs::write(
+        dir.join("am.yml"),
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .expect("am config");
+    let am = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        format!("--config.file={}", dir.join("am.yml").display()),
+        format!("--storage.path={}", dir.join("am-data").display()),
+        format!("--web.listen-address={am}"),
+        "--cluster.listen-address=".into(),
+    ];
+    if let Some(w) = web {
+        args.push(format!("--web.config.file={}", w.display()));
+    }
+    let p = server("prometheus-alertmanager", &args);
+    if web.is_none() {
+        wait_for(
+            Duration::from_secs(30),
+            || http_get(&am, "/-/ready").is_some_and(|r| r.0 == 200),
+            "alertmanager ready",
+        );
+    }
+    (p, am)
+}
+
+/// `armwatch demo --config config` with `faults` at `rate` events/s, logging to `log`.
+fn demo(config: &str, faults: &[&str], rate: &str, log: &std::path::Path) -> Proc {
+    let mut args = vec!["demo", "--config", config, "--rate", rate];
+    for f in faults {
+        args.extend(["--fault", f]);
+    }
+    armwatch(&args, log)
+}
+
 #[test]
 fn demo_alert_reaches_alertmanager_and_prometheus_scrapes_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
 
-    let am = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        d("am.yml"),
-        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
-    )
-    .expect("am config");
-    let _am = server(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", d("am.yml")),
-            format!("--storage.path={}", d("am-data")),
-            format!("--web.listen-address={am}"),
-            "--cluster.listen-address=".into(),
-        ],
-    );
-    wait_for(
-        Duration::from_secs(30),
-        || http_get(&am, "/-/ready").is_some_and(|r| r.0 == 200),
-        "alertmanager ready",
-    );
+    let (_am, am) = alertmanager(dir.path(), None);
 
     let aw = format!("127.0.0.1:{}", free_port());
     // the demo's own configuration (every experiment, router, judge and eval set declared),
@@ -75,18 +95,7 @@ fn demo_alert_reaches_alertmanager_and_prometheus_scrapes_metrics() {
     );
 
     let log = dir.path().join("demo.log");
-    let _demo = armwatch(
-        &[
-            "demo",
-            "--config",
-            &d("armwatch.toml"),
-            "--fault",
-            "tier-leak",
-            "--rate",
-            "5000",
-        ],
-        &log,
-    );
+    let _demo = demo(&d("armwatch.toml"), &["tier-leak"], "5000", &log);
 
     // Alertmanager holds the alert, labelled with the input and the leaking value
     let mut last = String::new();
@@ -229,22 +238,7 @@ fn alert_reaches_alertmanager_over_https() {
         ),
     )
     .expect("web config");
-    std::fs::write(
-        d("am.yml"),
-        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
-    )
-    .expect("am config");
-    let am = format!("127.0.0.1:{}", free_port());
-    let _am = server(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", d("am.yml")),
-            format!("--web.config.file={}", d("web.yml")),
-            format!("--storage.path={}", d("am-data")),
-            format!("--web.listen-address={am}"),
-            "--cluster.listen-address=".into(),
-        ],
-    );
+    let (_am, am) = alertmanager(dir.path(), Some(&dir.path().join("web.yml")));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -285,18 +279,7 @@ fn alert_reaches_alertmanager_over_https() {
     )
     .expect("armwatch config");
     let log = dir.path().join("demo.log");
-    let _demo = armwatch(
-        &[
-            "demo",
-            "--config",
-            &d("armwatch.toml"),
-            "--fault",
-            "tier-leak",
-            "--rate",
-            "5000",
-        ],
-        &log,
-    );
+    let _demo = demo(&d("armwatch.toml"), &["tier-leak"], "5000", &log);
     let mut last = String::new();
     wait_for(
         Duration::from_secs(60),
@@ -335,26 +318,7 @@ fn alert_reaches_alertmanager_over_https() {
 fn hanging_and_failing_webhooks_do_not_hold_back_alertmanager() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
-    std::fs::write(
-        d("am.yml"),
-        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
-    )
-    .expect("am config");
-    let am = format!("127.0.0.1:{}", free_port());
-    let _am = server(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", d("am.yml")),
-            format!("--storage.path={}", d("am-data")),
-            format!("--web.listen-address={am}"),
-            "--cluster.listen-address=".into(),
-        ],
-    );
-    wait_for(
-        Duration::from_secs(30),
-        || http_get(&am, "/-/ready").is_some_and(|r| r.0 == 200),
-        "alertmanager ready",
-    );
+    let (_am, am) = alertmanager(dir.path(), None);
     // a receiver that hangs: accepts, reads, never answers
     let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hang_addr = hang.local_addr().expect("addr").to_string();
@@ -401,20 +365,10 @@ fn hanging_and_failing_webhooks_do_not_hold_back_alertmanager() {
     std::fs::write(d("armwatch.toml"), config).expect("armwatch config");
     let log = dir.path().join("demo.log");
     let start = std::time::Instant::now();
-    let _demo = armwatch(
-        &[
-            "demo",
-            "--config",
-            &d("armwatch.toml"),
-            "--fault",
-            "tier-leak",
-            "--fault",
-            "srm",
-            "--fault",
-            "judge-upgrade",
-            "--rate",
-            "20000",
-        ],
+    let _demo = demo(
+        &d("armwatch.toml"),
+        &["tier-leak", "srm", "judge-upgrade"],
+        "20000",
         &log,
     );
     let mut last = String::new();

@@ -60,6 +60,31 @@ impl Alert {
     }
 }
 
+#[cfg(test)]
+impl Alert {
+    /// An alert for unit tests of the sinks: `check` on `experiment`, subject and value given.
+    pub fn sample(
+        check: Check,
+        experiment: Option<&str>,
+        subject: &str,
+        value: Option<&str>,
+    ) -> Alert {
+        Alert {
+            check,
+            experiment: experiment.map(str::to_string),
+            subject: subject.into(),
+            value: value.map(str::to_string),
+            evidence: 9.0,
+            evidence_threshold: 6.9,
+            magnitude: 0.1,
+            first_event: 7,
+            ts: "2026-01-01T00:00:00.000Z".into(),
+            message: "m".into(),
+            details: serde_json::Value::Null,
+        }
+    }
+}
+
 /// An alert's `details` from the report section of its check (the same fields a reader finds
 /// in `/api/v1/report`, as they were when the alert fired).
 pub fn details(section: &impl Serialize) -> serde_json::Value {

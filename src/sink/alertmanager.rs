@@ -258,19 +258,7 @@ mod tests {
     use super::*;
 
     fn alert(check: Check, experiment: Option<&str>) -> Alert {
-        Alert {
-            check,
-            experiment: experiment.map(str::to_string),
-            subject: "tier".into(),
-            value: Some("pro".into()),
-            evidence: 9.0,
-            evidence_threshold: 6.9,
-            magnitude: 0.1,
-            first_event: 7,
-            ts: "2026-01-01T00:00:00.000Z".into(),
-            message: "m".into(),
-            details: serde_json::Value::Null,
-        }
+        Alert::sample(check, experiment, "tier", Some("pro"))
     }
 
     #[test]

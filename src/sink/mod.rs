@@ -281,19 +281,7 @@ mod tests {
     use crate::check::Check;
 
     fn alert() -> Alert {
-        Alert {
-            check: Check::Srm,
-            experiment: Some("gone".into()),
-            subject: "gone".into(),
-            value: None,
-            evidence: 9.0,
-            evidence_threshold: 6.9,
-            magnitude: 0.1,
-            first_event: 7,
-            ts: "2026-01-01T00:00:00.000Z".into(),
-            message: "m".into(),
-            details: serde_json::Value::Null,
-        }
+        Alert::sample(Check::Srm, Some("gone"), "gone", None)
     }
 
     /// An alert is posted and acknowledged once delivered; its resolution (the experiment left

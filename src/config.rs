@@ -93,6 +93,20 @@ pub struct SamplingSettings {
     pub min_js_distance: f64,
 }
 
+/// A point in time given as RFC 3339 (`experiment.ends_at`), parsed once at load: epoch ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Instant(pub i64);
+
+impl TryFrom<String> for Instant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Instant, String> {
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| Instant(t.timestamp_millis()))
+            .map_err(|_| format!("`{s}` is not an RFC 3339 time (e.g. \"2026-12-31T00:00:00Z\")"))
+    }
+}
+
 /// An IANA time zone (`sampling.timezone`), parsed once at load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(try_from = "String", into = "String")]
@@ -406,6 +420,11 @@ pub struct ExperimentSettings {
     /// (`assignment_mismatch`).
     #[serde(default)]
     pub assignment: Option<AssignmentSettings>,
+    /// When the experiment ends (RFC 3339): from then on its alerts are resolved (Alertmanager
+    /// gets their `endsAt`); its statistics go on being reported. Not part of the design: moving
+    /// it keeps the statistics.
+    #[serde(default)]
+    pub ends_at: Option<Instant>,
 }
 
 /// `unit_of_assignment`
@@ -1343,6 +1362,14 @@ mod tests {
             "127.0.0.1:9898",
             "loopback by default"
         );
+        let e =
+            err("[[experiment]]\nid = \"x\"\narms = { a = 0.5, b = 0.5 }\nends_at = \"tomorrow\"");
+        assert!(e.contains("ends_at") && e.contains("RFC 3339"), "{e}");
+        let s = Settings::from_toml(
+            "[[experiment]]\nid = \"x\"\narms = { a = 0.5, b = 0.5 }\nends_at = \"2026-12-31T00:00:00Z\"",
+        )
+        .unwrap();
+        assert_eq!(s.experiments[0].ends_at, Some(Instant(1_798_675_200_000)));
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl RateLimiter {
 
 /// Hand `alerts` to the sink task (never blocking the engine thread); with `ack = Some((part,
 /// first))` each is acknowledged as `(part, first + i)` once delivered.
+/// Resolved alerts remembered at most (one per check, experiment and subject: bounded by the
+/// alerts themselves; the cap only guards memory).
+const MAX_RESOLVED: usize = 100_000;
+
 /// Alerts the engine thread could not hand to the sinks (their channel full), counted into
 /// `armwatch_alerts_dropped_total{sink="all",reason="queue_full"}` at the next publish.
 static DROPPED_BEFORE_SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -242,6 +246,8 @@ pub struct EngineLoop {
     pending: [u64; 3],
     /// Experiments already warned about units counted in several partitions (key hashes).
     warned_split: std::collections::HashSet<u64>,
+    /// Alerts already sent as resolved (identity hashes).
+    resolved: std::collections::HashSet<u64>,
 }
 
 impl EngineLoop {
@@ -274,6 +280,7 @@ impl EngineLoop {
             n: 0,
             pending: [0; 3],
             warned_split: Default::default(),
+            resolved: Default::default(),
         }
     }
 
@@ -691,24 +698,58 @@ impl EngineLoop {
             .map(|e| e.id.clone())
             .filter(|id| !kept.contains(id.as_str()))
             .collect();
-        if removed.is_empty() {
-            return;
+        if !removed.is_empty() {
+            tracing::info!(experiments = ?removed, "experiments left the configuration: their alerts resolved");
+            self.resolve(&removed);
         }
+    }
+
+    /// The alerts of declared experiments whose `ends_at` has passed are resolved (checked at
+    /// each publish; each alert once, the ones fired after the end too).
+    fn resolve_ended(&mut self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let ended: Vec<String> = self
+            .parts
+            .settings()
+            .experiments
+            .iter()
+            .filter(|e| e.ends_at.is_some_and(|t| t.0 <= now))
+            .map(|e| e.id.clone())
+            .collect();
+        if !ended.is_empty() {
+            self.resolve(&ended);
+        }
+    }
+
+    /// Send every not yet resolved alert of `experiments` to the sinks as resolved.
+    fn resolve(&mut self, experiments: &[String]) {
+        let mut out = Vec::new();
         for (_, p) in self.parts.iter() {
             for a in p.engine.alerts() {
-                if a.experiment.as_ref().is_some_and(|e| removed.contains(e)) {
-                    let out = Outgoing {
+                let Some(e) = &a.experiment else { continue };
+                if !experiments.contains(e) {
+                    continue;
+                }
+                let key = crate::state::key_of(&format!(
+                    "{}\u{0}{e}\u{0}{}\u{0}{}",
+                    a.check.as_str(),
+                    a.subject,
+                    a.value.as_deref().unwrap_or("")
+                ));
+                if self.resolved.len() < MAX_RESOLVED && self.resolved.insert(key) {
+                    out.push(Outgoing {
                         alert: a.clone(),
                         ack: None,
                         resolved: true,
-                    };
-                    if self.alerts.try_send(out).is_err() {
-                        DROPPED_BEFORE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    });
                 }
             }
         }
-        tracing::info!(experiments = ?removed, "experiments left the configuration: their alerts resolved");
+        for o in out {
+            if self.alerts.try_send(o).is_err() {
+                DROPPED_BEFORE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// Count a configuration reload by result.
@@ -728,6 +769,7 @@ impl EngineLoop {
     /// serialize it at most once per publish and serve the same bytes to every client.
     pub fn publish(&mut self) {
         self.last_publish = Instant::now();
+        self.resolve_ended();
         for (_, p) in self.parts.iter_mut() {
             p.engine.count_memory();
         }

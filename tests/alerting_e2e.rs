@@ -438,3 +438,103 @@ fn hanging_and_failing_webhooks_do_not_hold_back_alertmanager() {
             .join("\n")
     );
 }
+
+/// A webhook receiver that records every posted body (Alertmanager's API shape) and answers
+/// 200.
+fn capture() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = posts.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut r = std::io::BufReader::new(c);
+            let mut len = 0usize;
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    seen.lock().expect("posts").push(v);
+                }
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, posts)
+}
+
+/// An experiment that ends (`ends_at`): its alerts, fired while it ran, are resolved once the
+/// end passes (posted again with `endsAt`), and the other experiments' alerts stay active.
+#[test]
+fn alerts_of_an_ended_experiment_are_resolved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hook, posts) = capture();
+    // whole seconds, as written in the configuration
+    let ends_text = (chrono::Utc::now() + chrono::Duration::seconds(8))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ends = chrono::DateTime::parse_from_rfc3339(&ends_text).expect("rfc3339");
+    let demo_config = std::fs::read_to_string("config/demo.toml").expect("demo config");
+    let config = demo_config
+        .replacen(
+            "[[experiment]]\nid = \"prompt-variant\"\n",
+            &format!("[[experiment]]\nid = \"prompt-variant\"\nends_at = \"{ends_text}\"\n"),
+            1,
+        )
+        .replace(
+            "[alerts]\nalpha = 0.001\n",
+            &format!("[alerts]\nalpha = 0.001\nwebhook = \"http://{hook}/api/v2/alerts\"\n"),
+        )
+        .replace(
+            "listen = \"127.0.0.1:9898\"",
+            &format!("listen = \"127.0.0.1:{}\"", free_port()),
+        );
+    assert!(config.contains("ends_at") && config.contains(&hook));
+    let path = dir.path().join("armwatch.toml");
+    std::fs::write(&path, config).expect("config");
+    let log = dir.path().join("demo.log");
+    let _demo = demo(
+        path.to_str().expect("utf-8 path"),
+        &["tier-leak", "srm"],
+        "20000",
+        &log,
+    );
+    let posted = |name: &str, exp: &str, resolved: bool| {
+        posts.lock().expect("posts").iter().any(|body| {
+            body.as_array().into_iter().flatten().any(|a| {
+                a["labels"]["alertname"] == name
+                    && a["labels"]["experiment"] == exp
+                    && a.get("endsAt").is_some() == resolved
+            })
+        })
+    };
+    wait_for(
+        Duration::from_secs(30),
+        || posted("armwatch_input_divergence", "prompt-variant", false),
+        "the leak alert while the experiment runs",
+    );
+    assert!(chrono::Utc::now() < ends, "the alert fired before the end");
+    wait_for(
+        Duration::from_secs(30),
+        || posted("armwatch_input_divergence", "prompt-variant", true),
+        &format!(
+            "the leak alert resolved after the end\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ),
+    );
+    assert!(chrono::Utc::now() >= ends);
+    // router-v2 has no end: its SRM alert is never resolved
+    assert!(posted("armwatch_srm", "router-v2", false));
+    assert!(!posted("armwatch_srm", "router-v2", true));
+}

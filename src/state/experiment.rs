@@ -211,7 +211,12 @@ impl Experiment {
 
     /// The [`Self::design_key`] a declaration gives (its every field).
     pub fn design_key_of(cfg: &ExperimentSettings) -> u64 {
-        key_of(&format!("{cfg:?}"))
+        // the end is a date on the calendar, not the design: moving it keeps the statistics
+        let design = ExperimentSettings {
+            ends_at: None,
+            ..cfg.clone()
+        };
+        key_of(&format!("{design:?}"))
     }
 
     /// An undeclared experiment, first seen with `arm`.

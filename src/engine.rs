@@ -4,8 +4,8 @@
 //! allocation. The IO shell feeds it messages and drains new alerts and reports.
 
 use crate::check::{
-    Alert, EvalContext, JudgeUpdate, Tracked, TrackedEvalSet, TrackedExperiment, TrackedJudge,
-    TrackedRouter,
+    Alert, EvalContext, Exposure, JudgeUpdate, Tracked, TrackedEvalSet, TrackedExperiment,
+    TrackedJudge, TrackedRouter,
 };
 use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
 use crate::event::{
@@ -290,7 +290,7 @@ impl Engine {
             if obs.restarted {
                 checks.restart();
             }
-            checks.on_event(exp, &obs, ctx, &mut self.alerts);
+            checks.on_event(exp, &Exposure { ev, obs }, ctx, &mut self.alerts);
         }
         let settings = &self.judge_settings;
         let k = instrument_index(
@@ -351,11 +351,11 @@ impl Engine {
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
         let i = self.experiment_index(id)?;
         let (exp, checks) = self.experiments[i].parts();
-        let obs = exp.observe(ev, ctx.seq)?;
+        let obs = exp.observe(ev)?;
         if obs.restarted {
             checks.restart();
         }
-        checks.on_event(exp, &obs, ctx, &mut self.alerts);
+        checks.on_event(exp, &Exposure { ev, obs }, ctx, &mut self.alerts);
         Ok(())
     }
 

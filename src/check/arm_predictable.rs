@@ -6,9 +6,10 @@
 //! e-process), see [`crate::state::predict::ArmModel::merge`].
 
 use super::alert::{details, rfc3339};
-use super::{Alert, Check, EvalContext, Module};
+use super::{Exposure, Alert, Check, EvalContext, Module};
 use crate::metrics::{gauge_vec, set_interval, Labels};
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
+use crate::state::predict::{ArmModel, MISSING, MODEL_INPUTS};
 use crate::stats::proportion::Z95;
 use prometheus::{GaugeVec, Registry};
 use serde::Serialize;
@@ -72,11 +73,12 @@ impl Module<Experiment> for ArmPredictable {
     fn on_event(
         st: &mut PredictableState,
         exp: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        if obs.counted {
+        if u.obs.counted {
+            learn(exp, &u.obs.keys, u.obs.arm);
             out.extend(evaluate(st, exp, ctx));
         }
     }
@@ -117,6 +119,31 @@ impl Module<Experiment> for ArmPredictable {
         m.log_e.with_label_values(&[exp]).set(p.log_evalue);
         set_interval(&m.auc, exp, p.auc, p.auc_interval_95);
     }
+}
+
+/// The update: the online arm model predicts the counted event's arm from its inputs' stratum
+/// keys, then learns it (allocated with the first counted event carrying inputs).
+#[inline]
+fn learn(exp: &mut Experiment, keys: &[u64; MODEL_INPUTS], arm: usize) {
+    if exp.inputs.is_empty() || exp.arms.len() < 2 {
+        return;
+    }
+    let design = &exp.design;
+    let model = exp
+        .model
+        .get_or_insert_with(|| Box::new(ArmModel::new(design)));
+    let n = exp.inputs.len().min(MODEL_INPUTS);
+    for inp in &exp.inputs[model.inputs()..n] {
+        model.add_input(inp.name_key);
+    }
+    // `keys` is by input index; the model reads by slot (inputs sorted by name hash)
+    let mut by_slot = [MISSING; MODEL_INPUTS];
+    for (inp, key) in exp.inputs[..n].iter().zip(keys) {
+        if let Some(s) = model.slot(inp.name_key) {
+            by_slot[s] = *key;
+        }
+    }
+    model.observe(design, &by_slot, arm);
 }
 
 /// The expert with the most posterior weight, by input names (`"tier x locale"`), and its

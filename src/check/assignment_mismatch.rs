@@ -6,10 +6,10 @@
 //! say what the key includes.
 
 use super::alert::{details, rfc3339};
-use super::{Alert, Check, EvalContext, Module};
+use super::{Exposure, Alert, Check, EvalContext, Module};
 use crate::metrics::{gauge_vec, Labels};
 use crate::state::assignment::MIN_EXPLAIN;
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
 use prometheus::{GaugeVec, Registry};
 use serde::Serialize;
 
@@ -103,13 +103,21 @@ impl Module<Experiment> for AssignmentMismatch {
     fn on_event(
         st: &mut MismatchState,
         exp: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        if obs.exposure {
-            out.extend(evaluate(st, exp, ctx));
+        if !u.obs.exposure {
+            return;
         }
+        // the update: the declared hash re-derived for the event (its unit's first exposure
+        // feeds the evidence; repeats are checked too)
+        if u.obs.assigned {
+            if let Some(a) = &mut exp.assignment {
+                a.observe(u.ev, u.obs.arm, u.obs.counted);
+            }
+        }
+        out.extend(evaluate(st, exp, ctx));
     }
 
     fn merge(st: &mut MismatchState, _: &Experiment, o: &MismatchState, _: &Experiment) {

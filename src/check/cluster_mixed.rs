@@ -3,9 +3,9 @@
 //! set and merge exactly.
 
 use super::alert::details;
-use super::{Alert, Check, EvalContext, Module};
+use super::{Exposure, Alert, Check, EvalContext, Module};
 use crate::metrics::{int_gauge_vec, Labels};
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
 use prometheus::{IntGaugeVec, Registry};
 use serde::Serialize;
 
@@ -57,11 +57,11 @@ impl Module<Experiment> for ClusterMixed {
     fn on_event(
         st: &mut ClusterState,
         exp: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        if obs.cluster_mixed {
+        if u.obs.cluster_mixed {
             out.extend(evaluate(st, exp, ctx));
         }
     }

@@ -10,9 +10,9 @@
 //! merge exactly across partitions.
 
 use super::alert::rfc3339;
-use super::{describe_shares, shares, Alert, Check, EvalContext, Module};
+use super::{Exposure, describe_shares, shares, Alert, Check, EvalContext, Module};
 use crate::metrics::{gauge_vec, Labels};
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
 use crate::state::input::InputState;
 use crate::state::strata::TAIL_LABEL;
 use crate::stats::divergence::{js_distance, kl, psi};
@@ -56,11 +56,11 @@ impl Module<Experiment> for InputDivergence {
     fn on_event(
         st: &mut Vec<DivergenceState>,
         exp: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        let mut touched = obs.touched;
+        let mut touched = u.obs.touched;
         while touched != 0 {
             let j = touched.trailing_zeros() as usize;
             touched &= touched - 1;

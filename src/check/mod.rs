@@ -71,8 +71,18 @@ pub trait Subject {
     type Env<'a>: Copy;
 }
 
+/// An event of an experiment: the event itself (for the checks that update statistics of
+/// their own from it) and what it did to the experiment's shared statistics.
+#[derive(Clone, Copy, Debug)]
+pub struct Exposure<'a> {
+    /// The event (a prompt, or a judgment carrying an input of the experiment).
+    pub ev: &'a crate::event::Event<'a>,
+    /// What it touched.
+    pub obs: Observed,
+}
+
 impl Subject for Experiment {
-    type Update<'a> = Observed;
+    type Update<'a> = Exposure<'a>;
     type Env<'a> = &'a EvalContext;
 }
 

@@ -7,9 +7,9 @@
 //! exactly.
 
 use super::alert::{details, rfc3339};
-use super::{Alert, Check, EvalContext, Module};
+use super::{Exposure, Alert, Check, EvalContext, Module};
 use crate::metrics::{gauge_vec, int_gauge_vec, set_interval, Labels};
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
 use crate::stats::proportion::{wilson, Z95};
 use prometheus::{GaugeVec, IntGaugeVec, Registry};
 use serde::Serialize;
@@ -69,11 +69,11 @@ impl Module<Experiment> for MultipleExposure {
     fn on_event(
         st: &mut ExposureState,
         exp: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        if obs.unit {
+        if u.obs.unit {
             out.extend(evaluate(st, exp, ctx));
         }
     }

@@ -5,9 +5,9 @@
 //! merges as the larger of the two (a lower bound of the merged stream's).
 
 use super::alert::rfc3339;
-use super::{describe_shares, shares, Alert, Check, EvalContext, Module};
+use super::{Exposure, describe_shares, shares, Alert, Check, EvalContext, Module};
 use crate::metrics::{gauge_vec, Labels};
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
 use crate::stats::divergence::chi_square_p;
 use prometheus::{GaugeVec, Registry};
 use serde::Serialize;
@@ -67,11 +67,11 @@ impl Module<Experiment> for Srm {
     fn on_event(
         st: &mut SrmState,
         exp: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        if obs.counted {
+        if u.obs.counted {
             out.extend(evaluate(st, exp, ctx));
         }
     }

@@ -5,9 +5,9 @@
 //! is new once.
 
 use super::alert::rfc3339;
-use super::{Alert, Check, EvalContext, Module};
+use super::{Exposure, Alert, Check, EvalContext, Module};
 use crate::metrics::{int_gauge_vec, Labels};
-use crate::state::experiment::{Experiment, Observed};
+use crate::state::experiment::Experiment;
 use prometheus::{IntGaugeVec, Registry};
 use serde::Serialize;
 use serde_json::json;
@@ -37,11 +37,15 @@ impl Module<Experiment> for SubstrateChange {
     fn on_event(
         _: &mut (),
         e: &mut Experiment,
-        obs: &Observed,
+        u: &Exposure<'_>,
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        if let Some((k, i)) = obs.substrate_change {
+        // every exposure, repeats included: a value is new whoever brings it
+        if !u.obs.exposure {
+            return;
+        }
+        if let Some((k, i)) = e.observe_substrates(u.ev, u.obs.arm, ctx.seq) {
             out.extend(change(e, k, i, ctx));
         }
     }

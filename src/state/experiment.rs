@@ -151,24 +151,44 @@ const NO_INPUT: i16 = i16::MIN;
 const MAX_IGNORED: usize = 256;
 
 /// What one event touched, for the checks ([`crate::check`]).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Observed {
     /// Arm index.
     pub arm: usize,
     /// An exposure (prompt) event, not a value carried by another kind.
     pub exposure: bool,
+    /// The exposure reached the unit's first-exposure decision (not a cluster experiment's
+    /// event without `cluster`): the declared assignment is re-derived for it.
+    pub assigned: bool,
     /// The statistics restarted (an undeclared experiment gained an arm).
     pub restarted: bool,
     /// Whether the event was counted (not a repeat exposure of a unit).
     pub counted: bool,
     /// Bit i set when input i was updated.
     pub touched: u64,
-    /// (substrate index, value index) of a substrate value first seen in this event.
-    pub substrate_change: Option<(usize, usize)>,
+    /// The counted event's stratum key per watched input (by input index; `MISSING` where
+    /// absent), for the arm model.
+    pub keys: [u64; MODEL_INPUTS],
     /// The event carried a unit (the multiple-exposure sample may have changed).
     pub unit: bool,
     /// The event's cluster just became mixed.
     pub cluster_mixed: bool,
+}
+
+impl Default for Observed {
+    fn default() -> Observed {
+        Observed {
+            arm: 0,
+            exposure: false,
+            assigned: false,
+            restarted: false,
+            counted: false,
+            touched: 0,
+            keys: [MISSING; MODEL_INPUTS],
+            unit: false,
+            cluster_mixed: false,
+        }
+    }
 }
 
 impl Experiment {
@@ -455,22 +475,17 @@ impl Experiment {
     }
 
     /// Count one exposure event: its unit's first exposure, or every event without a unit.
-    pub fn observe(&mut self, ev: &Event<'_>, seq: u64) -> Result<Observed, RejectReason> {
+    pub fn observe(&mut self, ev: &Event<'_>) -> Result<Observed, RejectReason> {
         let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
         let restarts = self.restarts;
         let arm = self.arm_index(arm_name)?;
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
-        let substrate_change = self.observe_substrates(ev, arm, seq);
         let mut obs = Observed {
             arm,
             exposure: true,
             restarted: self.restarts != restarts,
-            counted: false,
-            touched: 0,
-            substrate_change,
-            unit: false,
-            cluster_mixed: false,
+            ..Observed::default()
         };
         let unit_key = ev.unit.as_deref().map(key_of);
         let (cap, units_cap) = (self.limits.exposure_sample, self.limits.units);
@@ -520,15 +535,13 @@ impl Experiment {
                 false
             }
         };
-        if let Some(a) = &mut self.assignment {
-            a.observe(ev, arm, first);
-        }
+        obs.assigned = true;
         if !first {
             return Ok(obs);
         }
         obs.counted = true;
         self.srm.observe(&self.design, arm);
-        let mut keys = [MISSING; MODEL_INPUTS];
+        let keys = &mut obs.keys;
         for (p, (name, value)) in ev.inputs.iter().enumerate() {
             if let Some(i) = self.input_at(p, name) {
                 if obs.touched & (1 << i) != 0 {
@@ -541,29 +554,12 @@ impl Experiment {
                 }
             }
         }
-        if !self.inputs.is_empty() && self.arms.len() > 1 {
-            let design = &self.design;
-            let model = self
-                .model
-                .get_or_insert_with(|| Box::new(ArmModel::new(design)));
-            let n = self.inputs.len().min(MODEL_INPUTS);
-            for inp in &self.inputs[model.inputs()..n] {
-                model.add_input(inp.name_key);
-            }
-            // `keys` is by input index; the model reads by slot (inputs sorted by name hash)
-            let mut by_slot = [MISSING; MODEL_INPUTS];
-            for (inp, key) in self.inputs[..n].iter().zip(keys) {
-                if let Some(s) = model.slot(inp.name_key) {
-                    by_slot[s] = key;
-                }
-            }
-            model.observe(design, &by_slot, arm);
-        }
         Ok(obs)
     }
 
-    /// Substrate values of an exposure event (every event, repeats included).
-    fn observe_substrates(
+    /// Substrate values of an exposure event (every event, repeats included): the
+    /// `substrate_change` check's update. Returns (substrate, value) of a value first seen.
+    pub fn observe_substrates(
         &mut self,
         ev: &Event<'_>,
         arm: usize,

@@ -682,8 +682,17 @@ pub struct LimitSettings {
     /// memory limit.
     #[serde(default = "default_max_memory")]
     pub max_memory_bytes: u64,
+    /// The watermark: an event whose time is more than this many milliseconds behind the
+    /// latest event time its partition has counted is refused as `late` (counted, never mixed
+    /// into the statistics of a time it no longer belongs to); one more than this far ahead of
+    /// the wall clock is refused as `invalid_ts` (it would drag the watermark along). 0: off.
+    #[serde(default = "default_max_lateness")]
+    pub max_event_lateness_ms: u64,
 }
 
+fn default_max_lateness() -> u64 {
+    86_400_000
+}
 fn default_max_memory() -> u64 {
     512 * 1024 * 1024
 }
@@ -737,6 +746,7 @@ impl Default for LimitSettings {
             units_per_experiment: default_units(),
             exposure_sample_units: default_exposure_sample(),
             max_memory_bytes: default_max_memory(),
+            max_event_lateness_ms: default_max_lateness(),
         }
     }
 }

@@ -54,6 +54,11 @@ pub struct Engine {
     /// An experiment created by the message being processed (its memory is added to
     /// `state_bytes` once the message has been applied).
     created: Option<usize>,
+    /// `limits.max_event_lateness_ms` (0: off).
+    lateness_ms: i64,
+    /// Stream time: the latest event time counted (`i64::MIN` before the first), advanced at
+    /// most one lateness window per event (see [`Engine::apply`]).
+    stream_ts_ms: i64,
 }
 
 /// Messages between two counts of the state's memory (a count walks every experiment's
@@ -86,6 +91,7 @@ pub(crate) struct EngineState {
     routers: Vec<TrackedRouter>,
     production: Option<Production>,
     eval_sets: Vec<TrackedEvalSet>,
+    stream_ts_ms: i64,
 }
 
 /// [`EngineState`] borrowed from a running engine, for writing (no copy of the state); the
@@ -103,6 +109,7 @@ pub(crate) struct EngineStateRef<'a> {
     routers: &'a [TrackedRouter],
     production: Option<&'a Production>,
     eval_sets: &'a [TrackedEvalSet],
+    stream_ts_ms: i64,
 }
 
 fn alerts_as_json<S: serde::Serializer>(alerts: &&[Alert], ser: S) -> Result<S::Ok, S::Error> {
@@ -155,6 +162,8 @@ impl Engine {
             state_bytes: 0,
             memory_count_due: 0,
             created: None,
+            lateness_ms: i64::try_from(settings.limits.max_event_lateness_ms).unwrap_or(i64::MAX),
+            stream_ts_ms: i64::MIN,
         };
         for cfg in &settings.experiments {
             let exp = Tracked::new(Experiment::declared(cfg, &e.exp_limits));
@@ -240,18 +249,44 @@ impl Engine {
     }
 
     /// Apply a decoded event to the state and run the detectors it concerns.
+    ///
+    /// The watermark (`limits.max_event_lateness_ms`, Kafka Streams' stream time): a live event
+    /// more than the lateness behind the latest event time counted is refused as `late`, not
+    /// mixed into statistics of a time it no longer belongs to (an hour-of-week cell, a
+    /// substrate's first time, a judge's onset). Stream time follows the events counted, but
+    /// moves at most one lateness window per event, so one event stamped far in the future
+    /// cannot make the next ones late (a real gap is caught up in a few events).
     pub fn apply(&mut self, ev: &Event<'_>, seq: u64) -> Result<(), RejectReason> {
+        // an eval set samples past traces: a sample's time is its trace's, behind the stream by
+        // design; only live events (prompts, judgments, routing decisions) keep stream time
+        let live = !matches!(ev.body, Body::Sample(_));
+        if live
+            && self.lateness_ms > 0
+            && self.stream_ts_ms != i64::MIN
+            && ev.ts_ms < self.stream_ts_ms.saturating_sub(self.lateness_ms)
+        {
+            return Err(RejectReason::Late);
+        }
         let ctx = EvalContext {
             seq,
             ts_ms: ev.ts_ms,
             ..self.levels
         };
-        match &ev.body {
+        let res = match &ev.body {
             Body::Prompt => self.apply_prompt(ev, &ctx),
             Body::Judgment(j) => self.apply_judgment(ev, j, &ctx),
             Body::Routing(r) => self.apply_routing(r, &ctx),
             Body::Sample(smp) => self.apply_sample(ev, &smp.eval_set, &ctx),
+        };
+        if live && res.is_ok() && ev.ts_ms > self.stream_ts_ms {
+            self.stream_ts_ms = if self.stream_ts_ms == i64::MIN || self.lateness_ms == 0 {
+                ev.ts_ms
+            } else {
+                ev.ts_ms
+                    .min(self.stream_ts_ms.saturating_add(self.lateness_ms))
+            };
         }
+        res
     }
 
     fn apply_routing(&mut self, r: &Routing<'_>, ctx: &EvalContext) -> Result<(), RejectReason> {
@@ -487,6 +522,7 @@ impl Engine {
             routers: &self.routers,
             production: self.production.as_ref(),
             eval_sets: &self.eval_sets,
+            stream_ts_ms: self.stream_ts_ms,
         }
     }
 
@@ -503,6 +539,7 @@ impl Engine {
             routers: self.routers,
             production: self.production,
             eval_sets: self.eval_sets,
+            stream_ts_ms: self.stream_ts_ms,
         }
     }
 
@@ -529,6 +566,7 @@ impl Engine {
         e.routers = state.routers;
         e.production = state.production;
         e.eval_sets = state.eval_sets;
+        e.stream_ts_ms = state.stream_ts_ms;
         e.reconcile(settings);
         e.count_memory();
         e
@@ -578,6 +616,7 @@ impl Engine {
             *a += b;
         }
         self.seq += other.seq;
+        self.stream_ts_ms = self.stream_ts_ms.max(other.stream_ts_ms);
         for o in &other.experiments {
             match self.experiment_index(&o.id) {
                 Ok(i) => self.experiments[i].merge(o),
@@ -855,6 +894,43 @@ mod tests {
                 assert!(both > 2000, "most returning units are in both: {both}");
                 assert_eq!(reported, Some(both as f64));
             }
+        }
+    }
+
+    /// The watermark: events more than the lateness behind the stream time are refused as
+    /// `late`; one event stamped far ahead moves the stream time one window only.
+    #[test]
+    fn late_events_are_refused_and_the_watermark_resists_a_future_stamp() {
+        let mut s = Settings::from_toml(
+            "[[experiment]]\nid = \"e\"\narms = { control = 0.5, treatment = 0.5 }",
+        )
+        .unwrap();
+        s.limits.max_event_lateness_ms = 1_000;
+        let ev =
+            |ts: i64| format!(r#"{{"kind":"prompt","ts":{ts},"experiment":"e","arm":"control"}}"#);
+        let mut e = Engine::new(&s);
+        let mut run = |ts: i64| {
+            e.process(ev(ts).as_bytes())
+                .map(|_| ())
+                .map_err(|r| r.as_str())
+        };
+        assert_eq!(run(10_000), Ok(()));
+        assert_eq!(run(9_200), Ok(()), "within the lateness");
+        assert_eq!(run(8_900), Err("late"));
+        assert_eq!(
+            run(5_000_000_000),
+            Ok(()),
+            "counted, but the stream time moves one window"
+        );
+        assert_eq!(run(10_500), Ok(()), "the next ordinary event is not late");
+        assert_eq!(run(9_900), Err("late"));
+        s.limits.max_event_lateness_ms = 0;
+        let mut off = Engine::new(&s);
+        for ts in [10_000, 1, 5] {
+            assert!(
+                off.process(ev(ts).as_bytes()).is_ok(),
+                "0 turns the watermark off"
+            );
         }
     }
 }

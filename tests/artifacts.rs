@@ -25,12 +25,12 @@ fn dashboard_queries_only_exported_metrics() {
     }
     let _ = engine.process(b"garbage");
     for (i, ev) in [
-        r#"{"kind":"judgment","ts":1,"judge":"quality-judge","judge_version":"v1","score":7,"control":true}"#,
-        r#"{"kind":"routing","ts":1,"router":"confidence-gate","score":0.84,"route":"premium"}"#,
-        r#"{"kind":"sample","ts":1,"eval_set":"nightly","inputs":{"tier":"pro"}}"#,
-        r#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"control","inputs":{"embedding_model":"e5"}}"#,
-        r#"{"kind":"prompt","ts":1,"experiment":"ranker-v3","arm":"control","unit":"u1","inputs":{"tier":"pro"}}"#,
-        r#"{"kind":"prompt","ts":1,"experiment":"workspace-collab","arm":"control","unit":"u1","cluster":"ws-1"}"#,
+        r#"{"kind":"judgment","ts":1767225600000,"judge":"quality-judge","judge_version":"v1","score":7,"control":true}"#,
+        r#"{"kind":"routing","ts":1767225600000,"router":"confidence-gate","score":0.84,"route":"premium"}"#,
+        r#"{"kind":"sample","ts":1767225600000,"eval_set":"nightly","inputs":{"tier":"pro"}}"#,
+        r#"{"kind":"prompt","ts":1767225600000,"experiment":"prompt-variant","arm":"control","inputs":{"embedding_model":"e5"}}"#,
+        r#"{"kind":"prompt","ts":1767225600000,"experiment":"ranker-v3","arm":"control","unit":"u1","inputs":{"tier":"pro"}}"#,
+        r#"{"kind":"prompt","ts":1767225600000,"experiment":"workspace-collab","arm":"control","unit":"u1","cluster":"ws-1"}"#,
     ]
     .iter()
     .enumerate()
@@ -40,7 +40,7 @@ fn dashboard_queries_only_exported_metrics() {
     // enough routing decisions for a density look
     for i in 0..1000 {
         let ev = format!(
-            r#"{{"kind":"routing","ts":1,"router":"confidence-gate","score":{},"route":"premium"}}"#,
+            r#"{{"kind":"routing","ts":1767225600000,"router":"confidence-gate","score":{},"route":"premium"}}"#,
             (i as f64 + 0.5) / 1000.0
         );
         engine.process(ev.as_bytes()).expect("routing");

@@ -21,15 +21,15 @@ fn malformed() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("not_json", b"this is not json".to_vec()),
         ("not_json", b"{\"kind\":\"prompt\",}".to_vec()),
-        ("truncated", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"con"#.to_vec()),
-        ("not_utf8", b"{\"kind\":\"prompt\",\"ts\":1,\"experiment\":\"\xff\xfe\"}".to_vec()),
-        ("wrong_type", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":42}"#.to_vec()),
-        ("missing_field", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant"}"#.to_vec()),
+        ("truncated", br#"{"kind":"prompt","ts":1767225600000,"experiment":"prompt-variant","arm":"con"#.to_vec()),
+        ("not_utf8", b"{\"kind\":\"prompt\",\"ts\":1767225600000,\"experiment\":\"\xff\xfe\"}".to_vec()),
+        ("wrong_type", br#"{"kind":"prompt","ts":1767225600000,"experiment":"prompt-variant","arm":42}"#.to_vec()),
+        ("missing_field", br#"{"kind":"prompt","ts":1767225600000,"experiment":"prompt-variant"}"#.to_vec()),
         ("unknown_kind", br#"{"kind":"click","ts":1}"#.to_vec()),
         ("invalid_ts", br#"{"kind":"prompt","ts":"noon","experiment":"prompt-variant","arm":"control"}"#.to_vec()),
-        ("unknown_arm", br#"{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"treatment-b"}"#.to_vec()),
-        ("oversized", format!(r#"{{"kind":"prompt","ts":1,"experiment":"prompt-variant","arm":"control","pad":"{}"}}"#, "x".repeat(5000)).into_bytes()),
-        ("non_finite", br#"{"kind":"routing","ts":1,"router":"gate","score":1e999,"route":"premium"}"#.to_vec()),
+        ("unknown_arm", br#"{"kind":"prompt","ts":1767225600000,"experiment":"prompt-variant","arm":"treatment-b"}"#.to_vec()),
+        ("oversized", format!(r#"{{"kind":"prompt","ts":1767225600000,"experiment":"prompt-variant","arm":"control","pad":"{}"}}"#, "x".repeat(5000)).into_bytes()),
+        ("non_finite", br#"{"kind":"routing","ts":1767225600000,"router":"gate","score":1e999,"route":"premium"}"#.to_vec()),
         // a payload that would forge a log line (newline, ANSI colour) if it were logged
         ("not_json", b"{\"kind\":\"prompt\"\n2026-01-01T00:00:00Z  INFO forged: all clear\x1b[31m u-4242".to_vec()),
     ]

@@ -38,11 +38,13 @@ pub enum RejectReason {
     InstrumentLimit,
     /// A new experiment while the state is over `limits.max_memory_bytes`.
     MemoryLimit,
+    /// Event time more than `limits.max_event_lateness_ms` behind the partition's stream time.
+    Late,
 }
 
 impl RejectReason {
     /// All reasons, for pre-registering metric series at zero.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 17] = [
         Self::Oversized,
         Self::NotUtf8,
         Self::NotJson,
@@ -59,6 +61,7 @@ impl RejectReason {
         Self::Empty,
         Self::InstrumentLimit,
         Self::MemoryLimit,
+        Self::Late,
     ];
 
     /// The stable label value.
@@ -80,6 +83,7 @@ impl RejectReason {
             Self::Empty => "empty",
             Self::InstrumentLimit => "instrument_limit",
             Self::MemoryLimit => "memory_limit",
+            Self::Late => "late",
         }
     }
 

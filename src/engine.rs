@@ -4,8 +4,8 @@
 //! allocation. The IO shell feeds it messages and drains new alerts and reports.
 
 use crate::check::{
-    Alert, EvalContext, Exposure, JudgeUpdate, Tracked, TrackedEvalSet, TrackedExperiment,
-    TrackedJudge, TrackedRouter,
+    Alert, EvalContext, JudgeUpdate, Tracked, TrackedEvalSet, TrackedExperiment, TrackedJudge,
+    TrackedRouter,
 };
 use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
 use crate::event::{
@@ -260,9 +260,9 @@ impl Engine {
         // an eval set samples past traces: a sample's time is its trace's, behind the stream by
         // design; only live events (prompts, judgments, routing decisions) keep stream time
         let live = !matches!(ev.body, Body::Sample(_));
+        // (before the first event the stream time is `i64::MIN`: nothing is behind it)
         if live
             && self.lateness_ms > 0
-            && self.stream_ts_ms != i64::MIN
             && ev.ts_ms < self.stream_ts_ms.saturating_sub(self.lateness_ms)
         {
             return Err(RejectReason::Late);
@@ -301,9 +301,9 @@ impl Engine {
                 Tracked::new(RouterState::new(&r.router, cfg))
             },
         )?;
-        let (router, checks) = self.routers[i].parts();
-        let decision = router.observe(r.score, r.threshold, &r.route);
-        checks.on_event(router, &decision, ctx, &mut self.alerts);
+        let Tracked { stats, checks } = &mut self.routers[i];
+        let decision = stats.observe(r.score, r.threshold, &r.route);
+        checks.on_event(stats, &decision, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -316,16 +316,13 @@ impl Engine {
         // the judge-version mix of an experiment's arms is an input of that experiment
         if let (Some(id), Some(arm)) = (ev.experiment.as_deref(), ev.arm.as_deref()) {
             let e = self.experiment_index(id)?;
-            let (exp, checks) = self.experiments[e].parts();
+            let exp = &mut self.experiments[e];
             let obs = exp.observe_input(
                 arm,
                 "judge_version",
                 &InputValue::Str(j.judge_version.clone()),
             )?;
-            if obs.restarted {
-                checks.restart();
-            }
-            checks.on_event(exp, &Exposure { ev, obs }, ctx, &mut self.alerts);
+            exp.checks_after(ev, obs, ctx, &mut self.alerts);
         }
         let settings = &self.judge_settings;
         let k = instrument_index(
@@ -340,15 +337,15 @@ impl Engine {
                 ))
             },
         )?;
-        let (judge, checks) = self.judges[k].parts();
-        let new_version = judge
+        let Tracked { stats, checks } = &mut self.judges[k];
+        let new_version = stats
             .observe(&j.judge_version, j.score, j.control, ev.ts_ms, ctx.seq)
             .and_then(|(v, new)| new.then_some(v));
         let update = JudgeUpdate {
             new_version,
             control: j.control,
         };
-        checks.on_event(judge, &update, ctx, &mut self.alerts);
+        checks.on_event(stats, &update, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -373,9 +370,9 @@ impl Engine {
             }
             None => return Err(RejectReason::InstrumentLimit),
         };
-        let (set, checks) = self.eval_sets[i].parts();
-        set.observe(production, ev.ts_ms, ev.inputs, &self.k_grid);
-        checks.on_event(set, &&*production, ctx, &mut self.alerts);
+        let Tracked { stats, checks } = &mut self.eval_sets[i];
+        stats.observe(production, ev.ts_ms, ev.inputs, &self.k_grid);
+        checks.on_event(stats, &&*production, ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -385,12 +382,9 @@ impl Engine {
         }
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
         let i = self.experiment_index(id)?;
-        let (exp, checks) = self.experiments[i].parts();
+        let exp = &mut self.experiments[i];
         let obs = exp.observe(ev)?;
-        if obs.restarted {
-            checks.restart();
-        }
-        checks.on_event(exp, &Exposure { ev, obs }, ctx, &mut self.alerts);
+        exp.checks_after(ev, obs, ctx, &mut self.alerts);
         Ok(())
     }
 

@@ -394,12 +394,22 @@ impl TrackedExperiment {
         self.stats.merge(&other.stats);
         self.checks.merge(&self.stats, &other.checks, &other.stats);
     }
-}
 
-impl<S: Subject, C> Tracked<S, C> {
-    /// Split into the subject and its checks' states (both mutable).
-    pub fn parts(&mut self) -> (&mut S, &mut C) {
-        (&mut self.stats, &mut self.checks)
+    /// Run the checks after `ev` did `obs` to the experiment (restarting them first when its
+    /// statistics restarted).
+    #[inline]
+    pub fn checks_after(
+        &mut self,
+        ev: &crate::event::Event<'_>,
+        obs: Observed,
+        ctx: &EvalContext,
+        out: &mut Vec<Alert>,
+    ) {
+        if obs.restarted {
+            self.checks.restart();
+        }
+        self.checks
+            .on_event(&mut self.stats, &Exposure { ev, obs }, ctx, out);
     }
 }
 

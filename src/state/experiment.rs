@@ -354,6 +354,18 @@ impl Experiment {
         self.treatment_inputs.iter().any(|t| &**t == name)
     }
 
+    /// An event of `arm_name`: its arm (added to an undeclared experiment, restarting its
+    /// statistics) and whether the statistics restarted.
+    fn observed(&mut self, arm_name: &str) -> Result<Observed, RejectReason> {
+        let restarts = self.restarts;
+        let arm = self.arm_index(arm_name)?;
+        Ok(Observed {
+            arm,
+            restarted: self.restarts != restarts,
+            ..Observed::default()
+        })
+    }
+
     fn arm_index(&mut self, arm: &str) -> Result<usize, RejectReason> {
         if let Some(i) = self.arms.iter().position(|a| &**a == arm) {
             return Ok(i);
@@ -477,16 +489,11 @@ impl Experiment {
     /// Count one exposure event: its unit's first exposure, or every event without a unit.
     pub fn observe(&mut self, ev: &Event<'_>) -> Result<Observed, RejectReason> {
         let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
-        let restarts = self.restarts;
-        let arm = self.arm_index(arm_name)?;
+        let mut obs = self.observed(arm_name)?;
+        obs.exposure = true;
+        let arm = obs.arm;
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
-        let mut obs = Observed {
-            arm,
-            exposure: true,
-            restarted: self.restarts != restarts,
-            ..Observed::default()
-        };
         let unit_key = ev.unit.as_deref().map(key_of);
         let (cap, units_cap) = (self.limits.exposure_sample, self.limits.units);
         // the randomization unit: the cluster in a cluster experiment, else the unit; its
@@ -587,15 +594,9 @@ impl Experiment {
         name: &str,
         value: &InputValue<'_>,
     ) -> Result<Observed, RejectReason> {
-        let restarts = self.restarts;
-        let arm = self.arm_index(arm_name)?;
-        let mut obs = Observed {
-            arm,
-            restarted: self.restarts != restarts,
-            ..Observed::default()
-        };
+        let mut obs = self.observed(arm_name)?;
         if let Some(i) = self.input_index(name) {
-            self.inputs[i].observe(&self.design, value, arm);
+            self.inputs[i].observe(&self.design, value, obs.arm);
             obs.touched = 1 << i;
         }
         Ok(obs)

@@ -52,42 +52,48 @@ impl RateLimiter {
     }
 }
 
-/// Hand `alerts` to the sink task (never blocking the engine thread); with `ack = Some((part,
-/// first))` each is acknowledged as `(part, first + i)` once delivered.
 /// Resolved alerts remembered at most (one per check, experiment and subject: bounded by the
 /// alerts themselves; the cap only guards memory).
 const MAX_RESOLVED: usize = 100_000;
 
-/// Alerts the engine thread could not hand to the sinks (their channel full), counted into
-/// `armwatch_alerts_dropped_total{sink="all",reason="queue_full"}` at the next publish.
-static DROPPED_BEFORE_SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `alerts` on their way to the sinks; with `ack = Some((part, first))` each is acknowledged as
+/// `(part, first + i)` once delivered.
+fn outgoing(alerts: &[Alert], ack: Option<(usize, usize)>) -> impl Iterator<Item = Outgoing> + '_ {
+    alerts.iter().enumerate().map(move |(i, a)| Outgoing {
+        alert: a.clone(),
+        ack: ack.map(|(p, first)| (p, first + i)),
+        resolved: false,
+    })
+}
 
-fn send_alerts(tx: &mpsc::Sender<Outgoing>, alerts: &[Alert], ack: Option<(usize, usize)>) {
-    for (i, a) in alerts.iter().enumerate() {
-        let out = Outgoing {
-            alert: a.clone(),
-            ack: ack.map(|(p, first)| (p, first + i)),
-            resolved: false,
-        };
-        if tx.try_send(out).is_err() {
-            // never blocks the engine thread; counted, and (not acknowledged) delivered again
-            // after a restart with checkpoints
-            DROPPED_BEFORE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// Hand `out` to the sink task without ever blocking the engine thread. Returns how many the
+/// full channel refused: counted in `armwatch_alerts_dropped_total{sink="all"}` and, not
+/// acknowledged, delivered again after a restart with checkpoints.
+fn send(tx: &mpsc::Sender<Outgoing>, out: impl IntoIterator<Item = Outgoing>) -> u64 {
+    let mut dropped = 0;
+    for o in out {
+        if let Err(e) = tx.try_send(o) {
+            dropped += 1;
+            let check = match &e {
+                mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => {
+                    o.alert.check.as_str()
+                }
+            };
             tracing::error!(
-                check = a.check.as_str(),
+                check,
                 "alert channel full: alert kept in the report but not sent to sinks"
             );
         }
     }
+    dropped
 }
 
-/// Hand partition `i`'s alerts not yet handed to the sinks.
-fn hand_alerts(tx: &mpsc::Sender<Outgoing>, i: usize, p: &mut Part) {
-    let new = &p.engine.alerts()[p.handed.min(p.engine.alerts().len())..];
-    if !new.is_empty() {
-        send_alerts(tx, new, Some((i, p.handed)));
-        p.handed = p.engine.alerts().len();
-    }
+/// Hand partition `i`'s alerts not yet handed to the sinks; returns how many were refused.
+fn hand_alerts(tx: &mpsc::Sender<Outgoing>, i: usize, p: &mut Part) -> u64 {
+    let first = p.handed.min(p.engine.alerts().len());
+    let dropped = send(tx, outgoing(&p.engine.alerts()[first..], Some((i, first))));
+    p.handed = p.engine.alerts().len();
+    dropped
 }
 
 /// Something that forwards rejected messages (the dead-letter topic).
@@ -243,7 +249,9 @@ pub struct EngineLoop {
     /// Counted here and added to the metrics when they are published, so that a flood of bad
     /// messages takes no lock per message: rejected-log lines suppressed, dead letters
     /// queued, dead letters dropped.
-    pending: [u64; 3],
+    /// Since the last publish: rejected log lines suppressed, dead letters queued, dead
+    /// letters dropped, alerts the sinks' channel refused.
+    pending: [u64; 4],
     /// Experiments already warned about units counted in several partitions (key hashes).
     warned_split: std::collections::HashSet<u64>,
     /// Alerts already sent as resolved (identity hashes).
@@ -278,7 +286,7 @@ impl EngineLoop {
             publish_every: PUBLISH_EVERY,
             last_publish: Instant::now(),
             n: 0,
-            pending: [0; 3],
+            pending: [0; 4],
             warned_split: Default::default(),
             resolved: Default::default(),
         }
@@ -380,9 +388,7 @@ impl EngineLoop {
             Some(c) => c.alerts_waiting |= p.engine.alerts().len() > p.handed,
             None => {
                 let fresh = p.engine.take_new_alerts();
-                if !fresh.is_empty() {
-                    send_alerts(&self.alerts, fresh, None);
-                }
+                self.pending[3] += send(&self.alerts, outgoing(fresh, None));
             }
         }
         if let Some(t) = timer {
@@ -409,7 +415,7 @@ impl EngineLoop {
         part.handed = part.engine.delivered();
         if part.engine.alerts().len() > part.handed {
             tracing::info!(partition = %part.key, alerts = part.engine.alerts().len() - part.handed, "alerts not acknowledged before the hand-over: delivered again");
-            hand_alerts(&self.alerts, index, &mut part);
+            self.pending[3] += hand_alerts(&self.alerts, index, &mut part);
         }
         tracing::info!(partition = %part.key, next_offset = part.next_offset, generation = part.generation, "partition state taken on");
         self.handed_over.retain(|h| h.key != part.key);
@@ -539,7 +545,7 @@ impl EngineLoop {
                 continue;
             }
             if !p.dirty {
-                hand_alerts(&self.alerts, i, p);
+                self.pending[3] += hand_alerts(&self.alerts, i, p);
                 continue;
             }
             let Some(jobs) = &c.jobs else {
@@ -557,15 +563,8 @@ impl EngineLoop {
                 &p.superseded,
             );
             let handed = p.handed.min(p.engine.alerts().len());
-            let alerts: Vec<Outgoing> = p.engine.alerts()[handed..]
-                .iter()
-                .enumerate()
-                .map(|(k, a)| Outgoing {
-                    alert: a.clone(),
-                    ack: Some((i, handed + k)),
-                    resolved: false,
-                })
-                .collect();
+            let alerts: Vec<Outgoing> =
+                outgoing(&p.engine.alerts()[handed..], Some((i, handed))).collect();
             let job = Job {
                 part: i,
                 key: p.key.clone(),
@@ -726,17 +725,12 @@ impl EngineLoop {
         let mut out = Vec::new();
         for (_, p) in self.parts.iter() {
             for a in p.engine.alerts() {
-                let Some(e) = &a.experiment else { continue };
-                if !experiments.contains(e) {
-                    continue;
-                }
-                let key = crate::state::key_of(&format!(
-                    "{}\u{0}{e}\u{0}{}\u{0}{}",
-                    a.check.as_str(),
-                    a.subject,
-                    a.value.as_deref().unwrap_or("")
-                ));
-                if self.resolved.len() < MAX_RESOLVED && self.resolved.insert(key) {
+                let ended = a
+                    .experiment
+                    .as_ref()
+                    .is_some_and(|e| experiments.contains(e));
+                if ended && self.resolved.len() < MAX_RESOLVED && self.resolved.insert(a.identity())
+                {
                     out.push(Outgoing {
                         alert: a.clone(),
                         ack: None,
@@ -745,11 +739,7 @@ impl EngineLoop {
                 }
             }
         }
-        for o in out {
-            if self.alerts.try_send(o).is_err() {
-                DROPPED_BEFORE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        self.pending[3] += send(&self.alerts, out);
     }
 
     /// Count a configuration reload by result.
@@ -780,11 +770,12 @@ impl EngineLoop {
         warn_split_units(&mut self.warned_split, &report);
         let text = match self.metrics.lock() {
             Ok(mut m) => {
-                let [suppressed, queued, dropped] = std::mem::take(&mut self.pending);
+                let [suppressed, queued, dropped, alerts_refused] =
+                    std::mem::take(&mut self.pending);
                 m.rejected_log_suppressed.inc_by(suppressed);
                 m.alerts_dropped
                     .with_label_values(&["all", "queue_full"])
-                    .inc_by(DROPPED_BEFORE_SINKS.swap(0, std::sync::atomic::Ordering::Relaxed));
+                    .inc_by(alerts_refused);
                 m.dead_letter.with_label_values(&["queued"]).inc_by(queued);
                 m.dead_letter
                     .with_label_values(&["dropped"])

@@ -650,12 +650,7 @@ impl Engine {
             }
         }
         for a in &other.alerts {
-            if !self.alerts.iter().any(|x| {
-                x.check == a.check
-                    && x.experiment == a.experiment
-                    && x.subject == a.subject
-                    && x.value == a.value
-            }) {
+            if !self.alerts.iter().any(|x| x.same(a)) {
                 self.alerts.push(a.clone());
             }
         }

@@ -33,6 +33,26 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// Whether `other` is the same alert: an alert fires once per check, experiment, subject
+    /// and value, so these say which one it is (its numbers are as of when it fired).
+    pub fn same(&self, other: &Alert) -> bool {
+        self.check == other.check
+            && self.experiment == other.experiment
+            && self.subject == other.subject
+            && self.value == other.value
+    }
+
+    /// A hash of what [`Self::same`] compares.
+    pub fn identity(&self) -> u64 {
+        crate::state::key_of(&format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            self.check.as_str(),
+            self.experiment.as_deref().unwrap_or(""),
+            self.subject,
+            self.value.as_deref().unwrap_or("")
+        ))
+    }
+
     /// An alert for a deterministic event (a version or substrate change): a fact, not a
     /// statistical finding, so evidence and threshold are 0 and the magnitude 1.
     pub fn deterministic(

@@ -3,7 +3,7 @@
 //! re-posted periodically with their original `startsAt`; an alert whose experiment leaves the
 //! configuration is posted once more with `endsAt` and no longer re-sent.
 
-use super::{Delivery, Shared, FIRST_BACKOFF, MAX_BACKOFF};
+use super::{Delivery, Shared};
 use crate::check::{Alert, Check};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -226,29 +226,15 @@ pub(super) async fn sink(t: Target, mut q: mpsc::Receiver<Arc<Delivery>>, shared
             }
             batch.push(p);
         }
-        let mut wait = FIRST_BACKOFF;
-        let delivered = loop {
-            let ok = post(&t.client, &t.url, &batch).await;
-            shared.count(&t.name, ok);
-            if ok {
-                break true;
+        if shared
+            .retry(&t.name, || post(&t.client, &t.url, &batch))
+            .await
+        {
+            for d in pending.drain(..) {
+                d.settle(true, &shared.acks);
             }
-            if shared.out_of_time() {
-                break false;
-            }
-            shared.pause(wait).await;
-            wait = (wait * 2).min(MAX_BACKOFF);
-        };
-        if !delivered {
-            while let Ok(d) = q.try_recv() {
-                pending.push(d);
-            }
-            shared.dropped(&t.name, "shutdown", pending.len());
-            tracing::error!(sink = %t.name, url = %t.url, alerts = pending.len(),
-                "alerts not delivered to Alertmanager before shutdown (not acknowledged: delivered again after a restart with checkpoints)");
-        }
-        for d in pending.drain(..) {
-            d.settle(delivered, &shared.acks);
+        } else {
+            shared.give_up(&t.name, std::mem::take(&mut pending), &mut q);
         }
     }
 }

@@ -108,6 +108,47 @@ impl Shared {
         }
     }
 
+    /// Try `attempt` until it delivers, each try counted in the deliveries of `sink`, waiting
+    /// 1 s doubling to 60 s between tries. False once the shutdown grace is over.
+    async fn retry<F: std::future::Future<Output = bool>>(
+        &self,
+        sink: &str,
+        mut attempt: impl FnMut() -> F,
+    ) -> bool {
+        let mut wait = FIRST_BACKOFF;
+        loop {
+            let ok = attempt().await;
+            self.count(sink, ok);
+            if ok {
+                return true;
+            }
+            if self.out_of_time() {
+                return false;
+            }
+            self.pause(wait).await;
+            wait = (wait * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The shutdown grace is over with `undelivered` and whatever `q` still holds not
+    /// delivered by `sink`: counted as dropped, logged, never acknowledged.
+    fn give_up(
+        &self,
+        sink: &str,
+        mut undelivered: Vec<Arc<Delivery>>,
+        q: &mut mpsc::Receiver<Arc<Delivery>>,
+    ) {
+        while let Ok(d) = q.try_recv() {
+            undelivered.push(d);
+        }
+        self.dropped(sink, "shutdown", undelivered.len());
+        tracing::error!(sink, alerts = undelivered.len(),
+            "alerts not delivered before shutdown (not acknowledged: delivered again after a restart with checkpoints)");
+        for d in undelivered {
+            d.settle(false, &self.acks);
+        }
+    }
+
     /// Past the shutdown deadline.
     fn out_of_time(&self) -> bool {
         self.deadline.borrow().is_some_and(|d| Instant::now() >= d)
@@ -246,32 +287,22 @@ async fn kafka_sink(
         }
         let payload = json.to_string();
         let key = a.experiment.clone().unwrap_or_default();
-        let mut wait = FIRST_BACKOFF;
-        let delivered = loop {
-            let rec = FutureRecord::to(&topic).key(&key).payload(&payload);
-            let ok = producer.send(rec, Duration::from_secs(5)).await.is_ok();
-            shared.count("kafka", ok);
-            if ok {
-                break true;
-            }
-            if shared.out_of_time() {
-                break false;
-            }
-            tracing::warn!(%topic, retry_in_s = wait.as_secs(), "alert not delivered to Kafka");
-            shared.pause(wait).await;
-            wait = (wait * 2).min(MAX_BACKOFF);
-        };
-        if !delivered {
-            let left = 1 + q.len();
-            shared.dropped("kafka", "shutdown", left);
-            tracing::error!(%topic, alerts = left, "alerts not delivered to Kafka before shutdown (not acknowledged: delivered again after a restart with checkpoints)");
-            d.settle(false, &shared.acks);
-            while let Ok(d) = q.try_recv() {
-                d.settle(false, &shared.acks);
-            }
-            continue;
+        let (producer, topic, key, payload) = (&producer, &topic, &key, &payload);
+        let delivered = shared
+            .retry("kafka", || async move {
+                let rec = FutureRecord::to(topic).key(key).payload(payload);
+                let ok = producer.send(rec, Duration::from_secs(5)).await.is_ok();
+                if !ok {
+                    tracing::warn!(%topic, "alert not delivered to Kafka: retried");
+                }
+                ok
+            })
+            .await;
+        if delivered {
+            d.settle(true, &shared.acks);
+        } else {
+            shared.give_up("kafka", vec![d], &mut q);
         }
-        d.settle(true, &shared.acks);
     }
 }
 

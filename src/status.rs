@@ -95,29 +95,16 @@ fn evidence(r: &Report) -> Vec<(String, &'static str, String, f64, f64, bool)> {
             s.alert,
         ));
     }
-    // the routers' compliance e-process runs at the experiments' level ln(1/alpha)
-    let level = r
-        .judges
-        .values()
-        .map(|j| j.checks.score_shift.evidence_threshold)
-        .chain(
-            r.experiments
-                .values()
-                .map(|e| e.checks.srm.evidence_threshold),
-        )
-        .next();
-    if let Some(level) = level {
-        for (name, x) in &r.routers {
-            let c = &x.checks.compliance;
-            out.push((
-                name.clone(),
-                "threshold_compliance",
-                name.clone(),
-                c.log_evalue,
-                level,
-                c.alert,
-            ));
-        }
+    for (name, x) in &r.routers {
+        let c = &x.checks.compliance;
+        out.push((
+            name.clone(),
+            "threshold_compliance",
+            name.clone(),
+            c.log_evalue,
+            c.evidence_threshold,
+            c.alert,
+        ));
     }
     out
 }

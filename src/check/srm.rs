@@ -139,9 +139,13 @@ pub struct SrmReport {
 }
 
 impl SrmReport {
-    /// With the hours where the imbalance lives (computed only for a report, not per event).
+    /// With the hours where the imbalance lives, when there is an imbalance to explain (the
+    /// alert fired or the evidence has crossed): 24 closed-form e-values per experiment are not
+    /// worth computing at every publish for balanced experiments, which have none to show.
     fn localized(mut self, st: &SrmState, e: &Experiment, log_threshold: f64) -> SrmReport {
-        (self.by_hour, self.localization) = localize(st, e, log_threshold);
+        if st.fired || self.log_evalue >= log_threshold {
+            (self.by_hour, self.localization) = localize(st, e, log_threshold);
+        }
         self
     }
 }

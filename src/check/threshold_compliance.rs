@@ -41,6 +41,8 @@ pub struct ComplianceReport {
     pub disagreement_share: f64,
     /// Log e-value for "disagreement share above tolerance".
     pub log_evalue: f64,
+    /// Log e-value the alert needs.
+    pub evidence_threshold: f64,
     /// Whether the alert fired.
     pub alert: bool,
 }
@@ -69,10 +71,11 @@ impl Module<RouterState> for ThresholdCompliance {
     /// Taken whole with its router (see the module notes).
     fn merge(_: &mut ComplianceState, _: &RouterState, _: &ComplianceState, _: &RouterState) {}
 
-    fn section(st: &ComplianceState, r: &RouterState, _: &EvalContext) -> ComplianceReport {
+    fn section(st: &ComplianceState, r: &RouterState, levels: &EvalContext) -> ComplianceReport {
         ComplianceReport {
             disagreement_share: share(r.disagree, r.in_band),
             log_evalue: st.log_e,
+            evidence_threshold: levels.log_threshold,
             alert: st.fired,
         }
     }

@@ -33,6 +33,12 @@ fn mix(h: u64) -> u64 {
     h.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ h
 }
 
+/// Whether id hash `h` is in the sample at `level` (rate `2^-level`).
+#[inline]
+fn in_sample(h: u64, level: u32) -> bool {
+    level == 0 || mix(h).leading_zeros() >= level
+}
+
 impl ExposureSample {
     /// An empty sample that follows at most `cap` ids.
     pub fn new(cap: usize) -> ExposureSample {
@@ -47,7 +53,7 @@ impl ExposureSample {
 
     #[inline]
     fn sampled(&self, h: u64) -> bool {
-        self.level == 0 || mix(h).leading_zeros() >= self.level
+        in_sample(h, self.level)
     }
 
     /// Record id hash `h` seen in `arm` (< 64). True when this makes the id mixed.
@@ -144,7 +150,7 @@ impl ExposureSample {
         while self.arms_of.len() > self.cap && self.level < 63 {
             self.level += 1;
             let level = self.level;
-            self.arms_of.retain(|h| mix(h).leading_zeros() >= level);
+            self.arms_of.retain(|h| in_sample(h, level));
         }
         self.mixed = self.masks().filter(|m| m.count_ones() > 1).count() as u64;
     }
@@ -202,15 +208,14 @@ impl ExposureSample {
         let level = self.level.max(o.level);
         let mut shared = 0u64;
         for (h, m) in o.arms_of.iter() {
-            if self.arms_of.get(h) != 0 && (level == 0 || mix(h).leading_zeros() >= level) {
+            if self.arms_of.get(h) != 0 && in_sample(h, level) {
                 shared += 1;
             }
             self.arms_of.or_mask(h, m);
         }
         self.duplicates += o.duplicates + shared as f64 / 0.5f64.powi(level as i32);
         self.level = level;
-        self.arms_of
-            .retain(|h| level == 0 || mix(h).leading_zeros() >= level);
+        self.arms_of.retain(|h| in_sample(h, level));
         self.shrink();
     }
 }

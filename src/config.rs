@@ -93,6 +93,16 @@ pub struct SamplingSettings {
     pub min_js_distance: f64,
 }
 
+/// A secret read from a file: never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// A point in time given as RFC 3339 (`experiment.ends_at`), parsed once at load: epoch ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -495,6 +505,9 @@ pub struct AlertSettings {
     /// (added to the system's roots).
     #[serde(default)]
     pub webhook_ca_file: Option<String>,
+    /// The PEM of `webhook_ca_file`, read and checked once at load.
+    #[serde(skip)]
+    pub webhook_ca: Option<Vec<u8>>,
     /// Alerts each delivering sink (Kafka, each webhook) may hold, queued or being retried;
     /// past it an alert is dropped for that sink, counted and logged (and, not acknowledged,
     /// delivered again after a restart with checkpoints).
@@ -560,6 +573,7 @@ impl Default for AlertSettings {
             webhook: None,
             webhooks: Vec::new(),
             webhook_ca_file: None,
+            webhook_ca: None,
             queue_capacity: default_queue_capacity(),
             severity: BTreeMap::new(),
             runbook_url: None,
@@ -589,6 +603,9 @@ pub struct HttpSettings {
     /// `/metrics` and the probes stay open.
     #[serde(default)]
     pub report_token_file: Option<String>,
+    /// The token of `report_token_file`, read and checked once at load.
+    #[serde(skip)]
+    pub report_token: Option<Secret>,
     /// Connections served at once; more are closed at once (the probes keep working under a
     /// flood of idle connections, which the header timeout also closes).
     #[serde(default = "default_max_connections")]
@@ -615,34 +632,10 @@ impl Default for HttpSettings {
             listen: default_listen(),
             report_values: false,
             report_token_file: None,
+            report_token: None,
             max_connections: default_max_connections(),
             header_timeout_ms: default_header_timeout(),
         }
-    }
-}
-
-impl HttpSettings {
-    /// The bearer token `/api/v1/*` requires, read from `report_token_file`.
-    pub fn report_token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.report_token_file else {
-            return Ok(None);
-        };
-        let t = std::fs::read_to_string(path).map_err(|e| {
-            invalid(
-                "http.report_token_file",
-                format!("cannot read `{path}`: {e}"),
-                "mount the token's Secret at that path, or remove the key",
-            )
-        })?;
-        let t = t.trim().to_string();
-        if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(
-                "http.report_token_file",
-                format!("`{path}` does not hold a token of at least 16 printable characters"),
-                "e.g. head -c 24 /dev/urandom | base64 > token",
-            ));
-        }
-        Ok(Some(t))
     }
 }
 
@@ -867,11 +860,52 @@ impl Settings {
         let cfg = builder
             .build()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let s: Settings = cfg
+        let mut s: Settings = cfg
             .try_deserialize()
             .map_err(|e| ConfigError::Load(dotted_paths(&e.to_string())))?;
+        s.read_files()?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// Read the files the configuration names (the report's token, the webhook's CA) once,
+    /// into their fields, checking what they hold.
+    fn read_files(&mut self) -> Result<(), ConfigError> {
+        let read = |key: &str, path: &str, fix: &str| {
+            std::fs::read(path).map_err(|e| invalid(key, format!("cannot read `{path}`: {e}"), fix))
+        };
+        if let Some(path) = &self.http.report_token_file {
+            let t = read(
+                "http.report_token_file",
+                path,
+                "mount the token's Secret at that path, or remove the key",
+            )?;
+            let t = String::from_utf8_lossy(&t).trim().to_string();
+            if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "http.report_token_file",
+                    format!("`{path}` does not hold a token of at least 16 printable characters"),
+                    "e.g. head -c 24 /dev/urandom | base64 > token",
+                ));
+            }
+            self.http.report_token = Some(Secret(t));
+        }
+        if let Some(path) = &self.alerts.webhook_ca_file {
+            let pem = read(
+                "alerts.webhook_ca_file",
+                path,
+                "mount the CA's PEM file at that path, or remove the key to trust the system's CAs",
+            )?;
+            if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                return Err(invalid(
+                    "alerts.webhook_ca_file",
+                    format!("`{path}` holds no PEM certificate"),
+                    "point it at the CA certificate (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            self.alerts.webhook_ca = Some(pem);
+        }
+        Ok(())
     }
 
     /// Check values that parse but make no sense.
@@ -954,22 +988,6 @@ impl Settings {
                 ));
             }
         }
-        if let Some(path) = &a.webhook_ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                invalid(
-                    "alerts.webhook_ca_file",
-                    format!("cannot read `{path}`: {e}"),
-                    "mount the CA's PEM file at that path, or remove the key to trust the system's CAs",
-                )
-            })?;
-            if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
-                return Err(invalid(
-                    "alerts.webhook_ca_file",
-                    format!("`{path}` holds no PEM certificate"),
-                    "point it at the CA certificate (-----BEGIN CERTIFICATE-----)",
-                ));
-            }
-        }
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid(
                 "kafka.brokers",
@@ -1019,7 +1037,6 @@ impl Settings {
                 ));
             }
         }
-        self.http.report_token()?;
         if self.http.max_connections < 4 {
             return Err(invalid(
                 "http.max_connections",

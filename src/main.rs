@@ -263,7 +263,7 @@ struct Outputs {
 async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outputs> {
     let shared = Arc::new(Shared::new(
         settings.http.report_values,
-        settings.http.report_token()?,
+        settings.http.report_token.clone().map(|t| t.0),
     ));
     let metrics = Arc::new(Mutex::new(Metrics::new(settings.metrics.max_label_values)));
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
@@ -278,33 +278,15 @@ async fn start_outputs(settings: &Settings, stdout_alerts: bool) -> Result<Outpu
         None => None,
     };
     let a = &settings.alerts;
-    let decor = armwatch::sink::alertmanager::Decor {
-        severity: armwatch::check::Check::ALL
-            .iter()
-            .filter_map(|c| a.severity.get(c.as_str()).map(|s| (*c, s.clone())))
-            .collect(),
-        runbook_url: a.runbook_url.clone(),
-        dashboard_url: a.dashboard_url.clone(),
-        external_url: a
-            .external_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", settings.http.listen)),
-    };
     let sink_cfg = SinkConfig {
         webhooks: a.webhook.iter().chain(&a.webhooks).cloned().collect(),
-        webhook_ca: match &a.webhook_ca_file {
-            Some(p) => Some(
-                std::fs::read(p)
-                    .with_context(|| format!("alerts.webhook_ca_file: cannot read {p}"))?,
-            ),
-            None => None,
-        },
+        webhook_ca: a.webhook_ca.clone(),
         kafka: kafka_sink,
         resend: Duration::from_secs(a.resend_interval_secs.max(1)),
         stdout: stdout_alerts,
         acks: Some(ack_tx),
         queue_capacity: a.queue_capacity,
-        decor,
+        decor: armwatch::sink::alertmanager::Decor::from_settings(a, &settings.http.listen),
     };
     let sinks = tokio::spawn(armwatch::sink::run(rx, sink_cfg, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)

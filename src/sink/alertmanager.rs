@@ -25,6 +25,25 @@ pub struct Decor {
     pub external_url: String,
 }
 
+impl Decor {
+    /// From `[alerts]` (`severity`, `runbook_url`, `dashboard_url`, `external_url`, by
+    /// default `http://<listen>`).
+    pub fn from_settings(a: &crate::config::AlertSettings, listen: &str) -> Decor {
+        Decor {
+            severity: Check::ALL
+                .iter()
+                .filter_map(|c| a.severity.get(c.as_str()).map(|s| (*c, s.clone())))
+                .collect(),
+            runbook_url: a.runbook_url.clone(),
+            dashboard_url: a.dashboard_url.clone(),
+            external_url: a
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+        }
+    }
+}
+
 /// The severity of a check unless configured: the assignment leaking into what is measured
 /// (the result is wrong) is `critical`; an instrument that moved or a deterministic change
 /// (the result needs a look) is `warning`.

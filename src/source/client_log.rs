@@ -75,19 +75,30 @@ pub fn error(error: &rdkafka::error::KafkaError, reason: &str) {
     }
 }
 
+/// The `log` and `error` methods of a `ClientContext` impl that route the client's lines
+/// through [`log`] and [`error`] (every client context of the daemon has them).
+macro_rules! route_client_log {
+    () => {
+        /// Rate-limited and escaped (see [`crate::source::client_log`]).
+        fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+            $crate::source::client_log::log(level, fac, log_message);
+        }
+
+        /// Rate-limited per error code (see [`crate::source::client_log`]).
+        fn error(&self, e: rdkafka::error::KafkaError, reason: &str) {
+            $crate::source::client_log::error(&e, reason);
+        }
+    };
+}
+pub(crate) use route_client_log;
+
 /// A client context that only routes the client's log lines and errors through [`log`] and
 /// [`error`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Quiet;
 
 impl ClientContext for Quiet {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log(level, fac, log_message);
-    }
-
-    fn error(&self, e: rdkafka::error::KafkaError, reason: &str) {
-        error(&e, reason);
-    }
+    route_client_log!();
 }
 
 impl ConsumerContext for Quiet {}

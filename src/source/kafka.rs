@@ -284,15 +284,7 @@ impl Checkpoints {
 }
 
 impl ClientContext for Context {
-    /// Rate-limited and escaped (see [`super::client_log`]).
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        super::client_log::log(level, fac, log_message);
-    }
-
-    /// Rate-limited per error code (see [`super::client_log`]).
-    fn error(&self, e: KafkaError, reason: &str) {
-        super::client_log::error(&e, reason);
-    }
+    super::client_log::route_client_log!();
 
     /// Consumer lag per partition, read from the statistics JSON directly (only the lag is
     /// needed; a field the typed `Statistics` does not expect cannot drop the whole update).

@@ -95,13 +95,7 @@ struct Deliveries {
 }
 
 impl ClientContext for Deliveries {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        super::client_log::log(level, fac, log_message);
-    }
-
-    fn error(&self, e: KafkaError, reason: &str) {
-        super::client_log::error(&e, reason);
-    }
+    super::client_log::route_client_log!();
 }
 
 impl ProducerContext for Deliveries {

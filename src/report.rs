@@ -360,7 +360,9 @@ fn each(v: Option<&mut serde_json::Value>) -> impl Iterator<Item = &mut serde_js
         .flatten()
 }
 
-fn redact_experiment(e: &mut serde_json::Value) -> Vec<(String, String)> {
+/// An experiment's section: its strata values, assignment examples and mixed clusters (the
+/// pairs noted are not needed: no message to rewrite).
+fn redact_experiment(e: &mut serde_json::Value) {
     let mut seen = Vec::new();
     if let Some(inputs) = e
         .get_mut("inputs")
@@ -373,7 +375,6 @@ fn redact_experiment(e: &mut serde_json::Value) -> Vec<(String, String)> {
         }
     }
     redact_sections(e, &mut seen);
-    seen
 }
 
 /// The assignment examples' units and the mixed clusters' names of a section (or an alert's

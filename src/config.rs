@@ -435,6 +435,77 @@ pub struct ExperimentSettings {
     /// it keeps the statistics.
     #[serde(default)]
     pub ends_at: Option<Instant>,
+    /// Later designs (`[[experiment.phases]]`): a ramp (10/90 -> 50/50), a paused arm. Each
+    /// phase is monitored as an experiment of its own, `<id>/<phase>`, against its own design.
+    #[serde(default)]
+    pub phases: Vec<PhaseSettings>,
+    /// The name of the phase before the first of `phases` (design: `arms`).
+    #[serde(default = "default_initial_phase")]
+    pub initial_phase: String,
+    /// Set when the declaration is one phase of a phased experiment (by [`Settings`]' load,
+    /// which expands each phased experiment into one declaration per phase).
+    #[serde(skip)]
+    pub phase: Option<PhaseOf>,
+}
+
+impl ExperimentSettings {
+    /// The declaration in force during phase `p`: its arms and, with an assignment, its ranges.
+    fn phase_settings(&self, p: &PhaseSettings) -> ExperimentSettings {
+        ExperimentSettings {
+            arms: p.arms.clone(),
+            assignment: self
+                .assignment
+                .as_ref()
+                .map(|a| self.phase_assignment(a, p)),
+            ..self.clone()
+        }
+    }
+
+    /// The assignment in force during phase `p`.
+    fn phase_assignment(&self, a: &AssignmentSettings, p: &PhaseSettings) -> AssignmentSettings {
+        let mut a = a.clone();
+        if !p.ranges.is_empty() {
+            a.ranges = p.ranges.clone();
+        } else {
+            a.ranges.retain(|arm, _| p.arms.contains_key(arm));
+        }
+        a
+    }
+}
+
+fn default_initial_phase() -> String {
+    "start".into()
+}
+
+/// `[[experiment.phases]]`: from `from` on, the experiment's design is `arms`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSettings {
+    /// Its name (`[A-Za-z0-9_.-]`): the phase is reported as experiment `<id>/<name>`.
+    pub name: String,
+    /// When it starts (RFC 3339, event time).
+    pub from: Instant,
+    /// Its design weights: a subset of the experiment's arms (an arm left out is paused),
+    /// summing to 1.
+    pub arms: BTreeMap<String, f64>,
+    /// With a declared `assignment`: the phase's bucket ranges per arm (a ramp moves them);
+    /// otherwise the experiment's.
+    #[serde(default)]
+    pub ranges: BTreeMap<String, [u64; 2]>,
+}
+
+/// Which phase of which experiment a declaration is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseOf {
+    /// The experiment's id (as events name it).
+    pub experiment: String,
+    /// The phase's name.
+    pub name: String,
+    /// Its first event time (epoch ms; `i64::MIN` for the initial phase).
+    pub from_ms: i64,
+    /// How many phases the experiment has: each is tested at `alpha / phases`, so the
+    /// experiment as a whole keeps `alpha`.
+    pub phases: u32,
 }
 
 /// `unit_of_assignment`
@@ -865,6 +936,7 @@ impl Settings {
             .map_err(|e| ConfigError::Load(dotted_paths(&e.to_string())))?;
         s.read_files()?;
         s.validate()?;
+        s.expand_phases()?;
         Ok(s)
     }
 
@@ -1247,6 +1319,7 @@ impl Settings {
             if let Some(a) = &e.assignment {
                 validate_assignment(&key, e, a)?;
             }
+            validate_phases(&key, e)?;
             for (name, edges) in &e.numeric_bins {
                 if edges.is_empty()
                     || edges.windows(2).any(|p| p[0] >= p[1])
@@ -1280,6 +1353,140 @@ fn dotted_paths(message: &str) -> String {
         }
     }
     out
+}
+
+/// A phase's name, its start (after the previous phase's) and its design (a subset of the
+/// experiment's arms, positive weights summing to 1).
+fn validate_phases(key: &str, e: &ExperimentSettings) -> Result<(), ConfigError> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    if !e.phases.is_empty() && !name_ok(&e.initial_phase) {
+        return Err(invalid(
+            format!("{key}.initial_phase"),
+            format!("`{}` is not a phase name", e.initial_phase),
+            "use 1-64 letters, digits, `_`, `.` or `-`",
+        ));
+    }
+    let mut names = vec![e.initial_phase.as_str()];
+    let mut last = i64::MIN;
+    for (j, p) in e.phases.iter().enumerate() {
+        let key = format!("{key}.phases[{j}]");
+        if !name_ok(&p.name) || names.contains(&p.name.as_str()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("`{}` is not a new phase name", p.name),
+                "give each phase its own name of 1-64 letters, digits, `_`, `.` or `-` (the first phase is `initial_phase`, default `start`)",
+            ));
+        }
+        names.push(&p.name);
+        if p.from.0 <= last {
+            return Err(invalid(
+                format!("{key}.from"),
+                "is not after the previous phase's start",
+                "list phases in the order they start",
+            ));
+        }
+        last = p.from.0;
+        if p.arms.is_empty() {
+            return Err(invalid(
+                format!("{key}.arms"),
+                "is empty",
+                "give the phase's design, e.g. arms = { control = 0.5, treatment = 0.5 }",
+            ));
+        }
+        for (arm, w) in &p.arms {
+            if !e.arms.contains_key(arm) {
+                return Err(invalid(
+                    format!("{key}.arms.{arm}"),
+                    "is not an arm of the experiment",
+                    "a phase weighs the experiment's arms (leave an arm out to pause it)",
+                ));
+            }
+            if !(w.is_finite() && *w > 0.0) {
+                return Err(invalid(
+                    format!("{key}.arms.{arm}"),
+                    format!("weight {w} is not positive"),
+                    "leave a paused arm out of the phase instead of giving it 0",
+                ));
+            }
+        }
+        let total: f64 = p.arms.values().sum();
+        if (total - 1.0).abs() > 1e-6 {
+            return Err(invalid(
+                format!("{key}.arms"),
+                format!("weights sum to {total}, not 1"),
+                "give the phase's design shares, e.g. { control = 0.5, treatment = 0.5 }",
+            ));
+        }
+        match (&e.assignment, p.ranges.is_empty()) {
+            (None, false) => {
+                return Err(invalid(
+                    format!("{key}.ranges"),
+                    "is given but the experiment declares no assignment",
+                    "declare [experiment.assignment], or remove the phase's ranges",
+                ))
+            }
+            (Some(a), _) => {
+                validate_assignment(&key, &e.phase_settings(p), &e.phase_assignment(a, p))?
+            }
+            (None, true) => {}
+        }
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// One declaration per phase of each phased experiment (`<id>/<phase>`, each with its
+    /// phase's design), so that every check tests each phase against its own design.
+    fn expand_phases(&mut self) -> Result<(), ConfigError> {
+        if self.experiments.iter().all(|e| e.phases.is_empty()) {
+            return Ok(());
+        }
+        let declared: Vec<String> = self.experiments.iter().map(|e| e.id.clone()).collect();
+        let mut out = Vec::with_capacity(self.experiments.len());
+        for (i, e) in std::mem::take(&mut self.experiments)
+            .into_iter()
+            .enumerate()
+        {
+            if e.phases.is_empty() {
+                out.push(e);
+                continue;
+            }
+            let phases = e.phases.len() as u32 + 1;
+            let starts = std::iter::once((e.initial_phase.clone(), i64::MIN, e.clone())).chain(
+                e.phases
+                    .iter()
+                    .map(|p| (p.name.clone(), p.from.0, e.phase_settings(p))),
+            );
+            for (name, from_ms, decl) in starts {
+                let id = format!("{}/{name}", e.id);
+                if declared.contains(&id) {
+                    return Err(invalid(
+                        format!("experiment[{i}].phases"),
+                        format!("phase experiment `{id}` is also declared as an experiment"),
+                        "rename the phase or the other experiment",
+                    ));
+                }
+                out.push(ExperimentSettings {
+                    id,
+                    phases: Vec::new(),
+                    phase: Some(PhaseOf {
+                        experiment: e.id.clone(),
+                        name,
+                        from_ms,
+                        phases,
+                    }),
+                    ..decl
+                });
+            }
+        }
+        self.experiments = out;
+        Ok(())
+    }
 }
 
 fn validate_assignment(

@@ -59,6 +59,12 @@ pub struct Engine {
     /// Stream time: the latest event time counted (`i64::MIN` before the first), advanced at
     /// most one lateness window per event (see [`Engine::apply`]).
     stream_ts_ms: i64,
+    /// Phased experiments: the id's key -> each phase's start (event time) and experiment
+    /// index, in order (usually empty).
+    phased: HashMap<u64, Vec<(i64, usize)>, Identity>,
+    /// The alert levels shared by `n` phases, at index `n` (a phase's checks run at
+    /// `alpha / phases`).
+    phase_levels: Vec<EvalContext>,
 }
 
 /// Messages between two counts of the state's memory (a count walks every experiment's
@@ -164,13 +170,57 @@ impl Engine {
             created: None,
             lateness_ms: i64::try_from(settings.limits.max_event_lateness_ms).unwrap_or(i64::MAX),
             stream_ts_ms: i64::MIN,
+            phased: HashMap::default(),
+            phase_levels: Vec::new(),
         };
         for cfg in &settings.experiments {
             let exp = Tracked::new(Experiment::declared(cfg, &e.exp_limits));
             e.index.insert(key_of(&cfg.id), e.experiments.len());
             e.experiments.push(exp);
         }
+        e.index_phases(settings);
         e
+    }
+
+    /// Route a phased experiment's events to its phases (by event time) and give each phase
+    /// its declaration and its share of `alpha`.
+    fn index_phases(&mut self, settings: &Settings) {
+        self.phased.clear();
+        for cfg in &settings.experiments {
+            let Some(p) = &cfg.phase else { continue };
+            let Some(&i) = self.index.get(&key_of(&cfg.id)) else {
+                continue;
+            };
+            self.experiments[i].stats.phase = Some(p.clone());
+            let starts = self.phased.entry(key_of(&p.experiment)).or_default();
+            starts.push((p.from_ms, i));
+            starts.sort_unstable();
+            while self.phase_levels.len() <= p.phases as usize {
+                let n = self.phase_levels.len() as u32;
+                self.phase_levels.push(self.levels.shared_by(n));
+            }
+        }
+    }
+
+    /// The levels the checks of experiment `i` run at (a phase's share of `alpha`).
+    #[inline]
+    fn levels_of(&self, i: usize, ctx: &EvalContext) -> EvalContext {
+        match &self.experiments[i].phase {
+            Some(p) => EvalContext {
+                seq: ctx.seq,
+                ts_ms: ctx.ts_ms,
+                ..self.phase_levels[p.phases as usize]
+            },
+            None => *ctx,
+        }
+    }
+
+    /// The alert levels of experiment `id`'s checks (its report's thresholds).
+    pub fn levels_for(&self, id: &str) -> EvalContext {
+        match self.index.get(&key_of(id)) {
+            Some(&i) if *self.experiments[i].id == *id => self.levels_of(i, &self.levels),
+            _ => self.levels,
+        }
     }
 
     /// Process one message. Returns the accepted kind or the rejection reason (already counted).
@@ -218,7 +268,10 @@ impl Engine {
         self.rejected[reason.index()] += 1;
     }
 
-    fn experiment_index(&mut self, id: &str) -> Result<usize, RejectReason> {
+    ///
+    /// With `ts_ms`, the events of a phased experiment go to the phase in force at their time
+    /// (a phase's own id, `<id>/<phase>`, names it directly).
+    fn experiment_index(&mut self, id: &str, ts_ms: Option<i64>) -> Result<usize, RejectReason> {
         if self
             .experiments
             .get(self.last)
@@ -227,6 +280,12 @@ impl Engine {
             return Ok(self.last);
         }
         let key = key_of(id);
+        if let (Some(ts), false) = (ts_ms, self.phased.is_empty()) {
+            if let Some(starts) = self.phased.get(&key) {
+                let j = starts.partition_point(|&(from, _)| from <= ts);
+                return Ok(starts[j.saturating_sub(1)].1);
+            }
+        }
         let i = match self.index.get(&key) {
             Some(&i) if &*self.experiments[i].id == id => i,
             Some(_) => return Err(RejectReason::ExperimentLimit), // 64-bit collision: refuse, never mix
@@ -315,14 +374,15 @@ impl Engine {
     ) -> Result<(), RejectReason> {
         // the judge-version mix of an experiment's arms is an input of that experiment
         if let (Some(id), Some(arm)) = (ev.experiment.as_deref(), ev.arm.as_deref()) {
-            let e = self.experiment_index(id)?;
+            let e = self.experiment_index(id, Some(ev.ts_ms))?;
+            let ctx = self.levels_of(e, ctx);
             let exp = &mut self.experiments[e];
             let obs = exp.observe_input(
                 arm,
                 "judge_version",
                 &InputValue::Str(j.judge_version.clone()),
             )?;
-            exp.checks_after(ev, obs, ctx, &mut self.alerts);
+            exp.checks_after(ev, obs, &ctx, &mut self.alerts);
         }
         let settings = &self.judge_settings;
         let k = instrument_index(
@@ -381,10 +441,11 @@ impl Engine {
             p.observe(ev.ts_ms, ev.inputs);
         }
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
-        let i = self.experiment_index(id)?;
+        let i = self.experiment_index(id, Some(ev.ts_ms))?;
+        let ctx = self.levels_of(i, ctx);
         let exp = &mut self.experiments[i];
         let obs = exp.observe(ev)?;
-        exp.checks_after(ev, obs, ctx, &mut self.alerts);
+        exp.checks_after(ev, obs, &ctx, &mut self.alerts);
         Ok(())
     }
 
@@ -597,6 +658,7 @@ impl Engine {
             }
         }
         self.max_experiments = self.max_experiments.max(self.experiments.len());
+        self.index_phases(settings);
     }
 
     /// Merge the state of another engine over a disjoint part of the stream (another
@@ -612,7 +674,7 @@ impl Engine {
         self.seq += other.seq;
         self.stream_ts_ms = self.stream_ts_ms.max(other.stream_ts_ms);
         for o in &other.experiments {
-            match self.experiment_index(&o.id) {
+            match self.experiment_index(&o.id, None) {
                 Ok(i) => self.experiments[i].merge(o),
                 Err(r) => self.rejected[r.index()] += o.srm.n(),
             }

@@ -126,6 +126,11 @@ pub struct ExperimentReport {
     /// Present when the design was assumed (undeclared experiment).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Which phase of which experiment this is (a phased experiment is reported as one
+    /// experiment per phase, `<id>/<phase>`, each tested against its own design at
+    /// `alpha / phases`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PhaseReport>,
     /// Arms in design order.
     pub arms: Vec<String>,
     /// Design weights.
@@ -295,8 +300,28 @@ impl<E> Report<E> {
     }
 }
 
+/// A phase of a phased experiment.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseReport {
+    /// The experiment's id (as events name it).
+    pub experiment: String,
+    /// The phase's name.
+    pub name: String,
+    /// Its start (RFC 3339; absent for the initial phase).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// How many phases the experiment has (each tested at `alpha / phases`).
+    pub phases: u32,
+}
+
 fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport {
     ExperimentReport {
+        phase: e.phase.as_ref().map(|p| PhaseReport {
+            experiment: p.experiment.clone(),
+            name: p.name.clone(),
+            from: (p.from_ms != i64::MIN).then(|| crate::check::alert::rfc3339(p.from_ms)),
+            phases: p.phases,
+        }),
         declared: e.declared,
         note: (!e.declared)
             .then(|| "undeclared experiment: equal design weights assumed".to_string()),
@@ -315,7 +340,7 @@ fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport
         last_ts_ms: (e.srm.n() > 0).then_some(e.last_ts_ms),
         inputs_over_limit: e.inputs_over_limit,
         restarts: e.restarts,
-        checks: e.checks.sections(e, engine.levels()),
+        checks: e.checks.sections(e, &engine.levels_for(&e.id)),
     }
 }
 

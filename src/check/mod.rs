@@ -61,6 +61,18 @@ impl EvalContext {
             z_alpha: crate::stats::proportion::z_two_sided(2.0 * settings.alpha),
         }
     }
+
+    /// These levels shared by `n` tests (Bonferroni: each at `alpha / n`): the phases of a
+    /// phased experiment, so the experiment as a whole keeps `alpha`.
+    pub fn shared_by(&self, n: u32) -> EvalContext {
+        let alpha = self.alpha / f64::from(n.max(1));
+        EvalContext {
+            alpha,
+            log_threshold: (1.0 / alpha).ln(),
+            z_alpha: crate::stats::proportion::z_two_sided(2.0 * alpha),
+            ..*self
+        }
+    }
 }
 
 /// What a check's subject hands its checks.

@@ -102,6 +102,10 @@ pub struct Experiment {
     ln_alpha_divisor: f64,
     /// Text of a non-string substrate value (reused: no allocation per event).
     scratch: String,
+    /// Which phase of which experiment this is, for a phased experiment (from the
+    /// declaration: set again at every restore, not snapshotted).
+    #[serde(skip)]
+    pub phase: Option<crate::config::PhaseOf>,
     /// Set by the engine while the statistics are over `limits.max_memory_bytes`: new units
     /// (and unit-less events) are not counted, so the state stops growing; a stopped
     /// e-process is still an e-process.
@@ -225,6 +229,7 @@ impl Experiment {
         if cfg.unit_of_assignment == UnitOfAssignment::Cluster {
             e.clusters = Some(Clusters::new(limits.exposure_sample));
         }
+        e.phase = cfg.phase.clone();
         e.set_alpha_divisor();
         e
     }
@@ -281,6 +286,7 @@ impl Experiment {
             alpha_divisor: 1,
             ln_alpha_divisor: 0.0,
             scratch: String::new(),
+            phase: None,
             frozen: false,
         };
         e.set_alpha_divisor();

@@ -741,6 +741,13 @@ pub struct LimitSettings {
     /// halves when full), and clusters followed for `cluster_mixed`.
     #[serde(default = "default_exposure_sample")]
     pub exposure_sample_units: usize,
+    /// Units followed across experiments for `overlap_dependence` (a consistent sample: past
+    /// it the sample halves).
+    #[serde(default = "default_overlap_sample")]
+    pub overlap_sample_units: usize,
+    /// Pairs of experiments tested for `overlap_dependence` (also its Bonferroni divisor).
+    #[serde(default = "default_max_overlap_pairs")]
+    pub max_overlap_pairs: usize,
     /// Memory budget of the statistics (estimated from the structures' sizes): past it, new
     /// experiments are refused as `memory_limit`. Set it to about 3/4 of the container's
     /// memory limit.
@@ -775,6 +782,14 @@ fn default_max_message() -> usize {
 fn default_max_inputs_event() -> usize {
     64
 }
+fn default_overlap_sample() -> usize {
+    65_536
+}
+
+fn default_max_overlap_pairs() -> usize {
+    256
+}
+
 fn default_max_experiments() -> usize {
     1000
 }
@@ -809,6 +824,8 @@ impl Default for LimitSettings {
             max_arms: default_max_arms(),
             units_per_experiment: default_units(),
             exposure_sample_units: default_exposure_sample(),
+            overlap_sample_units: default_overlap_sample(),
+            max_overlap_pairs: default_max_overlap_pairs(),
             max_memory_bytes: default_max_memory(),
             max_event_lateness_ms: default_max_lateness(),
         }
@@ -1160,6 +1177,8 @@ impl Settings {
             ),
             ("metrics.max_label_values", self.metrics.max_label_values),
             ("limits.exposure_sample_units", l.exposure_sample_units),
+            ("limits.overlap_sample_units", l.overlap_sample_units),
+            ("limits.max_overlap_pairs", l.max_overlap_pairs),
             ("limits.max_memory_bytes", l.max_memory_bytes as usize),
         ] {
             if v == 0 {

@@ -5,7 +5,7 @@
 
 use crate::check::{
     Alert, EvalContext, JudgeUpdate, Tracked, TrackedEvalSet, TrackedExperiment, TrackedJudge,
-    TrackedRouter,
+    TrackedPair, TrackedRouter,
 };
 use crate::config::{JudgeSettings, RouterSettings, SamplingSettings, Settings};
 use crate::event::{
@@ -14,6 +14,7 @@ use crate::event::{
 use crate::report::Report;
 use crate::state::experiment::{Experiment, ExperimentLimits};
 use crate::state::judge::JudgeState;
+use crate::state::overlap::{PairState, SharedUnits};
 use crate::state::router::RouterState;
 use crate::state::sampling::{EvalSet, Production, MAX_EVAL_SETS};
 use crate::state::{key_of, Identity};
@@ -65,6 +66,15 @@ pub struct Engine {
     /// The alert levels shared by `n` phases, at index `n` (a phase's checks run at
     /// `alpha / phases`).
     phase_levels: Vec<EvalContext>,
+    /// Units followed across experiments (`overlap_dependence`).
+    shared_units: SharedUnits,
+    /// Pairs of experiments seen on the same units.
+    pairs: Vec<TrackedPair>,
+    pair_index: HashMap<u64, usize, Identity>,
+    /// `limits.max_overlap_pairs`.
+    max_pairs: usize,
+    /// Shared units of pairs beyond `max_pairs` (not counted).
+    pairs_over_limit: u64,
 }
 
 /// Messages between two counts of the state's memory (a count walks every experiment's
@@ -98,6 +108,9 @@ pub(crate) struct EngineState {
     production: Option<Production>,
     eval_sets: Vec<TrackedEvalSet>,
     stream_ts_ms: i64,
+    shared_units: SharedUnits,
+    pairs: Vec<TrackedPair>,
+    pairs_over_limit: u64,
 }
 
 /// [`EngineState`] borrowed from a running engine, for writing (no copy of the state); the
@@ -116,6 +129,9 @@ pub(crate) struct EngineStateRef<'a> {
     production: Option<&'a Production>,
     eval_sets: &'a [TrackedEvalSet],
     stream_ts_ms: i64,
+    shared_units: &'a SharedUnits,
+    pairs: &'a [TrackedPair],
+    pairs_over_limit: u64,
 }
 
 fn alerts_as_json<S: serde::Serializer>(alerts: &&[Alert], ser: S) -> Result<S::Ok, S::Error> {
@@ -172,6 +188,11 @@ impl Engine {
             stream_ts_ms: i64::MIN,
             phased: HashMap::default(),
             phase_levels: Vec::new(),
+            shared_units: SharedUnits::new(settings.limits.overlap_sample_units),
+            pairs: Vec::new(),
+            pair_index: HashMap::default(),
+            max_pairs: settings.limits.max_overlap_pairs,
+            pairs_over_limit: 0,
         };
         for cfg in &settings.experiments {
             let exp = Tracked::new(Experiment::declared(cfg, &e.exp_limits));
@@ -446,7 +467,65 @@ impl Engine {
         let exp = &mut self.experiments[i];
         let obs = exp.observe(ev)?;
         exp.checks_after(ev, obs, &ctx, &mut self.alerts);
+        if self.experiments.len() > 1 {
+            if let Some(unit) = ev.unit.as_deref() {
+                self.observe_overlap(i, key_of(unit), obs.arm, &ctx);
+            }
+        }
         Ok(())
+    }
+
+    /// A unit seen in experiment `i`: when it is followed and this is its first time there,
+    /// count it in the pair of `i` with each experiment it was seen in before (not another
+    /// phase of the same experiment: its phases share units by design).
+    fn observe_overlap(&mut self, i: usize, unit: u64, arm: usize, ctx: &EvalContext) {
+        let e = &self.experiments[i];
+        let before = self.shared_units.record(unit, key_of(&e.id), arm, e.frozen);
+        for (other, b) in before {
+            let Some(&j) = self.index.get(&other) else {
+                continue;
+            };
+            let (e, f) = (&self.experiments[i], &self.experiments[j]);
+            let same_experiment =
+                matches!((&e.phase, &f.phase), (Some(p), Some(q)) if p.experiment == q.experiment);
+            if j == i || same_experiment {
+                continue;
+            }
+            let ((lo, a), (hi, b)) = if e.id <= f.id {
+                ((i, arm), (j, usize::from(b)))
+            } else {
+                ((j, usize::from(b)), (i, arm))
+            };
+            let (lo, hi) = (&self.experiments[lo], &self.experiments[hi]);
+            let key = pair_key(&lo.id, &hi.id);
+            let k = match self.pair_index.get(&key) {
+                Some(&k) => k,
+                None if self.pairs.len() < self.max_pairs && !lo.frozen => {
+                    self.pair_index.insert(key, self.pairs.len());
+                    self.pairs.push(Tracked::new(PairState::new(
+                        (&lo.id, &lo.arms, &lo.design),
+                        (&hi.id, &hi.arms),
+                        self.max_pairs,
+                    )));
+                    self.pairs.len() - 1
+                }
+                None => {
+                    self.pairs_over_limit += 1;
+                    continue;
+                }
+            };
+            let Tracked { stats, checks } = &mut self.pairs[k];
+            if !stats.matches(lo.arms.len(), hi.arms.len()) {
+                *stats = PairState::new(
+                    (&lo.id, &lo.arms, &lo.design),
+                    (&hi.id, &hi.arms),
+                    self.max_pairs,
+                );
+                checks.restart();
+            }
+            stats.observe(a, b);
+            checks.on_event(stats, &(), ctx, &mut self.alerts);
+        }
     }
 
     /// Alerts fired since the last call.
@@ -532,7 +611,9 @@ impl Engine {
                 .iter()
                 .map(|e| e.memory_bytes())
                 .sum::<usize>()
-            + self.index.capacity() * 17;
+            + self.index.capacity() * 17
+            + self.shared_units.memory_bytes()
+            + self.pairs.iter().map(|p| p.memory_bytes()).sum::<usize>();
         let over = self.state_bytes >= self.memory_budget;
         let near = self.state_bytes / 3 >= self.memory_budget / 4;
         let per = MEMORY_RECOUNT_PER_EXPERIMENT * self.experiments.len() as u64;
@@ -578,6 +659,9 @@ impl Engine {
             production: self.production.as_ref(),
             eval_sets: &self.eval_sets,
             stream_ts_ms: self.stream_ts_ms,
+            shared_units: &self.shared_units,
+            pairs: &self.pairs,
+            pairs_over_limit: self.pairs_over_limit,
         }
     }
 
@@ -595,6 +679,9 @@ impl Engine {
             production: self.production,
             eval_sets: self.eval_sets,
             stream_ts_ms: self.stream_ts_ms,
+            shared_units: self.shared_units,
+            pairs: self.pairs,
+            pairs_over_limit: self.pairs_over_limit,
         }
     }
 
@@ -622,6 +709,15 @@ impl Engine {
         e.production = state.production;
         e.eval_sets = state.eval_sets;
         e.stream_ts_ms = state.stream_ts_ms;
+        e.pair_index = state
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (pair_key(&p.first, &p.second), i))
+            .collect();
+        e.shared_units = state.shared_units;
+        e.pairs = state.pairs;
+        e.pairs_over_limit = state.pairs_over_limit;
         e.reconcile(settings);
         e.count_memory();
         e
@@ -711,12 +807,49 @@ impl Engine {
                 self.eval_sets.push(e.clone());
             }
         }
+        self.shared_units.merge(&other.shared_units);
+        self.pairs_over_limit += other.pairs_over_limit;
+        for p in &other.pairs {
+            let key = pair_key(&p.first, &p.second);
+            match self.pair_index.get(&key) {
+                Some(&k) => {
+                    let Tracked { stats, checks } = &mut self.pairs[k];
+                    stats.merge(&p.stats);
+                    checks.merge(stats, &p.checks, &p.stats);
+                }
+                None if self.pairs.len() < self.max_pairs => {
+                    self.pair_index.insert(key, self.pairs.len());
+                    self.pairs.push(p.clone());
+                }
+                None => self.pairs_over_limit += p.units,
+            }
+        }
         for a in &other.alerts {
             if !self.alerts.iter().any(|x| x.same(a)) {
                 self.alerts.push(a.clone());
             }
         }
     }
+
+    /// Pairs of experiments seen on the same units.
+    pub fn pairs(&self) -> &[TrackedPair] {
+        &self.pairs
+    }
+
+    /// `(units followed across experiments, their sampling rate, shared units of pairs beyond
+    /// the cap)`.
+    pub fn shared_units(&self) -> (usize, f64, u64) {
+        (
+            self.shared_units.len(),
+            self.shared_units.rate(),
+            self.pairs_over_limit,
+        )
+    }
+}
+
+/// The identity of the pair of experiments `first` < `second` (no allocation).
+fn pair_key(first: &str, second: &str) -> u64 {
+    key_of(first).rotate_left(29) ^ key_of(second).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Name hash -> position, for a list restored from a snapshot.

@@ -4,7 +4,9 @@
 //! values, counters aggregate into `__other__` and gauges are not exported for the overflow
 //! (`armwatch_label_values_overflowed` says how many were refused).
 
-use crate::check::{Check, EvalSetMetrics, ExperimentMetrics, JudgeMetrics, RouterMetrics};
+use crate::check::{
+    Check, EvalSetMetrics, ExperimentMetrics, JudgeMetrics, PairMetrics, RouterMetrics,
+};
 use crate::engine::Engine;
 use crate::event::{Kind, RejectReason};
 use crate::report::Report;
@@ -131,6 +133,7 @@ pub struct Metrics {
     labels: Labels,
     experiment_checks: ExperimentMetrics,
     router_checks: RouterMetrics,
+    pair_checks: PairMetrics,
     judge_checks: JudgeMetrics,
     eval_set_checks: EvalSetMetrics,
     last_accepted: [u64; Kind::ALL.len()],
@@ -230,6 +233,7 @@ impl Metrics {
             },
             experiment_checks: ExperimentMetrics::new(&r),
             router_checks: RouterMetrics::new(&r),
+            pair_checks: PairMetrics::new(&r),
             judge_checks: JudgeMetrics::new(&r),
             eval_set_checks: EvalSetMetrics::new(&r),
             registry: r,
@@ -318,6 +322,16 @@ impl Metrics {
             if let Some(set_l) = self.labels.instrument(name) {
                 self.eval_set_checks
                     .publish(&mut self.labels, &set_l, &[], &set.checks);
+            }
+        }
+        for p in report.overlaps.iter().flat_map(|o| o.pairs.iter()) {
+            if let Some(first) = self.labels.experiment(&p.first) {
+                self.pair_checks.publish(
+                    &mut self.labels,
+                    &first,
+                    std::slice::from_ref(&p.second),
+                    &p.checks,
+                );
             }
         }
         for (name, j) in &report.judges {

@@ -28,12 +28,48 @@ pub struct Report<E = BTreeMap<String, ExperimentReport>> {
     /// Eval-set sampling against production (present once tracked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingReport>,
+    /// Experiments seen on the same units (present once a unit is seen in two).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlaps: Option<OverlapsReport>,
     /// The statistics' memory against `limits.max_memory_bytes`.
     pub memory: MemoryReport,
     /// The input partitions this view merges (the daemon with checkpoints): which this replica
     /// owns and which come from other replicas' checkpoints.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionView>,
+}
+
+/// Pairs of experiments that share units (`overlap_dependence`).
+#[derive(Clone, Debug, Serialize)]
+pub struct OverlapsReport {
+    /// Units followed across experiments (a consistent sample).
+    pub followed_units: usize,
+    /// The sample's rate (1: every unit).
+    pub sample_rate: f64,
+    /// Shared units of pairs beyond `limits.max_overlap_pairs` (not tested).
+    pub units_of_untracked_pairs: u64,
+    /// Per pair, most evidence first.
+    pub pairs: Vec<PairReport>,
+}
+
+/// Two experiments seen on the same units.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairReport {
+    /// The first experiment (ids in byte order).
+    pub first: String,
+    /// The second.
+    pub second: String,
+    /// Units followed in both.
+    pub units: u64,
+    /// The first's arms.
+    pub first_arms: Vec<String>,
+    /// The second's arms.
+    pub second_arms: Vec<String>,
+    /// Units per arm of the second (rows) and of the first (columns).
+    pub counts: Vec<Vec<u64>>,
+    /// Its checks (`dependence`).
+    #[serde(flatten)]
+    pub checks: crate::check::PairSections,
 }
 
 /// One input partition in a merged view.
@@ -296,6 +332,7 @@ impl<E> Report<E> {
                     (j.name.to_string(), JudgeReport { checks })
                 })
                 .collect(),
+            overlaps: overlaps(engine),
         }
     }
 }
@@ -312,6 +349,38 @@ pub struct PhaseReport {
     pub from: Option<String>,
     /// How many phases the experiment has (each tested at `alpha / phases`).
     pub phases: u32,
+}
+
+fn overlaps(engine: &Engine) -> Option<OverlapsReport> {
+    let (followed_units, sample_rate, units_of_untracked_pairs) = engine.shared_units();
+    if followed_units == 0 && engine.pairs().is_empty() {
+        return None;
+    }
+    let mut pairs: Vec<PairReport> = engine
+        .pairs()
+        .iter()
+        .map(|p| PairReport {
+            first: p.first.to_string(),
+            second: p.second.to_string(),
+            units: p.units,
+            first_arms: p.first_arms.iter().map(|a| a.to_string()).collect(),
+            second_arms: p.second_arms.iter().map(|a| a.to_string()).collect(),
+            counts: p.counts(),
+            checks: p.checks.sections(p, engine.levels()),
+        })
+        .collect();
+    pairs.sort_by(|a, b| {
+        b.checks
+            .dependence
+            .log_evalue
+            .total_cmp(&a.checks.dependence.log_evalue)
+    });
+    Some(OverlapsReport {
+        followed_units,
+        sample_rate,
+        units_of_untracked_pairs,
+        pairs,
+    })
 }
 
 fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport {

@@ -98,6 +98,11 @@ impl Subject for Experiment {
     type Env<'a> = &'a EvalContext;
 }
 
+impl Subject for crate::state::overlap::PairState {
+    type Update<'a> = ();
+    type Env<'a> = &'a EvalContext;
+}
+
 impl Subject for RouterState {
     type Update<'a> = Decision;
     type Env<'a> = &'a EvalContext;
@@ -385,6 +390,10 @@ registry! {
     EvalSet => EvalSetChecks, EvalSetSections, EvalSetMetrics {
         skew: SamplingSkew = "sampling_skew" => sampling_skew::SamplingSkew,
     }
+    /// The checks of two experiments that share units.
+    crate::state::overlap::PairState => PairChecks, PairSections, PairMetrics {
+        dependence: OverlapDependence = "overlap_dependence" => overlap_dependence::OverlapDependence,
+    }
 }
 
 /// An experiment with its checks.
@@ -395,6 +404,8 @@ pub type TrackedRouter = Tracked<RouterState, RouterChecks>;
 pub type TrackedJudge = Tracked<JudgeState, JudgeChecks>;
 /// An eval set with its checks.
 pub type TrackedEvalSet = Tracked<EvalSet, EvalSetChecks>;
+/// A pair of overlapping experiments with its checks.
+pub type TrackedPair = Tracked<crate::state::overlap::PairState, PairChecks>;
 
 impl TrackedExperiment {
     /// Merge the same experiment from another partition: its statistics, then its checks

@@ -54,7 +54,8 @@ pub fn default_severity(c: Check) -> &'static str {
         | Check::AssignmentMismatch
         | Check::MultipleExposure
         | Check::ClusterMixed
-        | Check::ArmPredictable => "critical",
+        | Check::ArmPredictable
+        | Check::OverlapDependence => "critical",
         Check::ThresholdDensity
         | Check::ThresholdCompliance
         | Check::JudgeVersionChange

@@ -8,6 +8,7 @@ pub mod id_arms;
 pub mod input;
 pub mod judge;
 pub mod numeric;
+pub mod overlap;
 pub mod predict;
 pub mod router;
 pub mod sampling;

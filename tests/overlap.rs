@@ -212,7 +212,7 @@ arms = { control = 0.5, treatment = 0.5 }
     for u in 0..3_600 {
         let ts = 1_767_225_600_000i64 + u * 1_000;
         for exp in ["ramp", "other"] {
-            let t = key_of(&format!("{exp}:{}", u % 1_800)) % 2 == 0;
+            let t = key_of(&format!("{exp}:{}", u % 1_800)).is_multiple_of(2);
             let ev = format!(
                 r#"{{"kind":"prompt","ts":{ts},"experiment":"{exp}","arm":"{}","unit":"u{}"}}"#,
                 if t { "treatment" } else { "control" },

@@ -49,6 +49,21 @@ else
   echo "apt: prometheus, prometheus-alertmanager and chromium already installed"
 fi
 
+# the OTLP input's test sends real OpenTelemetry payloads with the Python SDK and its
+# OTLP/HTTP exporter (protobuf), pinned, in a directory of their own
+OTEL="${ARMWATCH_TOOLS:-$HOME/.cache/armwatch-tools}/py-otel-1.45.2"
+if [ -f "$OTEL/.complete" ]; then
+  echo "opentelemetry-sdk, exporter (python): already installed ($OTEL)"
+else
+  echo "opentelemetry-sdk, exporter (python): installing into $OTEL"
+  rm -rf "$OTEL"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$OTEL" \
+    "opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2" 2>&1 | grep -v -e "^WARNING" -e "dependency conflicts" -e "requires" || true
+  python3 -c "import sys; sys.path.insert(0, '$OTEL'); import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http" \
+    || { echo "opentelemetry: install failed" >&2; exit 1; }
+  touch "$OTEL/.complete"
+fi
+
 # the Kubernetes manifests' checks: kubectl (kustomize), kubernetes-validate and checkov,
 # pinned, in a directory of their own (checkov brings ~250 MB of Python packages that must not
 # mix with the system's)

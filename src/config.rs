@@ -70,6 +70,98 @@ pub struct Settings {
     /// first `sample` event on, in UTC, over hour-of-week only.
     #[serde(default)]
     pub sampling: Option<SamplingSettings>,
+    /// OpenTelemetry input (`[otlp]`): OTLP/HTTP logs and traces mapped to the event contract
+    /// and produced to the input topic.
+    #[serde(default)]
+    pub otlp: OtlpSettings,
+}
+
+/// `[otlp]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// Where `armwatch run` receives OTLP/HTTP (`POST /v1/traces`, `/v1/logs`, protobuf or
+    /// JSON, optionally gzip); off unless set (4318 is OTLP/HTTP's port).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The topic the mapped events are produced to (default: the first of `kafka.topics`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Largest request body, compressed or not.
+    #[serde(default = "default_otlp_body")]
+    pub max_body_bytes: usize,
+    /// Which attributes carry which field of the event contract.
+    #[serde(default)]
+    pub mapping: OtlpMapping,
+}
+
+impl Default for OtlpSettings {
+    fn default() -> Self {
+        OtlpSettings {
+            listen: None,
+            topic: None,
+            max_body_bytes: default_otlp_body(),
+            mapping: OtlpMapping::default(),
+        }
+    }
+}
+
+fn default_otlp_body() -> usize {
+    4 << 20
+}
+
+/// `[otlp.mapping]`: per contract field, the attribute names that carry it, first present
+/// wins (the record's or span event's own attributes, then its span's, then its resource's).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpMapping {
+    /// The experiment (a feature flag's key).
+    pub experiment: Vec<String>,
+    /// The arm (the flag's variant).
+    pub arm: Vec<String>,
+    /// The randomization unit (the flag's evaluation context, the end user).
+    pub unit: Vec<String>,
+    /// The cluster.
+    pub cluster: Vec<String>,
+    /// A judgment's judge (the evaluation's name).
+    pub judge: Vec<String>,
+    /// A judgment's judge version (the model behind the evaluator); `unversioned` if absent.
+    pub judge_version: Vec<String>,
+    /// A judgment's score.
+    pub score: Vec<String>,
+    /// Whether a judgment is of a control-set item.
+    pub control: Vec<String>,
+    /// Input name -> attributes (e.g. `model = ["gen_ai.request.model"]`).
+    pub inputs: BTreeMap<String, Vec<String>>,
+    /// Every attribute under this prefix is also an input, named by the rest of its key
+    /// (`armwatch.input.tier` -> `tier`); empty: none.
+    pub input_prefix: String,
+}
+
+impl Default for OtlpMapping {
+    fn default() -> Self {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        OtlpMapping {
+            experiment: v(&["feature_flag.key"]),
+            arm: v(&["feature_flag.result.variant", "feature_flag.variant"]),
+            unit: v(&["feature_flag.context.id", "enduser.id", "user.id"]),
+            cluster: v(&["armwatch.cluster"]),
+            judge: v(&["gen_ai.evaluation.name"]),
+            judge_version: v(&["armwatch.judge_version", "gen_ai.evaluation.judge.version"]),
+            score: v(&["gen_ai.evaluation.score.value"]),
+            control: v(&["armwatch.control"]),
+            inputs: [
+                ("model", "gen_ai.request.model"),
+                ("temperature", "gen_ai.request.temperature"),
+                ("max_tokens", "gen_ai.request.max_tokens"),
+                ("top_p", "gen_ai.request.top_p"),
+            ]
+            .into_iter()
+            .map(|(k, a)| (k.to_string(), vec![a.to_string()]))
+            .collect(),
+            input_prefix: "armwatch.input.".into(),
+        }
+    }
 }
 
 /// `[sampling]`
@@ -1277,6 +1369,30 @@ impl Settings {
                 ));
             }
         }
+        if let Some(l) = &self.otlp.listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "otlp.listen",
+                    format!("`{l}` is not an address"),
+                    "e.g. listen = \"0.0.0.0:4318\" (OTLP/HTTP's port), or remove it",
+                ));
+            }
+        }
+        let m = &self.otlp.mapping;
+        for (key, list) in [
+            ("otlp.mapping.experiment", &m.experiment),
+            ("otlp.mapping.arm", &m.arm),
+            ("otlp.mapping.judge", &m.judge),
+            ("otlp.mapping.score", &m.score),
+        ] {
+            if list.iter().all(|a| a.is_empty()) {
+                return Err(invalid(
+                    key,
+                    "names no attribute",
+                    "list the attribute names that carry it, e.g. [\"feature_flag.key\"], or leave the key out for the default",
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, e) in self.experiments.iter().enumerate() {
             let key = format!("experiment[{i}]");
@@ -1567,6 +1683,27 @@ fn validate_assignment(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn otlp_settings_name_the_key() {
+        let err = Settings::from_toml("[otlp]\nlisten = \"4318\"")
+            .expect_err("bad address")
+            .to_string();
+        assert!(err.contains("otlp.listen"), "{err}");
+        let err = Settings::from_toml("[otlp.mapping]\narm = []")
+            .expect_err("no attribute")
+            .to_string();
+        assert!(err.contains("otlp.mapping.arm"), "{err}");
+        let ok = Settings::from_toml(
+            "[otlp]\nlisten = \"127.0.0.1:4318\"\n[otlp.mapping]\nunit = [\"enduser.id\"]",
+        )
+        .expect("valid");
+        assert_eq!(ok.otlp.mapping.unit, vec!["enduser.id".to_string()]);
+        assert_eq!(
+            ok.otlp.mapping.experiment,
+            vec!["feature_flag.key".to_string()]
+        );
+    }
     use super::*;
 
     #[test]

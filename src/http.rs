@@ -271,8 +271,18 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_router(listener, router(shared), limits, shutdown).await
+}
+
+/// Serve `app` with the connection cap and header timeout of [`serve`] (also the OTLP
+/// receiver's loop).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let app = router(shared);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut refused_log = crate::daemon::RateLimiter::new(1);
     tokio::pin!(shutdown);

@@ -435,6 +435,21 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             view_thread = Some(state_topic::follow(&settings.kafka, settings.clone(), every, others.clone(), view_stop.clone()).context("kafka.checkpoint.view_interval_ms: cannot follow the state topic (set it to 0 to report only owned partitions)")?);
             lp = lp.with_merged_view(others);
         }
+        // OpenTelemetry input: mapped to events and produced to the input topic
+        let (stop_otlp, otlp_stopped) = tokio::sync::oneshot::channel::<()>();
+        let otlp = match &settings.otlp.listen {
+            Some(_) => {
+                let registry = out.metrics.lock().map(|m| m.registry().clone()).map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
+                let limits = armwatch::http::Limits {
+                    max_connections: settings.http.max_connections,
+                    header_timeout: Duration::from_millis(settings.http.header_timeout_ms),
+                };
+                Some(armwatch::source::otlp::serve(&settings.otlp, &settings.kafka, limits, &registry, async move {
+                    let _ = otlp_stopped.await;
+                }).await?)
+            }
+            None => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let (reload_tx, reloads) = std::sync::mpsc::channel();
@@ -446,9 +461,14 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let signal = tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
+            // stop receiving OTLP first: what it took is in Kafka, the consumer gets it next time
+            let _ = stop_otlp.send(());
             stop.store(true, Ordering::Relaxed);
         });
         let lp = join(worker).await?.context("the engine thread failed")?;
+        if let Some(o) = otlp {
+            o.abort();
+        }
         view_stop.store(true, Ordering::Relaxed);
         if let Some(v) = view_thread {
             let _ = join(v).await;

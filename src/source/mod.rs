@@ -10,6 +10,7 @@ pub mod batch;
 pub mod client_log;
 pub mod file;
 pub mod kafka;
+pub mod otlp;
 mod pipeline;
 pub mod simulated;
 pub mod state_topic;

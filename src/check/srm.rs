@@ -28,24 +28,82 @@ pub struct SrmState {
     /// later). Counts: they merge exactly.
     #[serde(default)]
     pub by_hour: Vec<u64>,
+    /// Counted exposures by UTC day and arm: the day an arm started late, paused or lost its
+    /// telemetry. Counts, aligned by day when merged.
+    #[serde(default)]
+    pub by_day: DayCounts,
 }
 
 /// Hours of the day.
 const HOURS: usize = 24;
+/// Days kept per experiment (later days are counted in the last one).
+const MAX_DAYS: usize = 400;
+const DAY_MS: i64 = 86_400_000;
 
-/// One hour of the day in which the arm counts depart from the design.
+/// Counts per (UTC day, arm) from the experiment's first day.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DayCounts {
+    /// The first day (days since the epoch).
+    pub day0: i64,
+    /// `day * arms + arm`, from `day0`.
+    pub counts: Vec<u64>,
+}
+
+impl DayCounts {
+    fn add(&mut self, ts_ms: i64, arm: usize, arms: usize, n: u64) {
+        let day = ts_ms.div_euclid(DAY_MS);
+        if self.counts.is_empty() {
+            self.day0 = day;
+        }
+        if day < self.day0 {
+            // an event before the first day (late, within the watermark): shift the days
+            let shift = usize::try_from(self.day0 - day).unwrap_or(MAX_DAYS).min(MAX_DAYS);
+            let mut v = vec![0; shift * arms];
+            v.extend_from_slice(&self.counts);
+            v.truncate(MAX_DAYS * arms);
+            self.counts = v;
+            self.day0 = day;
+        }
+        let d = usize::try_from(day - self.day0).unwrap_or(0).min(MAX_DAYS - 1);
+        if self.counts.len() < (d + 1) * arms {
+            self.counts.resize((d + 1) * arms, 0);
+        }
+        if let Some(c) = self.counts.get_mut(d * arms + arm) {
+            *c += n;
+        }
+    }
+
+    fn merge(&mut self, o: &DayCounts, arms: usize) {
+        if arms == 0 {
+            return;
+        }
+        for (i, c) in o.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let (d, arm) = (i / arms, i % arms);
+            self.add((o.day0 + d as i64) * DAY_MS, arm, arms, *c);
+        }
+    }
+}
+
+/// A slice of the exposures (an hour of the day, a day, a value of an input, a stage of the
+/// pipeline) in which the arm counts depart from the design.
 #[derive(Clone, Debug, Serialize)]
-pub struct HourSlice {
-    /// `"02:00-03:00 UTC"`.
-    pub hour: String,
-    /// Counted exposures per arm in that hour (all days).
+pub struct Slice {
+    /// `"02:00-03:00 UTC"`, `"2026-01-03"`, `"client=ios"`, `"judged"`.
+    pub slice: String,
+    /// Counts per arm in it.
     pub counts: Vec<u64>,
     /// Their shares.
     pub shares: Vec<f64>,
-    /// Log e-value of that hour's counts against the design (the SRM e-process's closed form
-    /// on the slice; each slice at level `alpha / 24`).
+    /// Log e-value of the slice's counts against the design (the SRM e-process's closed form
+    /// on the slice).
     pub log_evalue: f64,
+    /// What it had to reach: `ln(1/alpha)` plus the slice's share of the multiple-testing
+    /// correction (see [`localize`]).
+    pub level: f64,
 }
+
+/// Back-compatible name of an hour's slice.
+pub type HourSlice = Slice;
 
 /// The log e-value of `counts` against `design` (the SRM mixture over the concentration grid,
 /// in closed form: a function of the counts).
@@ -59,50 +117,216 @@ fn log_e_of(counts: &[u64], design: &crate::stats::sequential::Design) -> f64 {
     hi + (logs.iter().map(|l| (l - hi).exp()).sum::<f64>() / ks.len().max(1) as f64).ln()
 }
 
-/// The hours whose own evidence passes `ln(24 / alpha)` (Bonferroni over the day's slices),
-/// most evidence first, and a one-sentence hint when there are any: the arm most short of
-/// its design share over those hours.
-fn localize(st: &SrmState, e: &Experiment, log_threshold: f64) -> (Vec<HourSlice>, Option<String>) {
-    let arms = e.arms.len();
-    if arms < 2 || st.by_hour.len() != HOURS * arms {
-        return (Vec::new(), None);
+/// Where an imbalance lives: the slices whose own evidence passes their level, most evidence
+/// first, per dimension.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Localization {
+    /// Hours of the day, each at `alpha / 24` (Bonferroni over the day's hours).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_hour: Vec<Slice>,
+    /// Days, day `d` (1 = the experiment's first) at `alpha * 6 / (pi^2 d^2)`: the levels sum to
+    /// alpha however long it runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_day: Vec<Slice>,
+    /// Values of the watched inputs (a client, a platform, a region), each at
+    /// `alpha / (inputs * strata per input)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_segment: Vec<Slice>,
+    /// Stages of the pipeline after exposure (`judged`: judgments per arm), each at `alpha / 2`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_stage: Vec<Slice>,
+    /// One sentence per dimension that has slices: where, and the likely causes from the
+    /// SRM taxonomy (Fabijan et al., KDD 2019: assignment, execution, log processing, analysis,
+    /// interference).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
+}
+
+fn slice(name: String, counts: Vec<u64>, e: &Experiment, level: f64) -> Option<Slice> {
+    if counts.iter().sum::<u64>() == 0 {
+        return None;
     }
-    let level = log_threshold + (HOURS as f64).ln();
-    let mut hot: Vec<HourSlice> = (0..HOURS)
-        .filter_map(|h| {
-            let counts = st.by_hour[h * arms..(h + 1) * arms].to_vec();
-            let log_evalue = log_e_of(&counts, &e.design);
-            (log_evalue >= level).then(|| HourSlice {
-                hour: format!("{h:02}:00-{:02}:00 UTC", (h + 1) % HOURS),
-                shares: shares(&counts),
-                counts,
-                log_evalue,
-            })
-        })
-        .collect();
-    hot.sort_by(|a, b| b.log_evalue.total_cmp(&a.log_evalue));
-    let Some(top) = hot.first() else {
-        return (hot, None);
-    };
-    // the arm furthest below its design share in the strongest hour
-    let (arm, share, w) = top
+    let log_evalue = log_e_of(&counts, &e.design);
+    (log_evalue >= level).then(|| Slice {
+        slice: name,
+        shares: shares(&counts),
+        counts,
+        log_evalue,
+        level,
+    })
+}
+
+/// The arm furthest below its design share in `s`: (arm name, share, design weight).
+fn short_arm<'a>(s: &Slice, e: &'a Experiment) -> (&'a str, f64, f64) {
+    let (arm, share, w) = s
         .shares
         .iter()
         .zip(e.design.weights())
         .enumerate()
-        .map(|(a, (s, w))| (a, *s, *w))
+        .map(|(a, (x, w))| (a, *x, *w))
         .min_by(|x, y| (x.1 - x.2).total_cmp(&(y.1 - y.2)))
         .unwrap_or((0, 0.0, 0.0));
-    let hint = format!(
-        "the imbalance sits in {} of the day: {} has {:.1}% of the exposures in {} (design {:.1}%); \
-         telemetry lost for one arm in that window, or an arm that starts, pauses or ramps at that time?",
-        if hot.len() == 1 { "one hour".to_string() } else { format!("{} hours", hot.len()) },
-        e.arms.get(arm).map_or("an arm", |a| &**a),
-        100.0 * share,
-        top.hour,
-        100.0 * w,
+    (e.arms.get(arm).map_or("an arm", |a| &**a), share, w)
+}
+
+fn ranked(mut v: Vec<Slice>) -> Vec<Slice> {
+    v.sort_by(|a, b| b.log_evalue.total_cmp(&a.log_evalue));
+    v
+}
+
+/// Where the imbalance of `e` lives, at `ln(1/alpha) = log_threshold`.
+fn localize(st: &SrmState, e: &Experiment, log_threshold: f64) -> Localization {
+    let arms = e.arms.len();
+    let mut out = Localization::default();
+    if arms < 2 {
+        return out;
+    }
+    if st.by_hour.len() == HOURS * arms {
+        let level = log_threshold + (HOURS as f64).ln();
+        out.by_hour = ranked(
+            (0..HOURS)
+                .filter_map(|h| {
+                    let name = format!("{h:02}:00-{:02}:00 UTC", (h + 1) % HOURS);
+                    slice(name, st.by_hour[h * arms..(h + 1) * arms].to_vec(), e, level)
+                })
+                .collect(),
+        );
+    }
+    let days = st.by_day.counts.len() / arms;
+    out.by_day = ranked(
+        (0..days)
+            .filter_map(|d| {
+                let n = (d + 1) as f64;
+                let level = log_threshold + (std::f64::consts::PI.powi(2) * n * n / 6.0).ln();
+                let date = chrono::DateTime::from_timestamp_millis((st.by_day.day0 + d as i64) * DAY_MS)
+                    .map_or_else(|| format!("day {}", d + 1), |t| t.format("%Y-%m-%d").to_string());
+                slice(date, st.by_day.counts[d * arms..(d + 1) * arms].to_vec(), e, level)
+            })
+            .collect(),
     );
-    (hot, Some(hint))
+    // a segment is tested against the other segments (its arm shares against the input's
+    // pooled shares: the stratum's share of the universal-inference e-value of
+    // `input_divergence`), so an imbalance everywhere names no segment; and it is named only
+    // where the imbalance concentrates (further from the design than the whole experiment),
+    // not where a concentrated one elsewhere leaves the rest closer to the design
+    let overall = e.srm.max_share_deviation(&e.design);
+    let deviation = |c: &[u64]| {
+        let sh = shares(c);
+        sh.iter().zip(e.design.weights()).map(|(x, w)| (x - w).abs()).fold(0.0, f64::max)
+    };
+    let watched: Vec<_> = e.inputs.iter().filter(|i| &*i.name != JUDGE_VERSION).collect();
+    let segment_level = log_threshold
+        + ((watched.len().max(1) * e.limits().max_strata.max(1)) as f64).ln();
+    out.by_segment = ranked(
+        watched
+            .iter()
+            .flat_map(|i| {
+                i.strata.slots().iter().filter_map(move |s| {
+                    let log_evalue = i.strata.contribution(&s.ep, &e.design);
+                    let named = log_evalue >= segment_level
+                        && s.ep.n() > 0
+                        && deviation(s.ep.counts()) > overall;
+                    named.then(|| Slice {
+                        slice: format!("{}={}", i.name, i.strata.label(s)),
+                        counts: s.ep.counts().to_vec(),
+                        shares: shares(s.ep.counts()),
+                        log_evalue,
+                        level: segment_level,
+                    })
+                })
+            })
+            .collect(),
+    );
+    out.by_stage = judged(e, log_threshold);
+    out.hints = hints(&out, e);
+    out
+}
+
+/// The judged stage against the exposed one: whether the arm shares of the judgments (counted
+/// under the experiment's `judge_version` input) differ from those of the counted exposures,
+/// with any marginal (the universal-inference e-value of the stage x arm table, as
+/// `input_divergence`'s), at `alpha / 2`. Judgments follow exposures: an imbalance of the
+/// exposures alone is not the judged stage's.
+fn judged(e: &Experiment, log_threshold: f64) -> Vec<Slice> {
+    if e.arms.len() < 2 {
+        return Vec::new();
+    }
+    let Some(j) = e.inputs.iter().find(|i| &*i.name == JUDGE_VERSION) else {
+        return Vec::new();
+    };
+    let (exposed, judged) = (e.srm.counts(), j.strata.totals());
+    if judged.iter().sum::<u64>() == 0 || exposed.len() != judged.len() {
+        return Vec::new();
+    }
+    let both: Vec<u64> = exposed.iter().zip(judged).map(|(a, b)| a + b).collect();
+    let log_evalue = log_e_of(exposed, &e.design) + log_e_of(judged, &e.design)
+        - crate::stats::sequential::mle_log_lr(&both, &e.design);
+    let level = log_threshold + 2f64.ln();
+    (log_evalue >= level)
+        .then(|| Slice {
+            slice: "judged".into(),
+            counts: judged.to_vec(),
+            shares: shares(judged),
+            log_evalue,
+            level,
+        })
+        .into_iter()
+        .collect()
+}
+
+/// The input the judgments of an experiment's arms are counted under (see the engine).
+const JUDGE_VERSION: &str = "judge_version";
+
+fn hints(l: &Localization, e: &Experiment) -> Vec<String> {
+    let mut out = Vec::new();
+    let count = |n: usize, one: &str, many: &str| if n == 1 { one.to_string() } else { format!("{n} {many}") };
+    if let Some(top) = l.by_hour.first() {
+        let (arm, share, w) = short_arm(top, e);
+        out.push(format!(
+            "the imbalance sits in {} of the day: {arm} has {:.1}% of the exposures in {} (design {:.1}%); \
+             telemetry lost for one arm in that window, or an arm that starts, pauses or ramps at that time?",
+            count(l.by_hour.len(), "one hour", "hours"),
+            100.0 * share,
+            top.slice,
+            100.0 * w,
+        ));
+    }
+    if let Some(top) = l.by_day.first() {
+        let (arm, share, w) = short_arm(top, e);
+        out.push(format!(
+            "{} stand out: {arm} has {:.1}% of the exposures on {} (design {:.1}%); an arm that started later, \
+             was paused or ramped, or lost its telemetry that day (execution stage)?",
+            count(l.by_day.len(), "one day", "days"),
+            100.0 * share,
+            top.slice,
+            100.0 * w,
+        ));
+    }
+    let overall = shares(e.srm.counts());
+    if let Some(top) = l.by_segment.first() {
+        let (arm, share, _) = short_arm(top, e);
+        let all = e.arms.iter().position(|a| &**a == arm).and_then(|a| overall.get(a)).copied().unwrap_or(0.0);
+        out.push(format!(
+            "{} stand out: {arm} has {:.1}% of the exposures where {} ({:.1}% overall); a bug, redirect or \
+             crash in one arm for that client or segment, or a bot filter that treats the arms differently?",
+            count(l.by_segment.len(), "one segment", "segments"),
+            100.0 * share,
+            top.slice,
+            100.0 * all,
+        ));
+    }
+    if let Some(top) = l.by_stage.first() {
+        let (arm, share, _) = short_arm(top, e);
+        let all = e.arms.iter().position(|a| &**a == arm).and_then(|a| overall.get(a)).copied().unwrap_or(0.0);
+        out.push(format!(
+            "the judgments do not follow the exposures: {arm} has {:.1}% of the judgments but {:.1}% of the \
+             exposures; judgments lost for one arm (a judge that times out or fails on one arm's outputs, a \
+             join that drops them)?",
+            100.0 * share,
+            100.0 * all,
+        ));
+    }
+    out
 }
 
 impl SrmState {
@@ -129,13 +353,10 @@ pub struct SrmReport {
     pub max_share_deviation: f64,
     /// Whether the alert fired.
     pub alert: bool,
-    /// The hours of the day whose own counts depart from the design (each at `alpha / 24`),
-    /// most evidence first: where the imbalance lives.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub by_hour: Vec<HourSlice>,
-    /// A cause hint from where it lives, when it lives in some hours.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub localization: Option<String>,
+    /// Where the imbalance lives (when there is one to explain): hours, days, segments and
+    /// stages whose own counts depart from the design, with cause hints.
+    #[serde(flatten)]
+    pub localization: Localization,
 }
 
 impl SrmReport {
@@ -144,7 +365,12 @@ impl SrmReport {
     /// worth computing at every publish for balanced experiments, which have none to show.
     fn localized(mut self, st: &SrmState, e: &Experiment, log_threshold: f64) -> SrmReport {
         if st.fired || self.log_evalue >= log_threshold {
-            (self.by_hour, self.localization) = localize(st, e, log_threshold);
+            self.localization = localize(st, e, log_threshold);
+        } else {
+            // the judged stage can lose one arm's judgments while the exposures stay balanced
+            // (one closed form: cheap at every publish)
+            self.localization.by_stage = judged(e, log_threshold);
+            self.localization.hints = hints(&self.localization, e);
         }
         self
     }
@@ -176,15 +402,17 @@ impl Module<Experiment> for Srm {
             if st.by_hour.len() != HOURS * arms {
                 st.by_hour = vec![0; HOURS * arms];
             }
-            let hour = (u.ev.ts_ms.rem_euclid(86_400_000) / 3_600_000) as usize;
+            let hour = (u.ev.ts_ms.rem_euclid(DAY_MS) / 3_600_000) as usize;
             if let Some(c) = st.by_hour.get_mut(hour * arms + u.obs.arm) {
                 *c += 1;
             }
+            st.by_day.add(u.ev.ts_ms, u.obs.arm, arms, 1);
             out.extend(evaluate(st, exp, ctx));
         }
     }
 
-    fn merge(st: &mut SrmState, _: &Experiment, o: &SrmState, _: &Experiment) {
+    fn merge(st: &mut SrmState, e: &Experiment, o: &SrmState, _: &Experiment) {
+        st.by_day.merge(&o.by_day, e.arms.len());
         st.fired |= o.fired;
         st.sup_log_e = st.sup_log_e.max(o.sup_log_e);
         if st.by_hour.len() == o.by_hour.len() {
@@ -199,6 +427,7 @@ impl Module<Experiment> for Srm {
     fn restart(st: &mut SrmState) {
         st.sup_log_e = 0.0;
         st.by_hour.clear();
+        st.by_day = DayCounts::default();
     }
 
     fn section(st: &SrmState, e: &Experiment, levels: &EvalContext) -> SrmReport {
@@ -210,8 +439,7 @@ impl Module<Experiment> for Srm {
             shares: shares(e.srm.counts()),
             max_share_deviation: e.srm.max_share_deviation(&e.design),
             alert: st.fired,
-            by_hour: Vec::new(),
-            localization: None,
+            localization: Localization::default(),
         }
         .localized(st, e, levels.log_threshold)
     }
@@ -245,7 +473,7 @@ fn evaluate(st: &mut SrmState, exp: &Experiment, ctx: &EvalContext) -> Option<Al
         return None;
     }
     st.fired = true;
-    let (hours, hint) = localize(st, exp, threshold);
+    let place = localize(st, exp, threshold);
     let observed = shares(exp.srm.counts());
     let arms: Vec<&str> = exp.arms.iter().map(|a| &**a).collect();
     let detail = describe_shares(&arms, &observed, exp.design.weights(), "design");
@@ -269,7 +497,7 @@ fn evaluate(st: &mut SrmState, exp: &Experiment, ctx: &EvalContext) -> Option<Al
             } else {
                 " (undeclared experiment: equal weights assumed)"
             },
-            hint.map_or(String::new(), |h| format!("; {h}"))
+            place.hints.iter().map(|h| format!("; {h}")).collect::<String>()
         ),
         details: json!({
             "arms": arms,
@@ -277,7 +505,7 @@ fn evaluate(st: &mut SrmState, exp: &Experiment, ctx: &EvalContext) -> Option<Al
             "shares": observed,
             "design": exp.design.weights(),
             "design_assumed": !exp.declared,
-            "by_hour": hours,
+            "localization": place,
         }),
     })
 }
@@ -328,15 +556,96 @@ mod tests {
         );
         let report = lossy.report();
         let srm = &report.experiments["e"].checks.srm;
-        let hours: Vec<&str> = srm.by_hour.iter().map(|h| &h.hour[..5]).collect();
+        let hours: Vec<&str> = srm.localization.by_hour.iter().map(|h| &h.slice[..5]).collect();
         let mut sorted = hours.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec!["02:00", "03:00"], "{hours:?}");
-        assert!(srm.by_hour.iter().all(|h| h.shares[1] < 0.01));
+        assert!(srm.localization.by_hour.iter().all(|h| h.shares[1] < 0.01));
+        // lost every day alike: no day stands out
+        assert!(srm.localization.by_day.is_empty(), "{:?}", srm.localization.by_day);
         for seed in 0..20 {
             let clean = stream(false, 100 + seed).report();
             let srm = &clean.experiments["e"].checks.srm;
-            assert!(srm.by_hour.is_empty() && srm.localization.is_none(), "seed {seed}: {:?}", srm.by_hour);
+            let l = &srm.localization;
+            assert!(
+                l.by_hour.is_empty() && l.by_day.is_empty() && l.by_segment.is_empty() && l.hints.is_empty(),
+                "seed {seed}: {l:?}"
+            );
+        }
+    }
+
+    /// 60 days, 50/50, with a fault: `day` loses the treatment's exposures on days 20-24,
+    /// `segment` loses 30% of the treatment's exposures from `client=ios` throughout, `judged`
+    /// loses 20% of the treatment's judgments (exposures balanced).
+    fn faulty(fault: &str, seed: u64) -> crate::report::Report {
+        let settings = Settings::from_toml(
+            "[[experiment]]\nid = \"e\"\narms = { control = 0.5, treatment = 0.5 }",
+        )
+        .unwrap();
+        let mut engine = Engine::new(&settings);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        for i in 0..60_000i64 {
+            let ts = 1_767_225_600_000 + i * 86_400; // 1,000 a day
+            let treatment = rng.random::<bool>();
+            let client = ["web", "android", "ios"][rng.random_range(0..3)];
+            let day = i / 1_000;
+            let lost = match fault {
+                "day" => treatment && (20..25).contains(&day),
+                "segment" => treatment && client == "ios" && rng.random::<f64>() < 0.3,
+                _ => false,
+            };
+            if lost {
+                continue;
+            }
+            let arm = if treatment { "treatment" } else { "control" };
+            let ev = format!(
+                r#"{{"kind":"prompt","ts":{ts},"experiment":"e","arm":"{arm}","unit":"u{i}","inputs":{{"client":"{client}"}}}}"#
+            );
+            engine.process(ev.as_bytes()).unwrap();
+            if !(fault == "judged" && treatment && rng.random::<f64>() < 0.2) {
+                let j = format!(
+                    r#"{{"kind":"judgment","ts":{ts},"experiment":"e","arm":"{arm}","judge":"q","judge_version":"v1","score":3}}"#
+                );
+                engine.process(j.as_bytes()).unwrap();
+            }
+        }
+        engine.report()
+    }
+
+    /// Each fault is localized in its own dimension, with its hint, and nowhere else.
+    #[test]
+    fn srm_localizes_a_day_a_segment_and_a_stage() {
+        let r = faulty("day", 1);
+        let l = &r.experiments["e"].checks.srm.localization;
+        let mut days: Vec<&str> = l.by_day.iter().map(|d| d.slice.as_str()).collect();
+        days.sort_unstable();
+        assert_eq!(days, ["2026-01-21", "2026-01-22", "2026-01-23", "2026-01-24", "2026-01-25"], "{l:?}");
+        assert!(l.by_segment.is_empty() && l.by_stage.is_empty(), "{l:?}");
+        assert!(l.hints.iter().any(|h| h.contains("5 days") && h.contains("started later")), "{:?}", l.hints);
+
+        let r = faulty("segment", 2);
+        let l = &r.experiments["e"].checks.srm.localization;
+        assert_eq!(l.by_segment.first().map(|d| d.slice.as_str()), Some("client=ios"), "{l:?}");
+        assert_eq!(l.by_segment.len(), 1, "{:?}", l.by_segment);
+        assert!(l.by_day.is_empty(), "{:?}", l.by_day);
+        assert!(l.hints.iter().any(|h| h.contains("where client=ios")), "{:?}", l.hints);
+        let alert = r.alerts.iter().find(|a| a.check == crate::check::Check::Srm).expect("srm fired");
+        assert!(alert.message.contains("client=ios"), "{}", alert.message);
+
+        // judgments lost for one arm: the exposures are balanced, so only the report says it
+        // (the SRM check alerts on exposures), when asked for a localization
+        let r = faulty("judged", 3);
+        let srm = &r.experiments["e"].checks.srm;
+        assert!(!srm.alert);
+        let l = &srm.localization;
+        assert_eq!(l.by_stage.first().map(|d| d.slice.as_str()), Some("judged"), "{l:?}");
+        assert!(l.by_day.is_empty() && l.by_segment.is_empty() && l.by_hour.is_empty(), "{l:?}");
+        assert!(l.hints.iter().any(|h| h.contains("judgments lost")), "{:?}", l.hints);
+        // and none of it on a clean stream
+        for seed in 10..15 {
+            let r = faulty("none", seed);
+            let l = &r.experiments["e"].checks.srm.localization;
+            assert!(l.hints.is_empty(), "seed {seed}: {l:?}");
         }
     }
 }

@@ -355,6 +355,11 @@ impl Experiment {
         self.ln_alpha_divisor = (self.alpha_divisor as f64).ln();
     }
 
+    /// Its limits.
+    pub fn limits(&self) -> &ExperimentLimits {
+        &self.limits
+    }
+
     /// Whether `name` is an input the treatment is meant to change.
     pub fn is_treatment_input(&self, name: &str) -> bool {
         self.treatment_inputs.iter().any(|t| &**t == name)

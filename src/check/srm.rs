@@ -50,8 +50,21 @@ pub struct DayCounts {
 }
 
 impl DayCounts {
+    #[inline]
     fn add(&mut self, ts_ms: i64, arm: usize, arms: usize, n: u64) {
         let day = ts_ms.div_euclid(DAY_MS);
+        // the common case: a day already counted
+        if let Ok(d) = usize::try_from(day - self.day0) {
+            if let Some(c) = self.counts.get_mut(d * arms + arm) {
+                *c += n;
+                return;
+            }
+        }
+        self.add_slow(day, arm, arms, n);
+    }
+
+    #[cold]
+    fn add_slow(&mut self, day: i64, arm: usize, arms: usize, n: u64) {
         if self.counts.is_empty() {
             self.day0 = day;
         }

@@ -225,13 +225,19 @@ fn evaluate(
         ts: rfc3339(ctx.ts_ms),
         message: format!(
             "arm assignment depends on input `{}` in {}: where {} = {:?} the arms are {} ({} events); \
-             the assignment leaks into the inputs, so arm differences may be population differences",
+             the assignment leaks into the inputs, so arm differences may be population differences. \
+             Does the assignment (a routing hash, a targeting rule, a prompt template) read `{}`, or are \
+             one arm's events with {} = {:?} lost or filtered after assignment (a client-specific crash, \
+             a bot filter, a join)?",
             input.name,
             exp.id,
             input.name,
             value,
             detail,
-            value_n
+            value_n,
+            input.name,
+            input.name,
+            value,
         ),
         details: json!({
             "arms": arms,

@@ -49,21 +49,6 @@ else
   echo "apt: prometheus, prometheus-alertmanager and chromium already installed"
 fi
 
-# the OTLP input's test sends real OpenTelemetry payloads with the Python SDK and its
-# OTLP/HTTP exporter (protobuf), pinned, in a directory of their own
-OTEL="${ARMWATCH_TOOLS:-$HOME/.cache/armwatch-tools}/py-otel-1.45.2"
-if [ -f "$OTEL/.complete" ]; then
-  echo "opentelemetry-sdk, exporter (python): already installed ($OTEL)"
-else
-  echo "opentelemetry-sdk, exporter (python): installing into $OTEL"
-  rm -rf "$OTEL"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$OTEL" \
-    "opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2" 2>&1 | grep -v -e "^WARNING" -e "dependency conflicts" -e "requires" || true
-  python3 -c "import sys; sys.path.insert(0, '$OTEL'); import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http" \
-    || { echo "opentelemetry: install failed" >&2; exit 1; }
-  touch "$OTEL/.complete"
-fi
-
 # the Kubernetes manifests' checks: kubectl (kustomize), kubernetes-validate and checkov,
 # pinned, in a directory of their own (checkov brings ~250 MB of Python packages that must not
 # mix with the system's)
@@ -76,16 +61,28 @@ else
   curl -fsSL -o "$TOOLS/bin/kubectl" "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl"
   chmod +x "$TOOLS/bin/kubectl"
 fi
-PYTOOLS="$TOOLS/py-checkov-3.3.30-kv-1.37.0"
-if [ -f "$PYTOOLS/.complete" ]; then
-  echo "checkov, kubernetes-validate: already installed ($PYTOOLS)"
-else
-  echo "checkov, kubernetes-validate: installing into $PYTOOLS"
-  rm -rf "$PYTOOLS"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$PYTOOLS" \
-    "checkov==3.3.30" "kubernetes-validate==1.37.0" 2>&1 | grep -v -e "^WARNING" -e "dependency conflicts" -e "requires" || true
-  python3 -c "import sys; sys.path.insert(0, '$PYTOOLS'); import checkov, kubernetes_validate" \
-    || { echo "checkov/kubernetes-validate: install failed" >&2; exit 1; }
-  touch "$PYTOOLS/.complete"
-fi
+# pinned Python packages in a directory of their own (never mixed with the system's):
+# pip_dir NAME DIR IMPORTS PACKAGE...; done once (DIR/.complete)
+pip_dir() {
+  local name="$1" dir="$2" imports="$3"
+  shift 3
+  if [ -f "$dir/.complete" ]; then
+    echo "$name: already installed ($dir)"
+    return
+  fi
+  echo "$name: installing into $dir"
+  rm -rf "$dir"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "$@" 2>&1 \
+    | grep -v -e "^WARNING" -e "dependency conflicts" -e "requires" || true
+  python3 -c "import sys; sys.path.insert(0, '$dir'); import $imports" \
+    || { echo "$name: install failed" >&2; exit 1; }
+  touch "$dir/.complete"
+}
+pip_dir "checkov, kubernetes-validate" "$TOOLS/py-checkov-3.3.30-kv-1.37.0" "checkov, kubernetes_validate" \
+  "checkov==3.3.30" "kubernetes-validate==1.37.0"
+# the OTLP input's test sends real OpenTelemetry payloads with the Python SDK and its
+# OTLP/HTTP exporter (protobuf)
+pip_dir "opentelemetry-sdk, exporter (python)" "$TOOLS/py-otel-1.45.2" \
+  "opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http" \
+  "opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2"
 command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || { echo "promtool missing (Debian's prometheus package ships it)" >&2; exit 1; }

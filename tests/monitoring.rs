@@ -5,11 +5,14 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+mod support;
+
 use armwatch::check::Check;
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
 use armwatch::sim::{Faults, Simulator, Users};
 use armwatch::stats::divergence::chi_square_p;
+use support::per_stream;
 
 const ALPHA: f64 = 0.05;
 const EVENTS: usize = 20_000;
@@ -89,27 +92,6 @@ fn run_many_with(
 ) -> Vec<StreamResult> {
     let settings = settings();
     per_stream(streams, &|i| run_stream(make(seed0 + i), &settings))
-}
-
-/// `run(i)` for streams `0..streams`, spread over the cores (in stream order per thread).
-fn per_stream<T: Send>(streams: u64, run: &(dyn Fn(u64) -> T + Sync)) -> Vec<T> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (0..streams)
-                        .filter(|i| i % threads == t)
-                        .map(run)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("stream thread"))
-            .collect()
-    })
 }
 
 #[test]

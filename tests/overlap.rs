@@ -7,10 +7,13 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+mod support;
+
 use armwatch::check::Check;
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
 use armwatch::state::key_of;
+use support::per_stream;
 
 const ALPHA: f64 = 0.05;
 const UNITS: usize = 4_000;
@@ -113,22 +116,8 @@ fn many(
     layering: Layering,
     a_share: f64,
 ) -> Vec<Outcome> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (0..streams)
-                        .filter(|i| i % threads == t)
-                        .map(|i| run(settings, &stream(seed0 + i, layering, a_share)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("stream thread"))
-            .collect()
+    per_stream(streams, &|i| {
+        run(settings, &stream(seed0 + i, layering, a_share))
     })
 }
 

@@ -7,10 +7,13 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+mod support;
+
 use armwatch::check::Check;
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
 use rand::{Rng, SeedableRng};
+use support::per_stream;
 
 const ALPHA: f64 = 0.05;
 const EVENTS: usize = 20_000;
@@ -102,23 +105,7 @@ fn run(settings: &Settings, seed: u64, loss: f64) -> Outcome {
 }
 
 fn many(streams: u64, seed0: u64, settings: &Settings, loss: f64) -> Vec<Outcome> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (0..streams)
-                        .filter(|i| i % threads == t)
-                        .map(|i| run(settings, seed0 + i, loss))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("stream thread"))
-            .collect()
-    })
+    per_stream(streams, &|i| run(settings, seed0 + i, loss))
 }
 
 fn share(results: &[Outcome], f: impl Fn(&Outcome) -> bool) -> f64 {

@@ -33,9 +33,11 @@ fn mix(h: u64) -> u64 {
     h.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ h
 }
 
-/// Whether id hash `h` is in the sample at `level` (rate `2^-level`).
+/// Whether id hash `h` is in the sample at `level` (rate `2^-level`): a consistent sample
+/// (the same ids at every level below), also the rule of the units followed across
+/// experiments ([`super::overlap`]).
 #[inline]
-fn in_sample(h: u64, level: u32) -> bool {
+pub(crate) fn in_sample(h: u64, level: u32) -> bool {
     level == 0 || mix(h).leading_zeros() >= level
 }
 

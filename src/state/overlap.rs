@@ -38,16 +38,7 @@ pub struct SharedUnits {
     cap: usize,
 }
 
-#[inline]
-fn mix(h: u64) -> u64 {
-    // a different mix from the multiple-exposure sample's: the two samples need not agree
-    (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
-}
-
-#[inline]
-fn in_sample(h: u64, level: u32) -> bool {
-    level == 0 || mix(h).leading_zeros() >= level
-}
+use super::exposure::in_sample;
 
 impl SharedUnits {
     /// Follow at most `cap` units.

@@ -292,3 +292,24 @@ pub fn read_all(brokers: &str, topic: &str, quiet: Duration) -> Vec<(Vec<u8>, Ve
     }
     out
 }
+
+/// `run(i)` for streams `0..streams`, spread over the cores (in stream order per thread).
+pub fn per_stream<T: Send>(streams: u64, run: &(dyn Fn(u64) -> T + Sync)) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..streams)
+                        .filter(|i| i % threads == t)
+                        .map(run)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("stream thread"))
+            .collect()
+    })
+}

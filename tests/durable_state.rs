@@ -642,3 +642,54 @@ async fn broker_paused_60s_loses_nothing() {
         "not ready {noticed:?} into the pause, ready {back:?} after it began (resumed at 60 s); {again} alerts delivered twice"
     );
 }
+
+/// The lag of every partition's series in `/metrics` (`None` until the gauge exists).
+fn lag(http: &str) -> Option<f64> {
+    let (_, text) = http_get(http, "/metrics")?;
+    let series: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("armwatch_consumer_lag_messages{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!series.is_empty()).then(|| series.iter().sum())
+}
+
+/// With checkpoints the group's offsets follow durable snapshots; once a burst has been
+/// consumed and the stream goes idle, the last checkpoint's offsets are still committed, so the
+/// consumer lag gauge (and every Kafka lag tool) comes back to 0 instead of staying at the
+/// burst (it did, until traffic resumed: the offsets were stored only after an applied batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_returns_to_zero_when_idle() {
+    let broker = Broker::start();
+    create_topics(&broker.addr, &[("lag.events", 2)]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("armwatch.toml");
+    let text = self::config(&broker.addr, "lag-test", "lag.events", &http).replace(
+        r#""max.poll.interval.ms" = "10000" }"#,
+        r#""max.poll.interval.ms" = "10000", "statistics.interval.ms" = "1000", "auto.commit.interval.ms" = "1000" }"#,
+    );
+    std::fs::write(&config, text).expect("config");
+    let evs = events(40_000);
+    produce(&broker.addr, "lag.events", &evs[..20_000], 0);
+    let _run = start(dir.path(), &config, 0);
+    wait_for(
+        Duration::from_secs(60),
+        || counted(&http) == Some(20_000),
+        "the first burst consumed",
+    );
+    produce(&broker.addr, "lag.events", &evs[20_000..], 0);
+    wait_for(
+        Duration::from_secs(30),
+        || counted(&http) == Some(40_000),
+        "the second burst consumed",
+    );
+    // idle now: checkpoint (300 ms), offsets stored, auto-commit (1 s), statistics (1 s);
+    // after a few commits the gauge is the lag behind the committed offsets
+    std::thread::sleep(Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(10),
+        || lag(&http) == Some(0.0),
+        "the consumer lag gauge to come back to 0 while idle",
+    );
+}

@@ -299,8 +299,14 @@ impl ClientContext for Context {
                     continue;
                 };
                 for (p, part) in parts {
-                    let (Ok(p), Some(lag)) = (p.parse::<i32>(), part["consumer_lag"].as_i64())
-                    else {
+                    // the lag behind the committed offset; before the group's first commit,
+                    // behind what this consumer has read (`app_offset`)
+                    let committed = part["consumer_lag"].as_i64().filter(|l| *l >= 0);
+                    let read = match (part["hi_offset"].as_i64(), part["app_offset"].as_i64()) {
+                        (Some(hi), Some(app)) if hi >= 0 && app >= 0 => Some((hi - app).max(0)),
+                        _ => None,
+                    };
+                    let (Ok(p), Some(lag)) = (p.parse::<i32>(), committed.or(read)) else {
                         continue;
                     };
                     if p >= 0 && lag >= 0 {
@@ -557,6 +563,13 @@ fn stream(topics: &mut Vec<String>, topic: &str) -> usize {
 
 impl Source for KafkaSource {
     fn fill(&mut self, batch: &mut Batch) -> std::io::Result<bool> {
+        // checkpoints become durable on their own schedule: their offsets are stored here too,
+        // not only after an applied batch, so that an idle stream's last checkpoint is committed
+        // (the group's committed offsets, and the consumer lag computed from them, would
+        // otherwise stay where the traffic stopped)
+        if let Some(cp) = &self.checkpoints {
+            cp.store_durable(&self.consumer);
+        }
         loop {
             if self.max_messages.is_some_and(|m| self.polled >= m) {
                 return Ok(false);

@@ -250,47 +250,57 @@ fn localize(st: &SrmState, e: &Experiment, log_threshold: f64) -> Localization {
             })
             .collect(),
     );
-    out.by_stage = judged(e, log_threshold);
-    out.hints = hints(&out, e);
+    out.by_stage = stages(e, log_threshold);
+    out.hints = hints(&out, e, true);
     out
 }
 
-/// The judged stage against the exposed one: whether the arm shares of the judgments (counted
-/// under the experiment's `judge_version` input) differ from those of the counted exposures,
-/// with any marginal (the universal-inference e-value of the stage x arm table, as
-/// `input_divergence`'s), at `alpha / 2`. Judgments follow exposures: an imbalance of the
-/// exposures alone is not the judged stage's.
-fn judged(e: &Experiment, log_threshold: f64) -> Vec<Slice> {
+/// The stages around exposure, each at `alpha / 2`:
+/// - `assigned` (a declared hash assignment): the hash's arms of the counted exposures against
+///   the design. Imbalanced too: the units of one arm do not reach exposure (or the ranges do
+///   not match the weights); balanced while the exposures are not: the logged arms are not the
+///   hash's (the assignment stage, `assignment_mismatch`).
+/// - `judged`: whether the arm shares of the judgments (counted under the experiment's
+///   `judge_version` input) differ from those of the counted exposures, with any marginal (the
+///   universal-inference e-value of the stage x arm table, as `input_divergence`'s). Judgments
+///   follow exposures: an imbalance of the exposures alone is not the judged stage's.
+fn stages(e: &Experiment, log_threshold: f64) -> Vec<Slice> {
     if e.arms.len() < 2 {
         return Vec::new();
     }
+    let level = log_threshold + 2f64.ln();
+    let mut out = Vec::new();
+    if let Some(a) = &e.assignment {
+        out.extend(slice("assigned".into(), a.hashed.clone(), e, level));
+    }
     let Some(j) = e.inputs.iter().find(|i| &*i.name == JUDGE_VERSION) else {
-        return Vec::new();
+        return out;
     };
     let (exposed, judged) = (e.srm.counts(), j.strata.totals());
     if judged.iter().sum::<u64>() == 0 || exposed.len() != judged.len() {
-        return Vec::new();
+        return out;
     }
     let both: Vec<u64> = exposed.iter().zip(judged).map(|(a, b)| a + b).collect();
     let log_evalue = log_e_of(exposed, &e.design) + log_e_of(judged, &e.design)
         - crate::stats::sequential::mle_log_lr(&both, &e.design);
-    let level = log_threshold + 2f64.ln();
-    (log_evalue >= level)
-        .then(|| Slice {
+    if log_evalue >= level {
+        out.push(Slice {
             slice: "judged".into(),
             counts: judged.to_vec(),
             shares: shares(judged),
             log_evalue,
             level,
-        })
-        .into_iter()
-        .collect()
+        });
+    }
+    out
 }
 
 /// The input the judgments of an experiment's arms are counted under (see the engine).
 const JUDGE_VERSION: &str = "judge_version";
 
-fn hints(l: &Localization, e: &Experiment) -> Vec<String> {
+/// One sentence per dimension with slices; `imbalanced`: the exposures themselves depart from
+/// the design (the SRM is what is being explained).
+fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
     let mut out = Vec::new();
     let count = |n: usize, one: &str, many: &str| if n == 1 { one.to_string() } else { format!("{n} {many}") };
     if let Some(top) = l.by_hour.first() {
@@ -328,15 +338,35 @@ fn hints(l: &Localization, e: &Experiment) -> Vec<String> {
             100.0 * all,
         ));
     }
-    if let Some(top) = l.by_stage.first() {
-        let (arm, share, _) = short_arm(top, e);
+    for st in &l.by_stage {
+        let (arm, share, w) = short_arm(st, e);
         let all = e.arms.iter().position(|a| &**a == arm).and_then(|a| overall.get(a)).copied().unwrap_or(0.0);
+        out.push(if st.slice == "assigned" {
+            format!(
+                "the declared hash itself gives {arm} {:.1}% of the exposed units (design {:.1}%): units of one \
+                 arm do not reach exposure (a crash or redirect before it is logged: execution stage), or the \
+                 bucket ranges do not match the weights?",
+                100.0 * share,
+                100.0 * w,
+            )
+        } else {
+            format!(
+                "the judgments do not follow the exposures: {arm} has {:.1}% of the judgments but {:.1}% of the \
+                 exposures; judgments lost for one arm (a judge that times out or fails on one arm's outputs, a \
+                 join that drops them)?",
+                100.0 * share,
+                100.0 * all,
+            )
+        });
+    }
+    // a declared hash that assigns the exposed units as designed while the logged arms are not
+    // (the exposures are imbalanced): the assignment stage
+    let hashed = e.assignment.as_ref().map_or(0, |a| a.hashed.iter().sum::<u64>());
+    if imbalanced && hashed > 0 && !l.by_stage.iter().any(|s| s.slice == "assigned") {
         out.push(format!(
-            "the judgments do not follow the exposures: {arm} has {:.1}% of the judgments but {:.1}% of the \
-             exposures; judgments lost for one arm (a judge that times out or fails on one arm's outputs, a \
-             join that drops them)?",
-            100.0 * share,
-            100.0 * all,
+            "the declared hash assigns the {hashed} exposed units it could re-derive as designed: the logged \
+             arms are not the hash's (assignment stage: a second assignment service, overrides, a key or \
+             salt that differs; see assignment_mismatch)?"
         ));
     }
     out
@@ -382,8 +412,8 @@ impl SrmReport {
         } else {
             // the judged stage can lose one arm's judgments while the exposures stay balanced
             // (one closed form: cheap at every publish)
-            self.localization.by_stage = judged(e, log_threshold);
-            self.localization.hints = hints(&self.localization, e);
+            self.localization.by_stage = stages(e, log_threshold).into_iter().filter(|s| s.slice == "judged").collect();
+            self.localization.hints = hints(&self.localization, e, false);
         }
         self
     }
@@ -660,5 +690,56 @@ mod tests {
             let l = &r.experiments["e"].checks.srm.localization;
             assert!(l.hints.is_empty(), "seed {seed}: {l:?}");
         }
+    }
+
+    /// A hash-assigned experiment: `execution` loses 20% of the hash-treatment units'
+    /// exposures (the hash's arms of the exposed units are imbalanced too: the assigned stage
+    /// is named), `assignment` logs 10% of the hash-treatment units as control (the hash's
+    /// arms stay balanced: the hint points at the assignment stage).
+    fn hashed(fault: &str) -> crate::report::Report {
+        let settings = Settings::from_toml(
+            "[[experiment]]\nid = \"h\"\narms = { control = 0.5, treatment = 0.5 }\n\
+             [experiment.assignment]\nsalt = \"h\"\nbuckets = 100\n\
+             ranges = { control = [0, 50], treatment = [50, 100] }\ntolerance = 0.2",
+        )
+        .unwrap();
+        let mut engine = Engine::new(&settings);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        for i in 0..20_000i64 {
+            let unit = format!("u{i}");
+            let bucket = twox_hash::XxHash3_64::oneshot(format!("h:{unit}").as_bytes()) % 100;
+            let mut treatment = bucket >= 50;
+            match fault {
+                "execution" if treatment && rng.random::<f64>() < 0.2 => continue,
+                "assignment" if treatment && rng.random::<f64>() < 0.1 => treatment = false,
+                _ => {}
+            }
+            let arm = if treatment { "treatment" } else { "control" };
+            let ts = 1_767_225_600_000 + i * 1_000;
+            let ev = format!(r#"{{"kind":"prompt","ts":{ts},"experiment":"h","arm":"{arm}","unit":"{unit}"}}"#);
+            engine.process(ev.as_bytes()).unwrap();
+        }
+        engine.report()
+    }
+
+    #[test]
+    fn srm_localizes_the_assigned_stage() {
+        let r = hashed("execution");
+        let srm = &r.experiments["h"].checks.srm;
+        assert!(srm.alert);
+        let l = &srm.localization;
+        assert_eq!(l.by_stage.iter().map(|s| s.slice.as_str()).collect::<Vec<_>>(), ["assigned"], "{l:?}");
+        assert!(l.hints.iter().any(|h| h.contains("do not reach exposure")), "{:?}", l.hints);
+
+        let r = hashed("assignment");
+        let srm = &r.experiments["h"].checks.srm;
+        assert!(srm.alert);
+        let l = &srm.localization;
+        assert!(l.by_stage.is_empty(), "{l:?}");
+        assert!(l.hints.iter().any(|h| h.contains("assignment stage")), "{:?}", l.hints);
+
+        let r = hashed("none");
+        let l = &r.experiments["h"].checks.srm.localization;
+        assert!(l.hints.is_empty() && l.by_stage.is_empty(), "{l:?}");
     }
 }

@@ -268,6 +268,10 @@ pub struct AssignmentState {
     pub examples: Vec<Example>,
     /// Candidate keys.
     pub candidates: Vec<Candidate>,
+    /// The declared hash's arm of each unit's first exposure, per arm (the assigned stage:
+    /// what the hash gives the exposed units, beside what was logged). Counts.
+    #[serde(default)]
+    pub hashed: Vec<u64>,
     buf: String,
 }
 
@@ -291,6 +295,7 @@ impl AssignmentState {
             unresolved: 0,
             examples: Vec::new(),
             candidates: Vec::new(),
+            hashed: vec![0; arms.len()],
             buf: String::with_capacity(128),
         }
     }
@@ -337,6 +342,9 @@ impl AssignmentState {
         }
         if first {
             self.test.observe(mismatch);
+            if let Some(c) = expected.and_then(|a| self.hashed.get_mut(a)) {
+                *c += 1;
+            }
         }
         if self.events_mismatched > 0 || self.events_checked <= CANDIDATE_WARMUP {
             self.score_candidates(ev, arm, len);
@@ -393,6 +401,11 @@ impl AssignmentState {
         self.events_checked += o.events_checked;
         self.events_mismatched += o.events_mismatched;
         self.unresolved += o.unresolved;
+        if self.hashed.len() == o.hashed.len() {
+            for (a, b) in self.hashed.iter_mut().zip(&o.hashed) {
+                *a += b;
+            }
+        }
         for e in &o.examples {
             if self.examples.len() < MAX_EXAMPLES {
                 self.examples.push(e.clone());

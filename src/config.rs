@@ -155,6 +155,9 @@ impl Default for OtlpMapping {
                 ("temperature", "gen_ai.request.temperature"),
                 ("max_tokens", "gen_ai.request.max_tokens"),
                 ("top_p", "gen_ai.request.top_p"),
+                // the service that logged it: SRM localization names a service where one arm
+                // loses its exposures
+                ("service", "service.name"),
             ]
             .into_iter()
             .map(|(k, a)| (k.to_string(), vec![a.to_string()]))

@@ -73,7 +73,7 @@ for i in range(n):
     }, timestamp=start)
     emit({"kind": "prompt", "ts": T0 + i * 1000, "experiment": "prompt-v", "arm": arm, "unit": user,
           "inputs": {"model": model, "temperature": 0.7, "max_tokens": 256 * (1 + i % 3),
-                     "tier": tier, "region": "eu"}})
+                     "service": "gateway", "tier": tier, "region": "eu"}})
     if i % 4 == 0:
         score = float(h(f"score:{i}") % 5 + 1)
         version = "judge-1" if i < n // 2 else "judge-2"
@@ -107,7 +107,7 @@ for i in range(n // 2):
         "armwatch.input.plan": TIERS[h("plan:" + user) % 3],
     }))
     emit({"kind": "prompt", "ts": ts, "experiment": "flag-exp", "arm": arm, "unit": user,
-          "inputs": {"plan": TIERS[h("plan:" + user) % 3], "region": "eu"}})
+          "inputs": {"service": "gateway", "plan": TIERS[h("plan:" + user) % 3], "region": "eu"}})
     if i % 25 == 0:
         logger.emit(LogRecord(timestamp=ts * 1_000_000, body="cache warmed"))
 assert lp.force_flush(60_000), "logs not exported"
@@ -152,7 +152,7 @@ for batch in range(2):
             "events": [], "status": {},
         })
         emit({"kind": "prompt", "ts": ts, "experiment": "prompt-v", "arm": arm, "unit": user,
-              "inputs": {"model": "gpt-a", "max_tokens": 512, "region": "eu"}})
+              "inputs": {"model": "gpt-a", "max_tokens": 512, "service": "gateway", "region": "eu"}})
     post("/v1/traces", {"resourceSpans": [{
         "resource": {"attributes": [kv("service.name", "gateway"), kv("armwatch.input.region", "eu")]},
         "scopeSpans": [{"scope": {"name": "hand"}, "spans": spans}]}]}, compress=batch == 1)

@@ -111,6 +111,9 @@ enum Fault {
     MixedClusters,
     /// prompt-variant's arm depends on tier x locale jointly (each balanced on its own).
     InteractionLeak,
+    /// A fifth experiment, ranker-v3-layer2, on ranker-v3's users hashed with ranker-v3's salt:
+    /// the two layers are not orthogonal.
+    SharedSalt,
     /// No fault.
     None,
 }
@@ -531,6 +534,23 @@ fn demo(
             400,
         ),
     ];
+    let mut experiments = experiments;
+    let mut settings = settings;
+    if has(Fault::SharedSalt) {
+        // declared like ranker-v3 (its prompt fragment is what the treatment changes)
+        let layer = Settings::from_toml(
+            "[[experiment]]\nid = \"ranker-v3-layer2\"\narms = { control = 0.5, treatment = 0.5 }\n\
+             treatment_inputs = [\"fragment\"]",
+        )
+        .context("the shared-salt layer's declaration")?;
+        settings.experiments.extend(layer.experiments);
+        experiments.push(SimExperiment {
+            assignment: armwatch::sim::SimAssignment::Hash {
+                salt: "ranker-v3".into(),
+            },
+            ..SimExperiment::hash_assigned("ranker-v3-layer2", Faults::default(), 5_000)
+        });
+    }
     let instruments = Instruments {
         enabled: true,
         judge_upgrade: has(Fault::JudgeUpgrade).then_some((10_000, 0.5)),

@@ -227,6 +227,7 @@ fn each_fault_alerts_only_where_injected() {
         ("crossover", "ranker-v3"),
         ("mixed-clusters", "workspace-collab"),
         ("interaction-leak", "prompt-variant"),
+        ("shared-salt", "ranker-v3"),
     ] {
         let values = demo(&[fault]);
         let alerts = values.last().expect("a report")["alerts"]

@@ -1600,7 +1600,13 @@ impl Settings {
                     .iter()
                     .map(|p| (p.name.clone(), p.from.0, e.phase_settings(p))),
             );
-            for (name, from_ms, decl) in starts {
+            // a phase ends where the next begins (its alerts are resolved then, as at `ends_at`)
+            let ends = e
+                .phases
+                .iter()
+                .map(|p| Some(p.from))
+                .chain(std::iter::once(e.ends_at));
+            for ((name, from_ms, decl), ends_at) in starts.zip(ends) {
                 let id = format!("{}/{name}", e.id);
                 if declared.contains(&id) {
                     return Err(invalid(
@@ -1611,6 +1617,10 @@ impl Settings {
                 }
                 out.push(ExperimentSettings {
                     id,
+                    ends_at: match (ends_at, e.ends_at) {
+                        (Some(a), Some(b)) => Some(Instant(a.0.min(b.0))),
+                        (a, b) => a.or(b),
+                    },
                     phases: Vec::new(),
                     phase: Some(PhaseOf {
                         experiment: e.id.clone(),
@@ -1686,6 +1696,27 @@ fn validate_assignment(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn phases_end_where_the_next_begins() {
+        let s = Settings::from_toml(
+            "[[experiment]]\nid = \"r\"\narms = { a = 0.9, b = 0.1 }\nends_at = \"2026-03-01T00:00:00Z\"\n\
+             [[experiment.phases]]\nname = \"full\"\nfrom = \"2026-02-01T00:00:00Z\"\narms = { a = 0.5, b = 0.5 }",
+        )
+        .expect("valid");
+        let ids: Vec<(&str, Option<i64>)> = s
+            .experiments
+            .iter()
+            .map(|e| (e.id.as_str(), e.ends_at.map(|t| t.0)))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("r/start", Some(1_769_904_000_000)),
+                ("r/full", Some(1_772_323_200_000))
+            ]
+        );
+    }
 
     #[test]
     fn otlp_settings_name_the_key() {

@@ -27,7 +27,8 @@ fn post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> Option<u16> 
         body.len()
     )
     .ok()?;
-    s.write_all(body).ok()?;
+    // a server that refuses the body may answer and close before it is all written
+    let _ = s.write_all(body);
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
@@ -71,6 +72,7 @@ listen = "127.0.0.1:{http_port}"
 report_values = true
 [otlp]
 listen = "127.0.0.1:{otlp_port}"
+max_body_bytes = 1000000
 
 [[experiment]]
 id = "prompt-v"

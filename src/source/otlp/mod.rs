@@ -141,6 +141,8 @@ pub async fn serve(
 }
 
 fn router(r: Arc<Receiver>) -> Router {
+    // a body over the limit is refused (413) while it is read, never held whole
+    let limit = r.settings.max_body_bytes;
     Router::new()
         .route(
             "/v1/traces",
@@ -158,7 +160,7 @@ fn router(r: Arc<Receiver>) -> Router {
                 },
             ),
         )
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(r)
 }
 
@@ -285,23 +287,19 @@ async fn produce(r: &Receiver, outcome: &Outcome) -> Result<(), rdkafka::error::
             rec = rec.key(k.as_str());
         }
         // enqueued now, in order; a full queue waits a little, then fails the request
-        let mut rec = Some(rec);
         let mut tries = 0;
-        loop {
-            match r.producer.send_result(rec.take().expect("record present")) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((e, back)) if tries < 100 => {
-                    let _ = e;
+        let delivery = loop {
+            match r.producer.send_result(rec) {
+                Ok(f) => break f,
+                Err((e, _)) if tries >= 100 => return Err(e),
+                Err((_, back)) => {
                     tries += 1;
-                    rec = Some(back);
+                    rec = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((e, _)) => return Err(e),
             }
-        }
+        };
+        pending.push(delivery);
     }
     for f in pending {
         match tokio::time::timeout(Duration::from_secs(30), f).await {

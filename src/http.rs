@@ -7,7 +7,7 @@
 use crate::report::Report;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -25,6 +25,11 @@ pub struct Shared {
     /// Its JSON, made by the first request after a publish (not by the engine thread: with a
     /// thousand experiments it is ~10 MB), then served as shared bytes until the next one.
     report_json: Mutex<Option<Bytes>>,
+    /// Gzip of the report's JSON and of the Prometheus text, made by the first request after a
+    /// publish that accepts gzip (a dashboard polling a thousand experiments' report moves a
+    /// tenth of the bytes), then shared until the next publish.
+    report_gz: Mutex<Option<Bytes>>,
+    metrics_gz: Mutex<Option<Bytes>>,
     /// The source is connected and consuming.
     pub ready: AtomicBool,
     /// Serve values as they are (`http.report_values`).
@@ -73,14 +78,46 @@ impl Shared {
         }
         if let Ok(mut m) = self.metrics_text.lock() {
             *m = metrics.into();
+            if let Ok(mut g) = self.metrics_gz.lock() {
+                *g = None;
+            }
         }
         // the cache lock first, so that no request pairs the old JSON with the new report
         if let Ok(mut j) = self.report_json.lock() {
-            if let Ok(mut r) = self.report.lock() {
-                *r = Some(Arc::new(report));
+            if let Ok(mut g) = self.report_gz.lock() {
+                if let Ok(mut r) = self.report.lock() {
+                    *r = Some(Arc::new(report));
+                }
+                *g = None;
             }
             *j = None;
         }
+    }
+
+    /// The report's JSON gzip-compressed (once per publish, by the first caller).
+    fn report_gz(&self) -> Bytes {
+        let Ok(mut cache) = self.report_gz.lock() else {
+            return Bytes::new();
+        };
+        if let Some(b) = &*cache {
+            return b.clone();
+        }
+        let b = gzip(&self.report_json());
+        *cache = Some(b.clone());
+        b
+    }
+
+    /// The Prometheus text gzip-compressed (once per publish, by the first caller).
+    fn metrics_gz(&self) -> Bytes {
+        let Ok(mut cache) = self.metrics_gz.lock() else {
+            return Bytes::new();
+        };
+        if let Some(b) = &*cache {
+            return b.clone();
+        }
+        let b = gzip(&self.metrics());
+        *cache = Some(b.clone());
+        b
     }
 
     fn last_report(&self) -> Option<Arc<Report>> {
@@ -163,19 +200,83 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics(),
-    )
+/// Fast gzip (level 1): made once per publish, served to every client that accepts it.
+fn gzip(b: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut e =
+        flate2::write::GzEncoder::new(Vec::with_capacity(b.len() / 8), flate2::Compression::fast());
+    match e.write_all(b).and_then(|_| e.finish()) {
+        Ok(v) => Bytes::from(v),
+        Err(_) => Bytes::new(),
+    }
 }
 
-async fn report(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    // serializing a large report blocks: off the async workers
-    let json = tokio::task::spawn_blocking(move || s.report_json())
+/// Whether the request accepts a gzip body.
+fn accepts_gzip(h: &HeaderMap) -> bool {
+    h.get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            let mut parts = v.trim().split(';');
+            parts
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
+                && !parts.any(|q| q.trim().replace(' ', "") == "q=0")
+        })
+}
+
+/// A shared body, gzip-compressed when the client accepts it.
+fn body(content_type: &'static str, plain: Bytes, gz: Option<Bytes>) -> axum::response::Response {
+    match gz {
+        Some(gz) if !gz.is_empty() => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_ENCODING, "gzip"),
+                (header::VARY, "Accept-Encoding"),
+            ],
+            gz,
+        )
+            .into_response(),
+        _ => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::VARY, "Accept-Encoding"),
+            ],
+            plain,
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>, h: HeaderMap) -> impl IntoResponse {
+    const TYPE: &str = "text/plain; version=0.0.4";
+    if accepts_gzip(&h) {
+        let gz = tokio::task::spawn_blocking({
+            let s = s.clone();
+            move || s.metrics_gz()
+        })
         .await
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], json)
+        if !gz.is_empty() {
+            return body(TYPE, Bytes::new(), Some(gz));
+        }
+    }
+    body(TYPE, s.metrics(), None)
+}
+
+async fn report(State(s): State<Arc<Shared>>, h: HeaderMap) -> impl IntoResponse {
+    // serializing (and compressing) a large report blocks: off the async workers
+    let gzip = accepts_gzip(&h);
+    let (plain, gz) = tokio::task::spawn_blocking(move || {
+        match gzip.then(|| s.report_gz()).filter(|g| !g.is_empty()) {
+            Some(gz) => (Bytes::new(), Some(gz)),
+            None => (s.report_json(), None),
+        }
+    })
+    .await
+    .unwrap_or_default();
+    body("application/json", plain, gz)
 }
 
 /// The status page: experiments, their checks' evidence over time as charts, the active
@@ -364,5 +465,62 @@ mod tests {
             status(router(shared.clone()), "/healthz").await,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    async fn fetch(app: Router, path: &str, gzip: bool) -> (Option<String>, Vec<u8>) {
+        let mut req = axum::http::Request::builder().uri(path);
+        if gzip {
+            req = req.header(header::ACCEPT_ENCODING, "br;q=1.0, gzip;q=0.8, *;q=0.1");
+        }
+        let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let enc = resp
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (enc, bytes.to_vec())
+    }
+
+    /// A client that accepts gzip gets the same bytes compressed (made once per publish);
+    /// one that does not, or refuses it with `q=0`, gets them plain.
+    #[tokio::test]
+    async fn report_and_metrics_gzip_when_accepted() {
+        use std::io::Read as _;
+        let shared = Arc::new(Shared::new(true, None));
+        let settings = crate::config::Settings::from_toml("").unwrap();
+        let mut engine = crate::engine::Engine::new(&settings);
+        let mut sim = crate::sim::Simulator::fleet(3, 50, 100);
+        let mut buf = Vec::new();
+        for _ in 0..20_000 {
+            sim.next_event(&mut buf);
+            let _ = engine.process(&buf);
+        }
+        shared.set("armwatch_x 1\n".repeat(1000), engine.report());
+        for path in ["/api/v1/report", "/metrics"] {
+            let (enc, plain) = fetch(router(shared.clone()), path, false).await;
+            assert_eq!(enc, None);
+            let (enc, gz) = fetch(router(shared.clone()), path, true).await;
+            assert_eq!(enc.as_deref(), Some("gzip"), "{path}");
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, plain, "{path}");
+            assert!(
+                gz.len() * 4 < plain.len(),
+                "{path}: {} of {}",
+                gz.len(),
+                plain.len()
+            );
+        }
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, v.parse().unwrap());
+            accepts_gzip(&m)
+        };
+        assert!(h("gzip") && h("deflate, gzip") && h("GZIP;q=0.5"));
+        assert!(!h("gzip;q=0") && !h("br") && !h("identity"));
     }
 }

@@ -289,9 +289,9 @@ impl Engine {
         self.rejected[reason.index()] += 1;
     }
 
-    ///
-    /// With `ts_ms`, the events of a phased experiment go to the phase in force at their time
-    /// (a phase's own id, `<id>/<phase>`, names it directly).
+    /// The index of experiment `id`, tracking it on first sight (within the limits). With
+    /// `ts_ms`, the events of a phased experiment go to the phase in force at their time (a
+    /// phase's own id, `<id>/<phase>`, names it directly).
     fn experiment_index(&mut self, id: &str, ts_ms: Option<i64>) -> Result<usize, RejectReason> {
         if self
             .experiments
@@ -463,13 +463,14 @@ impl Engine {
         }
         let id = ev.experiment.as_deref().ok_or(RejectReason::MissingField)?;
         let i = self.experiment_index(id, Some(ev.ts_ms))?;
-        let ctx = self.levels_of(i, ctx);
+        let levels = self.levels_of(i, ctx);
         let exp = &mut self.experiments[i];
         let obs = exp.observe(ev)?;
-        exp.checks_after(ev, obs, &ctx, &mut self.alerts);
+        exp.checks_after(ev, obs, &levels, &mut self.alerts);
         if self.experiments.len() > 1 {
             if let Some(unit) = ev.unit.as_deref() {
-                self.observe_overlap(i, key_of(unit), obs.arm, &ctx);
+                // a pair's level is its own (alpha / max_overlap_pairs), not a phase's
+                self.observe_overlap(i, key_of(unit), obs.arm, ctx);
             }
         }
         Ok(())

@@ -16,7 +16,9 @@
 //! endian:
 //!
 //! - commit, key `{topic}/{partition}`: `ARMK`, version u32, writer u64, generation u64,
-//!   chunks u32, next offset i64, snapshot length u64;
+//!   chunks u32, next offset i64, snapshot length u64, then (version 2) the upstream offsets
+//!   of a repartitioned partition: count u32, each name length u32, name, next offset i64
+//!   (the first input offset of that input partition not yet applied);
 //! - chunk, key `{topic}/{partition}#{writer:016x}.{generation}.{index}`: `ARMC`, version u32,
 //!   generation u64, index u32, then the bytes.
 //!
@@ -28,8 +30,10 @@ use std::collections::HashMap;
 const COMMIT: &[u8; 4] = b"ARMK";
 const CHUNK: &[u8; 4] = b"ARMC";
 
-/// The record format written by this build.
-pub const VERSION: u32 = 1;
+/// The record format written by this build (version 1, without upstream offsets, is read too).
+pub const VERSION: u32 = 2;
+/// The oldest record format this build reads.
+const OLDEST: u32 = 1;
 
 /// Snapshot bytes per chunk record (under Kafka's default 1 MB message limit, with room for
 /// the headers).
@@ -54,6 +58,9 @@ pub struct Checkpoint {
     pub next_offset: i64,
     /// [`crate::snapshot`] bytes.
     pub snapshot: Vec<u8>,
+    /// For a partition of the repartition topic: per input partition, the first input offset
+    /// not applied (what re-produced records below it are: already counted).
+    pub upstream: Vec<(String, i64)>,
     /// Every chunk key of the partition in the topic (this checkpoint's and any left by
     /// crashed writers): the next checkpoint deletes them.
     pub superseded: Vec<String>,
@@ -68,7 +75,7 @@ fn chunk_key(key: &str, writer: u64, generation: u64, index: u32) -> String {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CheckpointError {
     /// Written by a build with another record format.
-    #[error("checkpoint record format version {found}, this build reads version {VERSION}")]
+    #[error("checkpoint record format version {found}, this build reads versions {OLDEST} to {VERSION}")]
     Version {
         /// The version found.
         found: u32,
@@ -105,6 +112,7 @@ pub fn records(
     writer: u64,
     generation: u64,
     next_offset: i64,
+    upstream: &[(String, i64)],
     snapshot: &[u8],
     superseded: &[String],
 ) -> Vec<(String, Option<Vec<u8>>)> {
@@ -129,6 +137,12 @@ pub fn records(
     c.extend_from_slice(&(out.len() as u32).to_le_bytes());
     c.extend_from_slice(&next_offset.to_le_bytes());
     c.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
+    c.extend_from_slice(&(upstream.len() as u32).to_le_bytes());
+    for (name, next) in upstream {
+        c.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        c.extend_from_slice(name.as_bytes());
+        c.extend_from_slice(&next.to_le_bytes());
+    }
     out.push((key.to_string(), Some(c)));
     out.extend(superseded.iter().map(|k| (k.clone(), None)));
     out
@@ -153,6 +167,8 @@ struct Commit {
     chunks: u32,
     next_offset: i64,
     len: u64,
+    version: u32,
+    upstream: Vec<(String, i64)>,
 }
 
 fn parse_commit(v: &[u8]) -> Result<Commit, CheckpointError> {
@@ -160,19 +176,40 @@ fn parse_commit(v: &[u8]) -> Result<Commit, CheckpointError> {
         return Err(CheckpointError::Commit);
     }
     let version = u32::from_le_bytes(le(v, 4).ok_or(CheckpointError::Commit)?);
-    if version != VERSION {
+    if !(OLDEST..=VERSION).contains(&version) {
         return Err(CheckpointError::Version { found: version });
     }
-    if v.len() != COMMIT_LEN {
+    if v.len() < COMMIT_LEN || (version == 1 && v.len() != COMMIT_LEN) {
         return Err(CheckpointError::Commit);
     }
     let field = |at| le::<8>(v, at).ok_or(CheckpointError::Commit);
+    let mut upstream = Vec::new();
+    if version >= 2 {
+        let u32_at = |at| le::<4>(v, at).map(u32::from_le_bytes).ok_or(CheckpointError::Commit);
+        let count = u32_at(COMMIT_LEN)?;
+        let mut at = COMMIT_LEN + 4;
+        for _ in 0..count {
+            let len = u32_at(at)? as usize;
+            let name = v
+                .get(at + 4..at + 4 + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or(CheckpointError::Commit)?;
+            let next = i64::from_le_bytes(field(at + 4 + len)?);
+            upstream.push((name.to_string(), next));
+            at += 4 + len + 8;
+        }
+        if at != v.len() {
+            return Err(CheckpointError::Commit);
+        }
+    }
     Ok(Commit {
         writer: u64::from_le_bytes(field(8)?),
         generation: u64::from_le_bytes(field(16)?),
         chunks: u32::from_le_bytes(le(v, 24).ok_or(CheckpointError::Commit)?),
         next_offset: i64::from_le_bytes(field(28)?),
         len: u64::from_le_bytes(field(36)?),
+        version,
+        upstream,
     })
 }
 
@@ -271,7 +308,7 @@ impl Collector {
                 .get(&chunk_key(key, c.writer, c.generation, i))
                 .ok_or_else(bad)?;
             let ok = v.get(..4) == Some(CHUNK)
-                && le::<4>(v, 4).map(u32::from_le_bytes) == Some(VERSION)
+                && le::<4>(v, 4).map(u32::from_le_bytes) == Some(c.version)
                 && le::<8>(v, 8).map(u64::from_le_bytes) == Some(c.generation)
                 && le::<4>(v, 16).map(u32::from_le_bytes) == Some(i);
             if !ok {
@@ -299,6 +336,7 @@ impl Collector {
             next_offset: c.next_offset,
             snapshot,
             superseded,
+            upstream: c.upstream,
         })
     }
 }
@@ -326,14 +364,14 @@ mod tests {
         let mut c = Collector::new(Some(vec![key.clone()]));
         let a = bytes(2 * CHUNK_BYTES + 17, 1);
         let b = bytes(CHUNK_BYTES / 2, 2);
-        collect(&mut c, &records(&key, 1, 7, 1_000, &a, &[]));
-        collect(&mut c, &records("llm.events/4", 1, 1, 5, &a, &[]));
+        collect(&mut c, &records(&key, 1, 7, 1_000, &[], &a, &[]));
+        collect(&mut c, &records("llm.events/4", 1, 1, 5, &[], &a, &[]));
         assert_eq!(c.partitions(), vec![key.clone()]);
         let got = c.checkpoint(&key).unwrap().unwrap();
         assert_eq!((got.generation, got.next_offset), (7, 1_000));
         assert_eq!(got.snapshot, a);
         assert_eq!(got.superseded, chunk_keys(&key, 1, 7, a.len()));
-        collect(&mut c, &records(&key, 2, 8, 2_000, &b, &got.superseded));
+        collect(&mut c, &records(&key, 2, 8, 2_000, &[], &b, &got.superseded));
         let got = c.checkpoint(&key).unwrap().unwrap();
         assert_eq!(
             (got.generation, got.next_offset, &got.snapshot),
@@ -351,15 +389,15 @@ mod tests {
         let key = partition_key("t", 0);
         let mut c = Collector::new(None);
         let a = bytes(3 * CHUNK_BYTES, 3);
-        collect(&mut c, &records(&key, 1, 4, 40, &a, &[]));
+        collect(&mut c, &records(&key, 1, 4, 40, &[], &a, &[]));
         // writer 1 dies while writing generation 5: its chunks land, its commit does not
-        let late = records(&key, 1, 5, 50, &bytes(3 * CHUNK_BYTES, 4), &[]);
+        let late = records(&key, 1, 5, 50, &[], &bytes(3 * CHUNK_BYTES, 4), &[]);
         collect(&mut c, &late[..2]);
         let restored = c.checkpoint(&key).unwrap().unwrap();
         assert_eq!((restored.generation, &restored.snapshot), (4, &a));
         // writer 2 restores generation 4 and writes its generation 5
         let b = bytes(CHUNK_BYTES + 5, 5);
-        collect(&mut c, &records(&key, 2, 5, 60, &b, &restored.superseded));
+        collect(&mut c, &records(&key, 2, 5, 60, &[], &b, &restored.superseded));
         // writer 1's last chunk and its commit land late
         collect(&mut c, &late[2..]);
         // writer 1's commit is the newest but lost its first chunks to writer 2's tombstones:
@@ -368,7 +406,7 @@ mod tests {
         assert_eq!((got.next_offset, &got.snapshot), (60, &b));
         // a commit whose chunk is missing and nothing older: refused, not read short
         let mut d = Collector::new(None);
-        let recs = records(&key, 3, 1, 10, &a, &[]);
+        let recs = records(&key, 3, 1, 10, &[], &a, &[]);
         collect(&mut d, &recs[1..]);
         assert_eq!(
             d.checkpoint(&key),
@@ -384,7 +422,7 @@ mod tests {
     #[test]
     fn refused_records() {
         let key = partition_key("t", 1);
-        let mut recs = records(&key, 1, 1, 9, b"abc", &[]);
+        let mut recs = records(&key, 1, 1, 9, &[], b"abc", &[]);
         let mut c = Collector::new(None);
         if let Some(v) = recs[1].1.as_mut() {
             v[4] = 9; // the commit's version
@@ -403,9 +441,43 @@ mod tests {
         c.add(key.as_bytes(), None);
         assert_eq!(c.checkpoint(&key), Ok(None));
         // an empty snapshot is one commit and no chunk
-        let e = records(&key, 1, 2, 0, b"", &[]);
+        let e = records(&key, 1, 2, 0, &[], b"", &[]);
         assert_eq!(e.len(), 1);
         collect(&mut c, &e);
         assert_eq!(c.checkpoint(&key).unwrap().unwrap().snapshot, b"");
+    }
+
+    /// A repartitioned partition's upstream offsets come back with its checkpoint; a version-1
+    /// commit (written before upstream offsets existed) is still read, with none.
+    #[test]
+    fn upstream_offsets_and_version_1() {
+        let key = partition_key("g.armwatch-by-unit", 2);
+        let up = vec![("llm.events/0".to_string(), 41), ("llm.events/3".to_string(), 7)];
+        let mut c = Collector::new(None);
+        collect(&mut c, &records(&key, 1, 3, 99, &up, b"state", &[]));
+        let got = c.checkpoint(&key).unwrap().unwrap();
+        assert_eq!((got.next_offset, &got.upstream), (99, &up));
+        // the same commit as version 1 wrote it: fixed length, version 1 in commit and chunk
+        let mut recs = records(&key, 1, 4, 120, &[], b"older", &[]);
+        for (_, v) in recs.iter_mut() {
+            if let Some(v) = v.as_mut() {
+                v[4..8].copy_from_slice(&1u32.to_le_bytes());
+            }
+        }
+        if let Some(commit) = recs[1].1.as_mut() {
+            commit.truncate(COMMIT_LEN);
+        }
+        collect(&mut c, &recs);
+        let got = c.checkpoint(&key).unwrap().unwrap();
+        assert_eq!((got.next_offset, got.snapshot.as_slice()), (120, &b"older"[..]));
+        assert!(got.upstream.is_empty());
+        // a version-2 commit cut inside its upstream list is refused
+        let mut recs = records(&key, 1, 5, 130, &up, b"x", &[]);
+        if let Some(commit) = recs[1].1.as_mut() {
+            commit.truncate(commit.len() - 3);
+        }
+        let mut d = Collector::new(None);
+        collect(&mut d, &recs);
+        assert_eq!(d.checkpoint(&key), Err(CheckpointError::Commit));
     }
 }

@@ -370,6 +370,44 @@ pub struct KafkaSettings {
     /// Checkpoints of each input partition's state (`[kafka.checkpoint]`).
     #[serde(default)]
     pub checkpoint: CheckpointSettings,
+    /// Events re-keyed by unit through an internal topic (`[kafka.repartition]`).
+    #[serde(default)]
+    pub repartition: RepartitionSettings,
+}
+
+/// `[kafka.repartition]`: when the input topics are not keyed by unit, each replica's router
+/// re-produces every event to an internal topic partitioned by its unit (Kafka Streams'
+/// repartition topic), and the engines consume that topic instead, so that a unit's events
+/// meet in one partition's state. Each re-produced record names the input partition and
+/// offset it came from; a partition's state keeps the highest input offset applied per input
+/// partition and drops what it has already seen, so a router that re-produces after a crash
+/// or a rebalance counts nothing twice.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepartitionSettings {
+    /// Off: the engines consume the input topics directly.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The internal topic (created if missing). Default `<group_id>.armwatch-by-unit`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Its partition count when it is created (the most engine replicas that share the work).
+    #[serde(default = "default_repartition_partitions")]
+    pub partitions: i32,
+}
+
+fn default_repartition_partitions() -> i32 {
+    8
+}
+
+impl Default for RepartitionSettings {
+    fn default() -> Self {
+        RepartitionSettings {
+            enabled: false,
+            topic: None,
+            partitions: default_repartition_partitions(),
+        }
+    }
 }
 
 /// `[kafka.checkpoint]`: the state of each assigned input partition, snapshotted to a
@@ -470,6 +508,29 @@ impl KafkaSettings {
             .clone()
             .unwrap_or_else(|| format!("{}.armwatch-state", self.group_id))
     }
+
+    /// The repartition topic: `repartition.topic`, else `<group_id>.armwatch-by-unit`.
+    pub fn repartition_topic(&self) -> String {
+        self.repartition
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.armwatch-by-unit", self.group_id))
+    }
+
+    /// The topics the engines consume: the repartition topic when re-keying, else the inputs.
+    pub fn engine_topics(&self) -> Vec<String> {
+        if self.repartition.enabled {
+            vec![self.repartition_topic()]
+        } else {
+            self.topics.clone()
+        }
+    }
+
+    /// The consumer group of the routers (`<group_id>.router`): they share the input
+    /// partitions among themselves, as the engines share the repartition topic's.
+    pub fn router_group(&self) -> String {
+        format!("{}.router", self.group_id)
+    }
 }
 
 fn default_brokers() -> String {
@@ -492,6 +553,7 @@ impl Default for KafkaSettings {
             option_files: BTreeMap::new(),
             dead_letter_topic: None,
             checkpoint: CheckpointSettings::default(),
+            repartition: RepartitionSettings::default(),
         }
     }
 }
@@ -1218,6 +1280,37 @@ impl Settings {
                     "kafka.checkpoint.topic",
                     format!("`{t}` is not a usable state topic (Kafka topic characters only, and not an input topic)"),
                     "leave it unset for `<group_id>.armwatch-state`, or name a topic of its own",
+                ));
+            }
+        }
+        let r = &self.kafka.repartition;
+        if r.enabled {
+            if !c.enabled {
+                return Err(invalid(
+                    "kafka.repartition.enabled",
+                    "re-keying needs checkpoints: the state of each repartition partition keeps the input offsets it has applied (its deduplication), and only a checkpoint keeps them across restarts",
+                    "set kafka.checkpoint.enabled = true, or key the input topics by unit and leave repartition off",
+                ));
+            }
+            if !(1..=1024).contains(&r.partitions) {
+                return Err(invalid(
+                    "kafka.repartition.partitions",
+                    format!("{} partitions", r.partitions),
+                    "use 1 to 1024, e.g. partitions = 8 (at least the number of replicas)",
+                ));
+            }
+            let t = self.kafka.repartition_topic();
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+                || self.kafka.topics.contains(&t)
+                || t == self.kafka.state_topic()
+            {
+                return Err(invalid(
+                    "kafka.repartition.topic",
+                    format!("`{t}` is not a usable repartition topic (Kafka topic characters only, not an input topic, not the state topic)"),
+                    "leave it unset for `<group_id>.armwatch-by-unit`, or name a topic of its own",
                 ));
             }
         }

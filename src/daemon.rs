@@ -361,21 +361,28 @@ impl EngineLoop {
     }
 
     /// Process one message of partition `part` at `offset` (`-1`: a source without offsets;
-    /// `payload` `None`: a message without payload, `decoded` its event decoded with
+    /// `upstream`: the input partition and offset of a re-keyed message; `payload` `None`: a message without payload, `decoded` its event decoded with
     /// [`Self::decode_limits`], possibly on another thread).
     #[inline]
     pub fn on_message_at(
         &mut self,
         part: usize,
         offset: i64,
+        upstream: Option<(&str, i64)>,
         payload: Option<&[u8]>,
         decoded: Result<Event<'_>, RejectReason>,
     ) -> Option<Result<Kind, RejectReason>> {
         let timer = (self.n & 63 == 0).then(Instant::now);
         self.n += 1;
-        let p = match self.parts.engine_for(part, offset) {
+        let p = match self.parts.engine_for(part, offset, upstream) {
             Route::Apply(p) => p,
             Route::Unowned | Route::Duplicate => return None,
+            Route::Repeated => {
+                if let Ok(m) = self.metrics.lock() {
+                    m.repartition_messages.with_label_values(&["repeated"]).inc();
+                }
+                return None;
+            }
         };
         let res = match payload {
             Some(_) => p.engine.process_decoded(decoded),
@@ -559,6 +566,7 @@ impl EngineLoop {
                 c.writer,
                 generation,
                 p.next_offset,
+                &p.upstream,
                 &snapshot,
                 &p.superseded,
             );

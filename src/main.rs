@@ -410,7 +410,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let (controls, control_rx) = std::sync::mpsc::channel();
         let durable = Arc::new(Mutex::new(Vec::new()));
         let checkpoints = if checkpointing {
-            state_topic::ensure_waiting(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
+            state_topic::ensure_waiting(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` or the repartition topic (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
             Some(Arc::new(kafka::Checkpoints::new(settings.clone(), controls, durable.clone(), out.metrics.clone())))
         } else {
             None
@@ -455,11 +455,18 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         };
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        // re-keying: this replica's router feeds the repartition topic the engines read; it
+        // stops the daemon (sets `stop`) when it cannot deliver
+        let rekeyed = settings.kafka.repartition.enabled;
+        let router = match rekeyed {
+            true => Some(armwatch::source::repartition::spawn(&settings.kafka, settings.limits.decode(), out.metrics.clone(), stop.clone()).context("kafka.repartition: cannot start the router")?),
+            false => None,
+        };
         let (reload_tx, reloads) = std::sync::mpsc::channel();
         tracing::info!(brokers = %settings.kafka.brokers, topics = ?settings.kafka.topics, group = %settings.kafka.group_id, "consuming");
         let worker = std::thread::Builder::new()
             .name("armwatch-consumer".into())
-            .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages, reloads))?;
+            .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages, rekeyed, reloads))?;
         let watcher = tokio::spawn(watch_config(config.to_path_buf(), reload_tx, out.metrics.clone()));
         let signal = tokio::spawn(async move {
             shutdown_signal().await;
@@ -469,6 +476,10 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             stop.store(true, Ordering::Relaxed);
         });
         let lp = join(worker).await?.context("the engine thread failed")?;
+        let routed = match router {
+            Some(r) => join(r).await?.map_err(|e| anyhow::anyhow!("kafka.repartition: the router stopped the daemon: {e}")),
+            None => Ok(()),
+        };
         if let Some(o) = otlp {
             o.abort();
         }
@@ -480,7 +491,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         signal.abort();
         watcher.abort();
         finish(out, lp).await;
-        Ok(())
+        routed
     })
 }
 

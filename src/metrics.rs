@@ -121,6 +121,8 @@ pub struct Metrics {
     pub checkpoint_restores: IntCounterVec,
     /// Input partitions whose state this replica owns.
     pub partitions_owned: IntGauge,
+    /// Re-keyed messages: routed by this replica's router, and copies dropped by its engines.
+    pub repartition_messages: IntCounterVec,
     /// Other replicas' partitions merged into this replica's view from their checkpoints.
     pub partitions_viewed: IntGauge,
     /// Wall time of the last publish.
@@ -222,6 +224,7 @@ impl Metrics {
             checkpoint_written_bytes: reg!(r, IntCounter::new("armwatch_checkpoint_written_bytes_total", "Bytes of checkpoints written to the state topic.")),
             checkpoint_restores: reg!(r, IntCounterVec::new(Opts::new("armwatch_checkpoint_restores_total", "Input partitions taken on at assignment, by result: restored (from a checkpoint), none (no checkpoint: built from the earliest offset), refused (old-format or corrupt checkpoint: rebuilt from the earliest offset)."), &["result"])),
             partitions_owned: reg!(r, IntGauge::new("armwatch_partitions_owned", "Input partitions whose state this replica owns.")),
+            repartition_messages: reg!(r, IntCounterVec::new(Opts::new("armwatch_repartition_messages_total", "Messages through the repartition topic ([kafka.repartition]), by result: routed (re-produced by this replica's router, acknowledged), repeated (a copy of an input event already in a partition's state, dropped by this replica's engines: a router re-produced after a restart or a rebalance)."), &["result"])),
             partitions_viewed: reg!(r, IntGauge::new("armwatch_partitions_viewed", "Other replicas' input partitions merged into this replica's report and metrics from their last checkpoints.")),
             last_publish: reg!(r, Gauge::new("armwatch_last_publish_timestamp_seconds", "When metrics were last published from the engine.")),
             publish_seconds: reg!(r, Histogram::with_opts(HistogramOpts::new("armwatch_publish_seconds", "Time to build the report, the metrics and their texts, per publish (every 500 ms, on the engine thread).").buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]))),

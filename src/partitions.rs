@@ -30,6 +30,11 @@ pub struct Part {
     /// Alerts handed to the sinks (not kept: after a restore, those not acknowledged are
     /// handed again).
     pub handed: usize,
+    /// For a partition of the repartition topic: per input partition, the first input offset
+    /// not applied. A router re-produces from its last committed input offset after a crash or
+    /// a rebalance; what it re-produces is below this and is dropped (each router writes an
+    /// input partition's events to this partition in input order, so this is exact).
+    pub upstream: Vec<(String, i64)>,
 }
 
 impl Part {
@@ -43,6 +48,24 @@ impl Part {
             dirty: false,
             superseded: Vec::new(),
             handed: 0,
+            upstream: Vec::new(),
+        }
+    }
+
+    /// Whether the event at `offset` of input partition `from` is new to this partition's
+    /// state (and if so, it counts as applied from now on).
+    #[inline]
+    fn admit_upstream(&mut self, from: &str, offset: i64) -> bool {
+        match self.upstream.iter_mut().find(|(n, _)| n == from) {
+            Some((_, next)) if offset < *next => false,
+            Some((_, next)) => {
+                *next = offset + 1;
+                true
+            }
+            None => {
+                self.upstream.push((from.to_string(), offset + 1));
+                true
+            }
         }
     }
 }
@@ -56,6 +79,8 @@ pub enum Route<'a> {
     Unowned,
     /// Below the partition's next offset: already in the state.
     Duplicate,
+    /// A re-produced copy of an input event already in the state (repartitioning).
+    Repeated,
 }
 
 /// Another replica's partition, as of its last checkpoint (for the merged view).
@@ -98,6 +123,7 @@ impl Partitions {
                 dirty: false,
                 superseded: Vec::new(),
                 handed: 0,
+                upstream: Vec::new(),
             })],
             settings: settings.clone(),
         }
@@ -157,9 +183,15 @@ impl Partitions {
     }
 
     /// Where the message at `offset` of partition `index` goes (its offset then counts as
-    /// applied); `offset < 0` for a source without offsets.
+    /// applied); `offset < 0` for a source without offsets. `upstream`: the input partition
+    /// and offset a re-keyed message was re-produced from (see [`Part::upstream`]).
     #[inline]
-    pub fn engine_for(&mut self, index: usize, offset: i64) -> Route<'_> {
+    pub fn engine_for(
+        &mut self,
+        index: usize,
+        offset: i64,
+        upstream: Option<(&str, i64)>,
+    ) -> Route<'_> {
         match self.parts.get_mut(index) {
             Some(Some(p)) => {
                 if offset >= 0 {
@@ -169,6 +201,11 @@ impl Partitions {
                     p.next_offset = offset + 1;
                 }
                 p.dirty = true;
+                if let Some((from, at)) = upstream {
+                    if !p.admit_upstream(from, at) {
+                        return Route::Repeated;
+                    }
+                }
                 Route::Apply(p)
             }
             _ => Route::Unowned,
@@ -296,7 +333,7 @@ mod tests {
         for (index, offset) in [(0, 3), (0, 10), (0, 10), (0, 11), (2, 0), (1, 0), (2, 1)] {
             let mut b = Vec::new();
             sim.next_event(&mut b);
-            if let Route::Apply(p) = parts.engine_for(index, offset) {
+            if let Route::Apply(p) = parts.engine_for(index, offset, None) {
                 p.engine.process(&b).unwrap();
                 applied += 1;
             }
@@ -309,9 +346,41 @@ mod tests {
         assert_eq!(parts.view().memory().1, budget);
         let p0 = parts.revoke(0).unwrap();
         assert_eq!((p0.next_offset, p0.dirty), (12, true));
-        assert!(matches!(parts.engine_for(0, 12), Route::Unowned));
+        assert!(matches!(parts.engine_for(0, 12, None), Route::Unowned));
         assert_eq!(parts.len(), 1);
         assert_eq!(parts.view().seen(), 2);
         assert!(parts.iter().all(|(_, p)| p.engine.memory().1 == budget));
+    }
+
+    /// A re-keyed partition drops what a router re-produced (input offsets below those it
+    /// applied), per input partition, and still moves its own offset past the copies.
+    #[test]
+    fn repeated_upstream_offsets_dropped() {
+        let settings = Settings::from_toml("").unwrap();
+        let mut parts = Partitions::none(&settings);
+        parts.assign(0, Part::fresh("g.armwatch-by-unit/0".into(), &settings));
+        let routed = [
+            (0, ("in/0", 5)),
+            (1, ("in/1", 2)),
+            (2, ("in/0", 9)),
+            // the router of in/0 restarted from its committed offset 5: copies, then new
+            (3, ("in/0", 5)),
+            (4, ("in/0", 9)),
+            (5, ("in/0", 10)),
+            (6, ("in/1", 2)),
+            (7, ("in/1", 3)),
+        ];
+        let admitted: Vec<i64> = routed
+            .iter()
+            .filter(|(o, up)| matches!(parts.engine_for(0, *o, Some(*up)), Route::Apply(_)))
+            .map(|(o, _)| *o)
+            .collect();
+        assert_eq!(admitted, vec![0, 1, 2, 5, 7]);
+        let p = parts.get_mut(0).unwrap();
+        assert_eq!(p.next_offset, 8);
+        assert_eq!(
+            p.upstream,
+            vec![("in/0".to_string(), 11), ("in/1".to_string(), 4)]
+        );
     }
 }

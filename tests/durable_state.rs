@@ -384,6 +384,7 @@ async fn state_topic_round_trip() {
             42,
             generation,
             generation as i64 * 100,
+            &[],
             &snapshot,
             &superseded,
         );

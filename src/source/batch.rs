@@ -27,6 +27,11 @@ pub struct Batch {
     /// Partitions taken on, each before the message at its position: `(message index,
     /// partition index, state)`.
     assigned: Vec<(usize, usize, Part)>,
+    /// Re-keyed messages only: each one's input partition (an index into `upstream_names`)
+    /// and input offset.
+    upstream: Vec<(u32, i64)>,
+    /// The input partitions' names (the source's table, shared: replaced when it grows).
+    upstream_names: std::sync::Arc<Vec<String>>,
 }
 
 /// A batch is full at this many messages or at this many bytes.
@@ -45,6 +50,24 @@ impl Batch {
     pub fn push_at(&mut self, payload: Option<&[u8]>, part: u32, offset: i64) {
         self.decoded.push(payload);
         self.positions.push((part, offset));
+    }
+
+    /// Add a re-keyed message of partition `part` at `offset`, re-produced from input
+    /// partition `names[from]` at `from_offset`.
+    #[inline]
+    pub fn push_rekeyed(
+        &mut self,
+        payload: Option<&[u8]>,
+        (part, offset): (u32, i64),
+        (from, from_offset): (u32, i64),
+        names: &std::sync::Arc<Vec<String>>,
+    ) {
+        self.push_at(payload, part, offset);
+        self.upstream.resize(self.positions.len() - 1, (u32::MAX, -1));
+        self.upstream.push((from, from_offset));
+        if !std::sync::Arc::ptr_eq(&self.upstream_names, names) {
+            self.upstream_names = std::sync::Arc::clone(names);
+        }
     }
 
     /// Own partition `index` from the next message on, continuing from `part`.
@@ -110,13 +133,16 @@ impl Batch {
                 .positions
                 .get(i)
                 .map_or((0, -1), |&(p, o)| (p as usize, o));
+            let upstream = self.upstream.get(i).and_then(|&(from, at)| {
+                Some((self.upstream_names.get(from as usize)?.as_str(), at))
+            });
             let mut inputs = Inputs::new();
             let payload = self.decoded.payload(i);
             let decoded = match payload {
                 Some(_) => self.decoded.event(i, &mut inputs),
                 None => Err(crate::event::RejectReason::Empty),
             };
-            let _ = lp.on_message_at(part, offset, payload, decoded);
+            let _ = lp.on_message_at(part, offset, upstream, payload, decoded);
         }
         for (_, index, part) in assigned {
             lp.assign(index, part);
@@ -129,5 +155,6 @@ impl Batch {
         self.marks.clear();
         self.positions.clear();
         self.assigned.clear();
+        self.upstream.clear();
     }
 }

@@ -207,6 +207,7 @@ impl Checkpoints {
                         dirty: false,
                         superseded: cp.superseded,
                         handed: 0,
+                        upstream: cp.upstream,
                     };
                     (part, Offset::Offset(cp.next_offset))
                 }
@@ -440,7 +441,9 @@ pub fn consumer(
             reachable: AtomicBool::new(true),
         }),
     })?;
-    let topics: Vec<&str> = k.topics.iter().map(|t| t.as_str()).collect();
+    // the repartition topic when re-keying (the routers read the inputs)
+    let topics = k.engine_topics();
+    let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
 }
@@ -493,6 +496,8 @@ pub struct KafkaSource {
     checkpoints: Option<Arc<Checkpoints>>,
     /// The last message's `(topic, partition)` and partition index (with checkpoints).
     last_part: Option<(String, i32, u32)>,
+    /// Re-keyed input (the repartition topic): the input partitions the keys name.
+    upstream: Option<super::repartition::Upstream>,
 }
 
 /// The readiness state of `consumer` (for [`watch_brokers`]).
@@ -501,8 +506,13 @@ pub fn readiness(consumer: &BaseConsumer<Context>) -> Arc<Readiness> {
 }
 
 impl KafkaSource {
-    /// Poll `consumer` (at most `max_messages`, then end).
-    pub fn new(consumer: BaseConsumer<Context>, max_messages: Option<u64>) -> KafkaSource {
+    /// Poll `consumer` (at most `max_messages`, then end); `rekeyed`: it reads the
+    /// repartition topic, whose keys name each message's input partition and offset.
+    pub fn new(
+        consumer: BaseConsumer<Context>,
+        max_messages: Option<u64>,
+        rekeyed: bool,
+    ) -> KafkaSource {
         let checkpoints = consumer.context().checkpoints.clone();
         KafkaSource {
             consumer,
@@ -512,6 +522,7 @@ impl KafkaSource {
             max_messages,
             checkpoints,
             last_part: None,
+            upstream: rekeyed.then(super::repartition::Upstream::default),
         }
     }
 
@@ -590,7 +601,20 @@ impl Source for KafkaSource {
                     match &self.checkpoints {
                         Some(cp) => {
                             let index = part_index(&mut self.last_part, cp, msg.topic(), partition);
-                            batch.push_at(msg.payload(), index, offset);
+                            let from = self.upstream.as_mut().and_then(|u| {
+                                let (name, at) =
+                                    super::repartition::parse_provenance(msg.key()?)?;
+                                Some((u.index(name)?, at))
+                            });
+                            match (from, &self.upstream) {
+                                (Some(from), Some(u)) => batch.push_rekeyed(
+                                    msg.payload(),
+                                    (index, offset),
+                                    from,
+                                    u.names(),
+                                ),
+                                _ => batch.push_at(msg.payload(), index, offset),
+                            }
                         }
                         None => {
                             batch.push(msg.payload());
@@ -655,10 +679,11 @@ pub fn consume(
     stop: Arc<AtomicBool>,
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     max_messages: Option<u64>,
+    rekeyed: bool,
     reloads: std::sync::mpsc::Receiver<crate::config::Settings>,
 ) -> std::io::Result<EngineLoop> {
     super::drive(
-        KafkaSource::new(consumer, max_messages),
+        KafkaSource::new(consumer, max_messages, rekeyed),
         lp,
         &stop,
         move |lp| {

@@ -11,6 +11,7 @@ pub mod client_log;
 pub mod file;
 pub mod kafka;
 pub mod otlp;
+pub mod repartition;
 mod pipeline;
 pub mod simulated;
 pub mod state_topic;

@@ -59,28 +59,45 @@ fn unreachable(e: &KafkaError) -> bool {
 }
 
 /// Create the state topic if it does not exist: one partition, compacted (only the latest
-/// record per key is kept: each partition's last commit and the chunks it names).
+/// record per key is kept: each partition's last commit and the chunks it names); and, when
+/// re-keying, the repartition topic (`kafka.repartition.partitions`, retention as the
+/// broker's default: it is a queue between the routers and the engines).
 pub async fn ensure(k: &KafkaSettings) -> Result<(), KafkaError> {
-    let admin: AdminClient<Quiet> = client_config(k, &[]).create_with_context(Quiet)?;
-    let topic = k.state_topic();
-    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))
+    let state_topic = k.state_topic();
+    let state = NewTopic::new(&state_topic, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact")
         // a chunk is up to ~900 KB
         .set("max.message.bytes", "1048588");
+    create(k, &state, "state topic (compacted)").await?;
+    if k.repartition.enabled {
+        let topic = k.repartition_topic();
+        let new = NewTopic::new(
+            &topic,
+            k.repartition.partitions,
+            TopicReplication::Fixed(-1),
+        );
+        create(k, &new, "repartition topic").await?;
+    }
+    Ok(())
+}
+
+/// Create `new` unless it exists (`what` names it in the log).
+async fn create(k: &KafkaSettings, new: &NewTopic<'_>, what: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<Quiet> = client_config(k, &[]).create_with_context(Quiet)?;
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(30)))
         .request_timeout(Some(Duration::from_secs(10)));
     // the admin request waits for a broker without bound while none answers: bounded here
-    let res = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
+    let res = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([new], &opts))
         .await
         .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut))??;
     for r in res {
         match r {
-            Ok(_) => tracing::info!(%topic, "state topic created (compacted)"),
+            Ok(topic) => tracing::info!(%topic, "{what} created"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
                 return Err(KafkaError::AdminOp(code)).inspect_err(
-                    |_| tracing::error!(topic = %t, error = %code, "cannot create the state topic"),
+                    |_| tracing::error!(topic = %t, error = %code, "cannot create the {what}"),
                 )
             }
         }

@@ -1,0 +1,443 @@
+//! Re-keying by unit (`[kafka.repartition]`), the way Kafka Streams repartitions a stream
+//! before a keyed aggregation: when the input topics are keyed at random (or by request), a
+//! unit's events land on several partitions, and per-partition state would count the unit
+//! once per partition. Each replica runs a router: a member of the group `<group_id>.router`
+//! over the input topics that re-produces every message, unchanged, to the partition of the
+//! repartition topic its unit hashes to; the engines consume that topic instead.
+//!
+//! **Nothing twice.** The router commits an input offset only once everything before it is
+//! acknowledged, so after a crash or a rebalance it re-produces from there: copies. Each
+//! re-produced record's key names the input partition and offset it came from; a repartition
+//! partition's state keeps, per input partition, the first input offset it has not applied
+//! ([`crate::partitions::Part::upstream`], checkpointed with the state) and drops what is
+//! below it. That is exact because one producer writes an input partition's events to a
+//! repartition partition in input order (acks from all replicas, idempotent: no gap, no
+//! reordering), so an offset is below the mark only if its own copy was applied. Two routers
+//! writing one input partition for a moment (a rebalance) interleave two such ordered streams,
+//! and each offset still gets in exactly once.
+//!
+//! The routing and the key codec are pure; [`spawn`] is the IO.
+
+use super::client_log::Quiet;
+use super::kafka::client_config;
+use crate::checkpoint::partition_key;
+use crate::config::KafkaSettings;
+use crate::event::{Body, Inputs, Limits};
+use crate::metrics::Metrics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The magic of a re-produced record's key.
+const MAGIC: &[u8; 4] = b"AWR1";
+
+/// Write the key of a record re-produced from `offset` of input partition `from` (`AWR1`,
+/// the offset as i64 little endian, the partition's name) into `out`.
+pub fn provenance(from: &str, offset: i64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(from.as_bytes());
+}
+
+/// The input partition and offset a re-produced record's key names (`None`: not one).
+#[inline]
+pub fn parse_provenance(key: &[u8]) -> Option<(&[u8], i64)> {
+    if key.get(..4)? != MAGIC {
+        return None;
+    }
+    let offset = i64::from_le_bytes(key.get(4..12)?.try_into().ok()?);
+    Some((&key[12..], offset))
+}
+
+/// What a message is routed by: a prompt's unit (else its experiment), a judgment's judge, a
+/// routing decision's router, a sample's eval set (the state each of them feeds lives in
+/// one partition then); a message that does not decode by its Kafka key, else its bytes (it
+/// is counted as rejected by whichever partition gets it).
+pub fn route_hash(payload: Option<&[u8]>, key: Option<&[u8]>, limits: &Limits) -> u64 {
+    let hash = twox_hash::XxHash3_64::oneshot;
+    let Some(payload) = payload else {
+        return key.map_or(0, hash);
+    };
+    let mut inputs = Inputs::new();
+    let Ok(ev) = crate::event::decode_into(payload, limits, &mut inputs) else {
+        return hash(key.unwrap_or(payload));
+    };
+    let by = match &ev.body {
+        Body::Judgment(j) => Some(&j.judge),
+        Body::Routing(r) => Some(&r.router),
+        Body::Sample(s) => Some(&s.eval_set),
+        Body::Prompt => ev.unit.as_ref().or(ev.experiment.as_ref()),
+    };
+    match by {
+        Some(v) => hash(v.as_bytes()),
+        None => hash(key.unwrap_or(payload)),
+    }
+}
+
+/// The partition of `partitions` that `hash` goes to.
+#[inline]
+pub fn target(hash: u64, partitions: i32) -> i32 {
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// The input partitions' names as the engines' batches carry them: an index per name, the
+/// table shared with the batches (replaced, never changed, when a name is added).
+#[derive(Default)]
+pub struct Upstream {
+    names: Arc<Vec<String>>,
+    last: Option<u32>,
+}
+
+impl Upstream {
+    /// The index of input partition `name` (added when new); `None` when it is not UTF-8.
+    #[inline]
+    pub fn index(&mut self, name: &[u8]) -> Option<u32> {
+        if let Some(i) = self.last {
+            if self.names.get(i as usize).map(|n| n.as_bytes()) == Some(name) {
+                return Some(i);
+            }
+        }
+        let i = match self.names.iter().position(|n| n.as_bytes() == name) {
+            Some(i) => i as u32,
+            None => {
+                let name = std::str::from_utf8(name).ok()?.to_string();
+                let mut names = Vec::clone(&self.names);
+                names.push(name);
+                self.names = Arc::new(names);
+                (self.names.len() - 1) as u32
+            }
+        };
+        self.last = Some(i);
+        Some(i)
+    }
+
+    /// The table the indexes point into.
+    pub fn names(&self) -> &Arc<Vec<String>> {
+        &self.names
+    }
+}
+
+/// Counts failed deliveries.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {
+    super::client_log::route_client_log!();
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            tracing::error!(error = %e, "re-keyed record not delivered");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Input offsets are committed after at most this long or this many messages (each commit
+/// waits for every record before it to be acknowledged).
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
+const COMMIT_MESSAGES: usize = 50_000;
+/// How long the acknowledgements of one commit may take before the router gives up.
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repartition topic's partition count (it must exist: see
+/// [`super::state_topic::ensure_topic`]).
+fn partitions_of(producer: &BaseProducer<Deliveries>, topic: &str) -> Result<i32, KafkaError> {
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    match i32::try_from(n) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )),
+    }
+}
+
+/// Start this replica's router: consume the input topics in the group
+/// `<group_id>.router`, re-produce each message to its partition of the repartition topic,
+/// commit input offsets once acknowledged. Runs until `stop` is set; a delivery that fails
+/// for good (librdkafka's retries exhausted) sets `stop` too, so that the daemon exits and
+/// its restart re-produces from the last commit, rather than leave a gap.
+pub fn spawn(
+    k: &KafkaSettings,
+    limits: Limits,
+    metrics: Arc<Mutex<Metrics>>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, KafkaError> {
+    let group = k.router_group();
+    let consumer: BaseConsumer<Quiet> = client_config(
+        k,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    )
+    .create_with_context(Quiet)?;
+    let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let producer: BaseProducer<Deliveries> = client_config(
+        k,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+    )
+    .create_with_context(Deliveries::default())?;
+    let topic = k.repartition_topic();
+    let partitions = partitions_of(&producer, &topic)?;
+    if partitions != k.repartition.partitions {
+        tracing::warn!(%topic, partitions, configured = k.repartition.partitions, "the repartition topic exists with another partition count than kafka.repartition.partitions: its own count is used");
+    }
+    tracing::info!(%topic, partitions, %group, "re-keying the input topics by unit");
+    std::thread::Builder::new()
+        .name("armwatch-router".into())
+        .spawn(move || {
+            Router {
+                producer,
+                topic,
+                partitions,
+                limits,
+                metrics,
+                marks: Vec::new(),
+                routed: 0,
+                unroutable: 0,
+                errors: crate::daemon::RateLimiter::new(1),
+            }
+            .run(&consumer, &stop)
+        })
+        .map_err(|_| KafkaError::Global(RDKafkaErrorCode::Fail))
+}
+
+struct Router {
+    producer: BaseProducer<Deliveries>,
+    topic: String,
+    partitions: i32,
+    limits: Limits,
+    metrics: Arc<Mutex<Metrics>>,
+    /// The last offset re-produced of each `(topic, partition, name)` since the last commit.
+    marks: Vec<(String, i32, String, i64)>,
+    /// Messages re-produced since the last commit.
+    routed: u64,
+    /// Messages the producer refused outright since the last commit.
+    unroutable: u64,
+    errors: crate::daemon::RateLimiter,
+}
+
+impl Router {
+    /// Route until `stop`; an error when deliveries failed (the daemon stops then).
+    fn run(mut self, consumer: &BaseConsumer<Quiet>, stop: &AtomicBool) -> Result<(), String> {
+        let mut key = Vec::with_capacity(64);
+        let mut since = Instant::now();
+        let topic = std::mem::take(&mut self.topic);
+        while !stop.load(Ordering::Relaxed) {
+            let wait = if self.routed == 0 {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    let from = self.mark(m.topic(), m.partition(), m.offset());
+                    provenance(from, m.offset(), &mut key);
+                    let p = target(route_hash(m.payload(), m.key(), &self.limits), self.partitions);
+                    let mut rec = BaseRecord::<[u8], [u8]>::to(&topic)
+                        .partition(p)
+                        .key(&key[..]);
+                    if let Some(v) = m.payload() {
+                        rec = rec.payload(v);
+                    }
+                    self.send(rec, stop);
+                    self.routed += 1;
+                }
+                Some(Err(e)) => {
+                    if self.errors.allow().is_some() {
+                        tracing::warn!(error = %e, "router: consume error");
+                    }
+                }
+                None => {}
+            }
+            self.producer.poll(Duration::ZERO);
+            if self.routed > 0
+                && (self.routed as usize >= COMMIT_MESSAGES || since.elapsed() >= COMMIT_EVERY)
+            {
+                if !self.commit(consumer) {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err("re-keyed records not acknowledged (see the log): the restart re-produces them from the last committed input offsets".into());
+                }
+                since = Instant::now();
+            }
+        }
+        if self.routed > 0 {
+            self.commit(consumer);
+        }
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::debug!(error = %e, "router: final commit");
+        }
+        Ok(())
+    }
+
+    /// Record `offset` as the last re-produced of `(topic, partition)`; its name.
+    fn mark(&mut self, topic: &str, partition: i32, offset: i64) -> &str {
+        let i = match self
+            .marks
+            .iter()
+            .position(|(t, p, _, _)| *p == partition && t == topic)
+        {
+            Some(i) => i,
+            None => {
+                self.marks.push((
+                    topic.to_string(),
+                    partition,
+                    partition_key(topic, partition),
+                    -1,
+                ));
+                self.marks.len() - 1
+            }
+        };
+        self.marks[i].3 = offset;
+        &self.marks[i].2
+    }
+
+    /// Queue `rec`, waiting for room while the producer's queue is full.
+    fn send(&mut self, mut rec: BaseRecord<'_, [u8], [u8]>, stop: &AtomicBool) {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    self.producer.poll(Duration::from_millis(5));
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                Err((e, _)) => {
+                    // refused before it was queued (larger than the producer takes): the
+                    // engines never see it; counted, and the input offset moves on
+                    self.unroutable += 1;
+                    if self.errors.allow().is_some() {
+                        tracing::error!(error = %e, "router: a message could not be re-produced (dropped)");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Wait until every record re-produced so far is acknowledged, then store the input
+    /// offsets they came from (committed by the consumer's auto-commit). False when a delivery
+    /// failed: nothing is stored, so the restart re-produces from the last commit.
+    fn commit(&mut self, consumer: &BaseConsumer<Quiet>) -> bool {
+        let before = self.producer.context().failed.load(Ordering::Relaxed);
+        let flushed = self.producer.flush(ACK_TIMEOUT);
+        let failed = self.producer.context().failed.load(Ordering::Relaxed) > before;
+        if flushed.is_err() || failed {
+            tracing::error!("router: re-keyed records not acknowledged: stopping, so that the restart re-produces them from the last committed input offsets");
+            return false;
+        }
+        for (topic, p, _, o) in &self.marks {
+            if *o >= 0 {
+                // not assigned any more (a rebalance took it): its next router re-produces
+                let _ = consumer.store_offset(topic, *p, *o);
+            }
+        }
+        for m in &mut self.marks {
+            m.3 = -1;
+        }
+        if let Ok(m) = self.metrics.lock() {
+            m.repartition_messages
+                .with_label_values(&["routed"])
+                .inc_by(self.routed - self.unroutable);
+            m.repartition_messages
+                .with_label_values(&["unroutable"])
+                .inc_by(self.unroutable);
+        }
+        self.routed = 0;
+        self.unroutable = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key codec round-trips; anything else is not a provenance.
+    #[test]
+    fn provenance_round_trip() {
+        let mut k = Vec::new();
+        provenance("llm.events/3", 1_234_567_890_123, &mut k);
+        assert_eq!(
+            parse_provenance(&k),
+            Some((&b"llm.events/3"[..], 1_234_567_890_123))
+        );
+        assert_eq!(parse_provenance(b"AWR1\x01"), None);
+        assert_eq!(parse_provenance(b"user-17"), None);
+        assert_eq!(parse_provenance(b""), None);
+    }
+
+    /// A unit's prompt events go to one partition whatever their Kafka key; judgments by
+    /// judge, routing decisions by router; what does not decode by its key, else its bytes.
+    #[test]
+    fn routed_by_unit_judge_router() {
+        let l = Limits::default();
+        let prompt = |arm: &str, tier: &str| {
+            format!(r#"{{"kind":"prompt","ts":1700000000000,"experiment":"e","arm":"{arm}","unit":"u-42","inputs":{{"tier":"{tier}"}}}}"#)
+        };
+        let a = route_hash(Some(prompt("control", "pro").as_bytes()), Some(b"k1"), &l);
+        let b = route_hash(Some(prompt("control", "free").as_bytes()), Some(b"k2"), &l);
+        assert_eq!(a, b);
+        assert_eq!(a, twox_hash::XxHash3_64::oneshot(b"u-42"));
+        let judgment = br#"{"kind":"judgment","ts":1700000000000,"judge":"grader","judge_version":"v1","score":0.5}"#;
+        assert_eq!(
+            route_hash(Some(judgment), Some(b"x"), &l),
+            twox_hash::XxHash3_64::oneshot(b"grader")
+        );
+        assert_eq!(
+            route_hash(Some(b"{broken"), Some(b"kk"), &l),
+            twox_hash::XxHash3_64::oneshot(b"kk")
+        );
+        assert_eq!(
+            route_hash(Some(b"{broken"), None, &l),
+            twox_hash::XxHash3_64::oneshot(b"{broken")
+        );
+        for h in [0, 1, u64::MAX, a] {
+            assert!((0..7).contains(&target(h, 7)));
+        }
+    }
+
+    /// Names get stable indexes; the shared table is replaced (not changed) when one is added.
+    #[test]
+    fn upstream_names_indexed() {
+        let mut u = Upstream::default();
+        assert_eq!(u.index(b"t/0"), Some(0));
+        let before = Arc::clone(u.names());
+        assert_eq!(u.index(b"t/1"), Some(1));
+        assert_eq!(u.index(b"t/0"), Some(0));
+        assert_eq!(before.len(), 1);
+        assert_eq!(u.names().as_slice(), ["t/0".to_string(), "t/1".to_string()]);
+        assert_eq!(u.index(&[0xff, 0xfe]), None);
+    }
+}

@@ -75,7 +75,9 @@ fn chunk_key(key: &str, writer: u64, generation: u64, index: u32) -> String {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CheckpointError {
     /// Written by a build with another record format.
-    #[error("checkpoint record format version {found}, this build reads versions {OLDEST} to {VERSION}")]
+    #[error(
+        "checkpoint record format version {found}, this build reads versions {OLDEST} to {VERSION}"
+    )]
     Version {
         /// The version found.
         found: u32,
@@ -185,7 +187,11 @@ fn parse_commit(v: &[u8]) -> Result<Commit, CheckpointError> {
     let field = |at| le::<8>(v, at).ok_or(CheckpointError::Commit);
     let mut upstream = Vec::new();
     if version >= 2 {
-        let u32_at = |at| le::<4>(v, at).map(u32::from_le_bytes).ok_or(CheckpointError::Commit);
+        let u32_at = |at| {
+            le::<4>(v, at)
+                .map(u32::from_le_bytes)
+                .ok_or(CheckpointError::Commit)
+        };
         let count = u32_at(COMMIT_LEN)?;
         let mut at = COMMIT_LEN + 4;
         for _ in 0..count {
@@ -371,7 +377,10 @@ mod tests {
         assert_eq!((got.generation, got.next_offset), (7, 1_000));
         assert_eq!(got.snapshot, a);
         assert_eq!(got.superseded, chunk_keys(&key, 1, 7, a.len()));
-        collect(&mut c, &records(&key, 2, 8, 2_000, &[], &b, &got.superseded));
+        collect(
+            &mut c,
+            &records(&key, 2, 8, 2_000, &[], &b, &got.superseded),
+        );
         let got = c.checkpoint(&key).unwrap().unwrap();
         assert_eq!(
             (got.generation, got.next_offset, &got.snapshot),
@@ -397,7 +406,10 @@ mod tests {
         assert_eq!((restored.generation, &restored.snapshot), (4, &a));
         // writer 2 restores generation 4 and writes its generation 5
         let b = bytes(CHUNK_BYTES + 5, 5);
-        collect(&mut c, &records(&key, 2, 5, 60, &[], &b, &restored.superseded));
+        collect(
+            &mut c,
+            &records(&key, 2, 5, 60, &[], &b, &restored.superseded),
+        );
         // writer 1's last chunk and its commit land late
         collect(&mut c, &late[2..]);
         // writer 1's commit is the newest but lost its first chunks to writer 2's tombstones:
@@ -452,7 +464,10 @@ mod tests {
     #[test]
     fn upstream_offsets_and_version_1() {
         let key = partition_key("g.armwatch-by-unit", 2);
-        let up = vec![("llm.events/0".to_string(), 41), ("llm.events/3".to_string(), 7)];
+        let up = vec![
+            ("llm.events/0".to_string(), 41),
+            ("llm.events/3".to_string(), 7),
+        ];
         let mut c = Collector::new(None);
         collect(&mut c, &records(&key, 1, 3, 99, &up, b"state", &[]));
         let got = c.checkpoint(&key).unwrap().unwrap();
@@ -469,7 +484,10 @@ mod tests {
         }
         collect(&mut c, &recs);
         let got = c.checkpoint(&key).unwrap().unwrap();
-        assert_eq!((got.next_offset, got.snapshot.as_slice()), (120, &b"older"[..]));
+        assert_eq!(
+            (got.next_offset, got.snapshot.as_slice()),
+            (120, &b"older"[..])
+        );
         assert!(got.upstream.is_empty());
         // a version-2 commit cut inside its upstream list is refused
         let mut recs = records(&key, 1, 5, 130, &up, b"x", &[]);

@@ -379,7 +379,9 @@ impl EngineLoop {
             Route::Unowned | Route::Duplicate => return None,
             Route::Repeated => {
                 if let Ok(m) = self.metrics.lock() {
-                    m.repartition_messages.with_label_values(&["repeated"]).inc();
+                    m.repartition_messages
+                        .with_label_values(&["repeated"])
+                        .inc();
                 }
                 return None;
             }

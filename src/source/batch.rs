@@ -63,7 +63,8 @@ impl Batch {
         names: &std::sync::Arc<Vec<String>>,
     ) {
         self.push_at(payload, part, offset);
-        self.upstream.resize(self.positions.len() - 1, (u32::MAX, -1));
+        self.upstream
+            .resize(self.positions.len() - 1, (u32::MAX, -1));
         self.upstream.push((from, from_offset));
         if !std::sync::Arc::ptr_eq(&self.upstream_names, names) {
             self.upstream_names = std::sync::Arc::clone(names);

@@ -602,8 +602,7 @@ impl Source for KafkaSource {
                         Some(cp) => {
                             let index = part_index(&mut self.last_part, cp, msg.topic(), partition);
                             let from = self.upstream.as_mut().and_then(|u| {
-                                let (name, at) =
-                                    super::repartition::parse_provenance(msg.key()?)?;
+                                let (name, at) = super::repartition::parse_provenance(msg.key()?)?;
                                 Some((u.index(name)?, at))
                             });
                             match (from, &self.upstream) {

@@ -11,8 +11,8 @@ pub mod client_log;
 pub mod file;
 pub mod kafka;
 pub mod otlp;
-pub mod repartition;
 mod pipeline;
+pub mod repartition;
 pub mod simulated;
 pub mod state_topic;
 

@@ -188,6 +188,9 @@ pub fn spawn(
             ("group.id", &group),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "false"),
+            // what a crashed router's successor re-produces is at most this much (and the
+            // engines drop it): shorter than librdkafka's 5 s
+            ("auto.commit.interval.ms", "1000"),
             ("auto.offset.reset", "earliest"),
             ("fetch.queue.backoff.ms", "10"),
         ],
@@ -261,7 +264,10 @@ impl Router {
                 Some(Ok(m)) => {
                     let from = self.mark(m.topic(), m.partition(), m.offset());
                     provenance(from, m.offset(), &mut key);
-                    let p = target(route_hash(m.payload(), m.key(), &self.limits), self.partitions);
+                    let p = target(
+                        route_hash(m.payload(), m.key(), &self.limits),
+                        self.partitions,
+                    );
                     let mut rec = BaseRecord::<[u8], [u8]>::to(&topic)
                         .partition(p)
                         .key(&key[..]);
@@ -271,12 +277,10 @@ impl Router {
                     self.send(rec, stop);
                     self.routed += 1;
                 }
-                Some(Err(e)) => {
-                    if self.errors.allow().is_some() {
-                        tracing::warn!(error = %e, "router: consume error");
-                    }
+                Some(Err(e)) if self.errors.allow().is_some() => {
+                    tracing::warn!(error = %e, "router: consume error");
                 }
-                None => {}
+                Some(Err(_)) | None => {}
             }
             self.producer.poll(Duration::ZERO);
             if self.routed > 0
@@ -292,8 +296,7 @@ impl Router {
         if self.routed > 0 {
             self.commit(consumer);
         }
-        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        {
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(error = %e, "router: final commit");
         }
         Ok(())
@@ -404,7 +407,9 @@ mod tests {
     fn routed_by_unit_judge_router() {
         let l = Limits::default();
         let prompt = |arm: &str, tier: &str| {
-            format!(r#"{{"kind":"prompt","ts":1700000000000,"experiment":"e","arm":"{arm}","unit":"u-42","inputs":{{"tier":"{tier}"}}}}"#)
+            format!(
+                r#"{{"kind":"prompt","ts":1700000000000,"experiment":"e","arm":"{arm}","unit":"u-42","inputs":{{"tier":"{tier}"}}}}"#
+            )
         };
         let a = route_hash(Some(prompt("control", "pro").as_bytes()), Some(b"k1"), &l);
         let b = route_hash(Some(prompt("control", "free").as_bytes()), Some(b"k2"), &l);

@@ -127,6 +127,17 @@ struct Drained {
     checkpoint_seconds: f64,
 }
 
+/// How `armwatch run` keeps its state.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// One engine, no checkpoints.
+    Off,
+    /// An engine per input partition, checkpointed.
+    Checkpoints,
+    /// Re-keyed by unit through the repartition topic, checkpointed.
+    Rekeyed,
+}
+
 /// Drain `n` messages with `armwatch run --max-messages n` (its own consumer group), while
 /// `clients` HTTP clients fetch `/api/v1/report` ten times a second each; figures from its
 /// "drained" log line.
@@ -137,8 +148,10 @@ fn drain_armwatch(
     dir: &std::path::Path,
     clients: usize,
     round: usize,
-    checkpoints: bool,
+    mode: Mode,
 ) -> Drained {
+    let checkpoints = mode != Mode::Off;
+    let rekeyed = mode == Mode::Rekeyed;
     let config = dir.join("armwatch.toml");
     let http = format!("127.0.0.1:{}", support::free_port());
     // `ARMWATCH_BENCH_CHECKPOINT_MS`: the checkpoint interval (1,000 ms)
@@ -153,13 +166,16 @@ fn drain_armwatch(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}-{checkpoints}\"\ntopics = [\"{topic}\"]\n\
-             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = {interval}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}-{checkpoints}-{rekeyed}\"\ntopics = [\"{topic}\"]\n\
+             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = {interval}\n\n\
+             [kafka.repartition]\nenabled = {rekeyed}\npartitions = {PARTITIONS}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
             options.join(", "),
         ),
     )
     .expect("config written");
-    let log = dir.join(format!("{topic}-{clients}-{round}-{checkpoints}.log"));
+    let log = dir.join(format!(
+        "{topic}-{clients}-{round}-{checkpoints}-{rekeyed}.log"
+    ));
     let args = [
         "run",
         "--config",
@@ -289,7 +305,15 @@ fn main() {
             ));
             cpu_bare.push((per_msg(cpu(&broker_pid) - b0), per_msg(cpu("self") - c0)));
             let b0 = cpu(&broker_pid);
-            let a = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, round, true);
+            let a = drain_armwatch(
+                &broker.addr,
+                &topic,
+                n as u64,
+                dir,
+                0,
+                round,
+                Mode::Checkpoints,
+            );
             cpu_armwatch.push((per_msg(cpu(&broker_pid) - b0), per_msg(a.cpu)));
             alones.push(a);
             offs.push(drain_armwatch(
@@ -299,7 +323,7 @@ fn main() {
                 dir,
                 0,
                 round,
-                false,
+                Mode::Off,
             ));
         }
         let on_off: Vec<f64> = alones
@@ -311,7 +335,18 @@ fn main() {
         let bare = median(bares.clone());
         let alone = &alones[median_index(&alones.iter().map(|a| a.rate).collect::<Vec<_>>())];
         // a fifth of the topic is enough for the rate with clients (slow at 1,000 experiments)
-        let served = drain_armwatch(&broker.addr, &topic, n as u64 / 5, dir, CLIENTS, 0, true);
+        let served = drain_armwatch(
+            &broker.addr,
+            &topic,
+            n as u64 / 5,
+            dir,
+            CLIENTS,
+            0,
+            Mode::Checkpoints,
+        );
+        // re-keyed by unit through the repartition topic (one round): the router re-produces
+        // every message and the engines read them back
+        let rekeyed = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, 0, Mode::Rekeyed);
         println!(
             "{:<12} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
             name,
@@ -352,6 +387,12 @@ fn main() {
             written / rounds as f64,
             bytes / written.max(1.0) / 1e6,
             secs / written.max(1.0) * 1e3,
+        );
+        println!(
+            "  re-keyed by unit ([kafka.repartition], one round): {:.0}/s, {:.2}x armwatch with checkpoints, {:.2}x bare",
+            rekeyed.rate,
+            rekeyed.rate / alone.rate,
+            rekeyed.rate / bare,
         );
         println!(
             "  {rounds} rounds: bare {} | armwatch {} | ratios {}",

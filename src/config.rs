@@ -1845,6 +1845,33 @@ mod tests {
         Settings::from_toml(text).unwrap_err().to_string()
     }
 
+    /// Re-keying: off by default, needs checkpoints, a sane partition count and a topic of
+    /// its own; the engines then read the repartition topic, the routers the inputs.
+    #[test]
+    fn repartition_settings() {
+        let s = Settings::from_toml("").unwrap();
+        assert!(!s.kafka.repartition.enabled);
+        assert_eq!(s.kafka.engine_topics(), s.kafka.topics);
+        let s =
+            Settings::from_toml("[kafka]\ngroup_id = \"g\"\n[kafka.repartition]\nenabled = true")
+                .unwrap();
+        assert_eq!(
+            s.kafka.engine_topics(),
+            vec!["g.armwatch-by-unit".to_string()]
+        );
+        assert_eq!(s.kafka.router_group(), "g.router");
+        let e = err("[kafka.checkpoint]\nenabled = false\n[kafka.repartition]\nenabled = true");
+        assert!(
+            e.contains("`kafka.repartition.enabled`") && e.contains("checkpoint.enabled = true"),
+            "{e}"
+        );
+        let e = err("[kafka.repartition]\nenabled = true\npartitions = 0");
+        assert!(e.contains("`kafka.repartition.partitions`"), "{e}");
+        let e =
+            err("[kafka]\ntopics = [\"a\"]\n[kafka.repartition]\nenabled = true\ntopic = \"a\"");
+        assert!(e.contains("`kafka.repartition.topic`"), "{e}");
+    }
+
     #[test]
     fn errors_name_the_key() {
         assert!(err("[alerts]\nalpha = 2.0").contains("`alerts.alpha`"));

@@ -458,6 +458,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         // re-keying: this replica's router feeds the repartition topic the engines read; it
         // stops the daemon (sets `stop`) when it cannot deliver
         let rekeyed = settings.kafka.repartition.enabled;
+        let stop_router = stop.clone();
         let router = match rekeyed {
             true => Some(armwatch::source::repartition::spawn(&settings.kafka, settings.limits.decode(), out.metrics.clone(), stop.clone()).context("kafka.repartition: cannot start the router")?),
             false => None,
@@ -476,6 +477,8 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             stop.store(true, Ordering::Relaxed);
         });
         let lp = join(worker).await?.context("the engine thread failed")?;
+        // the engines are done (a signal, or --max-messages): the router too
+        stop_router.store(true, Ordering::Relaxed);
         let routed = match router {
             Some(r) => join(r).await?.map_err(|e| anyhow::anyhow!("kafka.repartition: the router stopped the daemon: {e}")),
             None => Ok(()),

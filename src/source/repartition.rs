@@ -18,7 +18,6 @@
 //!
 //! The routing and the key codec are pure; [`spawn`] is the IO.
 
-use super::client_log::Quiet;
 use super::kafka::client_config;
 use crate::checkpoint::partition_key;
 use crate::config::KafkaSettings;
@@ -29,7 +28,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,7 +145,7 @@ impl ProducerContext for Deliveries {
 
 /// Input offsets are committed after at most this long or this many messages (each commit
 /// waits for every record before it to be acknowledged).
-const COMMIT_EVERY: Duration = Duration::from_millis(50);
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
 const COMMIT_MESSAGES: usize = 50_000;
 /// How long the acknowledgements of one commit may take before the router gives up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -170,6 +169,85 @@ fn partitions_of(producer: &BaseProducer<Deliveries>, topic: &str) -> Result<i32
     }
 }
 
+/// The input partitions a router has re-produced from: the last offset re-produced of each
+/// since the last commit (`-1`: none), written by the router loop (an atomic store per
+/// message, no lock) and taken by a commit, in the loop or at a revoke.
+#[derive(Default)]
+struct Marks {
+    all: Mutex<Vec<Arc<Mark>>>,
+}
+
+struct Mark {
+    topic: String,
+    partition: i32,
+    /// Its name in re-produced keys ([`partition_key`]).
+    name: String,
+    last: AtomicI64,
+}
+
+/// What the router loop and its consumer's rebalance callback share.
+struct Shared {
+    producer: BaseProducer<Deliveries>,
+    marks: Marks,
+}
+
+impl Shared {
+    /// Wait until every record re-produced so far is acknowledged, then store the input
+    /// offsets they came from (committed by the consumer's auto-commit, or at once by a
+    /// revoke). False when a delivery failed: nothing is stored, so the restart re-produces
+    /// from the last commit.
+    fn flush_and_store<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+    ) -> bool {
+        let before = self.producer.context().failed.load(Ordering::Relaxed);
+        let flushed = self.producer.flush(ACK_TIMEOUT);
+        let failed = self.producer.context().failed.load(Ordering::Relaxed) > before;
+        if flushed.is_err() || failed {
+            tracing::error!("router: re-keyed records not acknowledged: stopping, so that the restart re-produces them from the last committed input offsets");
+            return false;
+        }
+        if let Ok(all) = self.marks.all.lock() {
+            for m in all.iter() {
+                let last = m.last.swap(-1, Ordering::Relaxed);
+                if last >= 0 {
+                    // not assigned any more (a rebalance took it): its next router re-produces
+                    let _ = consumer.store_offset(&m.topic, m.partition, last);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The router consumer's callbacks: before partitions are revoked, everything re-produced is
+/// acknowledged and its input offsets committed, so that the next owner starts where this
+/// one stopped (nothing for the engines to drop).
+struct RouterContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for RouterContext {
+    super::client_log::route_client_log!();
+}
+
+impl rdkafka::consumer::ConsumerContext for RouterContext {
+    fn pre_rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
+            if self.shared.flush_and_store(consumer) {
+                if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+                {
+                    tracing::debug!(error = %e, "router: commit at revoke");
+                }
+            }
+        }
+    }
+}
+
 /// Start this replica's router: consume the input topics in the group
 /// `<group_id>.router`, re-produce each message to its partition of the repartition topic,
 /// commit input offsets once acknowledged. Runs until `stop` is set; a delivery that fails
@@ -182,22 +260,6 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<Result<(), String>>, KafkaError> {
     let group = k.router_group();
-    let consumer: BaseConsumer<Quiet> = client_config(
-        k,
-        &[
-            ("group.id", &group),
-            ("enable.auto.commit", "true"),
-            ("enable.auto.offset.store", "false"),
-            // what a crashed router's successor re-produces is at most this much (and the
-            // engines drop it): shorter than librdkafka's 5 s
-            ("auto.commit.interval.ms", "1000"),
-            ("auto.offset.reset", "earliest"),
-            ("fetch.queue.backoff.ms", "10"),
-        ],
-    )
-    .create_with_context(Quiet)?;
-    let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
     let producer: BaseProducer<Deliveries> = client_config(
         k,
         &[
@@ -213,13 +275,34 @@ pub fn spawn(
     if partitions != k.repartition.partitions {
         tracing::warn!(%topic, partitions, configured = k.repartition.partitions, "the repartition topic exists with another partition count than kafka.repartition.partitions: its own count is used");
     }
+    let shared = Arc::new(Shared {
+        producer,
+        marks: Marks::default(),
+    });
+    let consumer: BaseConsumer<RouterContext> = client_config(
+        k,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            // what a crashed router's successor re-produces is at most this much (and the
+            // engines drop it): shorter than librdkafka's 5 s
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    )
+    .create_with_context(RouterContext {
+        shared: Arc::clone(&shared),
+    })?;
+    let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
     tracing::info!(%topic, partitions, %group, "re-keying the input topics by unit");
     std::thread::Builder::new()
         .name("armwatch-router".into())
         .spawn(move || {
             Router {
-                producer,
-                topic,
+                shared,
                 partitions,
                 limits,
                 metrics,
@@ -228,19 +311,18 @@ pub fn spawn(
                 unroutable: 0,
                 errors: crate::daemon::RateLimiter::new(1),
             }
-            .run(&consumer, &stop)
+            .run(&consumer, &topic, &stop)
         })
         .map_err(|_| KafkaError::Global(RDKafkaErrorCode::Fail))
 }
 
 struct Router {
-    producer: BaseProducer<Deliveries>,
-    topic: String,
+    shared: Arc<Shared>,
     partitions: i32,
     limits: Limits,
     metrics: Arc<Mutex<Metrics>>,
-    /// The last offset re-produced of each `(topic, partition, name)` since the last commit.
-    marks: Vec<(String, i32, String, i64)>,
+    /// The router's own handles on the shared marks (no lock to find one).
+    marks: Vec<Arc<Mark>>,
     /// Messages re-produced since the last commit.
     routed: u64,
     /// Messages the producer refused outright since the last commit.
@@ -250,10 +332,14 @@ struct Router {
 
 impl Router {
     /// Route until `stop`; an error when deliveries failed (the daemon stops then).
-    fn run(mut self, consumer: &BaseConsumer<Quiet>, stop: &AtomicBool) -> Result<(), String> {
+    fn run(
+        mut self,
+        consumer: &BaseConsumer<RouterContext>,
+        topic: &str,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
         let mut key = Vec::with_capacity(64);
         let mut since = Instant::now();
-        let topic = std::mem::take(&mut self.topic);
         while !stop.load(Ordering::Relaxed) {
             let wait = if self.routed == 0 {
                 Duration::from_millis(100)
@@ -262,19 +348,21 @@ impl Router {
             };
             match consumer.poll(wait) {
                 Some(Ok(m)) => {
-                    let from = self.mark(m.topic(), m.partition(), m.offset());
-                    provenance(from, m.offset(), &mut key);
+                    let mark = self.mark(m.topic(), m.partition());
+                    provenance(&mark.name, m.offset(), &mut key);
                     let p = target(
                         route_hash(m.payload(), m.key(), &self.limits),
                         self.partitions,
                     );
-                    let mut rec = BaseRecord::<[u8], [u8]>::to(&topic)
+                    let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
                         .partition(p)
                         .key(&key[..]);
                     if let Some(v) = m.payload() {
                         rec = rec.payload(v);
                     }
                     self.send(rec, stop);
+                    // after the send: a commit (here or at a revoke) flushes it first
+                    mark.last.store(m.offset(), Ordering::Relaxed);
                     self.routed += 1;
                 }
                 Some(Err(e)) if self.errors.allow().is_some() => {
@@ -282,7 +370,7 @@ impl Router {
                 }
                 Some(Err(_)) | None => {}
             }
-            self.producer.poll(Duration::ZERO);
+            self.shared.producer.poll(Duration::ZERO);
             if self.routed > 0
                 && (self.routed as usize >= COMMIT_MESSAGES || since.elapsed() >= COMMIT_EVERY)
             {
@@ -302,36 +390,36 @@ impl Router {
         Ok(())
     }
 
-    /// Record `offset` as the last re-produced of `(topic, partition)`; its name.
-    fn mark(&mut self, topic: &str, partition: i32, offset: i64) -> &str {
-        let i = match self
+    /// The mark of `(topic, partition)` (made when new).
+    fn mark(&mut self, topic: &str, partition: i32) -> Arc<Mark> {
+        if let Some(m) = self
             .marks
             .iter()
-            .position(|(t, p, _, _)| *p == partition && t == topic)
+            .find(|m| m.partition == partition && m.topic == topic)
         {
-            Some(i) => i,
-            None => {
-                self.marks.push((
-                    topic.to_string(),
-                    partition,
-                    partition_key(topic, partition),
-                    -1,
-                ));
-                self.marks.len() - 1
-            }
-        };
-        self.marks[i].3 = offset;
-        &self.marks[i].2
+            return Arc::clone(m);
+        }
+        let m = Arc::new(Mark {
+            topic: topic.to_string(),
+            partition,
+            name: partition_key(topic, partition),
+            last: AtomicI64::new(-1),
+        });
+        if let Ok(mut all) = self.shared.marks.all.lock() {
+            all.push(Arc::clone(&m));
+        }
+        self.marks.push(Arc::clone(&m));
+        m
     }
 
     /// Queue `rec`, waiting for room while the producer's queue is full.
     fn send(&mut self, mut rec: BaseRecord<'_, [u8], [u8]>, stop: &AtomicBool) {
         loop {
-            match self.producer.send(rec) {
+            match self.shared.producer.send(rec) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
-                    self.producer.poll(Duration::from_millis(5));
+                    self.shared.producer.poll(Duration::from_millis(5));
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
@@ -349,25 +437,10 @@ impl Router {
         }
     }
 
-    /// Wait until every record re-produced so far is acknowledged, then store the input
-    /// offsets they came from (committed by the consumer's auto-commit). False when a delivery
-    /// failed: nothing is stored, so the restart re-produces from the last commit.
-    fn commit(&mut self, consumer: &BaseConsumer<Quiet>) -> bool {
-        let before = self.producer.context().failed.load(Ordering::Relaxed);
-        let flushed = self.producer.flush(ACK_TIMEOUT);
-        let failed = self.producer.context().failed.load(Ordering::Relaxed) > before;
-        if flushed.is_err() || failed {
-            tracing::error!("router: re-keyed records not acknowledged: stopping, so that the restart re-produces them from the last committed input offsets");
+    /// [`Shared::flush_and_store`], and the counts into the metrics.
+    fn commit(&mut self, consumer: &BaseConsumer<RouterContext>) -> bool {
+        if !self.shared.flush_and_store(consumer) {
             return false;
-        }
-        for (topic, p, _, o) in &self.marks {
-            if *o >= 0 {
-                // not assigned any more (a rebalance took it): its next router re-produces
-                let _ = consumer.store_offset(topic, *p, *o);
-            }
-        }
-        for m in &mut self.marks {
-            m.3 = -1;
         }
         if let Ok(m) = self.metrics.lock() {
             m.repartition_messages

@@ -1066,6 +1066,16 @@ impl Default for MetricsSettings {
 }
 
 impl Settings {
+    /// The settings of one of `partitions` partition-owned engines: each tests at
+    /// `alerts.alpha / partitions` (Bonferroni), so that the stream's checks, raised partition
+    /// by partition, still alarm falsely with probability at most `alpha` each (P partitions at
+    /// alpha each would be up to P times that under the null).
+    pub fn for_partitions(&self, partitions: usize) -> Settings {
+        let mut s = self.clone();
+        s.alerts.alpha /= partitions.max(1) as f64;
+        s
+    }
+
     /// Load `path` (TOML) with `ARMWATCH__...` environment overrides, then validate.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         if !path.exists() {
@@ -1843,6 +1853,15 @@ mod tests {
 
     fn err(text: &str) -> String {
         Settings::from_toml(text).unwrap_err().to_string()
+    }
+
+    /// Partition-owned engines share alpha evenly; nothing else changes.
+    #[test]
+    fn alpha_split_over_partitions() {
+        let s = Settings::from_toml("[alerts]\nalpha = 0.01").unwrap();
+        assert_eq!(s.for_partitions(4).alerts.alpha, 0.0025);
+        assert_eq!(s.for_partitions(0).alerts.alpha, 0.01);
+        assert_eq!(s.for_partitions(4).kafka.topics, s.kafka.topics);
     }
 
     /// Re-keying: off by default, needs checkpoints, a sane partition count and a topic of

@@ -368,6 +368,7 @@ async fn watch_config(
     path: PathBuf,
     to_engine: std::sync::mpsc::Sender<Settings>,
     metrics: Arc<Mutex<Metrics>>,
+    partitions: usize,
 ) {
     let digest = |p: &Path| {
         std::fs::read(p)
@@ -386,7 +387,7 @@ async fn watch_config(
         match Settings::load(&path) {
             Ok(s) => {
                 tracing::info!(path = %path.display(), "configuration file changed: reloading");
-                if to_engine.send(s).is_err() {
+                if to_engine.send(s.for_partitions(partitions)).is_err() {
                     return;
                 }
             }
@@ -409,9 +410,23 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let checkpointing = settings.kafka.checkpoint.enabled;
         let (controls, control_rx) = std::sync::mpsc::channel();
         let durable = Arc::new(Mutex::new(Vec::new()));
+        // partition-owned engines (checkpoints) each test at alpha / partitions, so that the
+        // stream's checks keep alpha (one engine for all partitions without checkpoints)
+        let split = match checkpointing {
+            true => {
+                state_topic::ensure_waiting(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` or the repartition topic (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
+                let n = kafka::engine_partitions(&settings.kafka).context("kafka: cannot read the partition count of the topics")?;
+                if n == 0 {
+                    tracing::warn!(topics = ?settings.kafka.engine_topics(), "the topics do not exist yet: alpha is not split over their partitions (restart once they exist)");
+                }
+                tracing::info!(partitions = n.max(1), alpha = settings.alerts.alpha / n.max(1) as f64, "each partition's checks test at alpha / partitions");
+                n.max(1)
+            }
+            false => 1,
+        };
+        let engine_settings = settings.for_partitions(split);
         let checkpoints = if checkpointing {
-            state_topic::ensure_waiting(&settings.kafka).await.with_context(|| format!("kafka.checkpoint.topic: cannot create the state topic `{}` or the repartition topic (create it compacted, or give the client the right to create topics)", settings.kafka.state_topic()))?;
-            Some(Arc::new(kafka::Checkpoints::new(settings.clone(), controls, durable.clone(), out.metrics.clone())))
+            Some(Arc::new(kafka::Checkpoints::new(engine_settings.clone(), controls, durable.clone(), out.metrics.clone())))
         } else {
             None
         };
@@ -420,7 +435,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
             Some(t) => Some(Box::new(kafka::KafkaDeadLetter::new(&settings.kafka, t).context("kafka.dead_letter_topic: cannot create the producer")?)),
             None => None,
         };
-        let parts = if checkpointing { Partitions::none(&settings) } else { Partitions::single(Engine::new(&settings), &settings) };
+        let parts = if checkpointing { Partitions::none(&engine_settings) } else { Partitions::single(Engine::new(&settings), &settings) };
         let mut out = out;
         let acks = out.acks.take().context("the sinks' acknowledgements are taken once")?;
         let mut lp = EngineLoop::new(parts, out.metrics.clone(), out.shared.clone(), out.alerts.clone(), settings.log.rejected_per_second, dead_letter);
@@ -435,7 +450,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         if checkpointing && settings.kafka.checkpoint.view_interval_ms > 0 {
             let others = Arc::new(armwatch::partitions::MergedView::default());
             let every = Duration::from_millis(settings.kafka.checkpoint.view_interval_ms);
-            view_thread = Some(state_topic::follow(&settings.kafka, settings.clone(), every, others.clone(), view_stop.clone()).context("kafka.checkpoint.view_interval_ms: cannot follow the state topic (set it to 0 to report only owned partitions)")?);
+            view_thread = Some(state_topic::follow(&settings.kafka, engine_settings.clone(), every, others.clone(), view_stop.clone()).context("kafka.checkpoint.view_interval_ms: cannot follow the state topic (set it to 0 to report only owned partitions)")?);
             lp = lp.with_merged_view(others);
         }
         // OpenTelemetry input: mapped to events and produced to the input topic
@@ -468,7 +483,7 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         let worker = std::thread::Builder::new()
             .name("armwatch-consumer".into())
             .spawn(move || kafka::consume(consumer, lp, stop2, lag, max_messages, rekeyed, reloads))?;
-        let watcher = tokio::spawn(watch_config(config.to_path_buf(), reload_tx, out.metrics.clone()));
+        let watcher = tokio::spawn(watch_config(config.to_path_buf(), reload_tx, out.metrics.clone(), split));
         let signal = tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");

@@ -454,9 +454,11 @@ async fn replicas_share_partitions_and_merge() {
             path
         })
         .collect();
-    // the reference: one uninterrupted pass per partition, merged in partition order
-    let settings =
-        Settings::from_toml(&config(&broker.addr, "shared", topic, &https[0])).expect("config");
+    // the reference: one uninterrupted pass per partition, merged in partition order; each
+    // partition's checks at alpha / 4, as the daemon splits it
+    let settings = Settings::from_toml(&config(&broker.addr, "shared", topic, &https[0]))
+        .expect("config")
+        .for_partitions(P as usize);
     let mut engines: Vec<Engine> = (0..P).map(|_| Engine::new(&settings)).collect();
     for (k, v) in &all {
         let _ = engines[partition_of(k, P) as usize].process(v);

@@ -287,3 +287,51 @@ fn null_false_alarms_unchanged_by_restarts() {
     }
     assert_eq!(whole, restarted);
 }
+
+/// Partition-owned state raises each partition's alerts on its own: a stream over four
+/// partitions is four tests per check, and at alpha each its null streams would alarm up to four
+/// times as often. The daemon gives each partition's engine alpha / 4
+/// (`Settings::for_partitions`); measured here on null streams split by unit (as re-keying
+/// splits them), every check, checked after every event.
+#[test]
+fn null_false_alarms_over_partitions_stay_at_alpha() {
+    const P: usize = 4;
+    let base = settings();
+    let split = base.for_partitions(P);
+    let limits = base.limits.decode();
+    let streams = 200u64;
+    let results: Vec<(bool, bool)> = per_stream(streams, &|i| {
+        let mut sim = Simulator::single_with_users(
+            9_000 + i,
+            Faults::default(),
+            Some(Users::returning(5_000)),
+        );
+        let mut at_alpha: Vec<Engine> = (0..P).map(|_| Engine::new(&base)).collect();
+        let mut at_share: Vec<Engine> = (0..P).map(|_| Engine::new(&split)).collect();
+        let mut b = Vec::new();
+        for _ in 0..EVENTS {
+            sim.next_event(&mut b);
+            let h = armwatch::source::repartition::route_hash(Some(&b), None, &limits);
+            let p = armwatch::source::repartition::target(h, P as i32) as usize;
+            let _ = at_alpha[p].process(&b);
+            let _ = at_share[p].process(&b);
+        }
+        let any = |es: &[Engine]| es.iter().any(|e| !e.alerts().is_empty());
+        (any(&at_alpha), any(&at_share))
+    });
+    let share = |f: fn(&(bool, bool)) -> bool| {
+        results.iter().filter(|r| f(r)).count() as f64 / streams as f64
+    };
+    let (naive, split_share) = (share(|r| r.0), share(|r| r.1));
+    let mc = 2.326 * (ALPHA * (1.0 - ALPHA) / streams as f64).sqrt();
+    println!(
+        "null, {streams} streams x {EVENTS} events over {P} partitions by unit, every check: \
+         any alert {split_share:.3} at alpha/{P} per partition ({naive:.3} at alpha per partition); bound {:.3}",
+        ALPHA + mc
+    );
+    assert!(
+        split_share <= ALPHA + mc,
+        "false-alarm share over partitions {split_share} exceeds {}",
+        ALPHA + mc
+    );
+}

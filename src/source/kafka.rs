@@ -408,6 +408,23 @@ pub fn check_clients(k: &KafkaSettings) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// The partitions of the topics the engines read (`0` when none exists yet), asked of the
+/// brokers once at startup: partition-owned engines split alpha over them.
+pub fn engine_partitions(k: &KafkaSettings) -> Result<usize, KafkaError> {
+    let client: BaseConsumer<Quiet> = client_config(k, &[]).create_with_context(Quiet)?;
+    let mut n = 0;
+    for topic in k.engine_topics() {
+        let md = client.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        n += md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .sum::<usize>();
+    }
+    Ok(n)
+}
+
 /// Create the consumer (subscribed) for `k`, checkpointing partition state when
 /// `checkpoints` is given.
 pub fn consumer(

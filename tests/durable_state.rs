@@ -146,6 +146,105 @@ fn start(dir: &Path, config: &Path, n: u32) -> Proc {
     )
 }
 
+/// Asserts that an experiment's arm counts add up to `units`: each unit counted once.
+fn assert_units_once(exp: &serde_json::Value, units: usize, name: &str) {
+    let arms: u64 = exp["counts"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(arms, units as u64, "{name}: each unit counted once");
+}
+
+/// A tier leak over 40,000 returning users (the replica tests' stream).
+fn leaky_returning(seed: u64) -> Simulator {
+    Simulator::single_with_users(
+        seed,
+        Faults {
+            tier_leak: Some(("pro".into(), 0.56)),
+            ..Default::default()
+        },
+        Some(Users::returning(40_000)),
+    )
+}
+
+/// Three replicas' configurations (`extra` appended to the `[kafka.checkpoint]` section), each
+/// with its own HTTP address, written into `dir`.
+fn replica_configs(
+    dir: &Path,
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    extra: &str,
+) -> (Vec<String>, Vec<std::path::PathBuf>) {
+    // (ports picked together, before the broker's clients take ephemeral ones)
+    let https: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let cfgs = https
+        .iter()
+        .enumerate()
+        .map(|(i, http)| {
+            let text = config(brokers, group, topic, http).replace(
+                "interval_ms = 300",
+                &format!("interval_ms = 300\nview_interval_ms = 500\n{extra}"),
+            );
+            let path = dir.join(format!("replica-{i}.toml"));
+            std::fs::write(&path, text).expect("config written");
+            path
+        })
+        .collect();
+    (https, cfgs)
+}
+
+/// The partitions a replica's engines own, from its metrics.
+fn owns(http: &str) -> f64 {
+    http_get(http, "/metrics")
+        .and_then(|(_, t)| metric(&t, "armwatch_partitions_owned"))
+        .unwrap_or(0.0)
+}
+
+/// Start replicas A and B, then C once A has passed 50,000 messages; returns them once C owns
+/// partitions and has passed 100,000 (the rebalance is done and the stream has gone on).
+fn start_three(dir: &Path, cfgs: &[std::path::PathBuf], https: &[String]) -> Vec<Proc> {
+    let a = start(dir, &cfgs[0], 0);
+    let b = start(dir, &cfgs[1], 1);
+    wait_for(
+        Duration::from_secs(120),
+        || counted(&https[0]).is_some_and(|c| c >= 50_000),
+        &format!("replica A to pass 50,000 messages\n{}", logs(dir)),
+    );
+    let c = start(dir, &cfgs[2], 2);
+    wait_for(
+        Duration::from_secs(90),
+        || owns(&https[2]) >= 1.0 && counted(&https[2]).is_some_and(|c| c >= 100_000),
+        &format!(
+            "replica C to own partitions and pass 100,000 messages\n{}",
+            logs(dir)
+        ),
+    );
+    vec![a, b, c]
+}
+
+/// Wait until the merged views of replicas B and C count `n` messages; `why` says what they
+/// show when they do not.
+fn wait_counted(https: &[String], n: u64, dir: &Path, why: &dyn Fn() -> String) {
+    for (name, http) in [("B", &https[1]), ("C", &https[2])] {
+        let start = std::time::Instant::now();
+        while counted(http) != Some(n) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "replica {name}'s merged view to count all {n} messages (counted {:?}): {}\n{}",
+                counted(http),
+                why(),
+                logs(dir)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// `text` without terminal colour codes (`ESC [ ... m`).
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -419,14 +518,7 @@ async fn replicas_share_partitions_and_merge() {
     let broker = Broker::start();
     let topic = "shared.events";
     create_topics(&broker.addr, &[(topic, P), ("shared.events.alerts", 1)]).await;
-    let mut sim = Simulator::single_with_users(
-        5,
-        Faults {
-            tier_leak: Some(("pro".into(), 0.56)),
-            ..Default::default()
-        },
-        Some(Users::returning(40_000)),
-    );
+    let mut sim = leaky_returning(5);
     let all: Vec<(Vec<u8>, Vec<u8>)> = (0..N)
         .map(|_| {
             let mut b = Vec::new();
@@ -437,23 +529,7 @@ async fn replicas_share_partitions_and_merge() {
         })
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let https: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    // (ports picked together, before the broker's clients take ephemeral ones)
-    let cfgs: Vec<std::path::PathBuf> = https
-        .iter()
-        .enumerate()
-        .map(|(i, http)| {
-            let text = config(&broker.addr, "shared", topic, http).replace(
-                "interval_ms = 300",
-                "interval_ms = 300\nview_interval_ms = 500",
-            );
-            let path = dir.path().join(format!("replica-{i}.toml"));
-            std::fs::write(&path, text).expect("config written");
-            path
-        })
-        .collect();
+    let (https, cfgs) = replica_configs(dir.path(), &broker.addr, "shared", topic, "");
     // the reference: one uninterrupted pass per partition, merged in partition order; each
     // partition's checks at alpha / 4, as the daemon splits it
     let settings = Settings::from_toml(&config(&broker.addr, "shared", topic, &https[0]))
@@ -487,28 +563,8 @@ async fn replicas_share_partitions_and_merge() {
     let brokers = broker.addr.clone();
     let producing =
         std::thread::spawn(move || produce_partitioned(&brokers, topic, &all, 20_000, Some(P)));
-    let mut a = start(dir.path(), &cfgs[0], 0);
-    let _b = start(dir.path(), &cfgs[1], 1);
-    wait_for(
-        Duration::from_secs(90),
-        || counted(&https[0]).is_some_and(|c| c >= 50_000),
-        &format!("replica A to pass 50,000 messages\n{}", logs(dir.path())),
-    );
-    let _c = start(dir.path(), &cfgs[2], 2);
-    // C has taken partitions over (the rebalance is done) and the stream has gone on
-    let owns = |http: &str| {
-        http_get(http, "/metrics")
-            .and_then(|(_, t)| metric(&t, "armwatch_partitions_owned"))
-            .unwrap_or(0.0)
-    };
-    wait_for(
-        Duration::from_secs(90),
-        || owns(&https[2]) >= 1.0 && counted(&https[2]).is_some_and(|c| c >= 100_000),
-        &format!(
-            "replica C to own partitions and pass 100,000 messages\n{}",
-            logs(dir.path())
-        ),
-    );
+    let mut replicas = start_three(dir.path(), &cfgs, &https);
+    let a = &mut replicas[0];
     signal(a.0.id(), "-TERM");
     assert!(a.0.wait().expect("A exits").success());
     producing.join().expect("producer");
@@ -527,19 +583,13 @@ async fn replicas_share_partitions_and_merge() {
     for (k, _) in &keys {
         per_partition[partition_of(k, P) as usize] += 1;
     }
-    for (name, http) in [("B", &https[1]), ("C", &https[2])] {
-        let start = std::time::Instant::now();
-        while counted(http) != Some(N as u64) {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "replica {name}'s merged view to count all {N} messages: B {} C {}, produced per partition {per_partition:?}\n{}",
-                provenance(&https[1]),
-                provenance(&https[2]),
-                logs(dir.path())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_counted(&https, N as u64, dir.path(), &|| {
+        format!(
+            "B {} C {}, produced per partition {per_partition:?}",
+            provenance(&https[1]),
+            provenance(&https[2])
+        )
+    });
     let log = logs(dir.path());
     assert!(!log.contains("checkpoint refused"), "{log}");
     let handed = log.matches("partition state handed over").count();
@@ -565,13 +615,7 @@ async fn replicas_share_partitions_and_merge() {
         let got = strip(full);
         assert_eq!(got["events"], want["events"], "{name}: counts");
         let exp = &got["experiments"]["prompt-variant"];
-        let arms: u64 = exp["counts"]
-            .as_array()
-            .expect("counts")
-            .iter()
-            .filter_map(serde_json::Value::as_u64)
-            .sum();
-        assert_eq!(arms, units as u64, "{name}: each unit counted once");
+        assert_units_once(exp, units, name);
         assert_eq!(
             got, want,
             "{name}: the merged view equals the merged per-partition passes"
@@ -725,14 +769,7 @@ async fn rekeyed_replicas(stop_signal: &str) {
     let broker = Broker::start();
     let topic = "rekey.events";
     create_topics(&broker.addr, &[(topic, P), ("rekey.events.alerts", 1)]).await;
-    let mut sim = Simulator::single_with_users(
-        6,
-        Faults {
-            tier_leak: Some(("pro".into(), 0.56)),
-            ..Default::default()
-        },
-        Some(Users::returning(40_000)),
-    );
+    let mut sim = leaky_returning(6);
     let mut key = 0x2545_F491_4F6C_DD1Du64;
     let all: Vec<(Vec<u8>, Vec<u8>)> = (0..N)
         .map(|_| {
@@ -753,47 +790,19 @@ async fn rekeyed_replicas(stop_signal: &str) {
         .collect::<std::collections::HashSet<String>>()
         .len();
     let dir = tempfile::tempdir().expect("tempdir");
-    let https: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let cfgs: Vec<std::path::PathBuf> = https
-        .iter()
-        .enumerate()
-        .map(|(i, http)| {
-            let text = config(&broker.addr, "rekey", topic, http).replace(
-                "interval_ms = 300",
-                "interval_ms = 300\nview_interval_ms = 500\n\n[kafka.repartition]\nenabled = true\npartitions = 4",
-            );
-            let path = dir.path().join(format!("replica-{i}.toml"));
-            std::fs::write(&path, text).expect("config written");
-            path
-        })
-        .collect();
+    let (https, cfgs) = replica_configs(
+        dir.path(),
+        &broker.addr,
+        "rekey",
+        topic,
+        "\n[kafka.repartition]\nenabled = true\npartitions = 4",
+    );
     let want = reference(&config(&broker.addr, "rekey", topic, &https[0]), &all);
     let brokers = broker.addr.clone();
     let producing =
         std::thread::spawn(move || produce_partitioned(&brokers, topic, &all, 8_000, Some(P)));
-    let mut a = start(dir.path(), &cfgs[0], 0);
-    let _b = start(dir.path(), &cfgs[1], 1);
-    wait_for(
-        Duration::from_secs(120),
-        || counted(&https[0]).is_some_and(|c| c >= 50_000),
-        &format!("replica A to pass 50,000 messages\n{}", logs(dir.path())),
-    );
-    let _c = start(dir.path(), &cfgs[2], 2);
-    let owns = |http: &str| {
-        http_get(http, "/metrics")
-            .and_then(|(_, t)| metric(&t, "armwatch_partitions_owned"))
-            .unwrap_or(0.0)
-    };
-    wait_for(
-        Duration::from_secs(90),
-        || owns(&https[2]) >= 1.0 && counted(&https[2]).is_some_and(|c| c >= 100_000),
-        &format!(
-            "replica C to own partitions and pass 100,000 messages\n{}",
-            logs(dir.path())
-        ),
-    );
+    let mut replicas = start_three(dir.path(), &cfgs, &https);
+    let a = &mut replicas[0];
     assert!(!producing.is_finished(), "A stops mid-stream");
     signal(a.0.id(), stop_signal);
     let exited = a.0.wait().expect("A exits");
@@ -804,18 +813,7 @@ async fn rekeyed_replicas(stop_signal: &str) {
         logs(dir.path())
     );
     producing.join().expect("producer");
-    for (name, http) in [("B", &https[1]), ("C", &https[2])] {
-        let start = std::time::Instant::now();
-        while counted(http) != Some(N as u64) {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "replica {name}'s merged view to count all {N} messages (counted {:?})\n{}",
-                counted(http),
-                logs(dir.path())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_counted(&https, N as u64, dir.path(), &String::new);
     let log = logs(dir.path());
     assert!(!log.contains("checkpoint refused"), "{log}");
     assert!(!log.contains("re-keyed records not"), "{log}");
@@ -849,13 +847,7 @@ async fn rekeyed_replicas(stop_signal: &str) {
         assert_eq!(got["events"], want["events"], "{name}: every event once");
         let exp = &got["experiments"]["prompt-variant"];
         assert_eq!(exp["counts"], w["counts"], "{name}: arm counts");
-        let arms: u64 = exp["counts"]
-            .as_array()
-            .expect("counts")
-            .iter()
-            .filter_map(serde_json::Value::as_u64)
-            .sum();
-        assert_eq!(arms, units as u64, "{name}: each unit counted once");
+        assert_units_once(exp, units, name);
         assert_eq!(exp["units"], w["units"], "{name}: units");
         for f in ["shares", "chi_square_p", "max_share_deviation"] {
             assert_eq!(exp["srm"][f], w["srm"][f], "{name}: srm.{f}");

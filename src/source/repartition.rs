@@ -19,6 +19,7 @@
 //! The routing and the key codec are pure; [`spawn`] is the IO.
 
 use super::kafka::client_config;
+use super::state_topic::Deliveries;
 use crate::checkpoint::partition_key;
 use crate::config::KafkaSettings;
 use crate::event::{Body, Inputs, Limits};
@@ -26,9 +27,9 @@ use crate::metrics::Metrics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientContext;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,27 +120,6 @@ impl Upstream {
     /// The table the indexes point into.
     pub fn names(&self) -> &Arc<Vec<String>> {
         &self.names
-    }
-}
-
-/// Counts failed deliveries.
-#[derive(Default)]
-struct Deliveries {
-    failed: AtomicU64,
-}
-
-impl ClientContext for Deliveries {
-    super::client_log::route_client_log!();
-}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            tracing::error!(error = %e, "re-keyed record not delivered");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -269,7 +249,7 @@ pub fn spawn(
             ("queue.buffering.max.messages", "1000000"),
         ],
     )
-    .create_with_context(Deliveries::default())?;
+    .create_with_context(Deliveries::new("re-keyed record"))?;
     let topic = k.repartition_topic();
     let partitions = partitions_of(&producer, &topic)?;
     if partitions != k.repartition.partitions {

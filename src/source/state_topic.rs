@@ -105,10 +105,20 @@ async fn create(k: &KafkaSettings, new: &NewTopic<'_>, what: &str) -> Result<(),
     Ok(())
 }
 
-/// Counts failed deliveries.
-#[derive(Default)]
-struct Deliveries {
-    failed: AtomicU64,
+/// A producer's delivery callback: counts failed deliveries and logs each, naming `what` was
+/// not delivered (the state topic's checkpoint records, the router's re-keyed records).
+pub(crate) struct Deliveries {
+    pub(crate) what: &'static str,
+    pub(crate) failed: AtomicU64,
+}
+
+impl Deliveries {
+    pub(crate) fn new(what: &'static str) -> Deliveries {
+        Deliveries {
+            what,
+            failed: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ClientContext for Deliveries {
@@ -120,7 +130,7 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = r {
-            tracing::warn!(error = %e, "checkpoint record not delivered");
+            tracing::warn!(error = %e, "{} not delivered", self.what);
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -149,7 +159,7 @@ impl KafkaCheckpointStore {
                 ("message.max.bytes", "1048588"),
             ],
         )
-        .create_with_context(Deliveries::default())?;
+        .create_with_context(Deliveries::new("checkpoint record"))?;
         let topic = k.state_topic();
         let md = producer
             .client()

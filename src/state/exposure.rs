@@ -210,10 +210,9 @@ impl ExposureSample {
         let level = self.level.max(o.level);
         let mut shared = 0u64;
         for (h, m) in o.arms_of.iter() {
-            if self.arms_of.get(h) != 0 && in_sample(h, level) {
+            if self.arms_of.or_mask(h, m) != 0 && in_sample(h, level) {
                 shared += 1;
             }
-            self.arms_of.or_mask(h, m);
         }
         self.duplicates += o.duplicates + shared as f64 / 0.5f64.powi(level as i32);
         self.level = level;

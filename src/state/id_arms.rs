@@ -182,17 +182,28 @@ impl IdArms {
             zero: 0,
         };
         for (k, m) in kept {
-            self.or_mask(k, m);
+            let _ = self.or_mask(k, m);
         }
     }
 
-    /// OR a whole mask into id `h`.
-    pub fn or_mask(&mut self, h: u64, m: u64) {
-        for arm in 0..64 {
-            if m >> arm & 1 == 1 {
-                self.insert(h, arm);
+    /// OR a whole mask into id `h`; its mask before. One lookup: the highest arm is inserted
+    /// (growing or widening the table as needed), the others ORed into the same slot.
+    pub fn or_mask(&mut self, h: u64, m: u64) -> u64 {
+        if m == 0 {
+            return self.get(h);
+        }
+        let top = 63 - m.leading_zeros() as usize;
+        let before = self.insert(h, top);
+        let rest = m & !(1u64 << top);
+        if rest != 0 {
+            if h == 0 {
+                self.zero |= rest;
+            } else {
+                let i = self.slot(h);
+                self.masks.set(i, self.masks.get(i) | rest);
             }
         }
+        before
     }
 
     /// Memory held, in bytes.
@@ -233,6 +244,27 @@ mod tests {
             t.retain(|k| k % 3 == 0);
             let n = want.iter().filter(|(k, _)| k % 3 == 0).count();
             prop_assert_eq!(t.len(), n);
+        }
+
+        /// Whole masks ORed in (the merge's path, one lookup each) give the same masks and
+        /// the same previous masks as a `HashMap`, wide arms and id 0 included.
+        #[test]
+        fn or_mask_same_as_a_hash_map(ops in proptest::collection::vec((0u64..300, any::<u64>()), 0..1500)) {
+            let (mut t, mut m) = (IdArms::default(), HashMap::<u64, u64>::new());
+            for &(id, mask) in &ops {
+                let h = id.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                // mostly narrow masks (1-2 arms), sometimes any
+                let mask = if id % 7 == 0 { mask } else { mask & 0x41 };
+                let before = t.or_mask(h, mask);
+                let e = m.entry(h).or_insert(0);
+                prop_assert_eq!(before, *e);
+                *e |= mask;
+            }
+            let mut got: Vec<_> = t.iter().filter(|&(_, v)| v != 0).collect();
+            got.sort_unstable();
+            let mut want: Vec<_> = m.iter().filter(|&(_, &v)| v != 0).map(|(&k, &v)| (k, v)).collect();
+            want.sort_unstable();
+            prop_assert_eq!(&got, &want);
         }
     }
 

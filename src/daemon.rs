@@ -206,8 +206,13 @@ struct Checkpointing {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     /// This process's writer id (random): its chunks never share a key with another's.
     writer: u64,
+    /// `[kafka.checkpoint] interval_ms`: the shortest time between periodic checkpoints.
     every: Duration,
     last: Instant,
+    /// What the last checkpoint round cost the engine thread (the snapshots' serialization):
+    /// the next, periodic or for alerts, waits at least nine times that, so that checkpointing
+    /// large states takes at most about a tenth of the engine thread (as publishing does).
+    cost: Duration,
     /// `(partition index, next offset)` of checkpoints now durable: the consumer commits them
     /// (offsets never run ahead of a durable checkpoint).
     durable: Arc<Mutex<Vec<(usize, i64)>>>,
@@ -320,6 +325,7 @@ impl EngineLoop {
             writer: twox_hash::XxHash3_64::oneshot(seed.as_bytes()),
             every,
             last: Instant::now(),
+            cost: Duration::ZERO,
             durable,
             controls,
             acks,
@@ -450,8 +456,9 @@ impl EngineLoop {
             return;
         };
         let revokes: Vec<Control> = c.controls.try_iter().collect();
-        let periodic = c.last.elapsed() >= c.every;
-        let for_alerts = c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY;
+        let periodic = c.last.elapsed() >= c.every.max(c.cost * 9);
+        let for_alerts =
+            c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(c.cost * 9);
         self.take_acks(Duration::ZERO);
         self.take_written(Duration::ZERO);
         for Control::Revoke(parts, answer) in revokes {
@@ -473,6 +480,7 @@ impl EngineLoop {
             let _ = answer.send(());
         }
         if periodic || for_alerts {
+            let started = Instant::now();
             if periodic {
                 self.checkpoint(|_, _| true);
             } else {
@@ -482,6 +490,7 @@ impl EngineLoop {
                 if periodic {
                     c.last = Instant::now();
                 }
+                c.cost = started.elapsed();
                 c.last_alert = Instant::now();
                 c.alerts_waiting = false;
             }

@@ -131,6 +131,19 @@ pub struct OtlpMapping {
     pub score: Vec<String>,
     /// Whether a judgment is of a control-set item.
     pub control: Vec<String>,
+    /// A routing decision's router (an `armwatch.routing` event: no semantic convention
+    /// names routing decisions yet).
+    pub router: Vec<String>,
+    /// A routing decision's score.
+    pub routing_score: Vec<String>,
+    /// A routing decision's threshold (optional).
+    pub threshold: Vec<String>,
+    /// The route a decision took.
+    pub route: Vec<String>,
+    /// A sample's eval set (an `armwatch.sample` event).
+    pub eval_set: Vec<String>,
+    /// A sample's weight (optional).
+    pub weight: Vec<String>,
     /// Input name -> attributes (e.g. `model = ["gen_ai.request.model"]`).
     pub inputs: BTreeMap<String, Vec<String>>,
     /// Every attribute under this prefix is also an input, named by the rest of its key
@@ -150,6 +163,12 @@ impl Default for OtlpMapping {
             judge_version: v(&["armwatch.judge_version", "gen_ai.evaluation.judge.version"]),
             score: v(&["gen_ai.evaluation.score.value"]),
             control: v(&["armwatch.control"]),
+            router: v(&["armwatch.router"]),
+            routing_score: v(&["armwatch.routing.score"]),
+            threshold: v(&["armwatch.routing.threshold"]),
+            route: v(&["armwatch.routing.route"]),
+            eval_set: v(&["armwatch.eval_set"]),
+            weight: v(&["armwatch.sample.weight"]),
             inputs: [
                 ("model", "gen_ai.request.model"),
                 ("temperature", "gen_ai.request.temperature"),

@@ -54,6 +54,7 @@ fn dashboard_queries_only_exported_metrics() {
         .with_label_values(&["kafka", "queue_full"])
         .inc();
     m.checkpoints.with_label_values(&["written"]).inc();
+    m.repartition_messages.with_label_values(&["routed"]).inc();
     m.publish(&engine, &engine.report());
     let exported = m.encode();
     let dash: serde_json::Value =

@@ -13,6 +13,11 @@
 //!   `gen_ai.evaluation.name` the judge, `gen_ai.evaluation.score.value` the score; as a span
 //!   event it takes the experiment and arm of its span's exposure.
 //!
+//! - no convention names routing decisions or eval-set samples yet: an `armwatch.routing`
+//!   event (log record or span event) is a `routing` event (`armwatch.router`,
+//!   `armwatch.routing.score`, `.threshold`, `.route`), an `armwatch.sample` event a `sample`
+//!   (`armwatch.eval_set`, `armwatch.sample.weight`, its inputs as a prompt's).
+//!
 //! Which attribute carries which field is [`OtlpMapping`] (first present wins, the innermost
 //! scope first). Anything else is skipped and counted by reason, never an error: an OTLP
 //! stream carries much more than experiments.
@@ -27,6 +32,10 @@ use serde_json::{Map, Value as Json};
 pub const FLAG_EVALUATION: &str = "feature_flag.evaluation";
 /// The event name of an evaluation result.
 pub const EVALUATION_RESULT: &str = "gen_ai.evaluation.result";
+/// The event name of a routing decision.
+pub const ROUTING: &str = "armwatch.routing";
+/// The event name of an eval-set sample.
+pub const SAMPLE: &str = "armwatch.sample";
 
 /// Why a record gave no event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,11 +46,19 @@ pub enum Skip {
     NoExperiment,
     /// An evaluation without judge or numeric score.
     NoScore,
+    /// A routing decision without router, numeric score or route, or a sample without eval
+    /// set.
+    Incomplete,
 }
 
 impl Skip {
     /// Every reason.
-    pub const ALL: [Skip; 3] = [Skip::NotAnEvent, Skip::NoExperiment, Skip::NoScore];
+    pub const ALL: [Skip; 4] = [
+        Skip::NotAnEvent,
+        Skip::NoExperiment,
+        Skip::NoScore,
+        Skip::Incomplete,
+    ];
 
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
@@ -49,6 +66,7 @@ impl Skip {
             Skip::NotAnEvent => "not_an_event",
             Skip::NoExperiment => "no_experiment",
             Skip::NoScore => "no_score",
+            Skip::Incomplete => "incomplete",
         }
     }
 }
@@ -69,7 +87,7 @@ pub struct Outcome {
     /// Events, in the order of the request's records.
     pub events: Vec<Mapped>,
     /// Records skipped, by reason (counts in [`Skip::ALL`] order).
-    pub skipped: [u64; 3],
+    pub skipped: [u64; 4],
 }
 
 impl Outcome {
@@ -255,6 +273,46 @@ impl<'a> Mapper<'a> {
         push(out, key, ev);
     }
 
+    fn routing(&self, ts: i64, s: &Scopes<'_>, out: &mut Outcome) {
+        let (Some(router), Some(score), Some(route)) = (
+            s.text(&self.m.router),
+            s.number(&self.m.routing_score),
+            s.text(&self.m.route),
+        ) else {
+            out.skip(Skip::Incomplete);
+            return;
+        };
+        let mut ev = Map::new();
+        ev.insert("kind".into(), "routing".into());
+        ev.insert("ts".into(), ts.into());
+        ev.insert("router".into(), router.as_str().into());
+        ev.insert("score".into(), score.into());
+        if let Some(t) = s.number(&self.m.threshold) {
+            ev.insert("threshold".into(), t.into());
+        }
+        ev.insert("route".into(), route.into());
+        push(out, Some(router), ev);
+    }
+
+    fn sample(&self, ts: i64, s: &Scopes<'_>, out: &mut Outcome) {
+        let Some(eval_set) = s.text(&self.m.eval_set) else {
+            out.skip(Skip::Incomplete);
+            return;
+        };
+        let mut ev = Map::new();
+        ev.insert("kind".into(), "sample".into());
+        ev.insert("ts".into(), ts.into());
+        ev.insert("eval_set".into(), eval_set.as_str().into());
+        if let Some(w) = s.number(&self.m.weight).filter(|w| *w >= 0.0) {
+            ev.insert("weight".into(), w.into());
+        }
+        let inputs = self.inputs(s);
+        if !inputs.is_empty() {
+            ev.insert("inputs".into(), Json::Object(inputs));
+        }
+        push(out, Some(eval_set), ev);
+    }
+
     /// The events of a traces request, in span order (a span's exposure before its events'
     /// judgments).
     pub fn traces(&self, req: &ExportTraceServiceRequest) -> Outcome {
@@ -293,6 +351,14 @@ impl<'a> Mapper<'a> {
                             },
                             EVALUATION_RESULT => {
                                 self.judgment(exposure.as_ref(), ts, &scopes, &mut out);
+                                produced = true;
+                            }
+                            ROUTING => {
+                                self.routing(ts, &scopes, &mut out);
+                                produced = true;
+                            }
+                            SAMPLE => {
+                                self.sample(ts, &scopes, &mut out);
                                 produced = true;
                             }
                             _ => {}
@@ -334,6 +400,8 @@ impl<'a> Mapper<'a> {
                             let x = self.exposure(&scopes);
                             self.judgment(x.as_ref(), ts, &scopes, &mut out);
                         }
+                        ROUTING => self.routing(ts, &scopes, &mut out),
+                        SAMPLE => self.sample(ts, &scopes, &mut out),
                         _ => out.skip(Skip::NotAnEvent),
                     }
                 }
@@ -425,7 +493,7 @@ mod tests {
         let m = OtlpMapping::default();
         let out = Mapper::new(&m).traces(&req);
         assert_eq!(out.events.len(), 2);
-        assert_eq!(out.skipped, [1, 0, 0]);
+        assert_eq!(out.skipped, [1, 0, 0, 0]);
         assert_eq!(
             json(&out.events[0]),
             serde_json::json!({"kind":"prompt","ts":1_767_225_600_100i64,"experiment":"prompt-v","arm":"treatment","unit":"u1",
@@ -480,11 +548,90 @@ mod tests {
         };
         let m = OtlpMapping::default();
         let out = Mapper::new(&m).logs(&req);
-        assert_eq!(out.skipped, [1, 1, 1]);
+        assert_eq!(out.skipped, [1, 1, 1, 0]);
         assert_eq!(out.events.len(), 2);
         assert_eq!(json(&out.events[0])["arm"], "control");
         assert_eq!(json(&out.events[1])["judge_version"], "unversioned");
         assert_eq!(json(&out.events[1])["score"], 3.5);
         assert_eq!(out.events[1].key.as_deref(), Some("q"));
+    }
+
+    /// Routing decisions and eval-set samples, as log records and as span events, become
+    /// `routing` and `sample` events the decoder accepts; one without its fields is skipped
+    /// as incomplete.
+    #[test]
+    fn routing_decisions_and_samples() {
+        let routing = vec![
+            kv("armwatch.router", s("confidence-gate")),
+            kv("armwatch.routing.score", Value::DoubleValue(0.84)),
+            kv("armwatch.routing.threshold", Value::DoubleValue(0.85)),
+            kv("armwatch.routing.route", s("cheap")),
+        ];
+        let sample = vec![
+            kv("armwatch.eval_set", s("nightly")),
+            kv("armwatch.sample.weight", Value::IntValue(2)),
+            kv("armwatch.input.tier", s("pro")),
+        ];
+        let rec = |name: &str, attrs: Vec<KeyValue>| LogRecord {
+            time_unix_nano: 1_767_225_600_000_000_000,
+            event_name: name.into(),
+            attributes: attrs,
+            ..Default::default()
+        };
+        let logs = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![
+                        rec(ROUTING, routing.clone()),
+                        rec(SAMPLE, sample.clone()),
+                        rec(ROUTING, vec![kv("armwatch.router", s("g"))]),
+                        rec(SAMPLE, vec![]),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let m = OtlpMapping::default();
+        let from_logs = Mapper::new(&m).logs(&logs);
+        assert_eq!(from_logs.skipped, [0, 0, 0, 2]);
+        assert_eq!(
+            json(&from_logs.events[0]),
+            serde_json::json!({"kind":"routing","ts":1_767_225_600_000i64,"router":"confidence-gate",
+                "score":0.84,"threshold":0.85,"route":"cheap"})
+        );
+        assert_eq!(from_logs.events[0].key.as_deref(), Some("confidence-gate"));
+        assert_eq!(
+            json(&from_logs.events[1]),
+            serde_json::json!({"kind":"sample","ts":1_767_225_600_000i64,"eval_set":"nightly",
+                "weight":2.0,"inputs":{"tier":"pro"}})
+        );
+        let event = |name: &str, attributes: Vec<KeyValue>| Event {
+            name: name.into(),
+            time_unix_nano: 1_767_225_600_000_000_000,
+            attributes,
+            ..Default::default()
+        };
+        let traces = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        events: vec![event(ROUTING, routing), event(SAMPLE, sample)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let from_spans = Mapper::new(&m).traces(&traces);
+        assert_eq!(from_spans.events, from_logs.events);
+        // what the mapping makes is what the decoder takes
+        let limits = crate::event::Limits::default();
+        for (e, kind) in from_logs.events.iter().zip(["routing", "sample"]) {
+            let mut inputs = crate::event::Inputs::new();
+            let ev = crate::event::decode_into(&e.payload, &limits, &mut inputs).expect("valid");
+            assert_eq!(ev.kind().as_str(), kind);
+        }
     }
 }

@@ -317,12 +317,15 @@ async fn produce(r: &Receiver, outcome: &Outcome) -> Result<(), rdkafka::error::
 /// evaluation without score) are reported as rejected; records that are not experiment events
 /// at all are not errors.
 fn response(signal: Signal, encoding: Encoding, o: &Outcome) -> Response {
-    let rejected = o.skipped[Skip::NoExperiment as usize] + o.skipped[Skip::NoScore as usize];
+    let rejected = o.skipped[Skip::NoExperiment as usize]
+        + o.skipped[Skip::NoScore as usize]
+        + o.skipped[Skip::Incomplete as usize];
     let message = if rejected > 0 {
         format!(
-            "{} exposures without experiment or arm, {} evaluations without judge or score (see [otlp.mapping])",
+            "{} exposures without experiment or arm, {} evaluations without judge or score, {} routing decisions or samples without their fields (see [otlp.mapping])",
             o.skipped[Skip::NoExperiment as usize],
-            o.skipped[Skip::NoScore as usize]
+            o.skipped[Skip::NoScore as usize],
+            o.skipped[Skip::Incomplete as usize]
         )
     } else {
         String::new()

@@ -437,6 +437,16 @@ mod tests {
         Value::StringValue(x.into())
     }
 
+    /// A log record named `name` at 2026-01-01T00:00:00Z.
+    fn rec(name: &str, attrs: Vec<KeyValue>) -> LogRecord {
+        LogRecord {
+            time_unix_nano: 1_767_225_600_000_000_000,
+            event_name: name.into(),
+            attributes: attrs,
+            ..Default::default()
+        }
+    }
+
     fn json(m: &Mapped) -> Json {
         serde_json::from_slice(&m.payload).expect("json")
     }
@@ -509,12 +519,6 @@ mod tests {
 
     #[test]
     fn log_records_by_event_name() {
-        let rec = |name: &str, attrs: Vec<KeyValue>| LogRecord {
-            time_unix_nano: 1_767_225_600_000_000_000,
-            event_name: name.into(),
-            attributes: attrs,
-            ..Default::default()
-        };
         let req = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 scope_logs: vec![ScopeLogs {
@@ -572,12 +576,6 @@ mod tests {
             kv("armwatch.sample.weight", Value::IntValue(2)),
             kv("armwatch.input.tier", s("pro")),
         ];
-        let rec = |name: &str, attrs: Vec<KeyValue>| LogRecord {
-            time_unix_nano: 1_767_225_600_000_000_000,
-            event_name: name.into(),
-            attributes: attrs,
-            ..Default::default()
-        };
         let logs = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 scope_logs: vec![ScopeLogs {

@@ -127,11 +127,25 @@ impl Upstream {
 /// waits for every record before it to be acknowledged).
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 const COMMIT_MESSAGES: usize = 50_000;
-/// How long the acknowledgements of one commit may take before the router gives up.
-const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one commit waits for acknowledgements; past it (a slow or paused broker) the
+/// commit is put off, not failed: librdkafka keeps retrying until `message.timeout.ms`, and
+/// only a delivery that fails for good stops the router.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// What became of a commit.
+#[derive(Debug, PartialEq)]
+enum Acked {
+    /// Everything acknowledged; the input offsets stored.
+    Stored,
+    /// Not all acknowledged yet: nothing stored, the next commit tries again.
+    Pending,
+    /// A delivery failed for good: nothing stored (the restart re-produces from the last
+    /// commit rather than go past a gap).
+    Failed,
+}
 
 /// The repartition topic's partition count (it must exist: see
-/// [`super::state_topic::ensure_topic`]).
+/// [`super::state_topic::ensure`]).
 fn partitions_of(producer: &BaseProducer<Deliveries>, topic: &str) -> Result<i32, KafkaError> {
     let md = producer
         .client()
@@ -174,18 +188,20 @@ struct Shared {
 impl Shared {
     /// Wait until every record re-produced so far is acknowledged, then store the input
     /// offsets they came from (committed by the consumer's auto-commit, or at once by a
-    /// revoke). False when a delivery failed: nothing is stored, so the restart re-produces
-    /// from the last commit.
+    /// revoke).
     fn flush_and_store<C: rdkafka::consumer::ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
-    ) -> bool {
+    ) -> Acked {
         let before = self.producer.context().failed.load(Ordering::Relaxed);
-        let flushed = self.producer.flush(ACK_TIMEOUT);
-        let failed = self.producer.context().failed.load(Ordering::Relaxed) > before;
-        if flushed.is_err() || failed {
+        let flushed = self.producer.flush(ACK_WAIT);
+        if self.producer.context().failed.load(Ordering::Relaxed) > before {
             tracing::error!("router: re-keyed records not acknowledged: stopping, so that the restart re-produces them from the last committed input offsets");
-            return false;
+            return Acked::Failed;
+        }
+        if flushed.is_err() {
+            tracing::warn!("router: re-keyed records not acknowledged within 10 s (a slow or paused broker?): input offsets not committed yet");
+            return Acked::Pending;
         }
         if let Ok(all) = self.marks.all.lock() {
             for m in all.iter() {
@@ -196,7 +212,7 @@ impl Shared {
                 }
             }
         }
-        true
+        Acked::Stored
     }
 }
 
@@ -218,7 +234,9 @@ impl rdkafka::consumer::ConsumerContext for RouterContext {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
-            if self.shared.flush_and_store(consumer) {
+            // (not all acknowledged: the next owner re-produces from the last commit, and the
+            // engines drop the copies)
+            if self.shared.flush_and_store(consumer) == Acked::Stored {
                 if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
                 {
                     tracing::debug!(error = %e, "router: commit at revoke");
@@ -354,7 +372,7 @@ impl Router {
             if self.routed > 0
                 && (self.routed as usize >= COMMIT_MESSAGES || since.elapsed() >= COMMIT_EVERY)
             {
-                if !self.commit(consumer) {
+                if self.commit(consumer) == Acked::Failed {
                     stop.store(true, Ordering::Relaxed);
                     return Err("re-keyed records not acknowledged (see the log): the restart re-produces them from the last committed input offsets".into());
                 }
@@ -362,7 +380,7 @@ impl Router {
             }
         }
         if self.routed > 0 {
-            self.commit(consumer);
+            let _ = self.commit(consumer);
         }
         if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(error = %e, "router: final commit");
@@ -418,9 +436,10 @@ impl Router {
     }
 
     /// [`Shared::flush_and_store`], and the counts into the metrics.
-    fn commit(&mut self, consumer: &BaseConsumer<RouterContext>) -> bool {
-        if !self.shared.flush_and_store(consumer) {
-            return false;
+    fn commit(&mut self, consumer: &BaseConsumer<RouterContext>) -> Acked {
+        let acked = self.shared.flush_and_store(consumer);
+        if acked != Acked::Stored {
+            return acked;
         }
         if let Ok(m) = self.metrics.lock() {
             m.repartition_messages
@@ -432,7 +451,7 @@ impl Router {
         }
         self.routed = 0;
         self.unroutable = 0;
-        true
+        Acked::Stored
     }
 }
 

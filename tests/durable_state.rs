@@ -42,14 +42,10 @@ fn events(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn config(brokers: &str, group: &str, topic: &str, http: &str) -> String {
+    let kafka = kafka_table(brokers, group, topic);
     format!(
         r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-topics = ["{topic}"]
-options = {{ "session.timeout.ms" = "6000", "max.poll.interval.ms" = "10000" }}
-
+{kafka}
 [kafka.checkpoint]
 interval_ms = 300
 

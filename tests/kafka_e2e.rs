@@ -133,16 +133,12 @@ async fn tier_leak_through_real_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let http = format!("127.0.0.1:{}", free_port());
     let config = dir.path().join("armwatch.toml");
+    let kafka = kafka_table(&broker.addr, "armwatch-e2e", "llm.events");
     std::fs::write(
         &config,
         format!(
             r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "armwatch-e2e"
-topics = ["llm.events"]
-dead_letter_topic = "llm.events.rejected"
-options = {{ "session.timeout.ms" = "6000", "max.poll.interval.ms" = "10000" }}
+{kafka}dead_letter_topic = "llm.events.rejected"
 
 [[experiment]]
 id = "prompt-variant"
@@ -158,8 +154,7 @@ listen = "{http}"
 
 [limits]
 max_message_bytes = 4096
-"#,
-            brokers = broker.addr
+"#
         ),
     )
     .expect("config written");
@@ -433,10 +428,8 @@ async fn config_reload_without_restart() {
     let http = format!("127.0.0.1:{}", free_port());
     let config = dir.path().join("armwatch.toml");
     let base = format!(
-        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"armwatch-reload\"\ntopics = [\"reload.events\"]\n\
-         options = {{ \"session.timeout.ms\" = \"6000\", \"max.poll.interval.ms\" = \"10000\" }}\n\n\
-         [http]\nlisten = \"{http}\"\n",
-        broker.addr
+        "{}\n[http]\nlisten = \"{http}\"\n",
+        kafka_table(&broker.addr, "armwatch-reload", "reload.events")
     );
     std::fs::write(&config, &base).expect("config written");
     let log = dir.path().join("armwatch.log");
@@ -530,9 +523,8 @@ async fn daemon_waits_for_a_broker_that_starts_later() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"armwatch-late\"\ntopics = [\"late.events\"]\n\
-             options = {{ \"session.timeout.ms\" = \"6000\", \"max.poll.interval.ms\" = \"10000\" }}\n\n\
-             [http]\nlisten = \"{http}\"\n"
+            "{}\n[http]\nlisten = \"{http}\"\n",
+            kafka_table(&brokers, "armwatch-late", "late.events")
         ),
     )
     .expect("config written");

@@ -60,11 +60,7 @@ async fn otlp_from_the_sdk_gives_the_report_of_the_equivalent_events() {
         &config,
         format!(
             r#"
-[kafka]
-brokers = "{}"
-group_id = "otlp-test"
-topics = ["otel.events"]
-options = {{ "session.timeout.ms" = "6000", "max.poll.interval.ms" = "10000" }}
+{}
 [kafka.checkpoint]
 enabled = false
 [http]
@@ -81,7 +77,7 @@ arms = {{ control = 0.5, treatment = 0.5 }}
 id = "flag-exp"
 arms = {{ a = 0.3333333333, b = 0.3333333333, c = 0.3333333334 }}
 "#,
-            broker.addr
+            kafka_table(&broker.addr, "otlp-test", "otel.events")
         ),
     )
     .expect("config");

@@ -185,6 +185,16 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// The `[kafka]` table of a test daemon's configuration (its keys may follow): `brokers`,
+/// consumer `group`, one input `topic`, and the group timeouts that make tansu's first join
+/// take ~3 s instead of librdkafka's default ~23 s.
+pub fn kafka_table(brokers: &str, group: &str, topic: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
+         options = {{ \"session.timeout.ms\" = \"6000\", \"max.poll.interval.ms\" = \"10000\" }}\n"
+    )
+}
+
 /// The partition [`produce_partitioned`] gives `key` among `partitions`.
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     (twox_hash::XxHash3_64::oneshot(key) % partitions as u64) as i32

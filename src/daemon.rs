@@ -255,8 +255,8 @@ pub struct EngineLoop {
     /// messages takes no lock per message: rejected-log lines suppressed, dead letters
     /// queued, dead letters dropped.
     /// Since the last publish: rejected log lines suppressed, dead letters queued, dead
-    /// letters dropped, alerts the sinks' channel refused.
-    pending: [u64; 4],
+    /// letters dropped, alerts the sinks' channel refused, re-keyed copies dropped.
+    pending: [u64; 5],
     /// Experiments already warned about units counted in several partitions (key hashes).
     warned_split: std::collections::HashSet<u64>,
     /// Alerts already sent as resolved (identity hashes).
@@ -291,7 +291,7 @@ impl EngineLoop {
             publish_every: PUBLISH_EVERY,
             last_publish: Instant::now(),
             n: 0,
-            pending: [0; 4],
+            pending: [0; 5],
             warned_split: Default::default(),
             resolved: Default::default(),
         }
@@ -384,11 +384,8 @@ impl EngineLoop {
             Route::Apply(p) => p,
             Route::Unowned | Route::Duplicate => return None,
             Route::Repeated => {
-                if let Ok(m) = self.metrics.lock() {
-                    m.repartition_messages
-                        .with_label_values(&["repeated"])
-                        .inc();
-                }
+                // counted at the next publish (no lock per message)
+                self.pending[4] += 1;
                 return None;
             }
         };
@@ -789,8 +786,13 @@ impl EngineLoop {
         warn_split_units(&mut self.warned_split, &report);
         let text = match self.metrics.lock() {
             Ok(mut m) => {
-                let [suppressed, queued, dropped, alerts_refused] =
+                let [suppressed, queued, dropped, alerts_refused, repeated] =
                     std::mem::take(&mut self.pending);
+                if repeated > 0 {
+                    m.repartition_messages
+                        .with_label_values(&["repeated"])
+                        .inc_by(repeated);
+                }
                 m.rejected_log_suppressed.inc_by(suppressed);
                 m.alerts_dropped
                     .with_label_values(&["all", "queue_full"])

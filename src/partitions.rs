@@ -38,11 +38,11 @@ pub struct Part {
 }
 
 impl Part {
-    /// A partition starting from fresh state (no checkpoint).
-    pub fn fresh(key: String, settings: &Settings) -> Part {
+    /// Partition `key` holding `engine`, nothing applied or checkpointed yet.
+    pub fn new(key: String, engine: Engine) -> Part {
         Part {
             key,
-            engine: Engine::new(settings),
+            engine,
             next_offset: -1,
             generation: 0,
             dirty: false,
@@ -50,6 +50,11 @@ impl Part {
             handed: 0,
             upstream: Vec::new(),
         }
+    }
+
+    /// A partition starting from fresh state (no checkpoint).
+    pub fn fresh(key: String, settings: &Settings) -> Part {
+        Part::new(key, Engine::new(settings))
     }
 
     /// Whether the event at `offset` of input partition `from` is new to this partition's
@@ -115,16 +120,7 @@ impl Partitions {
     /// One engine for a source without partitions.
     pub fn single(engine: Engine, settings: &Settings) -> Partitions {
         Partitions {
-            parts: vec![Some(Part {
-                key: String::new(),
-                engine,
-                next_offset: -1,
-                generation: 0,
-                dirty: false,
-                superseded: Vec::new(),
-                handed: 0,
-                upstream: Vec::new(),
-            })],
+            parts: vec![Some(Part::new(String::new(), engine))],
             settings: settings.clone(),
         }
     }

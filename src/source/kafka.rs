@@ -200,14 +200,11 @@ impl Checkpoints {
                 Ok(Some((cp, engine))) => {
                     self.count_restore("restored");
                     let part = Part {
-                        key,
-                        engine,
                         next_offset: cp.next_offset,
                         generation: cp.generation,
-                        dirty: false,
                         superseded: cp.superseded,
-                        handed: 0,
                         upstream: cp.upstream,
+                        ..Part::new(key, engine)
                     };
                     (part, Offset::Offset(cp.next_offset))
                 }

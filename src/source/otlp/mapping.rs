@@ -197,6 +197,14 @@ impl<'a> Mapper<'a> {
         })
     }
 
+    /// `ev`'s `inputs`, when it has any.
+    fn add_inputs(&self, ev: &mut Map<String, Json>, s: &Scopes<'_>) {
+        let inputs = self.inputs(s);
+        if !inputs.is_empty() {
+            ev.insert("inputs".into(), Json::Object(inputs));
+        }
+    }
+
     /// The inputs of an exposure: the mapped attributes, then the prefixed ones.
     fn inputs(&self, s: &Scopes<'_>) -> Map<String, Json> {
         let mut out = Map::new();
@@ -224,9 +232,7 @@ impl<'a> Mapper<'a> {
     }
 
     fn prompt(&self, x: &Exposure, ts: i64, s: &Scopes<'_>, out: &mut Outcome) {
-        let mut ev = Map::new();
-        ev.insert("kind".into(), "prompt".into());
-        ev.insert("ts".into(), ts.into());
+        let mut ev = event("prompt", ts);
         ev.insert("experiment".into(), x.experiment.as_str().into());
         ev.insert("arm".into(), x.arm.as_str().into());
         if let Some(u) = &x.unit {
@@ -235,10 +241,7 @@ impl<'a> Mapper<'a> {
         if let Some(c) = &x.cluster {
             ev.insert("cluster".into(), c.as_str().into());
         }
-        let inputs = self.inputs(s);
-        if !inputs.is_empty() {
-            ev.insert("inputs".into(), Json::Object(inputs));
-        }
+        self.add_inputs(&mut ev, s);
         let key = x.unit.clone().or_else(|| Some(x.experiment.clone()));
         push(out, key, ev);
     }
@@ -248,9 +251,7 @@ impl<'a> Mapper<'a> {
             out.skip(Skip::NoScore);
             return;
         };
-        let mut ev = Map::new();
-        ev.insert("kind".into(), "judgment".into());
-        ev.insert("ts".into(), ts.into());
+        let mut ev = event("judgment", ts);
         if let Some(x) = x {
             ev.insert("experiment".into(), x.experiment.as_str().into());
             ev.insert("arm".into(), x.arm.as_str().into());
@@ -282,9 +283,7 @@ impl<'a> Mapper<'a> {
             out.skip(Skip::Incomplete);
             return;
         };
-        let mut ev = Map::new();
-        ev.insert("kind".into(), "routing".into());
-        ev.insert("ts".into(), ts.into());
+        let mut ev = event("routing", ts);
         ev.insert("router".into(), router.as_str().into());
         ev.insert("score".into(), score.into());
         if let Some(t) = s.number(&self.m.threshold) {
@@ -299,17 +298,12 @@ impl<'a> Mapper<'a> {
             out.skip(Skip::Incomplete);
             return;
         };
-        let mut ev = Map::new();
-        ev.insert("kind".into(), "sample".into());
-        ev.insert("ts".into(), ts.into());
+        let mut ev = event("sample", ts);
         ev.insert("eval_set".into(), eval_set.as_str().into());
         if let Some(w) = s.number(&self.m.weight).filter(|w| *w >= 0.0) {
             ev.insert("weight".into(), w.into());
         }
-        let inputs = self.inputs(s);
-        if !inputs.is_empty() {
-            ev.insert("inputs".into(), Json::Object(inputs));
-        }
+        self.add_inputs(&mut ev, s);
         push(out, Some(eval_set), ev);
     }
 
@@ -409,6 +403,14 @@ impl<'a> Mapper<'a> {
         }
         out
     }
+}
+
+/// An event of the contract of `kind` at `ts` (its other fields to be added).
+fn event(kind: &str, ts: i64) -> Map<String, Json> {
+    let mut ev = Map::new();
+    ev.insert("kind".into(), kind.into());
+    ev.insert("ts".into(), ts.into());
+    ev
 }
 
 fn push(out: &mut Outcome, key: Option<String>, ev: Map<String, Json>) {

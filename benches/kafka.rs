@@ -125,6 +125,9 @@ struct Drained {
     checkpoints: f64,
     checkpoint_bytes: f64,
     checkpoint_seconds: f64,
+    /// The engine thread's wall seconds: waiting for batches, applying them, checkpointing
+    /// between them, publishing.
+    stages: [f64; 4],
 }
 
 /// How `armwatch run` keeps its state.
@@ -159,6 +162,11 @@ fn drain_armwatch(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000);
+    // `ARMWATCH_BENCH_THREADS`: `[kafka.checkpoint] engine_threads` (0: the CPUs available)
+    let threads: usize = std::env::var("ARMWATCH_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let options: Vec<String> = GROUP_OPTIONS
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
@@ -167,7 +175,7 @@ fn drain_armwatch(
         &config,
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-armwatch-{clients}-{round}-{checkpoints}-{rekeyed}\"\ntopics = [\"{topic}\"]\n\
-             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = {interval}\n\n\
+             options = {{ {} }}\n\n[kafka.checkpoint]\nenabled = {checkpoints}\ninterval_ms = {interval}\nengine_threads = {threads}\n\n\
              [kafka.repartition]\nenabled = {rekeyed}\npartitions = {PARTITIONS}\n\n[http]\nlisten = \"{http}\"\n\n[log]\nformat = \"json\"\n",
             options.join(", "),
         ),
@@ -240,6 +248,12 @@ fn drain_armwatch(
         checkpoints: f("checkpoints"),
         checkpoint_bytes: f("checkpoint_bytes"),
         checkpoint_seconds: f("checkpoint_seconds"),
+        stages: [
+            f("waiting_seconds"),
+            f("applying_seconds"),
+            f("checkpointing_seconds"),
+            f("publishing_seconds"),
+        ],
     }
 }
 
@@ -387,6 +401,23 @@ fn main() {
             written / rounds as f64,
             bytes / written.max(1.0) / 1e6,
             secs / written.max(1.0) * 1e3,
+        );
+        let stages = |d: &[Drained]| {
+            let mut sum = [0.0; 4];
+            for x in d {
+                for (s, v) in sum.iter_mut().zip(x.stages) {
+                    *s += v / d.len() as f64;
+                }
+            }
+            format!(
+                "waiting {:.2}, applying {:.2}, checkpointing {:.2}, publishing {:.2}",
+                sum[0], sum[1], sum[2], sum[3]
+            )
+        };
+        println!(
+            "  engine thread, seconds (mean of rounds): checkpoints on: {}; off: {}",
+            stages(&alones),
+            stages(&offs)
         );
         println!(
             "  re-keyed by unit ([kafka.repartition], one round): {:.0}/s, {:.2}x armwatch with checkpoints, {:.2}x bare",

@@ -451,6 +451,21 @@ pub struct CheckpointSettings {
     /// metrics (0: this replica reports only the partitions it owns).
     #[serde(default = "default_view_interval")]
     pub view_interval_ms: u64,
+    /// Threads that apply the owned partitions' events (each partition's state is its own,
+    /// so partitions apply in parallel); 0: as many as the CPUs this process may use (its
+    /// cgroup's quota in a container), at most 16.
+    #[serde(default)]
+    pub engine_threads: usize,
+}
+
+impl CheckpointSettings {
+    /// [`CheckpointSettings::engine_threads`], 0 resolved.
+    pub fn threads(&self) -> usize {
+        match self.engine_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+            n => n,
+        }
+    }
 }
 
 fn default_view_interval() -> u64 {
@@ -471,6 +486,7 @@ impl Default for CheckpointSettings {
             topic: None,
             interval_ms: default_checkpoint_interval(),
             view_interval_ms: default_view_interval(),
+            engine_threads: 0,
         }
     }
 }
@@ -1287,6 +1303,16 @@ impl Settings {
                     c.interval_ms
                 ),
                 "use a few seconds, e.g. interval_ms = 5000",
+            ));
+        }
+        if c.engine_threads > 64 {
+            return Err(invalid(
+                "kafka.checkpoint.engine_threads",
+                format!(
+                    "{} threads is more than any partition count needs",
+                    c.engine_threads
+                ),
+                "use the CPUs the daemon may use, or 0 to take them from the machine or container",
             ));
         }
         if c.view_interval_ms != 0 && c.view_interval_ms < 100 {

@@ -10,6 +10,7 @@ use crate::http::Shared;
 use crate::metrics::Metrics;
 use crate::partitions::{MergedView, Part, Partitions, Route, Viewed};
 use crate::sink::Outgoing;
+use crate::threads::EngineThreads;
 use prometheus::Histogram;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -261,6 +262,9 @@ pub struct EngineLoop {
     warned_split: std::collections::HashSet<u64>,
     /// Alerts already sent as resolved (identity hashes).
     resolved: std::collections::HashSet<u64>,
+    /// The threads that apply, checkpoint and merge the owned partitions
+    /// ([`EngineLoop::with_threads`]).
+    threads: EngineThreads,
 }
 
 impl EngineLoop {
@@ -294,7 +298,17 @@ impl EngineLoop {
             pending: [0; 5],
             warned_split: Default::default(),
             resolved: Default::default(),
+            threads: EngineThreads::one(),
         }
+    }
+
+    /// Apply the owned partitions on `threads` threads (the engine thread and `threads - 1`
+    /// more): each partition's state is its own, so partitions apply in parallel the way
+    /// Kafka Streams' stream threads do. Only with checkpoints (partition-owned state); 1: the
+    /// engine thread alone.
+    pub fn with_threads(mut self, threads: usize) -> EngineLoop {
+        self.threads = EngineThreads::new(threads);
+        self
     }
 
     /// Checkpoint the partitions' state to `store` every `every` (and before alerts are
@@ -552,6 +566,21 @@ impl EngineLoop {
     /// engine thread only serializes); their new alerts go to the sinks once written. A
     /// partition whose checkpoint finds the queue full stays dirty for the next.
     fn checkpoint(&mut self, which: impl Fn(usize, &Part) -> bool) {
+        if self.checkpointing.is_none() {
+            return;
+        }
+        // the partitions' snapshots, serialized on the engine threads
+        let started = Instant::now();
+        let due: Vec<&Part> = self
+            .parts
+            .iter()
+            .filter(|&(i, p)| p.dirty && which(i, p))
+            .map(|(_, p)| p)
+            .collect();
+        let mut snapshots = self
+            .threads
+            .map(due, |p| crate::snapshot::write(&p.engine))
+            .into_iter();
         let Some(c) = &mut self.checkpointing else {
             return;
         };
@@ -566,8 +595,9 @@ impl EngineLoop {
             let Some(jobs) = &c.jobs else {
                 return;
             };
-            let started = Instant::now();
-            let snapshot = crate::snapshot::write(&p.engine);
+            let Some(snapshot) = snapshots.next() else {
+                return;
+            };
             let generation = p.generation + 1;
             let records = crate::checkpoint::records(
                 &p.key,
@@ -780,7 +810,7 @@ impl EngineLoop {
             p.engine.count_memory();
         }
         let others = self.others();
-        let view = self.parts.view_with(&others);
+        let view = self.parts.view_with(&others, &self.threads);
         let mut report = view.report();
         report.partitions = self.parts.provenance(&others);
         warn_split_units(&mut self.warned_split, &report);
@@ -812,12 +842,14 @@ impl EngineLoop {
                 // the cost of this publish lands in the next scrape
                 m.publish_seconds
                     .observe(self.last_publish.elapsed().as_secs_f64());
-                self.publish_every = PUBLISH_EVERY.max(self.last_publish.elapsed() * 10);
                 m.encode()
             }
             Err(_) => String::new(),
         };
         self.shared.set(text.into_bytes(), report);
+        // the whole cost, the metrics' text and dropping the view included
+        drop(view);
+        self.publish_every = PUBLISH_EVERY.max(self.last_publish.elapsed() * 10);
     }
 
     /// Deliver queued dead letters (at shutdown).

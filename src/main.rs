@@ -442,7 +442,9 @@ fn run(settings: Settings, config: &Path, max_messages: Option<u64>) -> Result<(
         if checkpointing {
             let store = state_topic::KafkaCheckpointStore::new(&settings.kafka).context("kafka.checkpoint: cannot create the state topic's producer")?;
             lp = lp.with_checkpoints(Box::new(store), Duration::from_millis(settings.kafka.checkpoint.interval_ms), durable, control_rx, acks);
-            tracing::info!(topic = %settings.kafka.state_topic(), interval_ms = settings.kafka.checkpoint.interval_ms, "checkpointing partition state");
+            let threads = settings.kafka.checkpoint.threads();
+            lp = lp.with_threads(threads);
+            tracing::info!(topic = %settings.kafka.state_topic(), interval_ms = settings.kafka.checkpoint.interval_ms, engine_threads = threads, "checkpointing partition state");
         }
         let view_stop = Arc::new(AtomicBool::new(false));
         let watchdog = kafka::watch_brokers(&settings.kafka, kafka::readiness(&consumer), view_stop.clone()).context("kafka: cannot start the broker watchdog")?;

@@ -3,7 +3,7 @@
 //! to acknowledge once the batch has been applied.
 
 use crate::daemon::EngineLoop;
-use crate::event::{Decoded, Inputs, Limits};
+use crate::event::{Decoded, Event, Inputs, Limits, RejectReason};
 use crate::partitions::Part;
 
 /// Payloads copied out of the source's buffers and decoded on the source's thread, so that the
@@ -123,6 +123,36 @@ impl Batch {
         self.decoded.decode(limits);
     }
 
+    /// Message `i`'s partition index and offset (`(0, -1)`: a source without partitions),
+    /// and for a re-keyed message the input partition and offset it was re-produced from.
+    #[inline]
+    pub fn position(&self, i: usize) -> (usize, i64, Option<(&str, i64)>) {
+        let (part, offset) = self
+            .positions
+            .get(i)
+            .map_or((0, -1), |&(p, o)| (p as usize, o));
+        let upstream = self
+            .upstream
+            .get(i)
+            .and_then(|&(from, at)| Some((self.upstream_names.get(from as usize)?.as_str(), at)));
+        (part, offset, upstream)
+    }
+
+    /// Message `i`'s payload (`None`: one without) and its event, inputs in `inputs`.
+    #[inline]
+    pub fn message<'s, 'a: 's>(
+        &'a self,
+        i: usize,
+        inputs: &'s mut Inputs<'a>,
+    ) -> (Option<&'a [u8]>, Result<Event<'s>, RejectReason>) {
+        let payload = self.decoded.payload(i);
+        let decoded = match payload {
+            Some(_) => self.decoded.event(i, inputs),
+            None => Err(RejectReason::Empty),
+        };
+        (payload, decoded)
+    }
+
     /// Apply the batch's assignments and messages in order.
     pub fn apply(&mut self, lp: &mut EngineLoop) {
         let mut assigned = std::mem::take(&mut self.assigned).into_iter().peekable();
@@ -130,19 +160,9 @@ impl Batch {
             while let Some((_, index, part)) = assigned.next_if(|a| a.0 <= i) {
                 lp.assign(index, part);
             }
-            let (part, offset) = self
-                .positions
-                .get(i)
-                .map_or((0, -1), |&(p, o)| (p as usize, o));
-            let upstream = self.upstream.get(i).and_then(|&(from, at)| {
-                Some((self.upstream_names.get(from as usize)?.as_str(), at))
-            });
+            let (part, offset, upstream) = self.position(i);
             let mut inputs = Inputs::new();
-            let payload = self.decoded.payload(i);
-            let decoded = match payload {
-                Some(_) => self.decoded.event(i, &mut inputs),
-                None => Err(crate::event::RejectReason::Empty),
-            };
+            let (payload, decoded) = self.message(i, &mut inputs);
             let _ = lp.on_message_at(part, offset, upstream, payload, decoded);
         }
         for (_, index, part) in assigned {

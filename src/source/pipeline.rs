@@ -91,22 +91,31 @@ fn apply(
 ) -> EngineLoop {
     let mut drain = Drain::default();
     loop {
-        match batches.recv_timeout(Duration::from_millis(100)) {
+        let waiting = Instant::now();
+        let next = batches.recv_timeout(Duration::from_millis(100));
+        drain.spent(Stage::Waiting, waiting);
+        match next {
             Ok(mut b) => {
+                let applying = Instant::now();
                 queued.fetch_sub(1, Ordering::Relaxed);
                 drain.messages(b.len());
                 b.decode(&limits);
                 b.apply(&mut lp);
                 // the source's thread may already be gone at shutdown: nothing to do then
                 let _ = done.send(b);
+                drain.spent(Stage::Applying, applying);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        let checkpointing = Instant::now();
         lp.between_batches();
+        drain.spent(Stage::Checkpointing, checkpointing);
         if lp.publish_due() {
+            let publishing = Instant::now();
             on_publish(&mut lp);
             lp.publish();
+            drain.spent(Stage::Publishing, publishing);
         }
     }
     // the final checkpoints count in the drain (their time, their number)
@@ -118,9 +127,24 @@ fn apply(
     lp
 }
 
+/// What the engine thread's wall time goes to (since the first message).
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Waiting for the source's next batch.
+    Waiting,
+    /// Decoding what the source did not, applying, handing the batch back.
+    Applying,
+    /// Between batches: revokes, acknowledgements, checkpoints' serialization.
+    Checkpointing,
+    /// Merging the view, building the report and the metrics.
+    Publishing,
+}
+
 /// Messages consumed and the time since the first: the drain rate, logged at the end.
 #[derive(Default)]
 struct Drain {
+    /// Seconds spent per [`Stage`] since the first message.
+    stages: [f64; 4],
     messages: u64,
     first: Option<Instant>,
     /// The process's CPU seconds at the first message.
@@ -138,6 +162,14 @@ impl Drain {
             self.first_engine_cpu = crate::process::cpu_seconds("thread-self");
         }
         self.messages += n as u64;
+    }
+
+    /// Count the time since `since` as spent in `stage` (once the drain has begun).
+    #[inline]
+    fn spent(&mut self, stage: Stage, since: Instant) {
+        if self.first.is_some() {
+            self.stages[stage as usize] += since.elapsed().as_secs_f64();
+        }
     }
 
     /// Called on the engine thread (its CPU time is read from `/proc/thread-self`).
@@ -178,6 +210,10 @@ impl Drain {
             checkpoints,
             checkpoint_bytes,
             checkpoint_seconds,
+            waiting_seconds = self.stages[Stage::Waiting as usize],
+            applying_seconds = self.stages[Stage::Applying as usize],
+            checkpointing_seconds = self.stages[Stage::Checkpointing as usize],
+            publishing_seconds = self.stages[Stage::Publishing as usize],
             "drained"
         );
     }

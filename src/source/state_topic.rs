@@ -13,11 +13,13 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// [`ensure`], waiting for the brokers: while none answers (a broker restarting, a network
@@ -106,10 +108,15 @@ async fn create(k: &KafkaSettings, new: &NewTopic<'_>, what: &str) -> Result<(),
 }
 
 /// A producer's delivery callback: counts failed deliveries and logs each, naming `what` was
-/// not delivered (the state topic's checkpoint records, the router's re-keyed records).
+/// not delivered (the state topic's checkpoint records, the router's re-keyed records); a
+/// writer that waits for its acknowledgements ([`Deliveries::waited`]) is woken by each.
 pub(crate) struct Deliveries {
     pub(crate) what: &'static str,
     pub(crate) failed: AtomicU64,
+    /// Delivery reports received, delivered or not.
+    reported: AtomicU64,
+    /// Wakes [`Deliveries::wait_reported`] (`None`: nobody waits, no wake per message).
+    wake: Option<(Mutex<()>, Condvar)>,
 }
 
 impl Deliveries {
@@ -117,6 +124,45 @@ impl Deliveries {
         Deliveries {
             what,
             failed: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+            wake: None,
+        }
+    }
+
+    /// For a producer whose writer sleeps until its records are acknowledged.
+    pub(crate) fn waited(what: &'static str) -> Deliveries {
+        Deliveries {
+            wake: Some((Mutex::new(()), Condvar::new())),
+            ..Deliveries::new(what)
+        }
+    }
+
+    /// Delivery reports received so far.
+    pub(crate) fn reported(&self) -> u64 {
+        self.reported.load(Ordering::Acquire)
+    }
+
+    /// Sleep until `at_least` reports have been received (true) or `deadline` passes (false).
+    /// Not `BaseProducer::poll` in a loop: a poll of less than a millisecond left does not
+    /// block (its timeout rounds down to 0 ms), so a 1 ms poll spins its whole millisecond,
+    /// measured as a busy writer thread on a 2-core machine whose broker needed that core.
+    pub(crate) fn wait_reported(&self, at_least: u64, deadline: Instant) -> bool {
+        let Some((m, c)) = &self.wake else {
+            return self.reported() >= at_least;
+        };
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.reported() >= at_least {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = c
+                .wait_timeout(g, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 }
@@ -133,6 +179,17 @@ impl ProducerContext for Deliveries {
             tracing::warn!(error = %e, "{} not delivered", self.what);
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
+        match &self.wake {
+            Some((m, c)) => {
+                // under the lock: a waiter between its check and its sleep is not missed
+                let _g = m.lock().unwrap_or_else(|e| e.into_inner());
+                self.reported.fetch_add(1, Ordering::Release);
+                c.notify_all();
+            }
+            None => {
+                self.reported.fetch_add(1, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -140,7 +197,8 @@ impl ProducerContext for Deliveries {
 /// same state partition (in order: the commit lands after its chunks), acknowledged by all
 /// in-sync replicas before the write returns.
 pub struct KafkaCheckpointStore {
-    producer: BaseProducer<Deliveries>,
+    /// Polled by its own thread, which wakes the writer at each acknowledgement.
+    producer: ThreadedProducer<Deliveries>,
     topic: String,
     partitions: i32,
 }
@@ -151,7 +209,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 impl KafkaCheckpointStore {
     /// A producer for the state topic of `k`.
     pub fn new(k: &KafkaSettings) -> Result<KafkaCheckpointStore, KafkaError> {
-        let producer: BaseProducer<Deliveries> = client_config(
+        let producer: ThreadedProducer<Deliveries> = client_config(
             k,
             &[
                 ("acks", "all"),
@@ -159,7 +217,7 @@ impl KafkaCheckpointStore {
                 ("message.max.bytes", "1048588"),
             ],
         )
-        .create_with_context(Deliveries::new("checkpoint record"))?;
+        .create_with_context(Deliveries::waited("checkpoint record"))?;
         let topic = k.state_topic();
         let md = producer
             .client()
@@ -179,7 +237,9 @@ impl KafkaCheckpointStore {
 
 impl CheckpointStore for KafkaCheckpointStore {
     fn write(&mut self, records: &[(String, Option<Vec<u8>>)]) -> Result<(), String> {
-        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        let reported = ctx.reported();
         let deadline = Instant::now() + WRITE_TIMEOUT;
         // the input partition's key (a commit's, a chunk's up to `#`) places every record of
         // its checkpoints in one state partition, in order
@@ -200,21 +260,20 @@ impl CheckpointStore for KafkaCheckpointStore {
                         if Instant::now() < deadline =>
                     {
                         rec = r;
-                        self.producer.poll(Duration::from_millis(10));
+                        // room comes with acknowledgements
+                        let wait = (Instant::now() + Duration::from_millis(10)).min(deadline);
+                        ctx.wait_reported(ctx.reported() + 1, wait);
                     }
                     Err((e, _)) => return Err(e.to_string()),
                 }
             }
         }
         // not `flush`: it sleeps in steps of up to 100 ms between checks (measured: ~100 ms
-        // per checkpoint on a local broker), here the delivery reports end the wait
-        while self.producer.in_flight_count() > 0 {
-            if Instant::now() >= deadline {
-                return Err("not acknowledged in time".into());
-            }
-            self.producer.poll(Duration::from_millis(1));
+        // per checkpoint on a local broker), here each delivery report wakes the wait
+        if !ctx.wait_reported(reported + records.len() as u64, deadline) {
+            return Err("not acknowledged in time".into());
         }
-        if self.producer.context().failed.load(Ordering::Relaxed) != failed {
+        if ctx.failed.load(Ordering::Relaxed) != failed {
             return Err("a record was not delivered".into());
         }
         Ok(())

@@ -451,9 +451,9 @@ pub struct CheckpointSettings {
     /// metrics (0: this replica reports only the partitions it owns).
     #[serde(default = "default_view_interval")]
     pub view_interval_ms: u64,
-    /// Threads that apply the owned partitions' events (each partition's state is its own,
-    /// so partitions apply in parallel); 0: as many as the CPUs this process may use (its
-    /// cgroup's quota in a container), at most 16.
+    /// Threads that serialize the owned partitions' checkpoints (each partition's snapshot
+    /// is its own; the engine thread is one of them); 0: as many as the CPUs this process may
+    /// use (its cgroup's quota in a container), at most 16.
     #[serde(default)]
     pub engine_threads: usize,
 }

@@ -262,7 +262,7 @@ pub struct EngineLoop {
     warned_split: std::collections::HashSet<u64>,
     /// Alerts already sent as resolved (identity hashes).
     resolved: std::collections::HashSet<u64>,
-    /// The threads that apply, checkpoint and merge the owned partitions
+    /// The threads that serialize the owned partitions' checkpoints
     /// ([`EngineLoop::with_threads`]).
     threads: EngineThreads,
 }
@@ -302,10 +302,9 @@ impl EngineLoop {
         }
     }
 
-    /// Apply the owned partitions on `threads` threads (the engine thread and `threads - 1`
-    /// more): each partition's state is its own, so partitions apply in parallel the way
-    /// Kafka Streams' stream threads do. Only with checkpoints (partition-owned state); 1: the
-    /// engine thread alone.
+    /// Serialize the owned partitions' checkpoints on `threads` threads (the engine thread
+    /// and `threads - 1` more; 1: the engine thread alone): each partition's snapshot is its
+    /// own, and the engine thread waits for them.
     pub fn with_threads(mut self, threads: usize) -> EngineLoop {
         self.threads = EngineThreads::new(threads);
         self
@@ -810,7 +809,7 @@ impl EngineLoop {
             p.engine.count_memory();
         }
         let others = self.others();
-        let view = self.parts.view_with(&others, &self.threads);
+        let view = self.parts.view_with(&others);
         let mut report = view.report();
         report.partitions = self.parts.provenance(&others);
         warn_split_units(&mut self.warned_split, &report);

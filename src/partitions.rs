@@ -11,7 +11,6 @@
 
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::threads::EngineThreads;
 use std::borrow::Cow;
 
 /// One owned input partition.
@@ -274,18 +273,15 @@ impl Partitions {
     /// The merged view of every owned partition ([`Engine::merge`]): borrowed when there is
     /// one, an empty engine when there is none.
     pub fn view(&self) -> Cow<'_, Engine> {
-        self.view_with(&[], &EngineThreads::one())
+        self.view_with(&[])
     }
 
     /// The merged view of every owned partition and of `others` (other replicas' partitions,
-    /// from their checkpoints; those this replica owns are left out), in partition-key order:
-    /// runs of consecutive partitions merged on `threads`, then the runs in order (merging is
-    /// associative, so this is the one-thread result).
-    pub fn view_with<'a>(
-        &'a self,
-        others: &'a [Viewed],
-        threads: &EngineThreads,
-    ) -> Cow<'a, Engine> {
+    /// from their checkpoints; those this replica owns are left out), in partition-key order.
+    /// Merged one after the other on one thread: a capped table's merge (the strata a value
+    /// takes when an input has more values than its cap) depends on the order, so runs merged
+    /// apart and then together would not give the one-pass result.
+    pub fn view_with<'a>(&'a self, others: &'a [Viewed]) -> Cow<'a, Engine> {
         let mut all: Vec<(&str, &Engine)> = self
             .iter()
             .map(|(_, p)| (p.key.as_str(), &p.engine))
@@ -297,31 +293,22 @@ impl Partitions {
             )
             .collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
-        let all: Vec<&Engine> = all.into_iter().map(|(_, e)| e).collect();
-        if let [only] = all.as_slice() {
-            return Cow::Borrowed(*only);
-        }
-        let runs: Vec<&[&Engine]> = all
-            .chunks(all.len().div_ceil(threads.len()).max(1))
-            .collect();
-        let mut merged = threads
-            .map(runs, |run| {
-                let mut m = run[0].clone();
-                for e in &run[1..] {
-                    m.merge(e);
+        let mut parts = all.into_iter().map(|(_, e)| e);
+        match (parts.next(), parts.next()) {
+            (None, _) => Cow::Owned(Engine::new(&self.settings)),
+            (Some(only), None) => Cow::Borrowed(only),
+            (Some(a), Some(b)) => {
+                let mut merged = a.clone();
+                merged.merge(b);
+                for e in parts {
+                    merged.merge(e);
                 }
-                m
-            })
-            .into_iter();
-        let Some(mut view) = merged.next() else {
-            return Cow::Owned(Engine::new(&self.settings));
-        };
-        for m in merged {
-            view.merge(&m);
+                // the view reports against the whole budget
+                let budget = self.budget();
+                merged.set_memory_budget(budget);
+                Cow::Owned(merged)
+            }
         }
-        // the view reports against the whole budget
-        view.set_memory_budget(self.budget());
-        Cow::Owned(view)
     }
 }
 

@@ -10,6 +10,8 @@
 //! changes the size, `ARMWATCH_BENCH_ROUNDS=N` the number of interleaved bare/armwatch drain
 //! pairs (3; the medians are printed, and every round's figures below them).
 
+mod common;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -158,15 +160,9 @@ fn drain_armwatch(
     let config = dir.join("armwatch.toml");
     let http = format!("127.0.0.1:{}", support::free_port());
     // `ARMWATCH_BENCH_CHECKPOINT_MS`: the checkpoint interval (1,000 ms)
-    let interval: u64 = std::env::var("ARMWATCH_BENCH_CHECKPOINT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000);
+    let interval: u64 = common::env_number("ARMWATCH_BENCH_CHECKPOINT_MS", 1_000) as u64;
     // `ARMWATCH_BENCH_THREADS`: `[kafka.checkpoint] engine_threads` (0: the CPUs available)
-    let threads: usize = std::env::var("ARMWATCH_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let threads: usize = common::env_number("ARMWATCH_BENCH_THREADS", 0);
     let options: Vec<String> = GROUP_OPTIONS
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
@@ -258,19 +254,9 @@ fn drain_armwatch(
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let n: usize = std::env::var("ARMWATCH_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let rounds: usize = std::env::var("ARMWATCH_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let filter = common::workload_filter();
+    let n: usize = common::env_number("ARMWATCH_BENCH_EVENTS", 1_000_000);
+    let rounds: usize = common::env_number("ARMWATCH_BENCH_ROUNDS", 3).max(1);
     let workloads: [Workload; 2] = [
         ("single", || {
             Simulator::single(1, Faults::default()).with_prompt_tokens()
@@ -297,7 +283,7 @@ fn main() {
     );
     for (name, make) in workloads
         .iter()
-        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| common::selected(&filter, name))
     {
         let topic = format!("bench-{name}");
         create_topic(&broker.addr, &topic);

@@ -9,6 +9,8 @@
 //! changes the size, `ARMWATCH_BENCH_PARTITIONS=1,4` the partition counts;
 //! `cargo bench --bench partitions -- fleet` runs one workload.
 
+mod common;
+
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
 use armwatch::sim::{Faults, Simulator};
@@ -70,14 +72,8 @@ fn apply(fetched: &[Fetched]) -> (f64, Vec<Engine>) {
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let n: usize = std::env::var("ARMWATCH_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let filter = common::workload_filter();
+    let n: usize = common::env_number("ARMWATCH_BENCH_EVENTS", 1_000_000);
     // `ARMWATCH_BENCH_PARTITIONS=1,4`: the partition counts (1, 2 and 4)
     let counts: Vec<usize> = std::env::var("ARMWATCH_BENCH_PARTITIONS")
         .ok()
@@ -95,7 +91,7 @@ fn main() {
     );
     for (name, make) in workloads
         .iter()
-        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| common::selected(&filter, name))
     {
         let mut one = f64::NAN;
         for parts in counts.iter().copied() {

@@ -6,6 +6,8 @@
 //! `cargo bench --bench scale -- fleet-1000` runs only workloads whose name contains the word;
 //! `ARMWATCH_BENCH_KEEP=DIR` writes the workloads there and keeps them (for profiling).
 
+mod common;
+
 use armwatch::sim::{Faults, Simulator};
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -114,10 +116,7 @@ fn parse_summary(stderr: &str) -> Option<(f64, u64)> {
 }
 
 fn main() -> std::io::Result<()> {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let filter = common::workload_filter();
     let tmp = tempfile::tempdir()?;
     let keep = std::env::var_os("ARMWATCH_BENCH_KEEP").map(std::path::PathBuf::from);
     let dir = keep.as_deref().unwrap_or(tmp.path());
@@ -128,7 +127,7 @@ fn main() -> std::io::Result<()> {
     );
     for w in WORKLOADS
         .iter()
-        .filter(|w| filter.is_empty() || filter.iter().any(|f| w.name.contains(f.as_str())))
+        .filter(|w| common::selected(&filter, w.name))
     {
         let path = dir.join(format!("{}.ndjson", w.name));
         (w.make)(&path, w.events)?;

@@ -33,7 +33,10 @@ const PARTITIONS: i32 = 4;
 const CLIENTS: usize = 32;
 
 /// A workload: its name and the simulator that produces it.
-type Workload = (&'static str, fn() -> Simulator);
+/// A workload: its name, the simulator that produces it, and whether its topic is keyed by
+/// unit (as the README asks; otherwise at random, and with checkpoints on each partition's
+/// engine counts a returning unit's first exposure again).
+type Workload = (&'static str, fn() -> Simulator, bool);
 
 /// Group timeouts that make tansu's first join take ~3 s instead of ~23 s (both consumers).
 const GROUP_OPTIONS: [(&str, &str); 2] = [
@@ -61,9 +64,9 @@ fn create_topic(brokers: &str, topic: &str) {
     }
 }
 
-/// Produce `n` simulator events with random keys (not by experiment), as fast as the broker
+/// Produce `n` simulator events keyed by unit (`by_unit`) or at random, as fast as the broker
 /// takes them.
-fn fill(brokers: &str, topic: &str, mut sim: Simulator, n: usize) -> f64 {
+fn fill(brokers: &str, topic: &str, mut sim: Simulator, n: usize, by_unit: bool) -> f64 {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -78,11 +81,13 @@ fn fill(brokers: &str, topic: &str, mut sim: Simulator, n: usize) -> f64 {
     for _ in 0..n {
         sim.next_event(&mut buf);
         key = key.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let k = key.to_le_bytes();
-        support::send(
-            &producer,
-            BaseRecord::to(topic).payload(&buf[..]).key(&k[..]),
-        );
+        let random = key.to_le_bytes();
+        let k = if by_unit {
+            common::unit_of(&buf)
+        } else {
+            &random[..]
+        };
+        support::send(&producer, BaseRecord::to(topic).payload(&buf[..]).key(k));
     }
     producer.flush(Duration::from_secs(300)).expect("flushed");
     n as f64 / start.elapsed().as_secs_f64()
@@ -257,11 +262,13 @@ fn main() {
     let filter = common::workload_filter();
     let n: usize = common::env_number("ARMWATCH_BENCH_EVENTS", 1_000_000);
     let rounds: usize = common::env_number("ARMWATCH_BENCH_ROUNDS", 3).max(1);
-    let workloads: [Workload; 2] = [
-        ("single", || {
-            Simulator::single(1, Faults::default()).with_prompt_tokens()
-        }),
-        ("fleet-1000", || Simulator::fleet(3, 1_000, 2_000)),
+    let single = || Simulator::single(1, Faults::default()).with_prompt_tokens();
+    let fleet = || Simulator::fleet(3, 1_000, 2_000);
+    let workloads: [Workload; 4] = [
+        ("single", single, false),
+        ("single-by-unit", single, true),
+        ("fleet-1000", fleet, false),
+        ("fleet-1000-by-unit", fleet, true),
     ];
     let broker = Broker::start();
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -269,7 +276,7 @@ fn main() {
     let keep = std::env::var_os("ARMWATCH_BENCH_KEEP").map(std::path::PathBuf::from);
     let dir = keep.as_deref().unwrap_or(tmp.path());
     println!(
-        "{:<12} {:>9} {:>11} {:>13} {:>15} {:>6} {:>7} {:>13} {:>6} {:>10}",
+        "{:<18} {:>9} {:>11} {:>13} {:>15} {:>6} {:>7} {:>13} {:>6} {:>10}",
         "workload",
         "events",
         "produced/s",
@@ -281,13 +288,13 @@ fn main() {
         "ratio",
         "publish ms"
     );
-    for (name, make) in workloads
+    for (name, make, by_unit) in workloads
         .iter()
-        .filter(|(name, _)| common::selected(&filter, name))
+        .filter(|(name, _, _)| common::selected(&filter, name))
     {
         let topic = format!("bench-{name}");
         create_topic(&broker.addr, &topic);
-        let produced = fill(&broker.addr, &topic, make(), n);
+        let produced = fill(&broker.addr, &topic, make(), n, *by_unit);
         // interleaved rounds, medians: one drain of each varies by a third from run to run
         let (mut bares, mut alones, mut offs) = (Vec::new(), Vec::new(), Vec::new());
         // CPU microseconds per message: (broker, bare client) and (broker, armwatch)
@@ -348,7 +355,7 @@ fn main() {
         // every message and the engines read them back
         let rekeyed = drain_armwatch(&broker.addr, &topic, n as u64, dir, 0, 0, Mode::Rekeyed);
         println!(
-            "{:<12} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
+            "{:<18} {:>9} {:>11.0} {:>13.0} {:>15.0} {:>5.2}x {:>6.0}% {:>13.0} {:>5.2}x {:>10.2}",
             name,
             n,
             produced,

@@ -1,7 +1,9 @@
 //! What partition-owned state costs, without Kafka: the same events applied to one engine
 //! (checkpoints off) and to one engine per partition (checkpoints on: Kafka Streams' layout),
 //! each partition's events in runs of 65,536 as a consumer's fetches deliver them, events
-//! spread over the partitions as input keyed at random spreads them. Prints the rate, the
+//! spread over the partitions by unit (the input keyed as the README asks) and at random (a
+//! returning unit is then counted in each partition it appears in: more work, and the counts
+//! the daemon warns about). Prints the rate, the
 //! state's memory by part and the snapshots' size per partition count: the gap between
 //! `cargo bench --bench kafka`'s checkpoints on and off, reproduced in one thread.
 //!
@@ -29,13 +31,27 @@ struct Fetched {
     ends: Vec<usize>,
 }
 
-/// `n` events of `sim` spread over `parts` partitions as random keys spread them.
-fn spread(mut sim: Simulator, n: usize, parts: usize) -> Vec<Fetched> {
+/// How the producer keys the input.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// By unit (as the README asks): a unit's events meet in one partition.
+    Unit,
+    /// At random: a returning unit's events spread over the partitions, and each partition
+    /// counts its first exposure again.
+    Random,
+}
+
+/// `n` events of `sim` spread over `parts` partitions as `keys` spread them.
+fn spread(mut sim: Simulator, n: usize, parts: usize, keys: Keys) -> Vec<Fetched> {
     let mut out: Vec<Fetched> = (0..parts).map(|_| Fetched::default()).collect();
     let mut buf = Vec::new();
     for i in 0..n {
         sim.next_event(&mut buf);
-        let p = (twox_hash::XxHash3_64::oneshot(&i.to_le_bytes()) % parts as u64) as usize;
+        let key = match keys {
+            Keys::Unit => twox_hash::XxHash3_64::oneshot(common::unit_of(&buf)),
+            Keys::Random => twox_hash::XxHash3_64::oneshot(&i.to_le_bytes()),
+        };
+        let p = (key % parts as u64) as usize;
         let f = &mut out[p];
         f.bytes.extend_from_slice(&buf);
         f.ends.push(f.bytes.len());
@@ -86,16 +102,24 @@ fn main() {
         ("fleet-1000", || Simulator::fleet(3, 1_000, 2_000)),
     ];
     println!(
-        "{:<11} {:>10} {:>11} {:>7} {:>9} {:>12}  state by part, MB",
-        "workload", "partitions", "events/s", "ratio", "state MB", "snapshot MB"
+        "{:<11} {:>10} {:>7} {:>11} {:>7} {:>9} {:>12}  state by part, MB",
+        "workload", "partitions", "keys", "events/s", "ratio", "state MB", "snapshot MB"
     );
     for (name, make) in workloads
         .iter()
         .filter(|(name, _)| common::selected(&filter, name))
     {
         let mut one = f64::NAN;
-        for parts in counts.iter().copied() {
-            let (secs, mut engines) = apply(&spread(make(), n, parts));
+        let runs = counts.iter().flat_map(|&p| {
+            let keyed: &[Keys] = if p == 1 {
+                &[Keys::Unit]
+            } else {
+                &[Keys::Unit, Keys::Random]
+            };
+            keyed.iter().map(move |&k| (p, k))
+        });
+        for (parts, keys) in runs {
+            let (secs, mut engines) = apply(&spread(make(), n, parts, keys));
             let rate = n as f64 / secs;
             if parts == 1 {
                 one = rate;
@@ -117,9 +141,13 @@ fn main() {
             }
             let mb = |b: usize| b as f64 / 1e6;
             println!(
-                "{:<11} {:>10} {:>11.0} {:>6.2}x {:>9.1} {:>12.1}  strata {:.1}, numeric {:.1}, units {:.1}, exposures {:.1}, model {:.1}, other {:.1}",
+                "{:<11} {:>10} {:>7} {:>11.0} {:>6.2}x {:>9.1} {:>12.1}  strata {:.1}, numeric {:.1}, units {:.1}, exposures {:.1}, model {:.1}, other {:.1}",
                 name,
                 parts,
+                match keys {
+                    Keys::Unit => "unit",
+                    Keys::Random => "random",
+                },
                 rate,
                 rate / one,
                 mb(state),

@@ -24,3 +24,14 @@ pub fn env_number(var: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The unit id of a simulated event (its bytes; empty if it has none): the key of an input
+/// keyed by unit.
+pub fn unit_of(event: &[u8]) -> &[u8] {
+    const FIELD: &[u8] = b"\"unit\":\"";
+    let Some(at) = event.windows(FIELD.len()).position(|w| w == FIELD) else {
+        return &[];
+    };
+    let rest = &event[at + FIELD.len()..];
+    &rest[..rest.iter().position(|&b| b == b'"').unwrap_or(rest.len())]
+}

@@ -205,8 +205,12 @@ impl ExposureSample {
     /// Merge another partition's sample (same ids hash the same way). Ids followed by both are
     /// counted in [`Self::duplicates`] (scaled by the sample rate): with an input keyed by
     /// anything but the unit, a unit's events land in several partitions, and each
-    /// partition's state counts its first exposure.
+    /// partition's state counts its first exposure. The merged sample follows up to the sum of
+    /// the two caps: partition-owned engines each follow a share of the units
+    /// ([`crate::config::Settings::for_partitions`]), and their view follows as many as one
+    /// engine would.
     pub fn merge(&mut self, o: &ExposureSample) {
+        self.cap = self.cap.saturating_add(o.cap);
         let level = self.level.max(o.level);
         let mut shared = 0u64;
         for (h, m) in o.arms_of.iter() {
@@ -317,5 +321,33 @@ mod tests {
         assert!(lo <= truth && truth <= hi, "{lo} {truth} {hi}");
         let est = s.estimated_ids();
         assert!((est / n as f64 - 1.0).abs() < 0.1, "{est}");
+    }
+
+    /// Partitions keyed by unit, each following a quarter of the cap, merge into the sample one
+    /// engine with the whole cap keeps: the same level, the same ids, the same mixed ones.
+    #[test]
+    fn partitions_with_a_share_of_the_cap_merge_into_one_engines_sample() {
+        let (cap, parts, n) = (2_000usize, 4u64, 3_000u64);
+        let mut one = ExposureSample::new(cap);
+        let mut shares: Vec<ExposureSample> = (0..parts)
+            .map(|_| ExposureSample::new(cap / parts as usize))
+            .collect();
+        for u in 0..n {
+            let h = key_of(&format!("u{u}"));
+            let arms: &[usize] = if u % 7 == 0 { &[0, 1] } else { &[0] };
+            for &arm in arms {
+                one.observe(h, arm);
+                shares[(h % parts) as usize].observe(h, arm);
+            }
+        }
+        let mut merged = shares[0].clone();
+        for s in &shares[1..] {
+            merged.merge(s);
+        }
+        assert!(one.sample_rate() < 1.0, "the cap was reached");
+        assert_eq!(merged.sample_rate(), one.sample_rate());
+        assert_eq!(merged.followed(), one.followed());
+        assert_eq!(merged.mixed(), one.mixed());
+        assert_eq!(merged.duplicates(), 0.0);
     }
 }

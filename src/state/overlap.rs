@@ -98,10 +98,12 @@ impl SharedUnits {
         0.5f64.powi(self.level as i32)
     }
 
-    /// Merge another partition's sample (units keyed by unit: disjoint).
+    /// Merge another partition's sample (units keyed by unit: disjoint), following up to the
+    /// sum of the two caps (each partition's engine follows a share of the units, see
+    /// [`crate::config::Settings::for_partitions`]).
     pub fn merge(&mut self, other: &SharedUnits) {
         self.level = self.level.max(other.level);
-        self.cap = self.cap.max(other.cap);
+        self.cap = self.cap.saturating_add(other.cap);
         for (&h, seen) in &other.units {
             let mine = self.units.entry(h).or_default();
             for &(e, a) in seen {

@@ -452,8 +452,8 @@ pub struct CheckpointSettings {
     #[serde(default = "default_view_interval")]
     pub view_interval_ms: u64,
     /// Threads that serialize the owned partitions' checkpoints (each partition's snapshot
-    /// is its own; the engine thread is one of them); 0: as many as the CPUs this process may
-    /// use (its cgroup's quota in a container), at most 16.
+    /// is its own; the engine thread waits for them; 1: the engine thread serializes); 0: as
+    /// many as the CPUs this process may use (its cgroup's quota in a container), at most 16.
     #[serde(default)]
     pub engine_threads: usize,
 }

@@ -302,9 +302,8 @@ impl EngineLoop {
         }
     }
 
-    /// Serialize the owned partitions' checkpoints on `threads` threads (the engine thread
-    /// and `threads - 1` more; 1: the engine thread alone): each partition's snapshot is its
-    /// own, and the engine thread waits for them.
+    /// Serialize the owned partitions' checkpoints on `threads` threads (1: the engine thread
+    /// alone): each partition's snapshot is its own, and the engine thread waits for them.
     pub fn with_threads(mut self, threads: usize) -> EngineLoop {
         self.threads = EngineThreads::new(threads);
         self
@@ -570,16 +569,16 @@ impl EngineLoop {
         }
         // the partitions' snapshots, serialized on the engine threads
         let started = Instant::now();
-        let due: Vec<&Part> = self
+        let due: Vec<(usize, &Part)> = self
             .parts
             .iter()
             .filter(|&(i, p)| p.dirty && which(i, p))
-            .map(|(_, p)| p)
             .collect();
         let mut snapshots = self
             .threads
-            .map(due, |p| crate::snapshot::write(&p.engine))
-            .into_iter();
+            .map(due, |(i, p)| (i, crate::snapshot::write(&p.engine)))
+            .into_iter()
+            .peekable();
         let Some(c) = &mut self.checkpointing else {
             return;
         };
@@ -594,8 +593,8 @@ impl EngineLoop {
             let Some(jobs) = &c.jobs else {
                 return;
             };
-            let Some(snapshot) = snapshots.next() else {
-                return;
+            let Some((_, snapshot)) = snapshots.next_if(|(j, _)| *j == i) else {
+                continue;
             };
             let generation = p.generation + 1;
             let records = crate::checkpoint::records(

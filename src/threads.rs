@@ -1,15 +1,16 @@
 //! The engine threads: partition-owned state (one engine per input partition, see
 //! [`crate::partitions`]) shares nothing between partitions, so the checkpoints of the
-//! partitions a replica owns are serialized on several threads at once. The engine thread is
-//! one of them: it takes the first share and the pool's threads the others, so one extra
-//! thread doubles the threads at work.
+//! partitions a replica owns are serialized on several threads at once (a rayon pool; the
+//! engine thread waits for it).
 //!
 //! Not used (measured) for applying events: a fetch brings each partition's messages as one
 //! long run, so the batches of a drain hold one partition each and a split by partition leaves
 //! all but one thread waiting. Not used for the view either: a capped table's merge depends on
 //! the order, so runs merged apart and then together would not give the one-pass result.
 
-/// The engine thread and `threads - 1` more.
+use rayon::prelude::*;
+
+/// The threads that serialize checkpoints (none: the engine thread does).
 pub struct EngineThreads {
     pool: Option<rayon::ThreadPool>,
 }
@@ -20,101 +21,60 @@ impl EngineThreads {
         EngineThreads { pool: None }
     }
 
-    /// `threads` threads (the engine thread counts as one); fewer when the system refuses
-    /// threads (logged).
+    /// A pool of `threads` threads (below 2: the engine thread alone; also when the system
+    /// refuses threads, logged).
     pub fn new(threads: usize) -> EngineThreads {
         if threads < 2 {
             return EngineThreads::one();
         }
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads - 1)
+            .num_threads(threads)
             .thread_name(|i| format!("armwatch-eng-{}", i + 1))
             .build()
-            .map_err(|e| tracing::warn!(error = %e, "cannot start engine threads: one thread applies every partition"))
+            .map_err(|e| tracing::warn!(error = %e, "cannot start engine threads: the engine thread serializes every checkpoint"))
             .ok();
         EngineThreads { pool }
     }
 
-    /// Threads at work, the engine thread included.
-    pub fn len(&self) -> usize {
-        self.pool
-            .as_ref()
-            .map_or(1, |p| p.current_num_threads() + 1)
-    }
-
-    /// Whether the engine thread works alone.
-    pub fn is_empty(&self) -> bool {
-        self.pool.is_none()
-    }
-
-    /// Run `work` on each of `groups` (at most [`Self::len`]), the first on this thread and
-    /// each other on a thread of its own, and return when every one has.
-    pub fn fork<G: Send>(&self, groups: Vec<G>, work: impl Fn(G) + Sync) {
-        let Some(pool) = &self.pool else {
-            groups.into_iter().for_each(work);
-            return;
-        };
-        let work = &work;
-        pool.in_place_scope(|s| {
-            let mut groups = groups.into_iter();
-            let mine = groups.next();
-            for g in groups {
-                s.spawn(move |_| work(g));
-            }
-            if let Some(g) = mine {
-                work(g);
-            }
-        });
-    }
-
-    /// `items` dealt round robin into at most [`Self::len`] groups (one per thread).
-    pub fn deal<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<Vec<T>> {
-        let mut groups: Vec<Vec<T>> = (0..self.len()).map(|_| Vec::new()).collect();
-        for (k, item) in items.into_iter().enumerate() {
-            groups[k % self.len()].push(item);
+    /// `f` applied to each of `items`, on the pool's threads, the results in `items`' order.
+    pub fn map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        match &self.pool {
+            None => items.into_iter().map(f).collect(),
+            Some(pool) => pool.install(|| items.into_par_iter().with_min_len(1).map(f).collect()),
         }
-        groups.retain(|g| !g.is_empty());
-        groups
-    }
-
-    /// `f` applied to each of `items` on the threads, the results in `items`' order.
-    pub fn map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-        let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
-        let groups = self.deal(items.into_iter().zip(out.iter_mut()));
-        self.fork(groups, |g| {
-            for (item, slot) in g {
-                *slot = Some(f(item));
-            }
-        });
-        out.into_iter().flatten().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
 
-    /// Every group runs once, on as many threads as there are, and `map` keeps the order.
+    /// `map` keeps the order, and with a pool of `threads` it runs `threads` items at once on
+    /// as many threads: each item waits (up to 10 s) until all of them have started.
     #[test]
-    fn fork_runs_every_group_and_map_keeps_order() {
+    fn map_keeps_order_and_runs_on_every_thread() {
         for threads in [1, 2, 3] {
             let t = EngineThreads::new(threads);
-            assert_eq!(t.len(), threads);
-            let groups = t.deal(0..10usize);
-            assert_eq!(groups.len(), threads);
-            let sum = AtomicUsize::new(0);
-            let names = std::sync::Mutex::new(std::collections::HashSet::new());
-            t.fork(groups, |g| {
-                sum.fetch_add(g.iter().sum::<usize>(), Ordering::Relaxed);
-                // the group spreads over the threads while the others wait for it
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                names.lock().unwrap().insert(std::thread::current().id());
-            });
-            assert_eq!(sum.into_inner(), 45);
-            assert_eq!(names.into_inner().unwrap().len(), threads);
             let squares = t.map((0..7u64).collect(), |x| x * x);
             assert_eq!(squares, vec![0, 1, 4, 9, 16, 25, 36]);
+            let started = (Mutex::new(Vec::new()), Condvar::new());
+            let all_met = t.map((0..threads).collect(), |_| {
+                let (m, c) = &started;
+                let mut ids = m.lock().unwrap();
+                ids.push(std::thread::current().id());
+                c.notify_all();
+                let (ids, timeout) = c
+                    .wait_timeout_while(ids, Duration::from_secs(10), |ids| ids.len() < threads)
+                    .unwrap();
+                !timeout.timed_out() && ids.len() == threads
+            });
+            assert!(all_met.iter().all(|&met| met), "{threads} threads at once");
+            let mut ids = started.0.into_inner().unwrap();
+            ids.sort_by_key(|id| format!("{id:?}"));
+            ids.dedup();
+            assert_eq!(ids.len(), threads);
         }
     }
 }

@@ -126,7 +126,7 @@ impl Batch {
     /// Message `i`'s partition index and offset (`(0, -1)`: a source without partitions),
     /// and for a re-keyed message the input partition and offset it was re-produced from.
     #[inline]
-    pub fn position(&self, i: usize) -> (usize, i64, Option<(&str, i64)>) {
+    fn position(&self, i: usize) -> (usize, i64, Option<(&str, i64)>) {
         let (part, offset) = self
             .positions
             .get(i)
@@ -140,7 +140,7 @@ impl Batch {
 
     /// Message `i`'s payload (`None`: one without) and its event, inputs in `inputs`.
     #[inline]
-    pub fn message<'s, 'a: 's>(
+    fn message<'s, 'a: 's>(
         &'a self,
         i: usize,
         inputs: &'s mut Inputs<'a>,

@@ -1,11 +1,10 @@
 //! What partition-owned state costs, without Kafka: the same events applied to one engine
 //! (checkpoints off) and to one engine per partition (checkpoints on: Kafka Streams' layout),
-//! each partition's events in runs of 65,536 as a consumer's fetches deliver them, events
-//! spread over the partitions by unit (the input keyed as the README asks) and at random (a
-//! returning unit is then counted in each partition it appears in: more work, and the counts
-//! the daemon warns about). Prints the rate, the
-//! state's memory by part and the snapshots' size per partition count: the gap between
-//! `cargo bench --bench kafka`'s checkpoints on and off, reproduced in one thread.
+//! each partition's events in runs of 65,536 as a consumer's fetches deliver them, spread over
+//! the partitions by unit (the input keyed as the README asks) and at random (a returning unit
+//! is then counted in each partition it appears in: more work, and the counts the daemon warns
+//! about). Prints the rate, the state's memory by part and the snapshots' size per partition
+//! count: the gap between `cargo bench --bench kafka`'s checkpoints on and off, in one thread.
 //!
 //! `cargo bench --bench partitions` (1M events per workload); `ARMWATCH_BENCH_EVENTS=N`
 //! changes the size, `ARMWATCH_BENCH_PARTITIONS=1,4` the partition counts;

@@ -180,7 +180,7 @@ fn evaluate(
     let threshold = ctx.log_threshold + exp.ln_alpha_divisor();
     let input = &mut exp.inputs[i];
     // the design-null evidence bounds the independence evidence (the penalty is >= 0)
-    if st.fired || exp.arms.len() < 2 || input.strata.log_e_fast() < threshold {
+    if st.fired || exp.arms.len() < 2 || input.strata.below(threshold) {
         return None;
     }
     if input.n < st.next_exact_at {

@@ -25,8 +25,6 @@ pub struct Stratum {
     label: (u32, u32),
     /// Its e-process.
     pub ep: DmEProcess,
-    /// `ep.log_e()` as last added into the table's running sum.
-    log_e: f64,
     /// Occurrences credited before the stratum was tracked (its sketch estimate at promotion,
     /// as in Space-Saving), so a new stratum is not the next eviction victim.
     credit: u64,
@@ -118,13 +116,20 @@ pub struct Strata {
     index: SlotIndex,
     slots: Vec<Stratum>,
     tail: DmEProcess,
-    tail_log_e: f64,
     /// Counts of evicted strata, kept for the descriptive distributions.
     evicted_counts: Box<[u64]>,
     sketch: Option<CountMin>,
     frozen_log_e: f64,
-    /// Sum of the active strata's log e-values (tail included), maintained in O(1) per event.
-    active_log_e: f64,
+    /// The product of the active strata's e-values (tail included) as `exp(active_base) *
+    /// active_lin`: an event multiplies `active_lin` by its stratum's growth factor (no
+    /// logarithm per event), and `active_lin` is folded into `active_base` when it drifts far
+    /// from 1.
+    active_base: f64,
+    active_lin: f64,
+    /// `exp(threshold - frozen_log_e - active_base)` for the last threshold asked about, so
+    /// that [`Self::below`] compares in linear scale (a cache, rebuilt after a restore).
+    #[serde(skip)]
+    gate: Gate,
     min_hint: u64,
     max_strata: usize,
     promotions: u64,
@@ -137,6 +142,18 @@ pub struct Strata {
     label_garbage: usize,
 }
 
+/// See [`Strata::below`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Gate {
+    valid: bool,
+    threshold: f64,
+    lin: f64,
+}
+
+/// Bounds of `active_lin` before it is folded into `active_base`.
+const LIN_HI: f64 = 1e100;
+const LIN_LO: f64 = 1e-100;
+
 /// Minimum sketch estimate before a tail value can be promoted.
 const PROMOTE_MIN: u32 = 32;
 
@@ -147,11 +164,12 @@ impl Strata {
             index: SlotIndex::default(),
             slots: Vec::new(),
             tail: DmEProcess::new(design),
-            tail_log_e: 0.0,
             evicted_counts: vec![0; design.arms()].into(),
             sketch: None,
             frozen_log_e: 0.0,
-            active_log_e: 0.0,
+            active_base: 0.0,
+            active_lin: 1.0,
+            gate: Gate::default(),
             min_hint: 0,
             max_strata,
             promotions: 0,
@@ -177,19 +195,35 @@ impl Strata {
             None => match self.maybe_promote(design, key, label) {
                 Some(i) => i,
                 None => {
-                    self.tail.observe(design, arm);
-                    let l = self.tail.log_e();
-                    self.active_log_e += l - self.tail_log_e;
-                    self.tail_log_e = l;
+                    let grew = self.tail.observe(design, arm);
+                    self.grow(grew);
                     return;
                 }
             },
         };
-        let s = &mut self.slots[slot];
-        s.ep.observe(design, arm);
-        let l = s.ep.log_e();
-        self.active_log_e += l - s.log_e;
-        s.log_e = l;
+        let grew = self.slots[slot].ep.observe(design, arm);
+        self.grow(grew);
+    }
+
+    /// Multiply the active product by one stratum's growth factor.
+    #[inline]
+    fn grow(&mut self, factor: f64) {
+        self.active_lin *= factor;
+        if !(LIN_LO..=LIN_HI).contains(&self.active_lin) {
+            self.fold();
+        }
+    }
+
+    /// Move `active_lin`'s scale into `active_base`.
+    #[cold]
+    fn fold(&mut self) {
+        if self.active_lin > 0.0 && self.active_lin.is_finite() {
+            self.active_base += self.active_lin.ln();
+            self.active_lin = 1.0;
+            self.gate.valid = false;
+        } else {
+            self.resum();
+        }
     }
 
     /// The display value of stratum `s` of this table.
@@ -214,7 +248,6 @@ impl Strata {
             key,
             label,
             ep: DmEProcess::new(design),
-            log_e: 0.0,
             credit: 0,
         });
         self.index.push(&self.slots);
@@ -247,8 +280,10 @@ impl Strata {
             return None;
         }
         let old = &self.slots[victim];
-        self.frozen_log_e += old.log_e;
-        self.active_log_e -= old.log_e;
+        let old_log_e = old.ep.log_e();
+        self.frozen_log_e += old_log_e;
+        self.active_base -= old_log_e;
+        self.gate.valid = false;
         for (e, c) in self.evicted_counts.iter_mut().zip(old.ep.counts()) {
             *e += c;
         }
@@ -258,7 +293,6 @@ impl Strata {
             key,
             label,
             ep: DmEProcess::new(design),
-            log_e: 0.0,
             credit: u64::from(est),
         };
         self.index.rebuild(&self.slots);
@@ -282,11 +316,25 @@ impl Strata {
         self.label_garbage = 0;
     }
 
-    /// [`Self::log_e`] from the running sum: O(1), exact up to floating-point drift of the
-    /// incremental sum (see [`Self::resum`]).
+    /// [`Self::log_e`] from the running product: O(1), exact up to floating-point drift of the
+    /// incremental product (see [`Self::resum`]).
     #[inline]
     pub fn log_e_fast(&self) -> f64 {
-        self.frozen_log_e + self.active_log_e
+        self.frozen_log_e + self.active_base + self.active_lin.ln()
+    }
+
+    /// Whether [`Self::log_e_fast`] is below `threshold`, compared in linear scale: no
+    /// logarithm per event while the threshold and the scale stay as they are.
+    #[inline]
+    pub fn below(&mut self, threshold: f64) -> bool {
+        if !self.gate.valid || self.gate.threshold.to_bits() != threshold.to_bits() {
+            self.gate = Gate {
+                valid: true,
+                threshold,
+                lin: (threshold - self.frozen_log_e - self.active_base).exp(),
+            };
+        }
+        self.active_lin < self.gate.lin
     }
 
     /// Arm counts over all values.
@@ -324,9 +372,11 @@ impl Strata {
         self.frozen_log_e + self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e()
     }
 
-    /// Recompute the running sum from the strata (removes floating drift).
+    /// Recompute the running product from the strata (removes floating drift).
     pub fn resum(&mut self) {
-        self.active_log_e = self.slots.iter().map(|s| s.log_e).sum::<f64>() + self.tail_log_e;
+        self.active_base = self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e();
+        self.active_lin = 1.0;
+        self.gate.valid = false;
     }
 
     /// Heap memory held, in bytes (estimated from capacities).
@@ -405,10 +455,6 @@ impl Strata {
         for (a, b) in self.totals.iter_mut().zip(other.totals.iter()) {
             *a += b;
         }
-        for s in &mut self.slots {
-            s.log_e = s.ep.log_e();
-        }
-        self.tail_log_e = self.tail.log_e();
         self.resum();
     }
 }
@@ -420,6 +466,43 @@ mod tests {
 
     fn design() -> Design {
         Design::new(&[0.5, 0.5], &[10.0, 100.0, 1000.0, 10000.0])
+    }
+
+    /// A strong leak over more values than strata: the running product folds its scale many
+    /// times and strata are evicted, and it still tracks the direct sum; the linear-scale gate
+    /// agrees with the logarithm on either side of the evidence.
+    #[test]
+    fn running_product_folds_and_gates_exactly() {
+        let d = design();
+        let mut s = Strata::new(&d, 4);
+        let mut rng = 99u64;
+        for i in 0..40_000u64 {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // the second half moves to values the table has not seen: they must be promoted
+            let v = format!("v{}", (rng >> 40) % 6 + if i < 4_000 { 0 } else { 6 });
+            let arm = usize::from(v.ends_with(['1', '3', '7']) || (rng >> 20).is_multiple_of(4));
+            s.observe(&d, key_of(&v), || v.clone().into(), arm);
+            let (fast, exact) = (s.log_e_fast(), s.log_e());
+            assert!(
+                (fast - exact).abs() < 1e-9 * (1.0 + exact.abs()),
+                "{i}: {fast} vs {exact}"
+            );
+            // one threshold asked after every event (as a check does), crossed between folds
+            assert_eq!(s.below(300.0), fast < 300.0, "{i}: evidence {fast}");
+            if i % 97 == 0 {
+                for t in [fast - 0.5, fast + 0.5] {
+                    assert_eq!(s.below(t), fast < t, "{i}: threshold {t}, evidence {fast}");
+                }
+            }
+        }
+        assert!(s.promotions() > 0, "no stratum was evicted");
+        assert!(
+            s.log_e() > 2.0 * LIN_HI.ln(),
+            "the product never folded: {}",
+            s.log_e()
+        );
     }
 
     #[test]

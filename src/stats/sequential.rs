@@ -117,21 +117,43 @@ impl DmEProcess {
     }
 
     /// Count one observation in `arm`: `BF_n = BF_{n-1} (a_j + x_j) / ((A + n - 1) theta0_j)`.
+    /// Returns the factor by which the mixture grew (`E_n / E_{n-1}`), so a product of
+    /// e-processes can be kept up to date without a logarithm per event.
     #[inline]
-    pub fn observe(&mut self, design: &Design, arm: usize) {
+    pub fn observe(&mut self, design: &Design, arm: usize) -> f64 {
         let x = self.counts[arm] as f64;
         let n = self.n as f64;
         let w = design.weights[arm];
-        let mut hi = 0.0f64;
-        for (m, k) in self.m.iter_mut().zip(design.ks.iter()) {
-            *m *= (k * w + x) / ((k + n) * w);
-            hi = hi.max(*m);
-        }
+        let (before, after, hi) = match (
+            <&mut [f64; 4]>::try_from(&mut self.m[..]),
+            <&[f64; 4]>::try_from(&design.ks[..]),
+        ) {
+            // the default grid, in fixed-size arrays the compiler can vectorise
+            (Ok(m), Ok(ks)) => {
+                let before = (m[0] + m[1]) + (m[2] + m[3]);
+                for (m, k) in m.iter_mut().zip(ks) {
+                    *m *= (k * w + x) / ((k + n) * w);
+                }
+                let after = (m[0] + m[1]) + (m[2] + m[3]);
+                (before, after, m[0].max(m[1]).max(m[2].max(m[3])))
+            }
+            _ => {
+                let (mut before, mut after, mut hi) = (0.0, 0.0, 0.0f64);
+                for (m, k) in self.m.iter_mut().zip(design.ks.iter()) {
+                    before += *m;
+                    *m *= (k * w + x) / ((k + n) * w);
+                    after += *m;
+                    hi = hi.max(*m);
+                }
+                (before, after, hi)
+            }
+        };
         self.counts[arm] += 1;
         self.n += 1;
         if !(RESCALE_LO..=RESCALE_HI).contains(&hi) {
             self.rescale();
         }
+        after / before
     }
 
     #[cold]

@@ -130,7 +130,8 @@ impl Predict<'_> {
     ) -> f64 {
         let w0 = self.w0;
         let inv = 1.0 / (in_cell as f64 + CONCENTRATION);
-        let count = |a: usize| count(a) as f64;
+        // counts stay far below 2^63: the signed conversion is one instruction
+        let count = |a: usize| count(a) as i64 as f64;
         if w0.len() == 2 {
             q[1] += w * (count(1) + CONCENTRATION * w0[1]) * inv;
         } else {
@@ -369,14 +370,20 @@ impl ArmModel {
         }
         self.counts[arm] += 1;
         if !(1e-150..=1e150).contains(&sum) {
-            let inv = 1.0 / sum;
-            for w in self.weights.iter_mut() {
-                *w *= inv;
-            }
-            self.null_weight *= inv;
-            self.idle_weight *= inv;
-            self.log_scale += sum.ln();
+            self.renormalize(sum);
         }
+    }
+
+    /// Divide every weight by `sum` (kept in `log_scale`) before they overflow or underflow.
+    #[cold]
+    fn renormalize(&mut self, sum: f64) {
+        let inv = 1.0 / sum;
+        for w in self.weights.iter_mut() {
+            *w *= inv;
+        }
+        self.null_weight *= inv;
+        self.idle_weight *= inv;
+        self.log_scale += sum.ln();
     }
 
     /// `ln prod_t q_t(arm_t) / theta0(arm_t)`: the e-value against the design weights (times

@@ -93,7 +93,7 @@ impl<C: Counter> CountTable<C> {
     /// Hint the cache lines of `key`'s row (its home slot when sparse) into the cache: a
     /// caller about to touch many rows at random issues all the hints first, so that the
     /// misses overlap instead of queueing one behind the other.
-    #[inline]
+    #[inline(always)]
     pub fn prefetch(&self, key: usize) {
         match &self.repr {
             Repr::Dense(rows) => prefetch(rows.get(key * self.width)),
@@ -107,7 +107,7 @@ impl<C: Counter> CountTable<C> {
     }
 
     /// The counters of `key` (< `keys`), created zero when absent.
-    #[inline]
+    #[inline(always)]
     pub fn row_mut(&mut self, key: usize) -> &mut [C] {
         let w = self.width;
         if let Repr::Sparse { slots, len, .. } = &self.repr {
@@ -345,7 +345,7 @@ impl Widening {
     }
 
     /// See [`CountTable::prefetch`].
-    #[inline]
+    #[inline(always)]
     pub fn prefetch(&self, key: usize) {
         each_table!(self, t => t.prefetch(key), n => n.prefetch(key))
     }

@@ -121,8 +121,9 @@ impl DmEProcess {
     /// e-processes can be kept up to date without a logarithm per event.
     #[inline]
     pub fn observe(&mut self, design: &Design, arm: usize) -> f64 {
-        let x = self.counts[arm] as f64;
-        let n = self.n as f64;
+        // counts stay far below 2^63: the signed conversion is one instruction
+        let x = self.counts[arm] as i64 as f64;
+        let n = self.n as i64 as f64;
         let w = design.weights[arm];
         let (before, after, hi) = match (
             <&mut [f64; 4]>::try_from(&mut self.m[..]),
@@ -131,9 +132,10 @@ impl DmEProcess {
             // the default grid, in fixed-size arrays the compiler can vectorise
             (Ok(m), Ok(ks)) => {
                 let before = (m[0] + m[1]) + (m[2] + m[3]);
-                for (m, k) in m.iter_mut().zip(ks) {
-                    *m *= (k * w + x) / ((k + n) * w);
-                }
+                let num: [f64; 4] = std::array::from_fn(|i| ks[i] * w + x);
+                let den: [f64; 4] = std::array::from_fn(|i| (ks[i] + n) * w);
+                let f: [f64; 4] = std::array::from_fn(|i| num[i] / den[i]);
+                *m = std::array::from_fn(|i| m[i] * f[i]);
                 let after = (m[0] + m[1]) + (m[2] + m[3]);
                 (before, after, m[0].max(m[1]).max(m[2].max(m[3])))
             }

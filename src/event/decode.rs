@@ -40,7 +40,7 @@ pub fn decode_into<'s, 'a: 's>(
     if payload.len() > limits.max_message_bytes {
         return Err(RejectReason::Oversized);
     }
-    let Ok(text) = std::str::from_utf8(payload) else {
+    let Ok(text) = simdutf8::basic::from_utf8(payload) else {
         return Err(RejectReason::NotUtf8);
     };
     inputs.clear();

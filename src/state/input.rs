@@ -41,29 +41,48 @@ impl InputState {
     /// (its hash, or its numeric bin's), which the arm model reuses.
     #[inline]
     pub fn observe(&mut self, design: &Design, value: &InputValue<'_>, arm: usize) -> u64 {
+        let key = self.key(value);
+        self.observe_key(design, value, key, arm);
+        key
+    }
+
+    /// The stratum key of `value`: its hash, or its numeric bin's.
+    #[inline]
+    pub fn key(&self, value: &InputValue<'_>) -> u64 {
+        match value {
+            InputValue::Str(s) => key_of(s),
+            InputValue::Bool(b) => key_of(if *b { "true" } else { "false" }),
+            InputValue::Num(x) => Bins::key(self.bins.index(*x)),
+        }
+    }
+
+    /// Hint the cache lines that counting `value` (stratum `key`) in `arm` reads first: the
+    /// strata index's entry, and the numeric histogram's row.
+    #[inline]
+    pub fn prefetch(&self, value: &InputValue<'_>, key: u64, arm: usize) {
+        self.strata.prefetch_index(key);
+        if let (InputValue::Num(x), Some(n)) = (value, &self.numeric) {
+            n.prefetch(arm, *x);
+        }
+    }
+
+    /// [`Self::observe`] with the key computed by [`Self::key`].
+    #[inline]
+    pub fn observe_key(&mut self, design: &Design, value: &InputValue<'_>, key: u64, arm: usize) {
         self.n += 1;
         match value {
-            InputValue::Str(s) => {
-                let key = key_of(s);
-                self.strata.observe(design, key, || display_label(s), arm);
-                key
-            }
+            InputValue::Str(s) => self.strata.observe(design, key, || display_label(s), arm),
             InputValue::Bool(b) => {
                 let s = if *b { "true" } else { "false" };
-                let key = key_of(s);
                 self.strata.observe(design, key, || s.into(), arm);
-                key
             }
             InputValue::Num(x) => {
-                let i = self.bins.index(*x);
                 let bins = &self.bins;
-                let key = Bins::key(i);
                 self.strata
-                    .observe(design, key, || bins.label(i).into(), arm);
+                    .observe(design, key, || bins.label(bins.index(*x)).into(), arm);
                 self.numeric
                     .get_or_insert_with(|| NumericSummary::new(design.arms()))
                     .record(arm, *x);
-                key
             }
         }
     }

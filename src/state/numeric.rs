@@ -113,8 +113,21 @@ impl NumericSummary {
     #[inline]
     pub fn record(&mut self, arm: usize, x: f64) {
         self.moments[arm].push(x);
-        let v = (x.max(0.0) * SCALE).round().min(HIST_MAX as f64) as u64;
-        self.hist[arm].record(v);
+        self.hist[arm].record(Self::value(x));
+    }
+
+    /// Hint the histogram row that [`Self::record`] of `x` for `arm` touches.
+    #[inline]
+    pub fn prefetch(&self, arm: usize, x: f64) {
+        if let Some(h) = self.hist.get(arm) {
+            h.prefetch(Self::value(x));
+        }
+    }
+
+    /// `x` in histogram units.
+    #[inline]
+    fn value(x: f64) -> u64 {
+        (x.max(0.0) * SCALE).round().min(HIST_MAX as f64) as u64
     }
 
     /// Quantiles `qs` (ascending) of `arm` in input units, in one pass.

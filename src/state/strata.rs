@@ -72,6 +72,27 @@ impl SlotIndex {
         }
     }
 
+    /// The slot named by `key`'s home entry (not necessarily `key`'s).
+    #[inline]
+    fn at_home(&self, key: u64) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let v = self
+            .table
+            .get(Self::home(key, self.table.len() - 1))
+            .copied()?;
+        (v as usize).checked_sub(1)
+    }
+
+    /// See [`Strata::prefetch_index`].
+    #[inline]
+    fn prefetch(&self, key: u64) {
+        if !self.table.is_empty() {
+            crate::hint::prefetch(self.table.get(Self::home(key, self.table.len() - 1)));
+        }
+    }
+
     /// Index every slot (after one was added or replaced).
     fn rebuild(&mut self, slots: &[Stratum]) {
         let want = (slots.len() * 2).next_power_of_two().max(8);
@@ -223,6 +244,25 @@ impl Strata {
             self.gate.valid = false;
         } else {
             self.resum();
+        }
+    }
+
+    /// Hint the index entry of `key` (its home: where a lookup starts).
+    #[inline]
+    pub fn prefetch_index(&self, key: u64) {
+        self.index.prefetch(key);
+    }
+
+    /// Hint the stratum of `key`: the one its home index entry (which
+    /// [`Self::prefetch_index`] brought in) names, without reading that stratum's key (that
+    /// read would wait for the very miss the hint is for); after a collision it is another
+    /// stratum's, which costs nothing but the hint.
+    #[inline]
+    pub fn prefetch_stratum(&self, key: u64) {
+        if let Some(s) = self.index.at_home(key).and_then(|i| self.slots.get(i)) {
+            // a stratum spans two or three lines: its first and its last
+            crate::hint::prefetch(Some(s));
+            crate::hint::prefetch(Some(&s.credit));
         }
     }
 

@@ -64,6 +64,12 @@ impl Default for SparseHdr {
 }
 
 impl SparseHdr {
+    /// Hint the cache line of `v`'s counter (see [`crate::hint`]).
+    #[inline]
+    pub fn prefetch(&self, v: u64) {
+        self.counts.prefetch(index_of(v.min(MAX)));
+    }
+
     /// Count `v` (clamped to [`MAX`]).
     #[inline]
     pub fn record(&mut self, v: u64) {

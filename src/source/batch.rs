@@ -157,8 +157,12 @@ impl Batch {
     pub fn apply(&mut self, lp: &mut EngineLoop) {
         let mut assigned = std::mem::take(&mut self.assigned).into_iter().peekable();
         for i in 0..self.decoded.len() {
-            while let Some((_, index, part)) = assigned.next_if(|a| a.0 <= i) {
-                lp.assign(index, part);
+            // peeked by reference: `next_if` would move the (large) partition state out and
+            // back for every message while an assignment waits further on
+            while assigned.peek().is_some_and(|a| a.0 <= i) {
+                if let Some((_, index, part)) = assigned.next() {
+                    lp.assign(index, part);
+                }
             }
             let (part, offset, upstream) = self.position(i);
             let mut inputs = Inputs::new();

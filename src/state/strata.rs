@@ -508,6 +508,13 @@ mod tests {
         Design::new(&[0.5, 0.5], &[10.0, 100.0, 1000.0, 10000.0])
     }
 
+    /// One step of Knuth's MMIX linear congruential generator.
+    fn step(rng: &mut u64) {
+        *rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+
     /// A strong leak over more values than strata: the running product folds its scale many
     /// times and strata are evicted, and it still tracks the direct sum; the linear-scale gate
     /// agrees with the logarithm on either side of the evidence.
@@ -517,9 +524,7 @@ mod tests {
         let mut s = Strata::new(&d, 4);
         let mut rng = 99u64;
         for i in 0..40_000u64 {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            step(&mut rng);
             // the second half moves to values the table has not seen: they must be promoted
             let v = format!("v{}", (rng >> 40) % 6 + if i < 4_000 { 0 } else { 6 });
             let arm = usize::from(v.ends_with(['1', '3', '7']) || (rng >> 20).is_multiple_of(4));
@@ -551,9 +556,7 @@ mod tests {
         let mut s = Strata::new(&d, 8);
         let mut rng = 12345u64;
         for i in 0..5000u64 {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            step(&mut rng);
             let v = format!("v{}", i % 5);
             s.observe(
                 &d,
@@ -583,9 +586,7 @@ mod tests {
         let mut s = Strata::new(&d, 8);
         let mut rng = 99u64;
         for i in 0..40_000u64 {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            step(&mut rng);
             let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
             let v = format!("v{}", i % 4);
             s.observe(&d, key_of(&v), || v.clone().into(), usize::from(u < 0.56));
@@ -605,9 +606,7 @@ mod tests {
         let mut s = Strata::new(&d, 64);
         let mut rng = 7u64;
         for i in 0..100_000u64 {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            step(&mut rng);
             let v = format!("t{}", (rng >> 33) % 500);
             s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
         }

@@ -249,15 +249,17 @@ impl Engine {
     pub fn process(&mut self, payload: &[u8]) -> Result<Kind, RejectReason> {
         let mut inputs = Inputs::new();
         let ev = decode_into(payload, &self.limits, &mut inputs);
-        self.process_decoded(ev)
+        self.process_decoded(ev.as_ref().map_err(|r| *r))
     }
 
     /// [`Self::process`] of a message decoded elsewhere (with [`Self::decode_limits`]), e.g.
     /// on the Kafka consumer thread.
     #[inline]
+    /// The event comes by reference: it is a few hundred bytes, copied at every call it
+    /// crossed by value.
     pub fn process_decoded(
         &mut self,
-        decoded: Result<Event<'_>, RejectReason>,
+        decoded: Result<&Event<'_>, RejectReason>,
     ) -> Result<Kind, RejectReason> {
         let seq = self.seq;
         self.seq += 1;
@@ -265,7 +267,7 @@ impl Engine {
             self.count_memory();
         }
         let res = decoded.and_then(|ev| {
-            self.apply(&ev, seq)?;
+            self.apply(ev, seq)?;
             Ok(ev.kind())
         });
         if let Some(i) = self.created.take() {

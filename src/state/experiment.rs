@@ -504,12 +504,17 @@ impl Experiment {
     /// Count one exposure event: its unit's first exposure, or every event without a unit.
     pub fn observe(&mut self, ev: &Event<'_>) -> Result<Observed, RejectReason> {
         let arm_name = ev.arm.as_deref().ok_or(RejectReason::MissingField)?;
+        // the unit's slot in the exposure sample is the likeliest miss: hinted before the arm
+        // is looked up, so that the two overlap
+        let unit_key = ev.unit.as_deref().map(key_of);
+        if let (Some(h), Some(sample)) = (unit_key, &self.exposures) {
+            sample.prefetch(h);
+        }
         let mut obs = self.observed(arm_name)?;
         obs.exposure = true;
         let arm = obs.arm;
         self.first_ts_ms = self.first_ts_ms.min(ev.ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(ev.ts_ms);
-        let unit_key = ev.unit.as_deref().map(key_of);
         let (cap, units_cap) = (self.limits.exposure_sample, self.limits.units);
         // the randomization unit: the cluster in a cluster experiment, else the unit; its
         // sample (clusters, or the units' exposure sample) decides what is new while exact

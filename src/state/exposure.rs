@@ -93,6 +93,12 @@ impl ExposureSample {
         (newly, exposure)
     }
 
+    /// Hint the slot of id `h` into the cache (see [`crate::hint`]).
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        self.arms_of.prefetch(h);
+    }
+
     /// [`Self::observe_first`] without growing: an id followed already gets `arm` in its mask,
     /// any other id is left out, and nothing new is counted (`Full` for a new id). Used while
     /// the statistics are over `limits.max_memory_bytes`.

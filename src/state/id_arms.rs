@@ -126,6 +126,19 @@ impl IdArms {
         }
     }
 
+    /// Hint the home slot of `h` (its key and its mask) into the cache.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        if !self.keys.is_empty() {
+            let i = home(h, self.keys.len() - 1);
+            crate::hint::prefetch(self.keys.get(i));
+            match &self.masks {
+                Masks::Narrow(m) => crate::hint::prefetch(m.get(i)),
+                Masks::Wide(m) => crate::hint::prefetch(m.get(i)),
+            }
+        }
+    }
+
     /// The slot of `h` (!= 0): where it is, or the empty slot where it goes.
     #[inline]
     fn slot(&self, h: u64) -> usize {

@@ -388,7 +388,7 @@ impl EngineLoop {
         offset: i64,
         upstream: Option<(&str, i64)>,
         payload: Option<&[u8]>,
-        decoded: Result<&Event<'_>, RejectReason>,
+        decoded: &Result<Event<'_>, RejectReason>,
     ) -> Option<Result<Kind, RejectReason>> {
         let timer = (self.n & 63 == 0).then(Instant::now);
         self.n += 1;

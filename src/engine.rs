@@ -249,27 +249,26 @@ impl Engine {
     pub fn process(&mut self, payload: &[u8]) -> Result<Kind, RejectReason> {
         let mut inputs = Inputs::new();
         let ev = decode_into(payload, &self.limits, &mut inputs);
-        self.process_decoded(ev.as_ref().map_err(|r| *r))
+        self.process_decoded(&ev)
     }
 
     /// [`Self::process`] of a message decoded elsewhere (with [`Self::decode_limits`]), e.g.
-    /// on the Kafka consumer thread.
+    /// on the Kafka consumer thread. The event comes by reference: it is a few hundred bytes,
+    /// copied at every call it crossed by value.
     #[inline]
-    /// The event comes by reference: it is a few hundred bytes, copied at every call it
-    /// crossed by value.
     pub fn process_decoded(
         &mut self,
-        decoded: Result<&Event<'_>, RejectReason>,
+        decoded: &Result<Event<'_>, RejectReason>,
     ) -> Result<Kind, RejectReason> {
         let seq = self.seq;
         self.seq += 1;
         if seq >= self.memory_count_due {
             self.count_memory();
         }
-        let res = decoded.and_then(|ev| {
-            self.apply(ev, seq)?;
-            Ok(ev.kind())
-        });
+        let res = match decoded {
+            Ok(ev) => self.apply(ev, seq).map(|()| ev.kind()),
+            Err(r) => Err(*r),
+        };
         if let Some(i) = self.created.take() {
             self.state_bytes += self.experiments[i].memory_bytes();
         }

@@ -167,13 +167,7 @@ impl Batch {
             let (part, offset, upstream) = self.position(i);
             let mut inputs = Inputs::new();
             let (payload, decoded) = self.message(i, &mut inputs);
-            let _ = lp.on_message_at(
-                part,
-                offset,
-                upstream,
-                payload,
-                decoded.as_ref().map_err(|r| *r),
-            );
+            let _ = lp.on_message_at(part, offset, upstream, payload, &decoded);
         }
         for (_, index, part) in assigned {
             lp.assign(index, part);

@@ -589,12 +589,7 @@ impl Experiment {
                         n += 1;
                     }
                     // past the first few, at once (the order of inputs does not matter)
-                    None => {
-                        self.inputs[i].observe_key(&self.design, value, key, arm);
-                        if let Some(k) = obs.keys.get_mut(i) {
-                            *k = key;
-                        }
-                    }
+                    None => self.count_input(&mut obs, i, value, key),
                 }
             }
         }
@@ -602,15 +597,21 @@ impl Experiment {
             self.inputs[usize::from(i)].strata.prefetch_stratum(key);
         }
         for &(i, p, key) in &todo[..n] {
-            let i = usize::from(i);
             if let Some((_, value)) = ev.inputs.get(p as usize) {
-                self.inputs[i].observe_key(&self.design, value, key, arm);
-            }
-            if let Some(k) = obs.keys.get_mut(i) {
-                *k = key;
+                self.count_input(&mut obs, usize::from(i), value, key);
             }
         }
         Ok(obs)
+    }
+
+    /// Count `value` (stratum `key`) of input `i` in the event's arm, and hand its key to the
+    /// arm model.
+    #[inline]
+    fn count_input(&mut self, obs: &mut Observed, i: usize, value: &InputValue<'_>, key: u64) {
+        self.inputs[i].observe_key(&self.design, value, key, obs.arm);
+        if let Some(k) = obs.keys.get_mut(i) {
+            *k = key;
+        }
     }
 
     /// Substrate values of an exposure event (every event, repeats included): the

@@ -7,6 +7,15 @@ use super::{display_label, key_of};
 use crate::event::InputValue;
 use crate::stats::sequential::Design;
 
+/// A flag's value as a stratum sees it.
+fn flag(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
 /// State of one watched input.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputState {
@@ -51,7 +60,7 @@ impl InputState {
     pub fn key(&self, value: &InputValue<'_>) -> u64 {
         match value {
             InputValue::Str(s) => key_of(s),
-            InputValue::Bool(b) => key_of(if *b { "true" } else { "false" }),
+            InputValue::Bool(b) => key_of(flag(*b)),
             InputValue::Num(x) => Bins::key(self.bins.index(*x)),
         }
     }
@@ -72,10 +81,7 @@ impl InputState {
         self.n += 1;
         match value {
             InputValue::Str(s) => self.strata.observe(design, key, || display_label(s), arm),
-            InputValue::Bool(b) => {
-                let s = if *b { "true" } else { "false" };
-                self.strata.observe(design, key, || s.into(), arm);
-            }
+            InputValue::Bool(b) => self.strata.observe(design, key, || flag(*b).into(), arm),
             InputValue::Num(x) => {
                 let bins = &self.bins;
                 self.strata

@@ -72,25 +72,17 @@ impl SlotIndex {
         }
     }
 
+    /// The entry where a lookup of `key` starts.
+    #[inline]
+    fn home_entry(&self, key: u64) -> Option<&u32> {
+        let mask = self.table.len().checked_sub(1)?;
+        self.table.get(Self::home(key, mask))
+    }
+
     /// The slot named by `key`'s home entry (not necessarily `key`'s).
     #[inline]
     fn at_home(&self, key: u64) -> Option<usize> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let v = self
-            .table
-            .get(Self::home(key, self.table.len() - 1))
-            .copied()?;
-        (v as usize).checked_sub(1)
-    }
-
-    /// See [`Strata::prefetch_index`].
-    #[inline]
-    fn prefetch(&self, key: u64) {
-        if !self.table.is_empty() {
-            crate::hint::prefetch(self.table.get(Self::home(key, self.table.len() - 1)));
-        }
+        (*self.home_entry(key)? as usize).checked_sub(1)
     }
 
     /// Index every slot (after one was added or replaced).
@@ -250,7 +242,7 @@ impl Strata {
     /// Hint the index entry of `key` (its home: where a lookup starts).
     #[inline]
     pub fn prefetch_index(&self, key: u64) {
-        self.index.prefetch(key);
+        crate::hint::prefetch(self.index.home_entry(key));
     }
 
     /// Hint the stratum of `key`: the one its home index entry (which
@@ -409,12 +401,17 @@ impl Strata {
 
     /// The log e-value of the product over all strata against the design weights.
     pub fn log_e(&self) -> f64 {
-        self.frozen_log_e + self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e()
+        self.frozen_log_e + self.active_log_e()
+    }
+
+    /// The active strata's log e-values (tail included), summed directly.
+    fn active_log_e(&self) -> f64 {
+        self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e()
     }
 
     /// Recompute the running product from the strata (removes floating drift).
     pub fn resum(&mut self) {
-        self.active_base = self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e();
+        self.active_base = self.active_log_e();
         self.active_lin = 1.0;
         self.gate.valid = false;
     }

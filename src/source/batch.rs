@@ -103,6 +103,11 @@ impl Batch {
         &self.marks
     }
 
+    /// Message `i`'s payload (`None`: none, or no such message).
+    pub fn payload(&self, i: usize) -> Option<&[u8]> {
+        self.decoded.payload(i)
+    }
+
     /// Messages held.
     pub fn len(&self) -> usize {
         self.decoded.len()

@@ -1,5 +1,6 @@
-//! The Kafka source: a consumer-group member on a dedicated thread (`BaseConsumer::poll`, no
-//! async hop per message). Without checkpoints it stores offsets once a message has been
+//! The Kafka source: a consumer-group member on a dedicated thread (no async hop per message)
+//! that reads its partitions' messages in batches ([`super::fetch_queue`]) and polls the
+//! consumer queue between batches for rebalances, commits and statistics. Without checkpoints it stores offsets once a message has been
 //! processed; with checkpoints ([`Checkpoints`]) each assigned partition's state is restored
 //! from the state topic and consumption resumes at the offset its checkpoint covers, a revoked
 //! partition's state is checkpointed before it is released, and offsets are stored only up to
@@ -7,6 +8,7 @@
 
 use super::batch::Batch;
 use super::client_log::Quiet;
+use super::fetch_queue::{FetchQueue, QueueSlot};
 use super::Source;
 use crate::checkpoint::partition_key;
 use crate::config::KafkaSettings;
@@ -36,6 +38,8 @@ pub struct Context {
     lag: Arc<Mutex<Vec<(String, i32, i64)>>>,
     checkpoints: Option<Arc<Checkpoints>>,
     readiness: Arc<Readiness>,
+    /// The batch queue assigned partitions forward to, once the source has made it.
+    fetch: Arc<QueueSlot>,
 }
 
 /// What readiness is made of: partitions assigned (and restored) by the consumer's callbacks,
@@ -330,6 +334,10 @@ impl ConsumerContext for Context {
                 if let Some(cp) = &self.checkpoints {
                     cp.restore(tpl);
                 }
+                // before the fetchers start: no message of theirs reaches the consumer queue
+                let elements = tpl.elements();
+                let parts = elements.iter().map(|e| (e.topic(), e.partition()));
+                self.fetch.forward(c.client().native_ptr(), parts);
                 let r = if cooperative {
                     c.incremental_assign(tpl)
                 } else {
@@ -454,6 +462,7 @@ pub fn consumer(
             assigned: AtomicBool::new(false),
             reachable: AtomicBool::new(true),
         }),
+        fetch: Arc::default(),
     })?;
     // the repartition topic when re-keying (the routers read the inputs)
     let topics = k.engine_topics();
@@ -498,20 +507,63 @@ impl DeadLetter for KafkaDeadLetter {
     }
 }
 
-/// The consumer as a [`Source`]: polls into batches, marks each message's offset, and stores
-/// the offsets of a batch once it has been applied (at-least-once); commits at the end.
+/// The consumer as a [`Source`]: reads batches of messages (from the [`FetchQueue`] its
+/// partitions forward to, or else one by one from the consumer queue), marks each message's
+/// offset, and stores the offsets of a batch once it has been applied (at-least-once);
+/// commits at the end.
 pub struct KafkaSource {
+    /// Declared before the consumer: dropped (its queue released) before the client is.
+    fetch: Option<FetchQueue>,
     consumer: BaseConsumer<Context>,
-    /// Topic names by stream index (the batches' marks).
-    topics: Vec<String>,
+    marks: Marks,
     errors: RateLimiter,
     polled: u64,
     max_messages: Option<u64>,
+}
+
+/// Where a message's position goes: the partition index of its engine (with checkpoints),
+/// or the stream marks of the batch.
+struct Marks {
+    /// Topic names by stream index (the batches' marks).
+    topics: Vec<String>,
     checkpoints: Option<Arc<Checkpoints>>,
     /// The last message's `(topic, partition)` and partition index (with checkpoints).
     last_part: Option<(String, i32, u32)>,
     /// Re-keyed input (the repartition topic): the input partitions the keys name.
     upstream: Option<super::repartition::Upstream>,
+}
+
+impl Marks {
+    /// Add one message to `batch` with its position.
+    #[inline]
+    fn push(
+        &mut self,
+        batch: &mut Batch,
+        (topic, partition, offset): (&str, i32, i64),
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        match &self.checkpoints {
+            Some(cp) => {
+                let index = part_index(&mut self.last_part, cp, topic, partition);
+                let from = self.upstream.as_mut().and_then(|u| {
+                    let (name, at) = super::repartition::parse_provenance(key?)?;
+                    Some((u.index(name)?, at))
+                });
+                match (from, &self.upstream) {
+                    (Some(from), Some(u)) => {
+                        batch.push_rekeyed(payload, (index, offset), from, u.names())
+                    }
+                    _ => batch.push_at(payload, index, offset),
+                }
+            }
+            None => {
+                batch.push(payload);
+                let stream = stream(&mut self.topics, topic);
+                batch.mark(stream, partition, offset);
+            }
+        }
+    }
 }
 
 /// The readiness state of `consumer` (for [`watch_brokers`]).
@@ -528,21 +580,26 @@ impl KafkaSource {
         rekeyed: bool,
     ) -> KafkaSource {
         let checkpoints = consumer.context().checkpoints.clone();
+        let slot = Arc::clone(&consumer.context().fetch);
+        let fetch = FetchQueue::new(consumer.client().native_ptr(), slot);
         KafkaSource {
+            fetch,
             consumer,
-            topics: Vec::new(),
+            marks: Marks {
+                topics: Vec::new(),
+                checkpoints,
+                last_part: None,
+                upstream: rekeyed.then(super::repartition::Upstream::default),
+            },
             errors: RateLimiter::new(1),
             polled: 0,
             max_messages,
-            checkpoints,
-            last_part: None,
-            upstream: rekeyed.then(super::repartition::Upstream::default),
         }
     }
 
     /// Move restored partitions into `batch` (ahead of their first message).
     fn take_assigned(&self, batch: &mut Batch) {
-        let Some(cp) = &self.checkpoints else {
+        let Some(cp) = &self.marks.checkpoints else {
             return;
         };
         // a load first: the swap (a write) only when a rebalance left partitions
@@ -554,6 +611,13 @@ impl KafkaSource {
                 }
             }
         }
+    }
+}
+
+/// A consume error, logged at a bounded rate.
+fn consume_error(errors: &mut RateLimiter, e: &dyn std::fmt::Display) {
+    if errors.allow().is_some() {
+        tracing::warn!(error = %e, "consume error");
     }
 }
 
@@ -592,73 +656,84 @@ impl Source for KafkaSource {
         // not only after an applied batch, so that an idle stream's last checkpoint is committed
         // (the group's committed offsets, and the consumer lag computed from them, would
         // otherwise stay where the traffic stopped)
-        if let Some(cp) = &self.checkpoints {
+        if let Some(cp) = &self.marks.checkpoints {
             cp.store_durable(&self.consumer);
         }
         loop {
-            if self.max_messages.is_some_and(|m| self.polled >= m) {
-                return Ok(false);
-            }
-            // block only while there is nothing to hand over
-            let wait = if batch.is_empty() {
-                Duration::from_millis(100)
-            } else {
-                Duration::ZERO
+            let left = match self.max_messages {
+                Some(m) if self.polled >= m => return Ok(false),
+                Some(m) => usize::try_from(m - self.polled).unwrap_or(usize::MAX),
+                None => usize::MAX,
             };
-            let polled = self.consumer.poll(wait);
+            // the consumer queue: rebalances (which run inside the poll), commits, statistics,
+            // errors, and the messages of any partition not forwarded to the batch queue; it
+            // blocks only while there is nothing to hand over and no batch queue to wait on
+            let wait = if self.fetch.is_none() && batch.is_empty() {
+                100
+            } else {
+                0
+            };
+            let polled = self.consumer.poll(Duration::from_millis(wait));
             // a rebalance ran inside the poll: its partitions go in before any of their messages
             self.take_assigned(batch);
-            match polled {
+            let dry = match polled {
                 Some(Ok(msg)) => {
                     self.polled += 1;
-                    let (partition, offset) = (msg.partition(), msg.offset());
-                    match &self.checkpoints {
-                        Some(cp) => {
-                            let index = part_index(&mut self.last_part, cp, msg.topic(), partition);
-                            let from = self.upstream.as_mut().and_then(|u| {
-                                let (name, at) = super::repartition::parse_provenance(msg.key()?)?;
-                                Some((u.index(name)?, at))
-                            });
-                            match (from, &self.upstream) {
-                                (Some(from), Some(u)) => batch.push_rekeyed(
-                                    msg.payload(),
-                                    (index, offset),
-                                    from,
-                                    u.names(),
-                                ),
-                                _ => batch.push_at(msg.payload(), index, offset),
-                            }
-                        }
-                        None => {
-                            batch.push(msg.payload());
-                            let stream = stream(&mut self.topics, msg.topic());
-                            batch.mark(stream, partition, offset);
-                        }
-                    }
+                    let at = (msg.topic(), msg.partition(), msg.offset());
+                    self.marks.push(batch, at, msg.key(), msg.payload());
                     if batch.full() {
                         return Ok(true);
                     }
+                    continue;
                 }
                 Some(Err(e)) => {
-                    if self.errors.allow().is_some() {
-                        tracing::warn!(error = %e, "consume error");
-                    }
+                    consume_error(&mut self.errors, &e);
+                    false
                 }
-                // the queue ran dry: hand over what there is (or nothing, so that the loop
-                // looks at its stop flag)
-                None => return Ok(true),
+                None => true,
+            };
+            let Some(fetch) = &mut self.fetch else {
+                if dry {
+                    // the queue ran dry: hand over what there is (or nothing, so that the loop
+                    // looks at its stop flag)
+                    return Ok(true);
+                }
+                continue;
+            };
+            // the batch queue, until it runs dry or the batch is full; then back to the
+            // consumer queue
+            let mut read = 0;
+            // block only while there is nothing to hand over (an assignment taken just now
+            // goes to the engine at once)
+            let mut wait = if batch.is_empty() { 100 } else { 0 };
+            while let Some(m) = fetch.next(left - read, wait) {
+                wait = 0;
+                if let Some(e) = m.error() {
+                    consume_error(&mut self.errors, &e);
+                    continue;
+                }
+                read += 1;
+                let at = (m.topic(), m.partition(), m.offset());
+                self.marks.push(batch, at, m.key(), m.payload());
+                if batch.full() || read == left {
+                    break;
+                }
+            }
+            self.polled += read as u64;
+            if batch.full() || read == 0 {
+                return Ok(true);
             }
         }
     }
 
     fn done(&mut self, batch: &Batch) {
-        if let Some(cp) = &self.checkpoints {
+        if let Some(cp) = &self.marks.checkpoints {
             // offsets follow durable checkpoints, not applied batches
             cp.store_durable(&self.consumer);
             return;
         }
         for &(t, p, o) in batch.marks() {
-            let Some(topic) = self.topics.get(t) else {
+            let Some(topic) = self.marks.topics.get(t) else {
                 continue;
             };
             if let Err(e) = self.consumer.store_offset(topic, p, o) {
@@ -670,7 +745,7 @@ impl Source for KafkaSource {
     }
 
     fn finish(&mut self) {
-        if let Some(cp) = &self.checkpoints {
+        if let Some(cp) = &self.marks.checkpoints {
             cp.store_durable(&self.consumer);
             cp.closing.store(true, Ordering::Release);
         }
@@ -716,4 +791,116 @@ pub fn consume(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use std::time::Instant;
+
+    const PARTITIONS: i32 = 3;
+
+    /// `n` messages over the partitions of topic `t` on a fresh mock cluster, payload `i`
+    /// (the send order) to partition `i % PARTITIONS`.
+    fn cluster(n: usize) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", PARTITIONS, 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for i in 0..n {
+            let payload = i.to_string();
+            let mut record = rdkafka::producer::BaseRecord::<(), _>::to("t")
+                .partition(i as i32 % PARTITIONS)
+                .payload(&payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("flushed");
+        mock
+    }
+
+    fn source(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        max: u64,
+    ) -> KafkaSource {
+        let k = KafkaSettings {
+            brokers: mock.bootstrap_servers(),
+            group_id: "g".into(),
+            topics: vec!["t".into()],
+            options: [
+                ("session.timeout.ms", "6000"),
+                ("max.poll.interval.ms", "10000"),
+            ]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+            ..KafkaSettings::default()
+        };
+        let shared = Arc::new(Shared::new(false, None));
+        let c = consumer(&k, shared, Arc::default(), None).expect("consumer");
+        KafkaSource::new(c, Some(max), false)
+    }
+
+    /// Read batches from `src` until it ends (at most 60 s); the payloads (as numbers) in the
+    /// order read.
+    fn drain(src: &mut KafkaSource) -> Vec<usize> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let mut batch = Batch::default();
+            let more = src.fill(&mut batch).expect("fill");
+            assert!(batch.len() <= crate::source::batch::BATCH_MESSAGES);
+            for i in 0..batch.len() {
+                let p = batch.payload(i).expect("a payload");
+                seen.push(
+                    std::str::from_utf8(p)
+                        .expect("utf-8")
+                        .parse()
+                        .expect("a number"),
+                );
+            }
+            src.done(&batch);
+            if !more {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "read {} messages",
+                seen.len()
+            );
+        }
+    }
+
+    /// The batch queue hands over every message once, each partition in its order, in batches
+    /// no larger than a batch, and ends at `max_messages` exactly.
+    #[test]
+    fn batch_queue_reads_every_message_in_partition_order() {
+        let n = 5_000;
+        let mock = cluster(n);
+        let mut src = source(&mock, n as u64 - 7);
+        assert!(src.fetch.is_some(), "the batch queue is made");
+        let seen = drain(&mut src);
+        assert_eq!(seen.len(), n - 7, "stops at max_messages exactly");
+        let mut next: Vec<usize> = (0..PARTITIONS as usize).collect();
+        for &i in &seen {
+            let p = i % PARTITIONS as usize;
+            assert_eq!(
+                i, next[p],
+                "partition {p} in order, none twice, none skipped"
+            );
+            next[p] = i + PARTITIONS as usize;
+        }
+        src.finish();
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod client_log;
+mod fetch_queue;
 pub mod file;
 pub mod kafka;
 pub mod otlp;

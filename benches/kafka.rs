@@ -32,7 +32,6 @@ const PARTITIONS: i32 = 4;
 /// HTTP clients fetching the report during the third drain.
 const CLIENTS: usize = 32;
 
-/// A workload: its name and the simulator that produces it.
 /// A workload: its name, the simulator that produces it, and whether its topic is keyed by
 /// unit (as the README asks; otherwise at random, and with checkpoints on each partition's
 /// engine counts a returning unit's first exposure again).

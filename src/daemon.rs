@@ -465,11 +465,17 @@ impl EngineLoop {
             return;
         };
         let revokes: Vec<Control> = c.controls.try_iter().collect();
-        let periodic = c.last.elapsed() >= c.every.max(c.cost * 9);
-        let for_alerts =
-            c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(c.cost * 9);
         self.take_acks(Duration::ZERO);
         self.take_written(Duration::ZERO);
+        let Some(c) = &self.checkpointing else {
+            return;
+        };
+        // one periodic round at a time: the next waits until the last is durable, so that a
+        // writer (or broker) slower than the cadence does not get snapshots it must skip
+        // after the engine threads paid for serializing them
+        let periodic = c.in_flight == 0 && c.last.elapsed() >= c.every.max(c.cost * 9);
+        let for_alerts =
+            c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(c.cost * 9);
         for Control::Revoke(parts, answer) in revokes {
             self.checkpoint_settled(|i, _| parts.contains(&i));
             for i in parts {
@@ -889,5 +895,114 @@ fn warn_split_units(warned: &mut std::collections::HashSet<u64>, report: &crate:
                  (or experiment and unit) for exact unit counts"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::source::Batch;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose writes wait until the test lets each one through, counting them.
+    struct Gated {
+        gate: std::sync::mpsc::Receiver<()>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl CheckpointStore for Gated {
+        fn write(&mut self, _records: &[(String, Option<Vec<u8>>)]) -> Result<(), String> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.gate.recv().map_err(|e| e.to_string())
+        }
+    }
+
+    /// While a periodic checkpoint is being written, the cadence starts no other (none
+    /// serialized only to be skipped): one round in flight, then the next once it is durable.
+    #[test]
+    fn one_periodic_round_in_flight() {
+        let settings = Settings::from_toml("").unwrap();
+        let (tx, _rx) = mpsc::channel(64);
+        let (_revokes, controls) = std::sync::mpsc::channel();
+        let (_acked, acks) = std::sync::mpsc::channel();
+        let (open, gate) = std::sync::mpsc::channel();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Mutex::new(Metrics::new(100)));
+        let store = Gated {
+            gate,
+            writes: Arc::clone(&writes),
+        };
+        let mut lp = EngineLoop::new(
+            Partitions::none(&settings),
+            Arc::clone(&metrics),
+            Arc::new(Shared::default()),
+            tx,
+            1,
+            None,
+        )
+        .with_checkpoints(
+            Box::new(store),
+            Duration::ZERO,
+            Arc::default(),
+            controls,
+            acks,
+        );
+        lp.assign(0, Part::fresh("t/0".into(), &settings));
+        let mut sim = crate::sim::Simulator::single(1, crate::sim::Faults::default());
+        let (mut offset, mut message) = (0, Vec::new());
+        // each round: a message (the partition is dirty again), then the cadence
+        let mut round = |lp: &mut EngineLoop| {
+            message.clear();
+            sim.next_event(&mut message);
+            let mut batch = Batch::default();
+            batch.push_at(Some(&message), 0, offset);
+            offset += 1;
+            batch.apply(lp);
+            // past the cadence's floor (nine times the last serialization, well under 5 ms)
+            std::thread::sleep(Duration::from_millis(5));
+            lp.between_batches();
+        };
+        let in_flight = |lp: &EngineLoop| lp.checkpointing.as_ref().map_or(0, |c| c.in_flight);
+        let wait_for = |n: usize| {
+            let start = Instant::now();
+            while writes.load(Ordering::SeqCst) < n {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "write {n} never came"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        round(&mut lp);
+        wait_for(1);
+        for _ in 0..20 {
+            round(&mut lp);
+        }
+        let skipped = || {
+            metrics
+                .lock()
+                .unwrap()
+                .checkpoints
+                .with_label_values(&["skipped"])
+                .get()
+        };
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        assert_eq!(in_flight(&lp), 1, "no second round while one is written");
+        assert_eq!(skipped(), 0);
+        open.send(()).unwrap();
+        // durable: the next round starts
+        let start = Instant::now();
+        while writes.load(Ordering::SeqCst) < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no round after the first"
+            );
+            round(&mut lp);
+        }
+        assert_eq!(skipped(), 0);
+        open.send(()).unwrap();
+        drop(open);
+        lp.stop_writer();
     }
 }

@@ -41,17 +41,18 @@ pub struct QueueSlot(AtomicPtr<rd::rd_kafka_queue_t>);
 
 impl QueueSlot {
     /// Forward the fetch queues of `partitions` to the batch queue, if there is one (to be
-    /// called before they are assigned). `false` when there is none.
+    /// called before they are assigned; without one their messages stay on the consumer
+    /// queue).
     ///
     /// `rk` must be the live client handle the queue was created on.
     pub fn forward<'a>(
         &self,
         rk: *mut rd::rd_kafka_t,
         partitions: impl Iterator<Item = (&'a str, i32)>,
-    ) -> bool {
+    ) {
         let q = self.0.load(Ordering::Acquire);
         if q.is_null() {
-            return false;
+            return;
         }
         for (topic, partition) in partitions {
             let Ok(topic) = CString::new(topic) else {
@@ -68,7 +69,6 @@ impl QueueSlot {
                 }
             }
         }
-        true
     }
 }
 
@@ -98,18 +98,22 @@ impl<'a> Fetched<'a> {
         }
     }
 
+    /// The partition.
     pub fn partition(&self) -> i32 {
         self.m.partition
     }
 
+    /// The message's offset in its partition.
     pub fn offset(&self) -> i64 {
         self.m.offset
     }
 
+    /// The value (`None`: a message without one).
     pub fn payload(&self) -> Option<&'a [u8]> {
         bytes(self.m.payload, self.m.len)
     }
 
+    /// The key (`None`: none).
     pub fn key(&self) -> Option<&'a [u8]> {
         bytes(self.m.key, self.m.key_len)
     }

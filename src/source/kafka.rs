@@ -1,10 +1,10 @@
 //! The Kafka source: a consumer-group member on a dedicated thread (no async hop per message)
 //! that reads its partitions' messages in batches ([`super::fetch_queue`]) and polls the
-//! consumer queue between batches for rebalances, commits and statistics. Without checkpoints it stores offsets once a message has been
-//! processed; with checkpoints ([`Checkpoints`]) each assigned partition's state is restored
-//! from the state topic and consumption resumes at the offset its checkpoint covers, a revoked
-//! partition's state is checkpointed before it is released, and offsets are stored only up to
-//! durable checkpoints.
+//! consumer queue between batches for rebalances, commits and statistics. Without checkpoints
+//! it stores offsets once a message has been processed; with checkpoints ([`Checkpoints`])
+//! each assigned partition's state is restored from the state topic and consumption resumes
+//! at the offset its checkpoint covers, a revoked partition's state is checkpointed before it
+//! is released, and offsets are stored only up to durable checkpoints.
 
 use super::batch::Batch;
 use super::client_log::Quiet;

@@ -964,18 +964,23 @@ mod tests {
             lp.between_batches();
         };
         let in_flight = |lp: &EngineLoop| lp.checkpointing.as_ref().map_or(0, |c| c.in_flight);
-        let wait_for = |n: usize| {
+        // rounds until the store has taken `n` writes (at most 10 s)
+        fn rounds_until(
+            n: usize,
+            writes: &AtomicUsize,
+            lp: &mut EngineLoop,
+            round: &mut impl FnMut(&mut EngineLoop),
+        ) {
             let start = Instant::now();
             while writes.load(Ordering::SeqCst) < n {
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
                     "write {n} never came"
                 );
-                std::thread::sleep(Duration::from_millis(1));
+                round(lp);
             }
-        };
-        round(&mut lp);
-        wait_for(1);
+        }
+        rounds_until(1, &writes, &mut lp, &mut round);
         for _ in 0..20 {
             round(&mut lp);
         }
@@ -992,14 +997,7 @@ mod tests {
         assert_eq!(skipped(), 0);
         open.send(()).unwrap();
         // durable: the next round starts
-        let start = Instant::now();
-        while writes.load(Ordering::SeqCst) < 2 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no round after the first"
-            );
-            round(&mut lp);
-        }
+        rounds_until(2, &writes, &mut lp, &mut round);
         assert_eq!(skipped(), 0);
         open.send(()).unwrap();
         drop(open);

@@ -40,7 +40,7 @@ impl CountMin {
 
     /// Memory of the counters, in bytes.
     pub fn bytes(&self) -> usize {
-        self.table.rows.len() * 4
+        self.table.bytes()
     }
 
     /// Count one occurrence and return the new estimate.
@@ -66,7 +66,29 @@ impl CountMin {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Table {
     width_mask: u64,
-    rows: Box<[u32]>,
+    rows: Rows,
+}
+
+/// The counters, as narrow as the largest count allows: a tail value is promoted long before
+/// its count leaves a byte in most inputs, so most sketches stay in `u8` (a 1,024-wide sketch:
+/// 2 KB, not 8). A table widens before a count would saturate, so every estimate is the one
+/// `u32` counters give.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Rows {
+    U8(Box<[u8]>),
+    U16(Box<[u16]>),
+    U32(Box<[u32]>),
+}
+
+/// Runs `$body` with `$r` bound to the counters, whatever their width.
+macro_rules! each_width {
+    ($rows:expr, $r:ident => $body:expr) => {
+        match $rows {
+            Rows::U8($r) => $body,
+            Rows::U16($r) => $body,
+            Rows::U32($r) => $body,
+        }
+    };
 }
 
 const DEPTH: usize = 2;
@@ -76,7 +98,7 @@ impl Table {
     fn new(width: usize) -> Table {
         Table {
             width_mask: width as u64 - 1,
-            rows: vec![0; DEPTH * width].into(),
+            rows: Rows::U8(vec![0; DEPTH * width].into()),
         }
     }
 
@@ -95,43 +117,112 @@ impl Table {
         (self.width_mask + 1) as usize
     }
 
+    fn bytes(&self) -> usize {
+        each_width!(&self.rows, r => std::mem::size_of_val(&**r))
+    }
+
+    /// Counter `i`.
+    #[inline]
+    fn get(&self, i: usize) -> u32 {
+        each_width!(&self.rows, r => at(r, i))
+    }
+
+    /// The counters one width up (`u8` to `u16`, `u16` to `u32`), values unchanged.
+    fn widen(&mut self) {
+        self.rows = match &self.rows {
+            Rows::U8(r) => Rows::U16(r.iter().map(|&x| u16::from(x)).collect()),
+            Rows::U16(r) => Rows::U32(r.iter().map(|&x| u32::from(x)).collect()),
+            Rows::U32(_) => return,
+        };
+    }
+
     /// The same counts `width` columns wide (a multiple of this width): each row repeated.
     fn widened(&self, width: usize) -> Table {
         let w = self.width();
-        let mut t = Table::new(width);
-        for r in 0..DEPTH {
-            let old = &self.rows[r * w..(r + 1) * w];
-            for (c, x) in t.rows[r * width..(r + 1) * width].iter_mut().enumerate() {
-                *x = old[c & (w - 1)];
+        let rows = each_width!(&self.rows, old => {
+            let mut new = vec![Default::default(); DEPTH * width];
+            for r in 0..DEPTH {
+                let old = &old[r * w..(r + 1) * w];
+                for (c, x) in new[r * width..(r + 1) * width].iter_mut().enumerate() {
+                    *x = old[c & (w - 1)];
+                }
             }
+            new.into_boxed_slice().into()
+        });
+        Table {
+            width_mask: width as u64 - 1,
+            rows,
         }
-        t
     }
 
     /// Count one occurrence and return the new estimate.
     #[inline]
     fn add(&mut self, hash: u64) -> u32 {
         let cells = self.cells(hash);
-        let est = cells
-            .iter()
-            .map(|&c| self.rows[c])
-            .min()
-            .unwrap_or(0)
-            .saturating_add(1);
-        for c in cells {
-            if self.rows[c] < est {
-                self.rows[c] = est;
-            }
+        let est = self.get(cells[0]).min(self.get(cells[1])).saturating_add(1);
+        let max = each_width!(&self.rows, r => counter_max(r));
+        if est > max {
+            self.widen();
         }
+        each_width!(&mut self.rows, r => raise(r, cells, est));
         est
     }
 
     fn estimate(&self, hash: u64) -> u32 {
-        self.cells(hash)
-            .iter()
-            .map(|&c| self.rows[c])
-            .min()
-            .unwrap_or(0)
+        let [a, b] = self.cells(hash);
+        self.get(a).min(self.get(b))
+    }
+}
+
+/// A counter type of the sketch.
+trait Bounded: Copy + Default + Into<u32> + TryFrom<u32> {
+    const MAX: Self;
+}
+impl Bounded for u8 {
+    const MAX: u8 = u8::MAX;
+}
+impl Bounded for u16 {
+    const MAX: u16 = u16::MAX;
+}
+impl Bounded for u32 {
+    const MAX: u32 = u32::MAX;
+}
+
+/// Counter `i` of `r`.
+#[inline]
+fn at<C: Bounded>(r: &[C], i: usize) -> u32 {
+    r[i].into()
+}
+
+/// Conservative update: raise the counters of `cells` below `est` to it (`est` fits: the table
+/// was widened when it did not).
+#[inline]
+fn raise<C: Bounded>(r: &mut [C], cells: [usize; DEPTH], est: u32) {
+    for c in cells {
+        if r[c].into() < est {
+            r[c] = C::try_from(est).unwrap_or(C::MAX);
+        }
+    }
+}
+
+/// The largest count the counters of `_r` hold.
+fn counter_max<C: Bounded>(_r: &[C]) -> u32 {
+    C::MAX.into()
+}
+
+impl From<Box<[u8]>> for Rows {
+    fn from(r: Box<[u8]>) -> Rows {
+        Rows::U8(r)
+    }
+}
+impl From<Box<[u16]>> for Rows {
+    fn from(r: Box<[u16]>) -> Rows {
+        Rows::U16(r)
+    }
+}
+impl From<Box<[u32]>> for Rows {
+    fn from(r: Box<[u32]>) -> Rows {
+        Rows::U32(r)
     }
 }
 
@@ -154,15 +245,15 @@ mod tests {
         }
         let heavy = twox_hash::XxHash3_64::oneshot(&7u64.to_le_bytes());
         assert!(cm.estimate(heavy) >= 5000);
-        // it grew to the width asked for
-        assert_eq!(cm.bytes(), 256 * DEPTH * 4);
+        // it grew to the width asked for, in `u16` (the heavy hitter passed 255)
+        assert_eq!(cm.bytes(), 256 * DEPTH * 2);
     }
 
     /// Memory follows the events counted; estimates stay upper bounds across the growth.
     #[test]
     fn grows_with_traffic() {
         let mut cm = CountMin::new(1024);
-        assert_eq!(cm.bytes(), FIRST_WIDTH * DEPTH * 4);
+        assert_eq!(cm.bytes(), FIRST_WIDTH * DEPTH);
         let mut truth = std::collections::HashMap::new();
         for i in 0u64..120 {
             let h = twox_hash::XxHash3_64::oneshot(&(i % 50).to_le_bytes());
@@ -174,7 +265,7 @@ mod tests {
         }
         assert_eq!(
             cm.bytes(),
-            FIRST_WIDTH * DEPTH * 4,
+            FIRST_WIDTH * DEPTH,
             "no growth under 128 events"
         );
         for i in 0u64..40_000 {
@@ -184,9 +275,65 @@ mod tests {
             *t += 1;
             assert!(est >= *t);
         }
-        assert_eq!(cm.bytes(), 1024 * DEPTH * 4);
+        // counts of ~14 per value: still one byte each
+        assert_eq!(cm.bytes(), 1024 * DEPTH);
         for (h, &t) in &truth {
             assert!(cm.estimate(*h) >= t);
+        }
+    }
+
+    /// The counters widen (`u8`, `u16`, `u32`) before a count saturates: every estimate is
+    /// the one of the same sketch in `u32` counters throughout (written out here on its own).
+    #[test]
+    fn narrow_counters_give_the_u32_estimates() {
+        struct Wide {
+            cm: CountMin,
+            rows: Vec<u32>,
+        }
+        impl Wide {
+            fn add(&mut self, h: u64) -> u32 {
+                let w = self.cm.table.width();
+                if self.rows.len() != DEPTH * w {
+                    // the narrow sketch widened: repeat each row as it did
+                    let old = std::mem::take(&mut self.rows);
+                    let ow = old.len() / DEPTH;
+                    self.rows = (0..DEPTH * w)
+                        .map(|i| old[(i / w) * ow + (i % w) % ow])
+                        .collect();
+                }
+                let cells = self.cm.table.cells(h);
+                let est = cells.iter().map(|&c| self.rows[c]).min().unwrap_or(0) + 1;
+                for c in cells {
+                    self.rows[c] = self.rows[c].max(est);
+                }
+                est
+            }
+        }
+        let mut cm = CountMin::new(64);
+        let mut wide = Wide {
+            cm: CountMin::new(64),
+            rows: vec![0; DEPTH * FIRST_WIDTH],
+        };
+        let mut kinds = Vec::new();
+        for i in 0u64..200_000 {
+            // one value with 100,000 counts (past u16), others light
+            let v = if i % 2 == 0 { 1 } else { i % 5_000 };
+            let h = twox_hash::XxHash3_64::oneshot(&v.to_le_bytes());
+            let est = cm.add(h);
+            wide.cm = cm.clone();
+            assert_eq!(est, wide.add(h), "event {i}");
+            let kind = std::mem::discriminant(&cm.table.rows);
+            if kinds.last() != Some(&kind) {
+                kinds.push(kind);
+            }
+        }
+        assert_eq!(kinds.len(), 3, "u8, then u16, then u32");
+        assert_eq!(cm.bytes(), 64 * DEPTH * 4);
+        for v in 0u64..5_000 {
+            let h = twox_hash::XxHash3_64::oneshot(&v.to_le_bytes());
+            let cells = cm.table.cells(h);
+            let want = cells.iter().map(|&c| wide.rows[c]).min().unwrap_or(0);
+            assert_eq!(cm.estimate(h), want);
         }
     }
 }

@@ -25,7 +25,7 @@
 use crate::each_table;
 use crate::stats::auc::Roc;
 use crate::stats::count_table::{
-    has_room, nibble_add, nibbles, CountTable, Counter, Widening as Cells, NIBBLE_ROOM,
+    has_room, nibble_add_at, nibbles, CountTable, Counter, Widening as Cells, NIBBLE_ROOM,
 };
 use crate::stats::sequential::Design;
 
@@ -170,9 +170,11 @@ impl Predict<'_> {
         w: f64,
         q: &mut [f64; 64],
     ) -> (f64, bool) {
-        let c = nibbles(table.row_mut(cell)[0]);
+        // one lookup for the read and the count (a sparse table probes once)
+        let b = &mut table.row_mut(cell)[0];
+        let c = nibbles(*b);
         let factor = self.predict(|a| c[a & 1], c[0] + c[1], w, q);
-        let now = nibble_add(table, cell, self.arm);
+        let now = nibble_add_at(b, self.arm);
         (factor, now >= NIBBLE_ROOM)
     }
 }

@@ -363,7 +363,12 @@ pub fn nibbles(b: u8) -> [u64; 2] {
 /// Count one in column `col` (0 or 1) of packed row `key`; returns the new count.
 #[inline]
 pub fn nibble_add(n: &mut CountTable<u8>, key: usize, col: usize) -> u64 {
-    let b = &mut n.row_mut(key)[0];
+    nibble_add_at(&mut n.row_mut(key)[0], col)
+}
+
+/// Count one in column `col` (0 or 1) of the packed row `b`; returns the new count.
+#[inline]
+pub fn nibble_add_at(b: &mut u8, col: usize) -> u64 {
     let shift = 4 * (col & 1);
     *b += 1 << shift;
     u64::from((*b >> shift) & 15)

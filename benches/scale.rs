@@ -32,27 +32,15 @@ fn write_sim(path: &Path, mut sim: Simulator, n: usize) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Undeclared experiments with 16 arms and 16 inputs each, every value new: the adversarial
-/// producer (any client can make up experiment ids).
+/// [`armwatch::sim::adversarial_event`]: undeclared experiments with 16 arms and 16 inputs
+/// each, every value new.
 fn write_adversarial(path: &Path, n: usize) -> std::io::Result<()> {
     let mut out = BufWriter::new(std::fs::File::create(path)?);
+    let mut buf = Vec::new();
     for i in 0..n {
-        write!(
-            out,
-            r#"{{"kind":"prompt","ts":{},"experiment":"adv-{:04}","arm":"a{}","unit":"u{i}","inputs":{{"#,
-            1_767_225_600_000u64 + i as u64,
-            i % 1000,
-            (i / 1000) % 16
-        )?;
-        for k in 0..16 {
-            let sep = if k == 0 { "" } else { "," };
-            if k % 2 == 0 {
-                write!(out, r#"{sep}"in{k}":"v{}""#, (i * 31 + k * 7) % 997)?;
-            } else {
-                write!(out, r#"{sep}"in{k}":{}.{}"#, (i * 13 + k) % 4096, i % 10)?;
-            }
-        }
-        out.write_all(b"}}\n")?;
+        armwatch::sim::adversarial_event(i, &mut buf);
+        out.write_all(&buf)?;
+        out.write_all(b"\n")?;
     }
     out.flush()
 }

@@ -52,6 +52,16 @@ pub struct Engine {
     state_bytes: usize,
     /// `seq` of the next full count.
     memory_count_due: u64,
+    /// The state passed the hard limit ([`hard_limit`] of the budget) at the last count: the
+    /// events of undeclared experiments are refused (`memory_limit`), so that nothing an
+    /// event's producer chose can grow the state further.
+    stopped: bool,
+    /// `(state_bytes, seq)` at the last count: the growth per message since paces the next.
+    last_count: (usize, u64),
+    /// The fastest growth seen between two counts, in bytes per message (the largest, not the
+    /// last: growth comes in bursts, e.g. after restarts freed state, and a pace set by a
+    /// quiet interval would let a burst carry the state far past the budget).
+    growth_per_message: f64,
     /// An experiment created by the message being processed (its memory is added to
     /// `state_bytes` once the message has been applied).
     created: Option<usize>,
@@ -77,16 +87,30 @@ pub struct Engine {
     pairs_over_limit: u64,
 }
 
+/// The hard limit of a memory budget: 5/4 of it. Past the budget, new experiments are refused
+/// and tracked ones follow no new unit, but their strata, model cells and histograms can still
+/// grow (up to their per-experiment caps, which a thousand undeclared experiments of sixteen
+/// arms and inputs reach only at gigabytes); past the hard limit the events of undeclared
+/// experiments are refused too, so the state stops growing. Declared experiments go on: the
+/// configuration bounds how many there are.
+pub fn hard_limit(budget: usize) -> usize {
+    budget.saturating_add(budget / 4)
+}
+
 /// Messages between two counts of the state's memory (a count walks every experiment's
-/// inputs) while it is under 3/4 of the budget, or over it (frozen: it no longer grows), plus
+/// inputs) while it is under 3/4 of the budget, or past the hard limit (stopped: it no longer
+/// grows), plus
 /// [`MEMORY_RECOUNT_PER_EXPERIMENT`] per experiment, so the count's cost per message stays
 /// constant however many experiments there are...
 /// Odd, so that the count does not always land on the messages whose processing time the
 /// daemon samples (every 64th): the sampled mean stays unbiased.
 pub const MEMORY_RECOUNT_EVERY: u64 = 4095;
-/// ... and while it is between 3/4 of the budget and the budget, where a few thousand
+/// ... and while it is between 3/4 of the budget and the hard limit, where a few thousand
 /// messages could carry it far past.
 pub const MEMORY_RECOUNT_NEAR: u64 = 255;
+/// The fewest messages between two counts paced by the state's growth (see
+/// [`Engine::count_memory`]), plus one per eight experiments.
+pub const MEMORY_RECOUNT_MIN: u64 = 63;
 /// Messages added to the recount interval per experiment (even: the interval stays odd);
 /// half of it close to the budget.
 pub const MEMORY_RECOUNT_PER_EXPERIMENT: u64 = 8;
@@ -183,6 +207,9 @@ impl Engine {
             memory_budget: usize::try_from(settings.limits.max_memory_bytes).unwrap_or(usize::MAX),
             state_bytes: 0,
             memory_count_due: 0,
+            stopped: false,
+            last_count: (0, 0),
+            growth_per_message: 0.0,
             created: None,
             lateness_ms: i64::try_from(settings.limits.max_event_lateness_ms).unwrap_or(i64::MAX),
             stream_ts_ms: i64::MIN,
@@ -294,6 +321,16 @@ impl Engine {
     /// `ts_ms`, the events of a phased experiment go to the phase in force at their time (a
     /// phase's own id, `<id>/<phase>`, names it directly).
     fn experiment_index(&mut self, id: &str, ts_ms: Option<i64>) -> Result<usize, RejectReason> {
+        let i = self.track(id, ts_ms)?;
+        if self.stopped && !self.experiments[i].declared {
+            return Err(RejectReason::MemoryLimit);
+        }
+        Ok(i)
+    }
+
+    /// [`Self::experiment_index`] whatever the hard limit.
+    #[inline]
+    fn track(&mut self, id: &str, ts_ms: Option<i64>) -> Result<usize, RejectReason> {
         if self
             .experiments
             .get(self.last)
@@ -618,13 +655,38 @@ impl Engine {
             + self.pairs.iter().map(|p| p.memory_bytes()).sum::<usize>();
         let over = self.state_bytes >= self.memory_budget;
         let near = self.state_bytes / 3 >= self.memory_budget / 4;
+        self.stopped = self.state_bytes >= hard_limit(self.memory_budget);
         let per = MEMORY_RECOUNT_PER_EXPERIMENT * self.experiments.len() as u64;
-        self.memory_count_due = self.seq
-            + if near && !over {
-                MEMORY_RECOUNT_NEAR + per / 2
+        let mut interval = if near && !self.stopped {
+            MEMORY_RECOUNT_NEAR + per / 2
+        } else {
+            MEMORY_RECOUNT_EVERY + per
+        };
+        // paced by the fastest growth per message: the next count comes before growth at that rate
+        // could cover half the room left below the budget (the hard limit once past it), but
+        // not more often than every 63 messages plus one per eight experiments (a count walks
+        // them all); and no later than the messages seen so far (counts at 1, 2, 4, ...
+        // messages from the start, before the rate is known)
+        let (bytes, seq) = self.last_count;
+        let grew = self.state_bytes.saturating_sub(bytes) as f64;
+        let messages = self.seq.saturating_sub(seq).max(1) as f64;
+        self.growth_per_message = self.growth_per_message.max(grew / messages);
+        self.last_count = (self.state_bytes, self.seq);
+        let floor = MEMORY_RECOUNT_MIN + self.experiments.len() as u64 / 8;
+        interval = interval.min(self.seq.max(floor));
+        if !self.stopped && self.growth_per_message > 0.0 {
+            let target = if over {
+                hard_limit(self.memory_budget)
             } else {
-                MEMORY_RECOUNT_EVERY + per
+                self.memory_budget
             };
+            let room = target.saturating_sub(self.state_bytes) as f64;
+            // saturating float-to-int conversion
+            let paced = (room / 2.0 / self.growth_per_message) as u64;
+            interval = interval.min(paced.max(floor));
+        }
+        let interval = interval | 1;
+        self.memory_count_due = self.seq + interval;
         for e in &mut self.experiments {
             e.frozen = over;
         }
@@ -640,6 +702,11 @@ impl Engine {
     /// `(estimated bytes of state at the last count, budget)`.
     pub fn memory(&self) -> (usize, usize) {
         (self.state_bytes, self.memory_budget)
+    }
+
+    /// Whether the state passed the hard limit at the last count ([`hard_limit`]).
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// The full report (the replay output and `/api/v1/report`).
@@ -888,6 +955,52 @@ fn instrument_index<T>(
 mod tests {
     use super::*;
     use crate::sim::{Faults, Simulator, Users};
+
+    /// The adversarial producer (a thousand made-up experiments, sixteen arms and inputs, every
+    /// value and unit new) against a 16 MiB budget: the counts come often enough (paced by the
+    /// fastest growth seen, and at 1, 2, 4, ... messages from the start) that the state ends
+    /// within the hard limit (5/4 of the budget). With a count every ~4,100 messages plus 8 per
+    /// experiment it ended at 1.6 times the budget. Past the hard limit (here forced by a
+    /// smaller budget) the events of undeclared experiments are refused, a declared
+    /// experiment's are not.
+    #[test]
+    fn budget_holds_against_the_adversarial_producer() {
+        let budget = 16 << 20;
+        let settings = Settings::from_toml(&format!(
+            "[limits]\nmax_memory_bytes = {budget}\n\n[[experiment]]\nid = \"declared\"\n\
+             arms = {{ control = 0.5, treatment = 0.5 }}"
+        ))
+        .unwrap();
+        let mut engine = Engine::new(&settings);
+        let mut buf = Vec::new();
+        for i in 0..64_000 {
+            crate::sim::adversarial_event(i, &mut buf);
+            let _ = engine.process(&buf);
+        }
+        engine.count_memory();
+        let (state, _) = engine.memory();
+        assert!(
+            state > budget && state <= hard_limit(budget),
+            "{state} bytes of state, budget {budget}"
+        );
+        let refused = engine.rejected()[RejectReason::MemoryLimit.index()];
+        assert!(refused > 0);
+        assert!(!engine.stopped());
+        engine.set_memory_budget(state / 2);
+        assert!(engine.stopped());
+        let report = engine.report();
+        assert!(report.memory.refusing_undeclared_events);
+        assert_eq!(report.memory.hard_limit_bytes, hard_limit(state / 2));
+        crate::sim::adversarial_event(0, &mut buf);
+        assert_eq!(engine.process(&buf), Err(RejectReason::MemoryLimit));
+        let declared = br#"{"kind":"prompt","ts":1767225600000,"experiment":"declared","arm":"control","inputs":{"tier":"free"}}"#;
+        assert_eq!(engine.process(declared), Ok(Kind::Prompt));
+        assert_eq!(
+            engine.report().memory.refused_messages,
+            refused + 1,
+            "counted"
+        );
+    }
 
     /// Past `limits.max_memory_bytes` new experiments are refused as `memory_limit` (counted,
     /// reported) and the experiments already tracked stop counting new units (a stopped

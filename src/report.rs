@@ -96,7 +96,13 @@ pub struct MemoryReport {
     pub budget_bytes: usize,
     /// New experiments are refused (reason `memory_limit`) while the state is over budget.
     pub refusing_new_experiments: bool,
-    /// Messages of new experiments refused for memory.
+    /// The hard limit (5/4 of the budget): past it the events of undeclared experiments are
+    /// refused too.
+    pub hard_limit_bytes: usize,
+    /// The state passed the hard limit: undeclared experiments' events are refused.
+    pub refusing_undeclared_events: bool,
+    /// Messages refused for memory (of new experiments, and past the hard limit of
+    /// undeclared ones).
     pub refused_messages: u64,
     /// The experiments' estimated bytes by part, counted when the report is built.
     pub experiments_by_part: crate::state::experiment::MemoryParts,
@@ -269,6 +275,8 @@ impl<E> Report<E> {
                 state_bytes,
                 budget_bytes,
                 refusing_new_experiments: state_bytes >= budget_bytes,
+                hard_limit_bytes: crate::engine::hard_limit(budget_bytes),
+                refusing_undeclared_events: engine.stopped(),
                 refused_messages: engine.rejected()[RejectReason::MemoryLimit.index()],
                 experiments_by_part: engine.experiments().iter().fold(
                     Default::default(),

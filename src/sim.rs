@@ -106,6 +106,30 @@ impl SimExperiment {
     }
 }
 
+/// Message `i` of the adversarial producer (any client can make up experiment ids): 1,000
+/// undeclared experiments (`adv-0000`...) in turn, a new arm every 1,000 messages up to 16, and
+/// 16 inputs whose values are mostly new (8 strings, 8 numbers), every unit new. What a memory
+/// budget must hold against (the scale benchmark's `adversarial` workload, the budget's test).
+pub fn adversarial_event(i: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let _ = write!(
+        out,
+        r#"{{"kind":"prompt","ts":{},"experiment":"adv-{:04}","arm":"a{}","unit":"u{i}","inputs":{{"#,
+        1_767_225_600_000u64 + i as u64,
+        i % 1000,
+        (i / 1000) % 16
+    );
+    for k in 0..16 {
+        let sep = if k == 0 { "" } else { "," };
+        let _ = if k % 2 == 0 {
+            write!(out, r#"{sep}"in{k}":"v{}""#, (i * 31 + k * 7) % 997)
+        } else {
+            write!(out, r#"{sep}"in{k}":{}.{}"#, (i * 13 + k) % 4096, i % 10)
+        };
+    }
+    out.extend_from_slice(b"}}");
+}
+
 /// The arm of a declared hash assignment (50/50 over 10,000 buckets).
 pub fn hash_arm(key: &str) -> bool {
     twox_hash::XxHash3_64::oneshot(key.as_bytes()) % 10_000 >= 5_000

@@ -159,13 +159,15 @@ impl Table {
     #[inline]
     fn add(&mut self, hash: u64) -> u32 {
         let cells = self.cells(hash);
-        let est = self.get(cells[0]).min(self.get(cells[1])).saturating_add(1);
-        let max = each_width!(&self.rows, r => counter_max(r));
-        if est > max {
-            self.widen();
+        // one dispatch on the counters' width in the common case; a count that would not fit
+        // widens the table and is counted again there
+        match each_width!(&mut self.rows, r => raise(r, cells)) {
+            Ok(est) => est,
+            Err(()) => {
+                self.widen();
+                each_width!(&mut self.rows, r => raise(r, cells)).unwrap_or(u32::MAX)
+            }
         }
-        each_width!(&mut self.rows, r => raise(r, cells, est));
-        est
     }
 
     fn estimate(&self, hash: u64) -> u32 {
@@ -175,18 +177,10 @@ impl Table {
 }
 
 /// A counter type of the sketch.
-trait Bounded: Copy + Default + Into<u32> + TryFrom<u32> {
-    const MAX: Self;
-}
-impl Bounded for u8 {
-    const MAX: u8 = u8::MAX;
-}
-impl Bounded for u16 {
-    const MAX: u16 = u16::MAX;
-}
-impl Bounded for u32 {
-    const MAX: u32 = u32::MAX;
-}
+trait Bounded: Copy + Default + Into<u32> + TryFrom<u32> {}
+impl Bounded for u8 {}
+impl Bounded for u16 {}
+impl Bounded for u32 {}
 
 /// Counter `i` of `r`.
 #[inline]
@@ -194,20 +188,19 @@ fn at<C: Bounded>(r: &[C], i: usize) -> u32 {
     r[i].into()
 }
 
-/// Conservative update: raise the counters of `cells` below `est` to it (`est` fits: the table
-/// was widened when it did not).
+/// Conservative update: the estimate after one more occurrence (the smaller of the two
+/// counters, plus one), every counter of `cells` below it raised to it; `Err` (nothing
+/// changed) when the estimate does not fit the counters. `u32` counters saturate.
 #[inline]
-fn raise<C: Bounded>(r: &mut [C], cells: [usize; DEPTH], est: u32) {
+fn raise<C: Bounded>(r: &mut [C], cells: [usize; DEPTH]) -> Result<u32, ()> {
+    let est = at(r, cells[0]).min(at(r, cells[1])).saturating_add(1);
+    let e = C::try_from(est).map_err(|_| ())?;
     for c in cells {
         if r[c].into() < est {
-            r[c] = C::try_from(est).unwrap_or(C::MAX);
+            r[c] = e;
         }
     }
-}
-
-/// The largest count the counters of `_r` hold.
-fn counter_max<C: Bounded>(_r: &[C]) -> u32 {
-    C::MAX.into()
+    Ok(est)
 }
 
 impl From<Box<[u8]>> for Rows {

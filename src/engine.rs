@@ -53,8 +53,7 @@ pub struct Engine {
     /// `seq` of the next full count.
     memory_count_due: u64,
     /// The state passed the hard limit ([`hard_limit`] of the budget) at the last count: the
-    /// events of undeclared experiments are refused (`memory_limit`), so that nothing an
-    /// event's producer chose can grow the state further.
+    /// events of undeclared experiments are refused (`memory_limit`).
     stopped: bool,
     /// `(state_bytes, seq)` at the last count: the growth per message since paces the next.
     last_count: (usize, u64),
@@ -88,20 +87,20 @@ pub struct Engine {
 }
 
 /// The hard limit of a memory budget: 5/4 of it. Past the budget, new experiments are refused
-/// and tracked ones follow no new unit, but their strata, model cells and histograms can still
-/// grow (up to their per-experiment caps, which a thousand undeclared experiments of sixteen
-/// arms and inputs reach only at gigabytes); past the hard limit the events of undeclared
-/// experiments are refused too, so the state stops growing. Declared experiments go on: the
-/// configuration bounds how many there are.
+/// and tracked ones count no new unit (so most of their statistics stop growing), but judge
+/// versions, substrate values and the restart an undeclared experiment makes on a new arm
+/// still allocate; past the hard limit the events of undeclared experiments are refused too,
+/// so nothing an event's producer chose grows the state further. Declared experiments go on:
+/// the configuration bounds how many there are.
 pub fn hard_limit(budget: usize) -> usize {
     budget.saturating_add(budget / 4)
 }
 
 /// Messages between two counts of the state's memory (a count walks every experiment's
 /// inputs) while it is under 3/4 of the budget, or past the hard limit (stopped: it no longer
-/// grows), plus
-/// [`MEMORY_RECOUNT_PER_EXPERIMENT`] per experiment, so the count's cost per message stays
-/// constant however many experiments there are...
+/// grows), plus [`MEMORY_RECOUNT_PER_EXPERIMENT`] per experiment, so the count's cost per
+/// message stays constant however many experiments there are (fewer when the state grows
+/// fast, see [`MEMORY_RECOUNT_MIN`])...
 /// Odd, so that the count does not always land on the messages whose processing time the
 /// daemon samples (every 64th): the sampled mean stays unbiased.
 pub const MEMORY_RECOUNT_EVERY: u64 = 4095;
@@ -662,11 +661,11 @@ impl Engine {
         } else {
             MEMORY_RECOUNT_EVERY + per
         };
-        // paced by the fastest growth per message: the next count comes before growth at that rate
-        // could cover half the room left below the budget (the hard limit once past it), but
-        // not more often than every 63 messages plus one per eight experiments (a count walks
-        // them all); and no later than the messages seen so far (counts at 1, 2, 4, ...
-        // messages from the start, before the rate is known)
+        // paced by the fastest growth per message seen: the next count comes before growth
+        // at that rate could cover half the room left below the budget (the hard limit once
+        // past it), but not more often than every 63 messages plus one per eight experiments
+        // (a count walks them all); and no later than the messages seen so far (counts at 1,
+        // 2, 4, ... messages from the start, before the rate is known)
         let (bytes, seq) = self.last_count;
         let grew = self.state_bytes.saturating_sub(bytes) as f64;
         let messages = self.seq.saturating_sub(seq).max(1) as f64;

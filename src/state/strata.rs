@@ -276,6 +276,12 @@ impl Strata {
     fn insert(&mut self, design: &Design, key: u64, label: &str) -> usize {
         let i = self.slots.len();
         let label = self.push_label(label);
+        if i == self.slots.capacity() {
+            // by half (not double), never past `max_strata`: an input of 18 values holds 18
+            // strata of ~100 bytes, not 32, and a full table exactly its cap
+            let more = (i / 2).max(4).min(self.max_strata.saturating_sub(i)).max(1);
+            self.slots.reserve_exact(more);
+        }
         self.slots.push(Stratum {
             key,
             label,
@@ -658,5 +664,26 @@ mod tests {
         );
         let total: u64 = s.arm_distributions(2).iter().flatten().sum();
         assert_eq!(total, 20_000);
+    }
+
+    /// The strata grow by half, never past `max_strata` (4, 8, 12, 18, 27, ... slots): 18
+    /// values hold 18 slots and 19 hold 27 (doubling: 32), a full table of 64 exactly 64.
+    #[test]
+    fn slots_grow_by_half_up_to_the_cap() {
+        let d = design();
+        let mut s = Strata::new(&d, 64);
+        for i in 0..18u64 {
+            let v = format!("v{i}");
+            s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
+        }
+        assert_eq!((s.slots.len(), s.slots.capacity()), (18, 18));
+        let v = "v18".to_string();
+        s.observe(&d, key_of(&v), || v.clone().into(), 0);
+        assert_eq!((s.slots.len(), s.slots.capacity()), (19, 27));
+        for i in 19..200u64 {
+            let v = format!("v{i}");
+            s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
+        }
+        assert_eq!((s.slots.len(), s.slots.capacity()), (64, 64));
     }
 }

@@ -52,9 +52,6 @@ pub struct Engine {
     state_bytes: usize,
     /// `seq` of the next full count.
     memory_count_due: u64,
-    /// The state passed the hard limit ([`hard_limit`] of the budget) at the last count: the
-    /// events of undeclared experiments are refused (`memory_limit`).
-    stopped: bool,
     /// `(state_bytes, seq)` at the last count: the growth per message since paces the next.
     last_count: (usize, u64),
     /// The fastest growth seen between two counts, in bytes per message (the largest, not the
@@ -206,7 +203,6 @@ impl Engine {
             memory_budget: usize::try_from(settings.limits.max_memory_bytes).unwrap_or(usize::MAX),
             state_bytes: 0,
             memory_count_due: 0,
-            stopped: false,
             last_count: (0, 0),
             growth_per_message: 0.0,
             created: None,
@@ -321,7 +317,7 @@ impl Engine {
     /// phase's own id, `<id>/<phase>`, names it directly).
     fn experiment_index(&mut self, id: &str, ts_ms: Option<i64>) -> Result<usize, RejectReason> {
         let i = self.track(id, ts_ms)?;
-        if self.stopped && !self.experiments[i].declared {
+        if self.stopped() && !self.experiments[i].declared {
             return Err(RejectReason::MemoryLimit);
         }
         Ok(i)
@@ -654,9 +650,9 @@ impl Engine {
             + self.pairs.iter().map(|p| p.memory_bytes()).sum::<usize>();
         let over = self.state_bytes >= self.memory_budget;
         let near = self.state_bytes / 3 >= self.memory_budget / 4;
-        self.stopped = self.state_bytes >= hard_limit(self.memory_budget);
+        let stopped = self.stopped();
         let per = MEMORY_RECOUNT_PER_EXPERIMENT * self.experiments.len() as u64;
-        let mut interval = if near && !self.stopped {
+        let mut interval = if near && !stopped {
             MEMORY_RECOUNT_NEAR + per / 2
         } else {
             MEMORY_RECOUNT_EVERY + per
@@ -673,7 +669,7 @@ impl Engine {
         self.last_count = (self.state_bytes, self.seq);
         let floor = MEMORY_RECOUNT_MIN + self.experiments.len() as u64 / 8;
         interval = interval.min(self.seq.max(floor));
-        if !self.stopped && self.growth_per_message > 0.0 {
+        if !stopped && self.growth_per_message > 0.0 {
             let target = if over {
                 hard_limit(self.memory_budget)
             } else {
@@ -703,9 +699,11 @@ impl Engine {
         (self.state_bytes, self.memory_budget)
     }
 
-    /// Whether the state passed the hard limit at the last count ([`hard_limit`]).
+    /// Whether the state is past the hard limit ([`hard_limit`]): the events of undeclared
+    /// experiments are refused (`memory_limit`).
+    #[inline]
     pub fn stopped(&self) -> bool {
-        self.stopped
+        self.state_bytes >= hard_limit(self.memory_budget)
     }
 
     /// The full report (the replay output and `/api/v1/report`).

@@ -199,6 +199,14 @@ mod tests {
         assert_eq!(e.label(3), "[1, +inf)");
     }
 
+    /// The next of Marsaglia's xorshift64 numbers (test values, reproducible).
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
     /// Whether `a >= sqrt 2` for `1 <= a < 2`, exactly: `a * a - 2` rounded once keeps the
     /// sign of the exact value.
     fn at_least_sqrt2(a: f64) -> bool {
@@ -238,9 +246,7 @@ mod tests {
         }
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         for _ in 0..200_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            let state = xorshift(&mut state);
             // finite doubles of every magnitude, subnormals included
             let x = f64::from_bits(state & !(0x7FF << 52) | ((state >> 12) % 2047) << 52);
             if x == 0.0 || !x.is_finite() {
@@ -276,9 +282,7 @@ mod tests {
             xs.push(k as f64 + 0.5);
         }
         for _ in 0..200_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            let state = xorshift(&mut state);
             xs.push((state >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((state % 16) as i32));
         }
         for x in xs {

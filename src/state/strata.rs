@@ -672,18 +672,15 @@ mod tests {
     fn slots_grow_by_half_up_to_the_cap() {
         let d = design();
         let mut s = Strata::new(&d, 64);
-        for i in 0..18u64 {
-            let v = format!("v{i}");
-            s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
-        }
-        assert_eq!((s.slots.len(), s.slots.capacity()), (18, 18));
-        let v = "v18".to_string();
-        s.observe(&d, key_of(&v), || v.clone().into(), 0);
-        assert_eq!((s.slots.len(), s.slots.capacity()), (19, 27));
-        for i in 19..200u64 {
-            let v = format!("v{i}");
-            s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
-        }
-        assert_eq!((s.slots.len(), s.slots.capacity()), (64, 64));
+        let add = |s: &mut Strata, values: std::ops::Range<u64>| {
+            for i in values {
+                let v = format!("v{i}");
+                s.observe(&d, key_of(&v), || v.clone().into(), (i % 2) as usize);
+            }
+            (s.slots.len(), s.slots.capacity())
+        };
+        assert_eq!(add(&mut s, 0..18), (18, 18));
+        assert_eq!(add(&mut s, 18..19), (19, 27));
+        assert_eq!(add(&mut s, 19..200), (64, 64));
     }
 }

@@ -12,6 +12,8 @@
 //! (measured on a uniform 500-value input: 10 promotions in 100k events where one fixed
 //! full-width sketch made 7).
 
+use super::count_table::Counter;
+
 /// Columns of the first width.
 pub const FIRST_WIDTH: usize = 64;
 /// Events per column counted at one width before the sketch grows.
@@ -176,27 +178,24 @@ impl Table {
     }
 }
 
-/// A counter type of the sketch.
-trait Bounded: Copy + Default + Into<u32> + TryFrom<u32> {}
-impl Bounded for u8 {}
-impl Bounded for u16 {}
-impl Bounded for u32 {}
-
-/// Counter `i` of `r`.
+/// Counter `i` of `r` (counts stay within `u32`: a table widens before one would not).
 #[inline]
-fn at<C: Bounded>(r: &[C], i: usize) -> u32 {
-    r[i].into()
+fn at<C: Counter>(r: &[C], i: usize) -> u32 {
+    u32::try_from(r[i].get()).unwrap_or(u32::MAX)
 }
 
 /// Conservative update: the estimate after one more occurrence (the smaller of the two
 /// counters, plus one), every counter of `cells` below it raised to it; `Err` (nothing
 /// changed) when the estimate does not fit the counters. `u32` counters saturate.
 #[inline]
-fn raise<C: Bounded>(r: &mut [C], cells: [usize; DEPTH]) -> Result<u32, ()> {
+fn raise<C: Counter>(r: &mut [C], cells: [usize; DEPTH]) -> Result<u32, ()> {
     let est = at(r, cells[0]).min(at(r, cells[1])).saturating_add(1);
-    let e = C::try_from(est).map_err(|_| ())?;
+    if u64::from(est) > C::MAX {
+        return Err(());
+    }
+    let e = C::saturating_from(u64::from(est));
     for c in cells {
-        if r[c].into() < est {
+        if at(r, c) < est {
             r[c] = e;
         }
     }

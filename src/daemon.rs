@@ -214,6 +214,12 @@ struct Checkpointing {
     /// the next, periodic or for alerts, waits at least nine times that, so that checkpointing
     /// large states takes at most about a tenth of the engine thread (as publishing does).
     cost: Duration,
+    /// How long the last round took from its start until its last checkpoint was durable
+    /// (written without error): the next round waits nine times that too (at most
+    /// [`WRITE_PACING_MAX`]), so that the state topic's writes (the producer, the link, the
+    /// broker storing them) are busy about a tenth of the time, not all of it, when the state
+    /// is large.
+    write_time: Duration,
     /// `(partition index, next offset)` of checkpoints now durable: the consumer commits them
     /// (offsets never run ahead of a durable checkpoint).
     durable: Arc<Mutex<Vec<(usize, i64)>>>,
@@ -226,8 +232,13 @@ struct Checkpointing {
     last_alert: Instant,
 }
 
-/// Alerts wait at most this long for a checkpoint of their partition (one per second at
-/// most, of the partitions that fired: a burst of alerts costs one checkpoint, not one each).
+/// The longest wait for the next checkpoint round that a slow write can impose (the engine
+/// thread's own cost is not capped).
+const WRITE_PACING_MAX: Duration = Duration::from_secs(30);
+
+/// Checkpoints for alerts come at most once per this (of the partitions that fired: a burst
+/// of alerts costs one checkpoint, not one each), and no sooner than the last round's costs
+/// allow (`Checkpointing::cost`, `Checkpointing::write_time`).
 const ALERT_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The engines and everything they report to.
@@ -338,6 +349,7 @@ impl EngineLoop {
             every,
             last: Instant::now(),
             cost: Duration::ZERO,
+            write_time: Duration::ZERO,
             durable,
             controls,
             acks,
@@ -470,12 +482,15 @@ impl EngineLoop {
         let Some(c) = &self.checkpointing else {
             return;
         };
-        // one periodic round at a time: the next waits until the last is durable, so that a
-        // writer (or broker) slower than the cadence does not get snapshots it must skip
-        // after the engine threads paid for serializing them
-        let periodic = c.in_flight == 0 && c.last.elapsed() >= c.every.max(c.cost * 9);
-        let for_alerts =
-            c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(c.cost * 9);
+        // one round at a time: the next waits until the last is durable, so that a writer (or
+        // broker) slower than the cadence does not get snapshots it must skip after the engine
+        // threads paid for serializing them; and nine times what the last cost to serialize
+        // and to write
+        let floor = (c.cost * 9).max((c.write_time * 9).min(WRITE_PACING_MAX));
+        let periodic = c.in_flight == 0 && c.last.elapsed() >= c.every.max(floor);
+        let for_alerts = c.alerts_waiting
+            && c.in_flight == 0
+            && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(floor);
         for Control::Revoke(parts, answer) in revokes {
             self.checkpoint_settled(|i, _| parts.contains(&i));
             for i in parts {
@@ -666,6 +681,10 @@ impl EngineLoop {
                 return;
             };
             c.in_flight = c.in_flight.saturating_sub(1);
+            if w.ok && c.in_flight == 0 {
+                // the writer takes jobs in order: the round's last is its durable time
+                c.write_time = Duration::from_secs_f64(w.seconds);
+            }
             if w.ok {
                 if let Ok(mut d) = c.durable.lock() {
                     d.push((w.part, w.next_offset));
@@ -918,10 +937,14 @@ mod tests {
         }
     }
 
-    /// While a periodic checkpoint is being written, the cadence starts no other (none
-    /// serialized only to be skipped): one round in flight, then the next once it is durable.
-    #[test]
-    fn one_periodic_round_in_flight() {
+    /// An engine loop of one partition checkpointing (interval 0) into a [`Gated`] store: the
+    /// loop, the gate's opener, the writes counted and the metrics.
+    fn gated_loop() -> (
+        EngineLoop,
+        std::sync::mpsc::Sender<()>,
+        Arc<AtomicUsize>,
+        Arc<Mutex<Metrics>>,
+    ) {
         let settings = Settings::from_toml("").unwrap();
         let (tx, _rx) = mpsc::channel(64);
         let (_revokes, controls) = std::sync::mpsc::channel();
@@ -949,10 +972,15 @@ mod tests {
             acks,
         );
         lp.assign(0, Part::fresh("t/0".into(), &settings));
+        (lp, open, writes, metrics)
+    }
+
+    /// One round of the engine thread: a message (the partition is dirty again), then the
+    /// cadence.
+    fn rounds() -> impl FnMut(&mut EngineLoop) {
         let mut sim = crate::sim::Simulator::single(1, crate::sim::Faults::default());
         let (mut offset, mut message) = (0, Vec::new());
-        // each round: a message (the partition is dirty again), then the cadence
-        let mut round = |lp: &mut EngineLoop| {
+        move |lp: &mut EngineLoop| {
             message.clear();
             sim.next_event(&mut message);
             let mut batch = Batch::default();
@@ -962,24 +990,33 @@ mod tests {
             // past the cadence's floor (nine times the last serialization, well under 5 ms)
             std::thread::sleep(Duration::from_millis(5));
             lp.between_batches();
-        };
-        let in_flight = |lp: &EngineLoop| lp.checkpointing.as_ref().map_or(0, |c| c.in_flight);
-        // rounds until the store has taken `n` writes (at most 10 s)
-        fn rounds_until(
-            n: usize,
-            writes: &AtomicUsize,
-            lp: &mut EngineLoop,
-            round: &mut impl FnMut(&mut EngineLoop),
-        ) {
-            let start = Instant::now();
-            while writes.load(Ordering::SeqCst) < n {
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "write {n} never came"
-                );
-                round(lp);
-            }
         }
+    }
+
+    /// Rounds until the store has taken `n` writes (at most 10 s).
+    fn rounds_until(
+        n: usize,
+        writes: &AtomicUsize,
+        lp: &mut EngineLoop,
+        round: &mut impl FnMut(&mut EngineLoop),
+    ) {
+        let start = Instant::now();
+        while writes.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "write {n} never came"
+            );
+            round(lp);
+        }
+    }
+
+    /// While a periodic checkpoint is being written, the cadence starts no other (none
+    /// serialized only to be skipped): one round in flight, then the next once it is durable.
+    #[test]
+    fn one_periodic_round_in_flight() {
+        let (mut lp, open, writes, metrics) = gated_loop();
+        let mut round = rounds();
+        let in_flight = |lp: &EngineLoop| lp.checkpointing.as_ref().map_or(0, |c| c.in_flight);
         rounds_until(1, &writes, &mut lp, &mut round);
         for _ in 0..20 {
             round(&mut lp);
@@ -999,6 +1036,38 @@ mod tests {
         // durable: the next round starts
         rounds_until(2, &writes, &mut lp, &mut round);
         assert_eq!(skipped(), 0);
+        open.send(()).unwrap();
+        drop(open);
+        lp.stop_writer();
+    }
+
+    /// A round that took long to become durable spaces the next by nine times that, for
+    /// alerts too: a large state's checkpoints do not keep the writer and the broker busy all
+    /// the time.
+    #[test]
+    fn a_slow_write_spaces_the_next_round() {
+        let (mut lp, open, writes, _) = gated_loop();
+        let mut round = rounds();
+        rounds_until(1, &writes, &mut lp, &mut round);
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(60));
+        open.send(()).unwrap();
+        // the round took at least 60 ms: no next one for 9 x 60 ms after it began, however
+        // dirty the partition and however many alerts wait
+        while started.elapsed() < Duration::from_millis(400) {
+            round(&mut lp);
+            if let Some(c) = &mut lp.checkpointing {
+                c.alerts_waiting = true;
+            }
+        }
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "a round came too soon");
+        let write_time = lp.checkpointing.as_ref().map(|c| c.write_time);
+        assert!(
+            write_time >= Some(Duration::from_millis(60)),
+            "{write_time:?}"
+        );
+        rounds_until(2, &writes, &mut lp, &mut round);
+        assert!(started.elapsed() >= Duration::from_millis(540));
         open.send(()).unwrap();
         drop(open);
         lp.stop_writer();

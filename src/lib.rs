@@ -21,6 +21,7 @@ pub mod process;
 pub mod report;
 pub mod sim;
 pub mod sink;
+pub(crate) mod skip_zeros;
 pub mod snapshot;
 pub mod source;
 pub mod state;

@@ -15,7 +15,7 @@ use crate::engine::{Engine, EngineState};
 const MAGIC: &[u8; 4] = b"ARMW";
 
 /// The format written by this build.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// Why a snapshot was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -8,8 +8,8 @@
 /// Arm masks, narrow while every arm fits in a byte.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Masks {
-    Narrow(Box<[u8]>),
-    Wide(Box<[u64]>),
+    Narrow(#[serde(with = "crate::skip_zeros")] Box<[u8]>),
+    Wide(#[serde(with = "crate::skip_zeros")] Box<[u64]>),
 }
 
 impl Masks {
@@ -47,6 +47,7 @@ impl Masks {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IdArms {
     /// 0: empty (the id hash 0 lives in `zero`).
+    #[serde(with = "crate::skip_zeros")]
     keys: Box<[u64]>,
     masks: Masks,
     len: usize,

@@ -9,7 +9,15 @@ use crate::hint::prefetch;
 /// A counter: `u8` or `u16` for tables that widen themselves before a count can overflow,
 /// `u32` where a cell is unlikely to pass four billion, `u64` where exactness matters at any
 /// volume. Adds saturate.
-pub trait Counter: Copy + Default + PartialEq + std::fmt::Debug + Into<u64> {
+pub trait Counter:
+    Copy
+    + Default
+    + PartialEq
+    + std::fmt::Debug
+    + Into<u64>
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+{
     /// The largest count.
     const MAX: u64;
     /// One.
@@ -48,6 +56,7 @@ counter!(u64);
 
 /// `keys x width` counters, sparse or dense.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "C: Counter")]
 pub struct CountTable<C: Counter = u32> {
     width: usize,
     keys: usize,
@@ -55,15 +64,18 @@ pub struct CountTable<C: Counter = u32> {
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "C: Counter")]
 enum Repr<C> {
     /// `slots[i]` is `key + 1` (0: empty); its row is `rows[i * width..][..width]`.
     Sparse {
+        #[serde(with = "crate::skip_zeros")]
         slots: Box<[u16]>,
+        #[serde(with = "crate::skip_zeros")]
         rows: Box<[C]>,
         len: usize,
     },
     /// Row `k` is `rows[k * width..][..width]`.
-    Dense(Box<[C]>),
+    Dense(#[serde(with = "crate::skip_zeros")] Box<[C]>),
 }
 
 /// Slots of a sparse table's first allocation (a table over a three-valued input never needs

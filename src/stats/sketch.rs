@@ -77,9 +77,9 @@ struct Table {
 /// `u32` counters give.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Rows {
-    U8(Box<[u8]>),
-    U16(Box<[u16]>),
-    U32(Box<[u32]>),
+    U8(#[serde(with = "crate::skip_zeros")] Box<[u8]>),
+    U16(#[serde(with = "crate::skip_zeros")] Box<[u16]>),
+    U32(#[serde(with = "crate::skip_zeros")] Box<[u32]>),
 }
 
 /// Runs `$body` with `$r` bound to the counters, whatever their width.

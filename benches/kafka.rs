@@ -124,6 +124,10 @@ fn drain_bare(brokers: &str, topic: &str, n: u64, group: &str) -> f64 {
 /// What `armwatch run` logged when it had drained the topic.
 struct Drained {
     rate: f64,
+    /// The rate from the first message to the last applied (without the final checkpoints).
+    applying_rate: f64,
+    /// The final checkpoints' wall seconds (in `rate`'s time, not in `applying_rate`'s).
+    final_checkpoint_seconds: f64,
     /// armwatch's CPU seconds (all threads) from its first message to the end.
     cpu: f64,
     busy: f64,
@@ -242,6 +246,8 @@ fn drain_armwatch(
     assert_eq!(f("messages") as u64, n, "armwatch drained {line}");
     Drained {
         rate: f("messages_per_second"),
+        applying_rate: f("applying_messages_per_second"),
+        final_checkpoint_seconds: f("final_checkpoint_seconds"),
         cpu: f("cpu_seconds"),
         busy: f("engine_busy_share"),
         publish_mean_seconds: f("publish_mean_seconds"),
@@ -393,6 +399,18 @@ fn main() {
             written / rounds as f64,
             bytes / written.max(1.0) / 1e6,
             secs / written.max(1.0) * 1e3,
+        );
+        let to_last: Vec<f64> = bares
+            .iter()
+            .zip(&alones)
+            .map(|(b, a)| a.applying_rate / b)
+            .collect();
+        println!(
+            "  to the last message applied (a long-running consumer's rate; the drain's final checkpoints, mean {:.2} s, left out): {}/s, {:.2}x bare (median; rounds {})",
+            alones.iter().map(|a| a.final_checkpoint_seconds).sum::<f64>() / rounds as f64,
+            list(&alones.iter().map(|a| a.applying_rate).collect::<Vec<_>>()),
+            median(to_last.clone()),
+            to_last.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
         );
         let stages = |d: &[Drained]| {
             let mut sum = [0.0; 4];

@@ -107,6 +107,7 @@ fn apply(
                 // the source's thread may already be gone at shutdown: nothing to do then
                 let _ = done.send(b);
                 drain.spent(Stage::Applying, applying);
+                drain.last = Some(Instant::now());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -121,8 +122,11 @@ fn apply(
             drain.spent(Stage::Publishing, publishing);
         }
     }
-    // the final checkpoints count in the drain (their time, their number)
+    // the final checkpoints count in the drain (their time, their number); the rate up to the
+    // last message applied is logged beside it
+    let finishing = Instant::now();
     lp.checkpoint_all();
+    drain.final_checkpoint = finishing.elapsed().as_secs_f64();
     drain.log(&lp);
     on_publish(&mut lp);
     lp.publish();
@@ -150,6 +154,10 @@ struct Drain {
     stages: [f64; 4],
     messages: u64,
     first: Option<Instant>,
+    /// When the last batch was applied.
+    last: Option<Instant>,
+    /// The final checkpoints' wall time (at the end of a bounded drain).
+    final_checkpoint: f64,
     /// The process's CPU seconds at the first message.
     first_cpu: Option<f64>,
     /// The engine thread's CPU seconds at the first message.
@@ -178,6 +186,10 @@ impl Drain {
     /// Called on the engine thread (its CPU time is read from `/proc/thread-self`).
     fn log(&self, lp: &EngineLoop) {
         let secs = self.first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let applied = self
+            .first
+            .zip(self.last)
+            .map_or(0.0, |(first, last)| (last - first).as_secs_f64());
         // the engine thread's share of the wall time: its CPU time (applying, detecting and
         // publishing), measured, not extrapolated from the sampled processing times
         let busy = crate::process::cpu_seconds("thread-self")
@@ -207,6 +219,10 @@ impl Drain {
             seconds = secs,
             cpu_seconds = cpu,
             messages_per_second = self.messages as f64 / secs.max(1e-9),
+            // from the first message to the last applied (no final checkpoint): the rate a
+            // long-running consumer keeps
+            applying_messages_per_second = self.messages as f64 / applied.max(1e-9),
+            final_checkpoint_seconds = self.final_checkpoint,
             engine_busy_share = busy,
             publishes,
             publish_mean_seconds = publish_mean,

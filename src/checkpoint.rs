@@ -20,7 +20,12 @@
 //!   of a repartitioned partition: count u32, each name length u32, name, next offset i64
 //!   (the first input offset of that input partition not yet applied);
 //! - chunk, key `{topic}/{partition}#{writer:016x}.{generation}.{index}`: `ARMC`, version u32,
-//!   generation u64, index u32, then the bytes.
+//!   generation u64, index u32, then the bytes;
+//! - delivery, key `{topic}/{partition}!delivered`: `ARMD`, version u32, writer u64, generation
+//!   u64, delivered u64: the sinks acknowledged the first `delivered` alerts of the checkpoint
+//!   that writer and generation name. Acknowledgements that come after a checkpoint (and
+//!   nothing else) are recorded by this one small record instead of the whole state written
+//!   again; a restore applies it only to the commit it names.
 //!
 //! The snapshot itself carries its own version and checksum: a torn or altered checkpoint is
 //! refused at restore, never half-applied.
@@ -29,6 +34,8 @@ use std::collections::HashMap;
 
 const COMMIT: &[u8; 4] = b"ARMK";
 const CHUNK: &[u8; 4] = b"ARMC";
+const DELIVERY: &[u8; 4] = b"ARMD";
+const DELIVERY_LEN: usize = 4 + 4 + 8 + 8 + 8;
 
 /// The record format written by this build (version 1, without upstream offsets, is read too).
 pub const VERSION: u32 = 2;
@@ -52,8 +59,13 @@ pub fn partition_key(topic: &str, partition: i32) -> String {
 /// A checkpoint read back: the snapshot and the next offset of the input partition it covers.
 #[derive(Debug, PartialEq)]
 pub struct Checkpoint {
+    /// The process that wrote it.
+    pub writer: u64,
     /// Counts the partition's checkpoints (the next one is `generation + 1`).
     pub generation: u64,
+    /// Alerts acknowledged after the snapshot was taken: the first this many of its alerts
+    /// were delivered (from the partition's delivery record, when it names this checkpoint).
+    pub delivered: Option<u64>,
     /// The first offset not in the snapshot: where consumption resumes.
     pub next_offset: i64,
     /// [`crate::snapshot`] bytes.
@@ -150,6 +162,35 @@ pub fn records(
     out
 }
 
+/// The delivery record of partition `key`: the first `delivered` alerts of the checkpoint
+/// `writer` wrote as `generation` were acknowledged by the sinks.
+pub fn delivery_record(
+    key: &str,
+    writer: u64,
+    generation: u64,
+    delivered: u64,
+) -> (String, Option<Vec<u8>>) {
+    let mut v = Vec::with_capacity(DELIVERY_LEN);
+    v.extend_from_slice(DELIVERY);
+    v.extend_from_slice(&VERSION.to_le_bytes());
+    v.extend_from_slice(&writer.to_le_bytes());
+    v.extend_from_slice(&generation.to_le_bytes());
+    v.extend_from_slice(&delivered.to_le_bytes());
+    (format!("{key}!delivered"), Some(v))
+}
+
+/// `(writer, generation, delivered)` of a delivery record (`None`: not one this build reads).
+fn parse_delivery(v: &[u8]) -> Option<(u64, u64, u64)> {
+    if v.len() != DELIVERY_LEN || v.get(..4) != Some(DELIVERY) {
+        return None;
+    }
+    if !(OLDEST..=VERSION).contains(&u32::from_le_bytes(le(v, 4)?)) {
+        return None;
+    }
+    let field = |at| le::<8>(v, at).map(u64::from_le_bytes);
+    Some((field(8)?, field(16)?, field(24)?))
+}
+
 /// The chunk keys [`records`] writes (what the checkpoint after it supersedes).
 pub fn chunk_keys(key: &str, writer: u64, generation: u64, snapshot_len: usize) -> Vec<String> {
     (0..snapshot_len.div_ceil(CHUNK_BYTES))
@@ -230,6 +271,8 @@ pub struct Collector {
     chunks: HashMap<String, Vec<u8>>,
     /// The last [`COMMITS_KEPT`] commits of each partition, oldest first.
     commits: HashMap<String, Vec<Vec<u8>>>,
+    /// The latest delivery record of each partition.
+    deliveries: HashMap<String, Vec<u8>>,
 }
 
 impl Collector {
@@ -246,14 +289,21 @@ impl Collector {
         let Ok(key) = std::str::from_utf8(key) else {
             return; // not ours
         };
+        if let Some(partition) = key.strip_suffix("!delivered") {
+            if self.wants(partition) {
+                match value {
+                    Some(v) => self.deliveries.insert(partition.to_string(), v.to_vec()),
+                    None => self.deliveries.remove(partition),
+                };
+            }
+            return;
+        }
         let (partition, chunk) = match key.split_once('#') {
             Some((p, _)) => (p, true),
             None => (key, false),
         };
-        if let Some(w) = &self.wanted {
-            if !w.iter().any(|k| k == partition) {
-                return;
-            }
+        if !self.wants(partition) {
+            return;
         }
         match (chunk, value) {
             (true, Some(v)) => {
@@ -273,6 +323,12 @@ impl Collector {
                 self.commits.remove(key);
             }
         }
+    }
+
+    fn wants(&self, partition: &str) -> bool {
+        self.wanted
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|k| k == partition))
     }
 
     /// Every partition key with a commit record.
@@ -337,8 +393,16 @@ impl Collector {
             .cloned()
             .collect();
         superseded.sort();
+        let delivered = self
+            .deliveries
+            .get(key)
+            .and_then(|v| parse_delivery(v))
+            .filter(|&(writer, generation, _)| (writer, generation) == (c.writer, c.generation))
+            .map(|(_, _, delivered)| delivered);
         Ok(Checkpoint {
+            writer: c.writer,
             generation: c.generation,
+            delivered,
             next_offset: c.next_offset,
             snapshot,
             superseded,
@@ -428,6 +492,38 @@ mod tests {
                 chunks: 3
             })
         );
+    }
+
+    /// A delivery record counts for the checkpoint it names and for no other: not an older
+    /// one restored instead, not a newer one, not another writer's of the same generation.
+    #[test]
+    fn delivery_records_name_their_checkpoint() {
+        let key = partition_key("t", 2);
+        let mut c = Collector::new(Some(vec![key.clone()]));
+        collect(&mut c, &records(&key, 7, 3, 30, &[], b"three", &[]));
+        assert_eq!(c.checkpoint(&key).unwrap().unwrap().delivered, None);
+        collect(&mut c, &[delivery_record(&key, 7, 3, 5)]);
+        let got = c.checkpoint(&key).unwrap().unwrap();
+        assert_eq!((got.writer, got.generation, got.delivered), (7, 3, Some(5)));
+        // a later record replaces it; other partitions' are not kept
+        collect(&mut c, &[delivery_record(&key, 7, 3, 6)]);
+        collect(&mut c, &[delivery_record("t/9", 7, 3, 1)]);
+        assert_eq!(c.checkpoint(&key).unwrap().unwrap().delivered, Some(6));
+        assert_eq!(c.partitions(), vec![key.clone()]);
+        // another writer's generation 3, or a newer checkpoint: not this record's
+        let mut other = Collector::new(None);
+        collect(&mut other, &records(&key, 8, 3, 30, &[], b"three", &[]));
+        collect(&mut other, &[delivery_record(&key, 7, 3, 5)]);
+        assert_eq!(other.checkpoint(&key).unwrap().unwrap().delivered, None);
+        collect(&mut c, &records(&key, 7, 4, 40, &[], b"four", &[]));
+        assert_eq!(c.checkpoint(&key).unwrap().unwrap().delivered, None);
+        // generation 4 torn (its chunk deleted): generation 3 is restored with its record
+        c.add(chunk_keys(&key, 7, 4, 4)[0].as_bytes(), None);
+        let got = c.checkpoint(&key).unwrap().unwrap();
+        assert_eq!((got.generation, got.delivered), (3, Some(6)));
+        // a record that does not parse is ignored, never an error
+        c.add(format!("{key}!delivered").as_bytes(), Some(b"ARMDjunk"));
+        assert_eq!(c.checkpoint(&key).unwrap().unwrap().delivered, None);
     }
 
     /// Other versions and garbage are refused with their reason.

@@ -124,6 +124,8 @@ struct Job {
     bytes: usize,
     alerts: Vec<Outgoing>,
     started: Instant,
+    /// A checkpoint (false: a delivery record of the last one).
+    snapshot: bool,
 }
 
 /// A job's outcome.
@@ -134,6 +136,7 @@ struct Written {
     ok: bool,
     bytes: usize,
     seconds: f64,
+    snapshot: bool,
 }
 
 /// Checkpoints waiting for the writer thread at most: past it a checkpoint is skipped (its
@@ -170,6 +173,7 @@ fn write_checkpoints(
             ok: res.is_ok(),
             bytes: job.bytes,
             seconds: job.started.elapsed().as_secs_f64(),
+            snapshot: job.snapshot,
         };
         if written.send(done).is_err() {
             return;
@@ -214,12 +218,17 @@ struct Checkpointing {
     /// the next, periodic or for alerts, waits at least nine times that, so that checkpointing
     /// large states takes at most about a tenth of the engine thread (as publishing does).
     cost: Duration,
-    /// How long the last round took from its start until its last checkpoint was durable
-    /// (written without error): the next round waits nine times that too (at most
+    /// What writing the last round cost: its bytes at the best rate (bytes per second until
+    /// durable) any round has reached. The next round waits nine times that too (at most
     /// [`WRITE_PACING_MAX`]), so that the state topic's writes (the producer, the link, the
     /// broker storing them) are busy about a tenth of the time, not all of it, when the state
-    /// is large.
-    write_time: Duration,
+    /// is large. The best rate, not the last: a round that waited out a paused or unreachable
+    /// broker took long without costing more, and must not hold back the alerts after it.
+    write_cost: Duration,
+    /// The highest rate a round was written at, bytes per second.
+    best_rate: f64,
+    /// The round being written: its longest time until durable, and its bytes.
+    round: (Duration, usize),
     /// `(partition index, next offset)` of checkpoints now durable: the consumer commits them
     /// (offsets never run ahead of a durable checkpoint).
     durable: Arc<Mutex<Vec<(usize, i64)>>>,
@@ -238,7 +247,7 @@ const WRITE_PACING_MAX: Duration = Duration::from_secs(30);
 
 /// Checkpoints for alerts come at most once per this (of the partitions that fired: a burst
 /// of alerts costs one checkpoint, not one each), and no sooner than the last round's costs
-/// allow (`Checkpointing::cost`, `Checkpointing::write_time`).
+/// allow (`Checkpointing::cost`, `Checkpointing::write_cost`).
 const ALERT_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The engines and everything they report to.
@@ -349,7 +358,9 @@ impl EngineLoop {
             every,
             last: Instant::now(),
             cost: Duration::ZERO,
-            write_time: Duration::ZERO,
+            write_cost: Duration::ZERO,
+            best_rate: 0.0,
+            round: (Duration::ZERO, 0),
             durable,
             controls,
             acks,
@@ -486,7 +497,7 @@ impl EngineLoop {
         // broker) slower than the cadence does not get snapshots it must skip after the engine
         // threads paid for serializing them; and nine times what the last cost to serialize
         // and to write
-        let floor = (c.cost * 9).max((c.write_time * 9).min(WRITE_PACING_MAX));
+        let floor = (c.cost * 9).max((c.write_cost * 9).min(WRITE_PACING_MAX));
         let periodic = c.in_flight == 0 && c.last.elapsed() >= c.every.max(floor);
         let for_alerts = c.alerts_waiting
             && c.in_flight == 0
@@ -537,7 +548,7 @@ impl EngineLoop {
         // recorded by the next checkpoint
         let confirm = |parts: &mut Partitions, (i, alert): (usize, usize)| {
             if let Some(p) = parts.get_mut(i) {
-                p.dirty |= p.engine.confirm_delivered(alert);
+                p.acked |= p.engine.confirm_delivered(alert);
             }
         };
         loop {
@@ -583,10 +594,16 @@ impl EngineLoop {
 
     /// Queue checkpoints of the dirty partitions `which` selects for the writer thread (the
     /// engine thread only serializes); their new alerts go to the sinks once written. A
-    /// partition whose checkpoint finds the queue full stays dirty for the next.
+    /// partition whose checkpoint finds the queue full stays dirty for the next. A partition
+    /// that only had alerts acknowledged since its last checkpoint gets a delivery record of
+    /// that checkpoint instead (a few bytes, not the state again).
     fn checkpoint(&mut self, which: impl Fn(usize, &Part) -> bool) {
         if self.checkpointing.is_none() {
             return;
+        }
+        // acknowledgements with no checkpoint to name take a checkpoint
+        for (_, p) in self.parts.iter_mut() {
+            p.dirty |= p.acked && p.generation == 0;
         }
         // the partitions' snapshots, serialized on the engine threads
         let started = Instant::now();
@@ -607,13 +624,37 @@ impl EngineLoop {
             if !which(i, p) {
                 continue;
             }
-            if !p.dirty {
-                self.pending[3] += hand_alerts(&self.alerts, i, p);
-                continue;
-            }
             let Some(jobs) = &c.jobs else {
                 return;
             };
+            if !p.dirty {
+                self.pending[3] += hand_alerts(&self.alerts, i, p);
+                if p.acked {
+                    let delivered = p.engine.delivered() as u64;
+                    let record = crate::checkpoint::delivery_record(
+                        &p.key,
+                        p.writer,
+                        p.generation,
+                        delivered,
+                    );
+                    let job = Job {
+                        part: i,
+                        key: p.key.clone(),
+                        generation: p.generation,
+                        next_offset: p.next_offset,
+                        bytes: record.1.as_ref().map_or(0, Vec::len),
+                        records: vec![record],
+                        alerts: Vec::new(),
+                        started,
+                        snapshot: false,
+                    };
+                    if jobs.try_send(job).is_ok() {
+                        c.in_flight += 1;
+                        p.acked = false;
+                    }
+                }
+                continue;
+            }
             let Some((_, snapshot)) = snapshots.next_if(|(j, _)| *j == i) else {
                 continue;
             };
@@ -639,12 +680,15 @@ impl EngineLoop {
                 bytes: snapshot.len(),
                 alerts,
                 started,
+                snapshot: true,
             };
             match jobs.try_send(job) {
                 Ok(()) => {
                     c.in_flight += 1;
                     p.generation = generation;
+                    p.writer = c.writer;
                     p.dirty = false;
+                    p.acked = false;
                     p.superseded =
                         crate::checkpoint::chunk_keys(&p.key, c.writer, generation, snapshot.len());
                     p.handed = p.engine.alerts().len();
@@ -681,18 +725,32 @@ impl EngineLoop {
                 return;
             };
             c.in_flight = c.in_flight.saturating_sub(1);
-            if w.ok && c.in_flight == 0 {
-                // the writer takes jobs in order: the round's last is its durable time
-                c.write_time = Duration::from_secs_f64(w.seconds);
+            if w.ok && w.snapshot {
+                // each job's time counts from its round's start: the latest is the round's
+                let (time, bytes) = &mut c.round;
+                *time = (*time).max(Duration::from_secs_f64(w.seconds));
+                *bytes += w.bytes;
             }
-            if w.ok {
+            if c.in_flight == 0 && !c.round.0.is_zero() {
+                let (time, bytes) = std::mem::take(&mut c.round);
+                c.best_rate = c.best_rate.max(bytes as f64 / time.as_secs_f64());
+                c.write_cost = Duration::from_secs_f64(bytes as f64 / c.best_rate);
+            }
+            if w.ok && w.snapshot {
                 if let Ok(mut d) = c.durable.lock() {
                     d.push((w.part, w.next_offset));
                 }
             } else if let Some(p) = self.parts.get_mut(w.part) {
-                if p.generation == w.generation {
+                if w.ok {
+                    tracing::debug!(partition = %p.key, generation = w.generation, "delivery recorded");
+                } else if p.generation == w.generation && w.snapshot {
                     p.dirty = true; // rewritten by the next checkpoint
+                } else if p.generation == w.generation {
+                    p.acked = true; // recorded by the next checkpoint or delivery record
                 }
+            }
+            if !w.snapshot {
+                continue;
             }
             if let Ok(m) = self.metrics.lock() {
                 if w.ok {
@@ -937,6 +995,88 @@ mod tests {
         }
     }
 
+    /// Records written: key, value (`None`: a tombstone).
+    type Records = Vec<(String, Option<Vec<u8>>)>;
+
+    /// A store that keeps every record written.
+    struct Recording(Arc<Mutex<Records>>);
+
+    impl CheckpointStore for Recording {
+        fn write(&mut self, records: &[(String, Option<Vec<u8>>)]) -> Result<(), String> {
+            self.0.lock().unwrap().extend(records.iter().cloned());
+            Ok(())
+        }
+    }
+
+    /// A stop checkpoints the state once; the sinks' acknowledgements of the alerts it handed
+    /// them are then recorded by a delivery record of that checkpoint, not by the state written
+    /// again, and a restore from what was written counts them delivered.
+    #[test]
+    fn acknowledgements_after_a_checkpoint_are_a_delivery_record() {
+        let settings = Settings::from_toml("").unwrap();
+        let (tx, mut rx) = mpsc::channel(4096);
+        let (_revokes, controls) = std::sync::mpsc::channel();
+        let (acked, acks) = std::sync::mpsc::channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut lp = EngineLoop::new(
+            Partitions::none(&settings),
+            Arc::new(Mutex::new(Metrics::new(100))),
+            Arc::new(Shared::default()),
+            tx,
+            1,
+            None,
+        )
+        .with_checkpoints(
+            Box::new(Recording(Arc::clone(&written))),
+            Duration::from_secs(3600),
+            Arc::default(),
+            controls,
+            acks,
+        );
+        lp.assign(0, Part::fresh("t/0".into(), &settings));
+        // the sinks: every alert handed is acknowledged
+        std::thread::spawn(move || {
+            while let Some(out) = rx.blocking_recv() {
+                if let Some(a) = out.ack {
+                    let _ = acked.send(a);
+                }
+            }
+        });
+        // the fleet's prompt fragment follows the arm: alerts fire within a few hundred events
+        let mut sim = crate::sim::Simulator::fleet(3, 2, 100);
+        let mut message = Vec::new();
+        for offset in 0..3_000 {
+            message.clear();
+            sim.next_event(&mut message);
+            let mut batch = Batch::default();
+            batch.push_at(Some(&message), 0, offset);
+            batch.decode(&lp.decode_limits());
+            batch.apply(&mut lp);
+        }
+        lp.checkpoint_all();
+        let alerts = lp.engine().alerts().len();
+        assert!(alerts > 0, "no alert fired");
+        let recs = written.lock().unwrap().clone();
+        let commits = recs.iter().filter(|(k, _)| k == "t/0").count();
+        assert_eq!(commits, 1, "the acknowledgements wrote the state again");
+        assert_eq!(recs.last().map(|(k, _)| k.as_str()), Some("t/0!delivered"));
+        let mut c = crate::checkpoint::Collector::new(None);
+        for (k, v) in &recs {
+            c.add(k.as_bytes(), v.as_deref());
+        }
+        let cp = c.checkpoint("t/0").unwrap().unwrap();
+        assert_eq!(cp.delivered, Some(alerts as u64));
+        let engine = crate::snapshot::read(&settings, &cp.snapshot).unwrap();
+        assert_eq!(
+            engine.delivered(),
+            0,
+            "the snapshot was taken before any acknowledgement"
+        );
+        let restored = Part::restored("t/0".into(), cp, engine);
+        assert_eq!(restored.engine.delivered(), alerts);
+        assert_eq!(restored.generation, 1);
+    }
+
     /// An engine loop of one partition checkpointing (interval 0) into a [`Gated`] store: the
     /// loop, the gate's opener, the writes counted and the metrics.
     fn gated_loop() -> (
@@ -946,7 +1086,9 @@ mod tests {
         Arc<Mutex<Metrics>>,
     ) {
         let settings = Settings::from_toml("").unwrap();
-        let (tx, _rx) = mpsc::channel(64);
+        let (tx, mut rx) = mpsc::channel(64);
+        // the sinks take what they are handed
+        std::thread::spawn(move || while rx.blocking_recv().is_some() {});
         let (_revokes, controls) = std::sync::mpsc::channel();
         let (_acked, acks) = std::sync::mpsc::channel();
         let (open, gate) = std::sync::mpsc::channel();
@@ -986,6 +1128,7 @@ mod tests {
             let mut batch = Batch::default();
             batch.push_at(Some(&message), 0, offset);
             offset += 1;
+            batch.decode(&lp.decode_limits());
             batch.apply(lp);
             // past the cadence's floor (nine times the last serialization, well under 5 ms)
             std::thread::sleep(Duration::from_millis(5));
@@ -1043,7 +1186,8 @@ mod tests {
 
     /// A round that took long to become durable spaces the next by nine times that, for
     /// alerts too: a large state's checkpoints do not keep the writer and the broker busy all
-    /// the time.
+    /// the time. A round slow only because the broker was (its bytes no more than before) does
+    /// not.
     #[test]
     fn a_slow_write_spaces_the_next_round() {
         let (mut lp, open, writes, _) = gated_loop();
@@ -1061,13 +1205,26 @@ mod tests {
             }
         }
         assert_eq!(writes.load(Ordering::SeqCst), 1, "a round came too soon");
-        let write_time = lp.checkpointing.as_ref().map(|c| c.write_time);
+        let write_cost = lp.checkpointing.as_ref().map(|c| c.write_cost);
         assert!(
-            write_time >= Some(Duration::from_millis(60)),
-            "{write_time:?}"
+            write_cost >= Some(Duration::from_millis(60)),
+            "{write_cost:?}"
         );
         rounds_until(2, &writes, &mut lp, &mut round);
         assert!(started.elapsed() >= Duration::from_millis(540));
+        // the second is written at once; the third waits a second, as for a paused broker: it
+        // took long without costing more (the same bytes), so the fourth is not held back
+        open.send(()).unwrap();
+        rounds_until(3, &writes, &mut lp, &mut round);
+        std::thread::sleep(Duration::from_secs(1));
+        open.send(()).unwrap();
+        let released = Instant::now();
+        rounds_until(4, &writes, &mut lp, &mut round);
+        assert!(
+            released.elapsed() < Duration::from_secs(4),
+            "a wait for the broker counted as cost: {:?}",
+            released.elapsed()
+        );
         open.send(()).unwrap();
         drop(open);
         lp.stop_writer();

@@ -575,6 +575,13 @@ impl Engine {
         self.delivered
     }
 
+    /// The first `delivered` alerts were acknowledged after this state's snapshot was taken
+    /// (a checkpoint's delivery record).
+    pub fn restore_delivered(&mut self, delivered: u64) {
+        let d = usize::try_from(delivered).unwrap_or(usize::MAX);
+        self.delivered = self.delivered.max(d.min(self.alerts.len()));
+    }
+
     /// The sinks acknowledged alert `index` (in order): counted as delivered.
     pub fn confirm_delivered(&mut self, index: usize) -> bool {
         if index == self.delivered && index < self.alerts.len() {

@@ -23,8 +23,12 @@ pub struct Part {
     pub next_offset: i64,
     /// The generation of its last checkpoint (0: none written).
     pub generation: u64,
+    /// The writer of its last checkpoint (this process's, or the one it was restored from).
+    pub writer: u64,
     /// Messages applied since its last checkpoint.
     pub dirty: bool,
+    /// Alerts acknowledged by the sinks since its last checkpoint or delivery record.
+    pub acked: bool,
     /// Chunk keys in the state topic that the next checkpoint deletes.
     pub superseded: Vec<String>,
     /// Alerts handed to the sinks (not kept: after a restore, those not acknowledged are
@@ -45,10 +49,29 @@ impl Part {
             engine,
             next_offset: -1,
             generation: 0,
+            writer: 0,
             dirty: false,
+            acked: false,
             superseded: Vec::new(),
             handed: 0,
             upstream: Vec::new(),
+        }
+    }
+
+    /// Partition `key` restored from its checkpoint `cp`, whose snapshot read back as
+    /// `engine`: it resumes at the checkpoint's next offset, its next checkpoint deletes the
+    /// chunks found, and the alerts its delivery record names count as delivered.
+    pub fn restored(key: String, cp: crate::checkpoint::Checkpoint, mut engine: Engine) -> Part {
+        if let Some(d) = cp.delivered {
+            engine.restore_delivered(d);
+        }
+        Part {
+            next_offset: cp.next_offset,
+            generation: cp.generation,
+            writer: cp.writer,
+            superseded: cp.superseded,
+            upstream: cp.upstream,
+            ..Part::new(key, engine)
         }
     }
 

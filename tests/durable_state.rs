@@ -448,7 +448,8 @@ async fn sigterm_restarts_resume_exactly() {
 }
 
 /// The state topic through the real broker: checkpoints written by the store read back by the
-/// reader, the newest complete one restored (the reader reads to the end of the topic).
+/// reader, the newest complete one restored (the reader reads to the end of the topic), and
+/// the delivery record written after the last one read back with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_topic_round_trip() {
     use armwatch::checkpoint::{partition_key, records};
@@ -498,7 +499,20 @@ async fn state_topic_round_trip() {
         );
         assert_eq!(cp.snapshot, snapshot);
         assert_eq!(cp.superseded, superseded, "older chunks deleted");
+        assert_eq!(cp.delivered, None);
     }
+    // acknowledgements after the last checkpoint: its delivery record, through the broker
+    store
+        .write(&[armwatch::checkpoint::delivery_record(&key, 42, 5, 3)])
+        .expect("durable");
+    let c = state_topic::read(
+        &settings.kafka,
+        Some(vec![key.clone()]),
+        Duration::from_secs(30),
+    )
+    .expect("read");
+    let cp = c.checkpoint(&key).expect("complete").expect("present");
+    assert_eq!((cp.writer, cp.generation, cp.delivered), (42, 5, Some(3)));
 }
 
 /// Two replicas share four partitions (events partitioned by unit), a third joins and the

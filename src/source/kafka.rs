@@ -203,14 +203,8 @@ impl Checkpoints {
             let (part, offset) = match restored {
                 Ok(Some((cp, engine))) => {
                     self.count_restore("restored");
-                    let part = Part {
-                        next_offset: cp.next_offset,
-                        generation: cp.generation,
-                        superseded: cp.superseded,
-                        upstream: cp.upstream,
-                        ..Part::new(key, engine)
-                    };
-                    (part, Offset::Offset(cp.next_offset))
+                    let offset = Offset::Offset(cp.next_offset);
+                    (Part::restored(key, cp, engine), offset)
                 }
                 Ok(None) => {
                     self.count_restore("none");

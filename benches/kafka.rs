@@ -412,6 +412,13 @@ fn main() {
             median(to_last.clone()),
             to_last.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
         );
+        println!(
+            "  +{CLIENTS} clients, to the last message applied (their drain is a fifth of the topic: its final checkpoints weigh five times as much in its rate): {:.0}/s, {:.2}x armwatch alone's; armwatch CPU {:.2} us/message (alone {:.2})",
+            served.applying_rate,
+            served.applying_rate / alone.applying_rate,
+            served.cpu * 1e6 / (n / 5) as f64,
+            alone.cpu * 1e6 / n as f64,
+        );
         let stages = |d: &[Drained]| {
             let mut sum = [0.0; 4];
             for x in d {

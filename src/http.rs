@@ -12,24 +12,34 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// One publish: the Prometheus text and the report, and their encodings, each made once by the
+/// first request that needs it and shared until the next publish.
+#[derive(Default)]
+struct Published {
+    /// Prometheus text.
+    metrics: Bytes,
+    report: Option<Arc<Report>>,
+    /// The report's JSON, made by the first request (not by the engine thread: with a
+    /// thousand experiments it is ~10 MB).
+    report_json: OnceLock<Bytes>,
+    /// Gzip of the report's JSON and of the Prometheus text, made by the first request that
+    /// accepts gzip (a dashboard polling a thousand experiments' report moves a tenth of the
+    /// bytes).
+    report_gz: OnceLock<Bytes>,
+    metrics_gz: OnceLock<Bytes>,
+}
 
 /// What the engine thread publishes and the HTTP handlers read (swapped at publish cadence,
 /// never touched per event).
 #[derive(Default)]
 pub struct Shared {
-    /// Prometheus text of the last publish.
-    pub metrics_text: Mutex<Bytes>,
-    /// The report of the last publish.
-    report: Mutex<Option<Arc<Report>>>,
-    /// Its JSON, made by the first request after a publish (not by the engine thread: with a
-    /// thousand experiments it is ~10 MB), then served as shared bytes until the next one.
-    report_json: Mutex<Option<Bytes>>,
-    /// Gzip of the report's JSON and of the Prometheus text, made by the first request after a
-    /// publish that accepts gzip (a dashboard polling a thousand experiments' report moves a
-    /// tenth of the bytes), then shared until the next publish.
-    report_gz: Mutex<Option<Bytes>>,
-    metrics_gz: Mutex<Option<Bytes>>,
+    /// The last publish. The engine thread only swaps the pointer, and a request only clones
+    /// it, under this lock: the encodings are made outside it, in the publish they belong to,
+    /// so a request serializing a large report never holds up the engine thread's next publish
+    /// (nor can the two wait on each other's locks).
+    published: Mutex<Arc<Published>>,
     /// The source is connected and consuming.
     pub ready: AtomicBool,
     /// Serve values as they are (`http.report_values`).
@@ -76,77 +86,62 @@ impl Shared {
         if let Ok(mut h) = self.history.lock() {
             h.record(&report, now);
         }
-        if let Ok(mut m) = self.metrics_text.lock() {
-            *m = metrics.into();
-            if let Ok(mut g) = self.metrics_gz.lock() {
-                *g = None;
-            }
-        }
-        // the cache lock first, so that no request pairs the old JSON with the new report
-        if let Ok(mut j) = self.report_json.lock() {
-            if let Ok(mut g) = self.report_gz.lock() {
-                if let Ok(mut r) = self.report.lock() {
-                    *r = Some(Arc::new(report));
-                }
-                *g = None;
-            }
-            *j = None;
-        }
+        let next = Arc::new(Published {
+            metrics: metrics.into(),
+            report: Some(Arc::new(report)),
+            ..Published::default()
+        });
+        // the old publish is dropped outside the lock (its last reader may be a request)
+        let _old = self
+            .published
+            .lock()
+            .map(|mut p| std::mem::replace(&mut *p, next));
+    }
+
+    /// The last publish (a pointer copy under the lock).
+    fn published(&self) -> Arc<Published> {
+        self.published
+            .lock()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_default()
     }
 
     /// The report's JSON gzip-compressed (once per publish, by the first caller).
     fn report_gz(&self) -> Bytes {
-        let Ok(mut cache) = self.report_gz.lock() else {
-            return Bytes::new();
-        };
-        if let Some(b) = &*cache {
-            return b.clone();
-        }
-        let b = gzip(&self.report_json());
-        *cache = Some(b.clone());
-        b
+        let p = self.published();
+        p.report_gz
+            .get_or_init(|| gzip(&self.report_json_of(&p)))
+            .clone()
     }
 
     /// The Prometheus text gzip-compressed (once per publish, by the first caller).
     fn metrics_gz(&self) -> Bytes {
-        let Ok(mut cache) = self.metrics_gz.lock() else {
-            return Bytes::new();
-        };
-        if let Some(b) = &*cache {
-            return b.clone();
-        }
-        let b = gzip(&self.metrics());
-        *cache = Some(b.clone());
-        b
+        let p = self.published();
+        p.metrics_gz.get_or_init(|| gzip(&p.metrics)).clone()
     }
 
     fn last_report(&self) -> Option<Arc<Report>> {
-        self.report.lock().ok().and_then(|r| r.clone())
+        self.published().report.clone()
     }
 
     /// The last published Prometheus text.
     fn metrics(&self) -> Bytes {
-        self.metrics_text
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+        self.published().metrics.clone()
     }
 
     /// The last published report as JSON (serialized once per publish, by the first caller;
     /// concurrent callers wait for it rather than serialize it again).
     fn report_json(&self) -> Bytes {
-        let Ok(mut cache) = self.report_json.lock() else {
-            return Bytes::new();
-        };
-        if let Some(b) = &*cache {
-            return b.clone();
-        }
-        let Some(report) = self.last_report() else {
-            return Bytes::from_static(b"{}");
-        };
-        let b = Bytes::from(self.served(&*report));
-        *cache = Some(b.clone());
-        b
+        self.report_json_of(&self.published())
+    }
+
+    fn report_json_of(&self, p: &Published) -> Bytes {
+        p.report_json
+            .get_or_init(|| match &p.report {
+                Some(r) => Bytes::from(self.served(&**r)),
+                None => Bytes::from_static(b"{}"),
+            })
+            .clone()
     }
 }
 
@@ -430,6 +425,44 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use tower::ServiceExt;
+
+    /// A publish does not wait for a request that is serializing the last report (at a
+    /// thousand experiments that takes tens of milliseconds of the engine thread otherwise,
+    /// and the two paths took two locks in opposite orders).
+    #[test]
+    fn a_publish_does_not_wait_for_a_serializing_request() {
+        let settings = crate::config::Settings::from_toml("").unwrap();
+        let mut engine = crate::engine::Engine::new(&settings);
+        let mut sim = crate::sim::Simulator::fleet(3, 400, 100);
+        let mut buf = Vec::new();
+        for _ in 0..40_000 {
+            sim.next_event(&mut buf);
+            let _ = engine.process(&buf);
+        }
+        let shared = Arc::new(Shared::new(false, None));
+        shared.set("a 1\n", engine.report());
+        let t = std::time::Instant::now();
+        let json = shared.report_gz();
+        let making = t.elapsed();
+        assert!(!json.is_empty());
+        // the next publish's report, and a request making its gzip in another thread
+        shared.set("a 2\n", engine.report());
+        let request = std::thread::spawn({
+            let shared = Arc::clone(&shared);
+            move || shared.report_gz()
+        });
+        std::thread::sleep(making / 4);
+        let report = engine.report();
+        let t = std::time::Instant::now();
+        shared.set("a 3\n", report);
+        let publish = t.elapsed();
+        assert!(
+            publish * 2 < making,
+            "a publish took {publish:?} while a request made the report ({making:?})"
+        );
+        assert!(!request.join().unwrap().is_empty());
+        assert_eq!(&shared.metrics()[..], b"a 3\n");
+    }
 
     async fn status(app: Router, path: &str) -> StatusCode {
         app.oneshot(

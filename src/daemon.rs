@@ -624,12 +624,9 @@ impl EngineLoop {
             if !which(i, p) {
                 continue;
             }
-            let Some(jobs) = &c.jobs else {
-                return;
-            };
             if !p.dirty {
                 self.pending[3] += hand_alerts(&self.alerts, i, p);
-                if p.acked {
+                if let (true, Some(jobs)) = (p.acked, &c.jobs) {
                     let delivered = p.engine.delivered() as u64;
                     let record = crate::checkpoint::delivery_record(
                         &p.key,
@@ -655,6 +652,9 @@ impl EngineLoop {
                 }
                 continue;
             }
+            let Some(jobs) = &c.jobs else {
+                return;
+            };
             let Some((_, snapshot)) = snapshots.next_if(|(j, _)| *j == i) else {
                 continue;
             };
@@ -734,7 +734,8 @@ impl EngineLoop {
             if c.in_flight == 0 && !c.round.0.is_zero() {
                 let (time, bytes) = std::mem::take(&mut c.round);
                 c.best_rate = c.best_rate.max(bytes as f64 / time.as_secs_f64());
-                c.write_cost = Duration::from_secs_f64(bytes as f64 / c.best_rate);
+                c.write_cost =
+                    Duration::try_from_secs_f64(bytes as f64 / c.best_rate).unwrap_or_default();
             }
             if w.ok && w.snapshot {
                 if let Ok(mut d) = c.durable.lock() {

@@ -470,6 +470,18 @@ async fn state_topic_round_trip() {
         .expect("state topic exists");
     let mut store = state_topic::KafkaCheckpointStore::new(&settings.kafka).expect("store");
     let key = partition_key("in", 0);
+    // the partition's checkpoint as a restore reads it from the topic
+    let restored = || {
+        state_topic::read(
+            &settings.kafka,
+            Some(vec![key.clone()]),
+            Duration::from_secs(30),
+        )
+        .expect("read")
+        .checkpoint(&key)
+        .expect("complete")
+        .expect("present")
+    };
     let mut superseded = Vec::new();
     for generation in 1..=5u64 {
         let snapshot: Vec<u8> = (0..(generation as usize * 700_000))
@@ -486,13 +498,7 @@ async fn state_topic_round_trip() {
         );
         store.write(&recs).expect("durable");
         superseded = armwatch::checkpoint::chunk_keys(&key, 42, generation, snapshot.len());
-        let c = state_topic::read(
-            &settings.kafka,
-            Some(vec![key.clone()]),
-            Duration::from_secs(30),
-        )
-        .expect("read");
-        let cp = c.checkpoint(&key).expect("complete").expect("present");
+        let cp = restored();
         assert_eq!(
             (cp.generation, cp.next_offset),
             (generation, generation as i64 * 100)
@@ -505,13 +511,7 @@ async fn state_topic_round_trip() {
     store
         .write(&[armwatch::checkpoint::delivery_record(&key, 42, 5, 3)])
         .expect("durable");
-    let c = state_topic::read(
-        &settings.kafka,
-        Some(vec![key.clone()]),
-        Duration::from_secs(30),
-    )
-    .expect("read");
-    let cp = c.checkpoint(&key).expect("complete").expect("present");
+    let cp = restored();
     assert_eq!((cp.writer, cp.generation, cp.delivered), (42, 5, Some(3)));
 }
 

@@ -83,7 +83,9 @@ impl Shared {
     pub fn set(&self, metrics: impl Into<Bytes>, report: Report) {
         let now = chrono::Utc::now().timestamp_millis();
         self.last_publish_ms.store(now, Ordering::Relaxed);
-        if let Ok(mut h) = self.history.lock() {
+        // a status request building its JSON holds the history: this sample is skipped then
+        // (the next publish records), never waited for
+        if let Ok(mut h) = self.history.try_lock() {
             h.record(&report, now);
         }
         let next = Arc::new(Published {
@@ -429,11 +431,13 @@ mod tests {
     /// A publish does not wait for a request that is serializing the last report (at a
     /// thousand experiments that took tens of milliseconds of the engine thread, and the two
     /// paths took two locks in opposite orders): a request held inside the making of the JSON,
-    /// the next publish still goes through.
+    /// the next publish still goes through; and while the status page's request holds the
+    /// evidence history, too.
     #[test]
     fn a_publish_does_not_wait_for_a_serializing_request() {
         let settings = crate::config::Settings::from_toml("").unwrap();
         let engine = crate::engine::Engine::new(&settings);
+        let report = engine.report();
         let shared = Arc::new(Shared::new(false, None));
         shared.set("a 1\n", engine.report());
         let (started, making) = std::sync::mpsc::channel();
@@ -462,6 +466,22 @@ mod tests {
         let went_through = published.recv_timeout(std::time::Duration::from_secs(20));
         release.send(()).unwrap();
         assert!(went_through.is_ok(), "the publish waited for the request");
+        // nor for the status page's request holding the history
+        let history = shared.history.lock().unwrap();
+        let (done, published) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let shared = Arc::clone(&shared);
+            move || {
+                shared.set("a 2\n", report);
+                let _ = done.send(());
+            }
+        });
+        let went_through = published.recv_timeout(std::time::Duration::from_secs(20));
+        drop(history);
+        assert!(
+            went_through.is_ok(),
+            "the publish waited for the status page"
+        );
         assert_eq!(&shared.metrics()[..], b"a 2\n");
         assert_eq!(&request.join().unwrap()[..], b"{}");
         // the new publish's JSON is its own

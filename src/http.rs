@@ -21,14 +21,34 @@ struct Published {
     /// Prometheus text.
     metrics: Bytes,
     report: Option<Arc<Report>>,
-    /// The report's JSON, made by the first request (not by the engine thread: with a
-    /// thousand experiments it is ~10 MB).
-    report_json: OnceLock<Bytes>,
-    /// Gzip of the report's JSON and of the Prometheus text, made by the first request that
-    /// accepts gzip (a dashboard polling a thousand experiments' report moves a tenth of the
-    /// bytes).
-    report_gz: OnceLock<Bytes>,
+    /// The report as served, made by the first request (not by the engine thread: with a
+    /// thousand experiments it is ~10 MB of JSON).
+    encoded: OnceLock<Arc<Encoded>>,
+    /// The last publish's, while it is younger than [`Encoded::FRESH`] times what it cost.
+    carried: Option<Arc<Encoded>>,
+    /// Gzip of the Prometheus text, made by the first request that accepts gzip.
     metrics_gz: OnceLock<Bytes>,
+}
+
+/// A report's JSON and its gzip (a dashboard polling a thousand experiments' report moves a
+/// tenth of the bytes), and when and at what cost the JSON was made. A publish's first request
+/// serves the last publish's instead of making its own while that is younger than ten times
+/// its cost: serving a large report then takes at most about a tenth of a core however often
+/// the engine thread publishes (at 1,000 experiments the report can be ~1 s old; a small one
+/// is made again at every publish).
+struct Encoded {
+    json: Bytes,
+    gz: OnceLock<Bytes>,
+    made: std::time::Instant,
+    cost: std::time::Duration,
+}
+
+impl Encoded {
+    const FRESH: u32 = 10;
+
+    fn fresh(&self) -> bool {
+        self.made.elapsed() < self.cost * Self::FRESH
+    }
 }
 
 /// What the engine thread publishes and the HTTP handlers read (swapped at publish cadence,
@@ -88,9 +108,16 @@ impl Shared {
         if let Ok(mut h) = self.history.try_lock() {
             h.record(&report, now);
         }
+        let carried = self
+            .published()
+            .encoded
+            .get()
+            .filter(|e| e.fresh())
+            .map(Arc::clone);
         let next = Arc::new(Published {
             metrics: metrics.into(),
             report: Some(Arc::new(report)),
+            carried,
             ..Published::default()
         });
         // the old publish is dropped outside the lock (its last reader may be a request)
@@ -110,10 +137,8 @@ impl Shared {
 
     /// The report's JSON gzip-compressed (once per publish, by the first caller).
     fn report_gz(&self) -> Bytes {
-        let p = self.published();
-        p.report_gz
-            .get_or_init(|| gzip(&self.report_json_of(&p)))
-            .clone()
+        let e = self.encoded(&self.published());
+        e.gz.get_or_init(|| gzip(&e.json)).clone()
     }
 
     /// The Prometheus text gzip-compressed (once per publish, by the first caller).
@@ -134,16 +159,28 @@ impl Shared {
     /// The last published report as JSON (serialized once per publish, by the first caller;
     /// concurrent callers wait for it rather than serialize it again).
     fn report_json(&self) -> Bytes {
-        self.report_json_of(&self.published())
+        self.encoded(&self.published()).json.clone()
     }
 
-    fn report_json_of(&self, p: &Published) -> Bytes {
-        p.report_json
-            .get_or_init(|| match &p.report {
+    /// The publish's report as served: the last publish's while fresh, else made now.
+    fn encoded(&self, p: &Published) -> Arc<Encoded> {
+        let e = p.encoded.get_or_init(|| {
+            if let Some(c) = p.carried.as_ref().filter(|c| c.fresh()) {
+                return Arc::clone(c);
+            }
+            let made = std::time::Instant::now();
+            let json = match &p.report {
                 Some(r) => Bytes::from(self.served(&**r)),
                 None => Bytes::from_static(b"{}"),
+            };
+            Arc::new(Encoded {
+                json,
+                gz: OnceLock::new(),
+                made,
+                cost: made.elapsed(),
             })
-            .clone()
+        });
+        Arc::clone(e)
     }
 }
 
@@ -428,6 +465,48 @@ mod tests {
     use axum::body::Body;
     use tower::ServiceExt;
 
+    /// A large report's JSON is served from the last publish while younger than ten times its
+    /// cost, then made anew.
+    #[test]
+    fn a_large_report_is_made_at_most_every_ten_times_its_cost() {
+        let settings = crate::config::Settings::from_toml("").unwrap();
+        let mut engine = crate::engine::Engine::new(&settings);
+        let mut sim = crate::sim::Simulator::fleet(3, 400, 100);
+        let mut buf = Vec::new();
+        let mut feed = |engine: &mut crate::engine::Engine, n: usize| {
+            for _ in 0..n {
+                sim.next_event(&mut buf);
+                let _ = engine.process(&buf);
+            }
+        };
+        feed(&mut engine, 40_000);
+        let shared = Shared::new(false, None);
+        shared.set("a 1\n", engine.report());
+        let first = shared.report_json();
+        let gz = shared.report_gz();
+        let cost = shared.published().encoded.get().map(|e| e.cost).unwrap();
+        // the next publish at once: its requests are served the same bytes
+        feed(&mut engine, 1_000);
+        shared.set("a 2\n", engine.report());
+        assert_eq!(
+            shared.report_json().as_ptr(),
+            first.as_ptr(),
+            "made again within {cost:?}"
+        );
+        assert_eq!(shared.report_gz().as_ptr(), gz.as_ptr());
+        assert_eq!(
+            &shared.metrics()[..],
+            b"a 2\n",
+            "the metrics are always the last"
+        );
+        // ten times its cost later: the next publish's report is made anew
+        std::thread::sleep(cost * 10);
+        shared.set("a 3\n", engine.report());
+        let third = shared.report_json();
+        assert_ne!(third, first);
+        assert_eq!(third, Bytes::from(shared.served(&engine.report())));
+    }
+
     /// A publish does not wait for a request that is serializing the last report (at a
     /// thousand experiments that took tens of milliseconds of the engine thread, and the two
     /// paths took two locks in opposite orders): a request held inside the making of the JSON,
@@ -445,12 +524,18 @@ mod tests {
         let request = std::thread::spawn({
             let p = shared.published();
             move || {
-                p.report_json
+                p.encoded
                     .get_or_init(|| {
                         let _ = started.send(());
                         let _ = released.recv();
-                        Bytes::from_static(b"{}")
+                        Arc::new(Encoded {
+                            json: Bytes::from_static(b"{}"),
+                            gz: OnceLock::new(),
+                            made: std::time::Instant::now(),
+                            cost: std::time::Duration::ZERO,
+                        })
                     })
+                    .json
                     .clone()
             }
         });

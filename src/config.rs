@@ -443,9 +443,8 @@ pub struct CheckpointSettings {
     pub topic: Option<String>,
     /// Milliseconds between periodic checkpoints (also taken on revoke, at shutdown and
     /// before an alert is delivered); longer when serializing the state takes more than a
-    /// ninth of this (the interval is then nine times the serialization time) or writing it
-    /// did (nine times the last round's time until durable, at most 30 s), and a checkpoint
-    /// waits until the last one is durable (one round in flight).
+    /// ninth of this (the interval is then nine times the serialization time), and a periodic
+    /// checkpoint waits until the last one is durable (one round in flight).
     #[serde(default = "default_checkpoint_interval")]
     pub interval_ms: u64,
     /// Milliseconds between refreshes of the merged view: other replicas' partitions read

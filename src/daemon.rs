@@ -218,17 +218,6 @@ struct Checkpointing {
     /// the next, periodic or for alerts, waits at least nine times that, so that checkpointing
     /// large states takes at most about a tenth of the engine thread (as publishing does).
     cost: Duration,
-    /// What writing the last round cost: its bytes at the best rate (bytes per second until
-    /// durable) any round has reached. The next round waits nine times that too (at most
-    /// [`WRITE_PACING_MAX`]), so that the state topic's writes (the producer, the link, the
-    /// broker storing them) are busy about a tenth of the time, not all of it, when the state
-    /// is large. The best rate, not the last: a round that waited out a paused or unreachable
-    /// broker took long without costing more, and must not hold back the alerts after it.
-    write_cost: Duration,
-    /// The highest rate a round was written at, bytes per second.
-    best_rate: f64,
-    /// The round being written: its longest time until durable, and its bytes.
-    round: (Duration, usize),
     /// `(partition index, next offset)` of checkpoints now durable: the consumer commits them
     /// (offsets never run ahead of a durable checkpoint).
     durable: Arc<Mutex<Vec<(usize, i64)>>>,
@@ -241,13 +230,9 @@ struct Checkpointing {
     last_alert: Instant,
 }
 
-/// The longest wait for the next checkpoint round that a slow write can impose (the engine
-/// thread's own cost is not capped).
-const WRITE_PACING_MAX: Duration = Duration::from_secs(30);
-
 /// Checkpoints for alerts come at most once per this (of the partitions that fired: a burst
-/// of alerts costs one checkpoint, not one each), and no sooner than the last round's costs
-/// allow (`Checkpointing::cost`, `Checkpointing::write_cost`).
+/// of alerts costs one checkpoint, not one each), or nine times the last round's
+/// serialization when that is longer (`Checkpointing::cost`).
 const ALERT_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The engines and everything they report to.
@@ -358,9 +343,6 @@ impl EngineLoop {
             every,
             last: Instant::now(),
             cost: Duration::ZERO,
-            write_cost: Duration::ZERO,
-            best_rate: 0.0,
-            round: (Duration::ZERO, 0),
             durable,
             controls,
             acks,
@@ -493,15 +475,12 @@ impl EngineLoop {
         let Some(c) = &self.checkpointing else {
             return;
         };
-        // one round at a time: the next waits until the last is durable, so that a writer (or
-        // broker) slower than the cadence does not get snapshots it must skip after the engine
-        // threads paid for serializing them; and nine times what the last cost to serialize
-        // and to write
-        let floor = (c.cost * 9).max((c.write_cost * 9).min(WRITE_PACING_MAX));
-        let periodic = c.in_flight == 0 && c.last.elapsed() >= c.every.max(floor);
-        let for_alerts = c.alerts_waiting
-            && c.in_flight == 0
-            && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(floor);
+        // one periodic round at a time: the next waits until the last is durable, so that a
+        // writer (or broker) slower than the cadence does not get snapshots it must skip after
+        // the engine threads paid for serializing them
+        let periodic = c.in_flight == 0 && c.last.elapsed() >= c.every.max(c.cost * 9);
+        let for_alerts =
+            c.alerts_waiting && c.last_alert.elapsed() >= ALERT_CHECKPOINT_EVERY.max(c.cost * 9);
         for Control::Revoke(parts, answer) in revokes {
             self.checkpoint_settled(|i, _| parts.contains(&i));
             for i in parts {
@@ -725,18 +704,6 @@ impl EngineLoop {
                 return;
             };
             c.in_flight = c.in_flight.saturating_sub(1);
-            if w.ok && w.snapshot {
-                // each job's time counts from its round's start: the latest is the round's
-                let (time, bytes) = &mut c.round;
-                *time = (*time).max(Duration::from_secs_f64(w.seconds));
-                *bytes += w.bytes;
-            }
-            if c.in_flight == 0 && !c.round.0.is_zero() {
-                let (time, bytes) = std::mem::take(&mut c.round);
-                c.best_rate = c.best_rate.max(bytes as f64 / time.as_secs_f64());
-                c.write_cost =
-                    Duration::try_from_secs_f64(bytes as f64 / c.best_rate).unwrap_or_default();
-            }
             if w.ok && w.snapshot {
                 if let Ok(mut d) = c.durable.lock() {
                     d.push((w.part, w.next_offset));
@@ -1180,52 +1147,6 @@ mod tests {
         // durable: the next round starts
         rounds_until(2, &writes, &mut lp, &mut round);
         assert_eq!(skipped(), 0);
-        open.send(()).unwrap();
-        drop(open);
-        lp.stop_writer();
-    }
-
-    /// A round that took long to become durable spaces the next by nine times that, for
-    /// alerts too: a large state's checkpoints do not keep the writer and the broker busy all
-    /// the time. A round slow only because the broker was (its bytes no more than before) does
-    /// not.
-    #[test]
-    fn a_slow_write_spaces_the_next_round() {
-        let (mut lp, open, writes, _) = gated_loop();
-        let mut round = rounds();
-        rounds_until(1, &writes, &mut lp, &mut round);
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_millis(60));
-        open.send(()).unwrap();
-        // the round took at least 60 ms: no next one for 9 x 60 ms after it began, however
-        // dirty the partition and however many alerts wait
-        while started.elapsed() < Duration::from_millis(400) {
-            round(&mut lp);
-            if let Some(c) = &mut lp.checkpointing {
-                c.alerts_waiting = true;
-            }
-        }
-        assert_eq!(writes.load(Ordering::SeqCst), 1, "a round came too soon");
-        let write_cost = lp.checkpointing.as_ref().map(|c| c.write_cost);
-        assert!(
-            write_cost >= Some(Duration::from_millis(60)),
-            "{write_cost:?}"
-        );
-        rounds_until(2, &writes, &mut lp, &mut round);
-        assert!(started.elapsed() >= Duration::from_millis(540));
-        // the second is written at once; the third waits a second, as for a paused broker: it
-        // took long without costing more (the same bytes), so the fourth is not held back
-        open.send(()).unwrap();
-        rounds_until(3, &writes, &mut lp, &mut round);
-        std::thread::sleep(Duration::from_secs(1));
-        open.send(()).unwrap();
-        let released = Instant::now();
-        rounds_until(4, &writes, &mut lp, &mut round);
-        assert!(
-            released.elapsed() < Duration::from_secs(4),
-            "a wait for the broker counted as cost: {:?}",
-            released.elapsed()
-        );
         open.send(()).unwrap();
         drop(open);
         lp.stop_writer();

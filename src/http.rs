@@ -46,6 +46,16 @@ struct Encoded {
 impl Encoded {
     const FRESH: u32 = 10;
 
+    /// `json`, whose making began at `made` and ends now.
+    fn new(json: Bytes, made: std::time::Instant) -> Arc<Encoded> {
+        Arc::new(Encoded {
+            json,
+            gz: OnceLock::new(),
+            made,
+            cost: made.elapsed(),
+        })
+    }
+
     fn fresh(&self) -> bool {
         self.made.elapsed() < self.cost * Self::FRESH
     }
@@ -173,12 +183,7 @@ impl Shared {
                 Some(r) => Bytes::from(self.served(&**r)),
                 None => Bytes::from_static(b"{}"),
             };
-            Arc::new(Encoded {
-                json,
-                gz: OnceLock::new(),
-                made,
-                cost: made.elapsed(),
-            })
+            Encoded::new(json, made)
         });
         Arc::clone(e)
     }
@@ -528,12 +533,7 @@ mod tests {
                     .get_or_init(|| {
                         let _ = started.send(());
                         let _ = released.recv();
-                        Arc::new(Encoded {
-                            json: Bytes::from_static(b"{}"),
-                            gz: OnceLock::new(),
-                            made: std::time::Instant::now(),
-                            cost: std::time::Duration::ZERO,
-                        })
+                        Encoded::new(Bytes::from_static(b"{}"), std::time::Instant::now())
                     })
                     .json
                     .clone()

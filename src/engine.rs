@@ -326,11 +326,7 @@ impl Engine {
     /// [`Self::experiment_index`] whatever the hard limit.
     #[inline]
     fn track(&mut self, id: &str, ts_ms: Option<i64>) -> Result<usize, RejectReason> {
-        if self
-            .experiments
-            .get(self.last)
-            .is_some_and(|e| &*e.id == id)
-        {
+        if self.experiments.get(self.last).is_some_and(|e| e.id.is(id)) {
             return Ok(self.last);
         }
         let key = key_of(id);
@@ -341,7 +337,7 @@ impl Engine {
             }
         }
         let i = match self.index.get(&key) {
-            Some(&i) if &*self.experiments[i].id == id => i,
+            Some(&i) if self.experiments[i].id.is(id) => i,
             Some(_) => return Err(RejectReason::ExperimentLimit), // 64-bit collision: refuse, never mix
             None => {
                 if self.experiments.len() >= self.max_experiments {
@@ -525,7 +521,7 @@ impl Engine {
             if j == i || same_experiment {
                 continue;
             }
-            let ((lo, a), (hi, b)) = if e.id <= f.id {
+            let ((lo, a), (hi, b)) = if *e.id <= *f.id {
                 ((i, arm), (j, usize::from(b)))
             } else {
                 ((j, usize::from(b)), (i, arm))

@@ -48,7 +48,7 @@ impl ExperimentLimits {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Experiment {
     /// Experiment id.
-    pub id: Box<str>,
+    pub id: super::name::Name,
     /// Declared in config (otherwise equal weights are assumed).
     pub declared: bool,
     /// A hash of the declaration (0 when undeclared): a reloaded configuration that declares
@@ -261,7 +261,7 @@ impl Experiment {
     ) -> Experiment {
         let design = Design::new(weights, &limits.k_grid);
         let mut e = Experiment {
-            id: id.into(),
+            id: super::name::Name::new(id),
             declared: false,
             design_key: 0,
             srm: DmEProcess::new(&design),
@@ -410,11 +410,7 @@ impl Experiment {
     fn input_at(&mut self, p: usize, name: &str) -> Option<usize> {
         if let Some(&v) = self.input_order.get(p) {
             if v >= 0 {
-                if self
-                    .inputs
-                    .get(v as usize)
-                    .is_some_and(|x| *x.name == *name)
-                {
+                if self.inputs.get(v as usize).is_some_and(|x| x.name.is(name)) {
                     return Some(v as usize);
                 }
             } else if v != NO_INPUT
@@ -444,7 +440,7 @@ impl Experiment {
     fn input_code(&mut self, name: &str) -> (Option<usize>, Option<i32>) {
         let h = key_of(name);
         if let Some(&v) = self.name_index.get(&h) {
-            if v >= 0 && *self.inputs[v as usize].name == *name {
+            if v >= 0 && self.inputs[v as usize].name.is(name) {
                 return (Some(v as usize), Some(v));
             }
             if v < 0 && *self.ignored[(-1 - v) as usize] == *name {
@@ -472,7 +468,7 @@ impl Experiment {
     }
 
     fn resolve_input(&mut self, name: &str) -> Option<usize> {
-        if let Some(i) = self.inputs.iter().position(|x| &*x.name == name) {
+        if let Some(i) = self.inputs.iter().position(|x| x.name.is(name)) {
             return Some(i);
         }
         if self.is_treatment_input(name) {

@@ -20,7 +20,7 @@ fn flag(b: bool) -> &'static str {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputState {
     /// Input name.
-    pub name: Box<str>,
+    pub name: super::name::Name,
     /// Its [`key_of`] hash.
     pub name_key: u64,
     /// Stratified e-process over its values.
@@ -37,7 +37,7 @@ impl InputState {
     /// A fresh input.
     pub fn new(name: &str, design: &Design, max_strata: usize, bins: Bins) -> InputState {
         InputState {
-            name: name.into(),
+            name: super::name::Name::new(name),
             name_key: key_of(name),
             strata: Strata::new(design, max_strata),
             numeric: None,

@@ -7,6 +7,7 @@ pub mod exposure;
 pub mod id_arms;
 pub mod input;
 pub mod judge;
+pub mod name;
 pub mod numeric;
 pub mod overlap;
 pub mod predict;

@@ -86,6 +86,34 @@ fn apply(fetched: &[Fetched]) -> (f64, Vec<Engine>) {
     (t.elapsed().as_secs_f64(), engines)
 }
 
+/// What a publish costs the engine thread (fastest of three): the merged view of the
+/// partitions' engines (as [`armwatch::partitions::Partitions::view`] makes it: the first
+/// cloned, the others merged in, its memory counted; nothing to merge with one partition),
+/// then its report.
+fn publish_cost(engines: &[Engine]) -> (f64, f64) {
+    let (mut view, mut report) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let merged = match engines {
+            [one] => std::borrow::Cow::Borrowed(one),
+            [first, rest @ ..] => {
+                let mut m = first.clone();
+                for e in rest {
+                    m.merge(e);
+                }
+                m.count_memory();
+                std::borrow::Cow::Owned(m)
+            }
+            [] => return (0.0, 0.0),
+        };
+        view = view.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::hint::black_box(merged.report());
+        report = report.min(t.elapsed().as_secs_f64());
+    }
+    (view, report)
+}
+
 fn main() {
     let filter = common::workload_filter();
     let n: usize = common::env_number("ARMWATCH_BENCH_EVENTS", 1_000_000);
@@ -101,8 +129,16 @@ fn main() {
         ("fleet-1000", || Simulator::fleet(3, 1_000, 2_000)),
     ];
     println!(
-        "{:<11} {:>10} {:>7} {:>11} {:>7} {:>9} {:>12}  state by part, MB",
-        "workload", "partitions", "keys", "events/s", "ratio", "state MB", "snapshot MB"
+        "{:<11} {:>10} {:>7} {:>11} {:>7} {:>9} {:>12} {:>8} {:>10}  state by part, MB",
+        "workload",
+        "partitions",
+        "keys",
+        "events/s",
+        "ratio",
+        "state MB",
+        "snapshot MB",
+        "view ms",
+        "report ms"
     );
     for (name, make) in workloads
         .iter()
@@ -138,9 +174,10 @@ fn main() {
                     }
                 }
             }
+            let (view, report) = publish_cost(&engines);
             let mb = |b: usize| b as f64 / 1e6;
             println!(
-                "{:<11} {:>10} {:>7} {:>11.0} {:>6.2}x {:>9.1} {:>12.1}  strata {:.1}, numeric {:.1}, units {:.1}, exposures {:.1}, model {:.1}, other {:.1}",
+                "{:<11} {:>10} {:>7} {:>11.0} {:>6.2}x {:>9.1} {:>12.1} {:>8.1} {:>10.1}  strata {:.1}, numeric {:.1}, units {:.1}, exposures {:.1}, model {:.1}, other {:.1}",
                 name,
                 parts,
                 match keys {
@@ -151,6 +188,8 @@ fn main() {
                 rate / one,
                 mb(state),
                 mb(snapshots),
+                view * 1e3,
+                report * 1e3,
                 mb(by_part[0]),
                 mb(by_part[1]),
                 mb(by_part[2]),

@@ -6,7 +6,7 @@
 //! e-process), see [`crate::state::predict::ArmModel::merge`].
 
 use super::alert::{details, rfc3339};
-use super::{Exposure, Alert, Check, EvalContext, Module};
+use super::{Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{gauge_vec, set_interval, Labels};
 use crate::state::experiment::Experiment;
 use crate::state::predict::{ArmModel, MISSING, MODEL_INPUTS};
@@ -79,7 +79,9 @@ impl Module<Experiment> for ArmPredictable {
     ) {
         if u.obs.counted {
             learn(exp, &u.obs.keys, u.obs.arm);
-            out.extend(evaluate(st, exp, ctx));
+            if let Some(a) = evaluate(st, exp, ctx) {
+                out.push(a);
+            }
         }
     }
 

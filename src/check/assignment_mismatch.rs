@@ -6,7 +6,7 @@
 //! say what the key includes.
 
 use super::alert::{details, rfc3339};
-use super::{Exposure, Alert, Check, EvalContext, Module};
+use super::{Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{gauge_vec, Labels};
 use crate::state::assignment::MIN_EXPLAIN;
 use crate::state::experiment::Experiment;
@@ -117,7 +117,9 @@ impl Module<Experiment> for AssignmentMismatch {
                 a.observe(u.ev, u.obs.arm, u.obs.counted);
             }
         }
-        out.extend(evaluate(st, exp, ctx));
+        if let Some(a) = evaluate(st, exp, ctx) {
+            out.push(a);
+        }
     }
 
     fn merge(st: &mut MismatchState, _: &Experiment, o: &MismatchState, _: &Experiment) {

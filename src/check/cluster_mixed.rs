@@ -3,7 +3,7 @@
 //! set and merge exactly.
 
 use super::alert::details;
-use super::{Exposure, Alert, Check, EvalContext, Module};
+use super::{Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{int_gauge_vec, Labels};
 use crate::state::experiment::Experiment;
 use prometheus::{IntGaugeVec, Registry};
@@ -62,7 +62,9 @@ impl Module<Experiment> for ClusterMixed {
         out: &mut Vec<Alert>,
     ) {
         if u.obs.cluster_mixed {
-            out.extend(evaluate(st, exp, ctx));
+            if let Some(a) = evaluate(st, exp, ctx) {
+                out.push(a);
+            }
         }
     }
 

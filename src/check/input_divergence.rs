@@ -10,7 +10,7 @@
 //! merge exactly across partitions.
 
 use super::alert::rfc3339;
-use super::{Exposure, describe_shares, shares, Alert, Check, EvalContext, Module};
+use super::{describe_shares, shares, Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{gauge_vec, Labels};
 use crate::state::experiment::Experiment;
 use crate::state::input::InputState;
@@ -67,7 +67,9 @@ impl Module<Experiment> for InputDivergence {
             if st.len() <= j {
                 st.resize_with(exp.inputs.len().max(j + 1), Default::default);
             }
-            out.extend(evaluate(&mut st[j], exp, j, ctx));
+            if let Some(a) = evaluate(&mut st[j], exp, j, ctx) {
+                out.push(a);
+            }
         }
     }
 

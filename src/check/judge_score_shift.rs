@@ -78,7 +78,9 @@ impl Module<JudgeState> for JudgeScoreShift {
         out: &mut Vec<Alert>,
     ) {
         if u.control {
-            out.extend(score_shift(st, j, ctx));
+            if let Some(a) = score_shift(st, j, ctx) {
+                out.push(a);
+            }
         }
     }
 

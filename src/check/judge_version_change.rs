@@ -46,7 +46,9 @@ impl Module<JudgeState> for JudgeVersionChange {
         out: &mut Vec<Alert>,
     ) {
         if let Some(v) = u.new_version {
-            out.extend(version_change(j, v, ctx));
+            if let Some(a) = version_change(j, v, ctx) {
+                out.push(a);
+            }
         }
     }
 

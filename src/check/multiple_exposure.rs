@@ -7,7 +7,7 @@
 //! exactly.
 
 use super::alert::{details, rfc3339};
-use super::{Exposure, Alert, Check, EvalContext, Module};
+use super::{Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{gauge_vec, int_gauge_vec, set_interval, Labels};
 use crate::state::experiment::Experiment;
 use crate::stats::proportion::{wilson, Z95};
@@ -74,7 +74,9 @@ impl Module<Experiment> for MultipleExposure {
         out: &mut Vec<Alert>,
     ) {
         if u.obs.unit {
-            out.extend(evaluate(st, exp, ctx));
+            if let Some(a) = evaluate(st, exp, ctx) {
+                out.push(a);
+            }
         }
     }
 

@@ -91,7 +91,13 @@ impl Module<PairState> for OverlapDependence {
         )
     }
 
-    fn publish(m: &mut GaugeVec, labels: &mut Labels, first: &str, arms: &[String], s: &DependenceSection) {
+    fn publish(
+        m: &mut GaugeVec,
+        labels: &mut Labels,
+        first: &str,
+        arms: &[String],
+        s: &DependenceSection,
+    ) {
         // `arms` carries the second experiment's id (a pair has two subjects)
         if let Some(second) = arms.first().and_then(|o| labels.experiment(o)) {
             m.with_label_values(&[first, &second]).set(s.log_evalue);

@@ -50,7 +50,9 @@ impl Module<EvalSet> for SamplingSkew {
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        out.extend(evaluate(st, set, production, ctx));
+        if let Some(a) = evaluate(st, set, production, ctx) {
+            out.push(a);
+        }
     }
 
     /// Taken whole with its eval set (see the module notes).

@@ -5,7 +5,7 @@
 //! merges as the larger of the two (a lower bound of the merged stream's).
 
 use super::alert::rfc3339;
-use super::{Exposure, describe_shares, shares, Alert, Check, EvalContext, Module};
+use super::{describe_shares, shares, Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{gauge_vec, Labels};
 use crate::state::experiment::Experiment;
 use crate::stats::divergence::chi_square_p;
@@ -70,14 +70,18 @@ impl DayCounts {
         }
         if day < self.day0 {
             // an event before the first day (late, within the watermark): shift the days
-            let shift = usize::try_from(self.day0 - day).unwrap_or(MAX_DAYS).min(MAX_DAYS);
+            let shift = usize::try_from(self.day0 - day)
+                .unwrap_or(MAX_DAYS)
+                .min(MAX_DAYS);
             let mut v = vec![0; shift * arms];
             v.extend_from_slice(&self.counts);
             v.truncate(MAX_DAYS * arms);
             self.counts = v;
             self.day0 = day;
         }
-        let d = usize::try_from(day - self.day0).unwrap_or(0).min(MAX_DAYS - 1);
+        let d = usize::try_from(day - self.day0)
+            .unwrap_or(0)
+            .min(MAX_DAYS - 1);
         if self.counts.len() < (d + 1) * arms {
             self.counts.resize((d + 1) * arms, 0);
         }
@@ -200,7 +204,12 @@ fn localize(st: &SrmState, e: &Experiment, log_threshold: f64) -> Localization {
             (0..HOURS)
                 .filter_map(|h| {
                     let name = format!("{h:02}:00-{:02}:00 UTC", (h + 1) % HOURS);
-                    slice(name, st.by_hour[h * arms..(h + 1) * arms].to_vec(), e, level)
+                    slice(
+                        name,
+                        st.by_hour[h * arms..(h + 1) * arms].to_vec(),
+                        e,
+                        level,
+                    )
                 })
                 .collect(),
         );
@@ -211,9 +220,18 @@ fn localize(st: &SrmState, e: &Experiment, log_threshold: f64) -> Localization {
             .filter_map(|d| {
                 let n = (d + 1) as f64;
                 let level = log_threshold + (std::f64::consts::PI.powi(2) * n * n / 6.0).ln();
-                let date = chrono::DateTime::from_timestamp_millis((st.by_day.day0 + d as i64) * DAY_MS)
-                    .map_or_else(|| format!("day {}", d + 1), |t| t.format("%Y-%m-%d").to_string());
-                slice(date, st.by_day.counts[d * arms..(d + 1) * arms].to_vec(), e, level)
+                let date =
+                    chrono::DateTime::from_timestamp_millis((st.by_day.day0 + d as i64) * DAY_MS)
+                        .map_or_else(
+                            || format!("day {}", d + 1),
+                            |t| t.format("%Y-%m-%d").to_string(),
+                        );
+                slice(
+                    date,
+                    st.by_day.counts[d * arms..(d + 1) * arms].to_vec(),
+                    e,
+                    level,
+                )
             })
             .collect(),
     );
@@ -225,11 +243,18 @@ fn localize(st: &SrmState, e: &Experiment, log_threshold: f64) -> Localization {
     let overall = e.srm.max_share_deviation(&e.design);
     let deviation = |c: &[u64]| {
         let sh = shares(c);
-        sh.iter().zip(e.design.weights()).map(|(x, w)| (x - w).abs()).fold(0.0, f64::max)
+        sh.iter()
+            .zip(e.design.weights())
+            .map(|(x, w)| (x - w).abs())
+            .fold(0.0, f64::max)
     };
-    let watched: Vec<_> = e.inputs.iter().filter(|i| &*i.name != JUDGE_VERSION).collect();
-    let segment_level = log_threshold
-        + ((watched.len().max(1) * e.limits().max_strata.max(1)) as f64).ln();
+    let watched: Vec<_> = e
+        .inputs
+        .iter()
+        .filter(|i| &*i.name != JUDGE_VERSION)
+        .collect();
+    let segment_level =
+        log_threshold + ((watched.len().max(1) * e.limits().max_strata.max(1)) as f64).ln();
     out.by_segment = ranked(
         watched
             .iter()
@@ -271,7 +296,9 @@ fn stages(e: &Experiment, log_threshold: f64) -> Vec<Slice> {
     let level = log_threshold + 2f64.ln();
     let mut out = Vec::new();
     if let Some(a) = &e.assignment {
-        out.extend(slice("assigned".into(), a.hashed.clone(), e, level));
+        if let Some(a) = slice("assigned".into(), a.hashed.clone(), e, level) {
+            out.push(a);
+        }
     }
     let Some(j) = e.inputs.iter().find(|i| &*i.name == JUDGE_VERSION) else {
         return out;
@@ -302,7 +329,13 @@ const JUDGE_VERSION: &str = "judge_version";
 /// the design (the SRM is what is being explained).
 fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
     let mut out = Vec::new();
-    let count = |n: usize, one: &str, many: &str| if n == 1 { one.to_string() } else { format!("{n} {many}") };
+    let count = |n: usize, one: &str, many: &str| {
+        if n == 1 {
+            one.to_string()
+        } else {
+            format!("{n} {many}")
+        }
+    };
     if let Some(top) = l.by_hour.first() {
         let (arm, share, w) = short_arm(top, e);
         out.push(format!(
@@ -328,7 +361,13 @@ fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
     let overall = shares(e.srm.counts());
     if let Some(top) = l.by_segment.first() {
         let (arm, share, _) = short_arm(top, e);
-        let all = e.arms.iter().position(|a| &**a == arm).and_then(|a| overall.get(a)).copied().unwrap_or(0.0);
+        let all = e
+            .arms
+            .iter()
+            .position(|a| &**a == arm)
+            .and_then(|a| overall.get(a))
+            .copied()
+            .unwrap_or(0.0);
         out.push(format!(
             "{} stand out: {arm} has {:.1}% of the exposures where {} ({:.1}% overall); a bug, redirect or \
              crash in one arm for that client or segment, or a bot filter that treats the arms differently?",
@@ -340,7 +379,13 @@ fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
     }
     for st in &l.by_stage {
         let (arm, share, w) = short_arm(st, e);
-        let all = e.arms.iter().position(|a| &**a == arm).and_then(|a| overall.get(a)).copied().unwrap_or(0.0);
+        let all = e
+            .arms
+            .iter()
+            .position(|a| &**a == arm)
+            .and_then(|a| overall.get(a))
+            .copied()
+            .unwrap_or(0.0);
         out.push(if st.slice == "assigned" {
             format!(
                 "the declared hash itself gives {arm} {:.1}% of the exposed units (design {:.1}%): units of one \
@@ -361,7 +406,10 @@ fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
     }
     // a declared hash that assigns the exposed units as designed while the logged arms are not
     // (the exposures are imbalanced): the assignment stage
-    let hashed = e.assignment.as_ref().map_or(0, |a| a.hashed.iter().sum::<u64>());
+    let hashed = e
+        .assignment
+        .as_ref()
+        .map_or(0, |a| a.hashed.iter().sum::<u64>());
     if imbalanced && hashed > 0 && !l.by_stage.iter().any(|s| s.slice == "assigned") {
         out.push(format!(
             "the declared hash assigns the {hashed} exposed units it could re-derive as designed: the logged \
@@ -412,7 +460,10 @@ impl SrmReport {
         } else {
             // the judged stage can lose one arm's judgments while the exposures stay balanced
             // (one closed form: cheap at every publish)
-            self.localization.by_stage = stages(e, log_threshold).into_iter().filter(|s| s.slice == "judged").collect();
+            self.localization.by_stage = stages(e, log_threshold)
+                .into_iter()
+                .filter(|s| s.slice == "judged")
+                .collect();
             self.localization.hints = hints(&self.localization, e, false);
         }
         self
@@ -450,7 +501,9 @@ impl Module<Experiment> for Srm {
                 *c += 1;
             }
             st.by_day.add(u.ev.ts_ms, u.obs.arm, arms, 1);
-            out.extend(evaluate(st, exp, ctx));
+            if let Some(a) = evaluate(st, exp, ctx) {
+                out.push(a);
+            }
         }
     }
 
@@ -540,7 +593,11 @@ fn evaluate(st: &mut SrmState, exp: &Experiment, ctx: &EvalContext) -> Option<Al
             } else {
                 " (undeclared experiment: equal weights assumed)"
             },
-            place.hints.iter().map(|h| format!("; {h}")).collect::<String>()
+            place
+                .hints
+                .iter()
+                .map(|h| format!("; {h}"))
+                .collect::<String>()
         ),
         details: json!({
             "arms": arms,
@@ -599,19 +656,31 @@ mod tests {
         );
         let report = lossy.report();
         let srm = &report.experiments["e"].checks.srm;
-        let hours: Vec<&str> = srm.localization.by_hour.iter().map(|h| &h.slice[..5]).collect();
+        let hours: Vec<&str> = srm
+            .localization
+            .by_hour
+            .iter()
+            .map(|h| &h.slice[..5])
+            .collect();
         let mut sorted = hours.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec!["02:00", "03:00"], "{hours:?}");
         assert!(srm.localization.by_hour.iter().all(|h| h.shares[1] < 0.01));
         // lost every day alike: no day stands out
-        assert!(srm.localization.by_day.is_empty(), "{:?}", srm.localization.by_day);
+        assert!(
+            srm.localization.by_day.is_empty(),
+            "{:?}",
+            srm.localization.by_day
+        );
         for seed in 0..20 {
             let clean = stream(false, 100 + seed).report();
             let srm = &clean.experiments["e"].checks.srm;
             let l = &srm.localization;
             assert!(
-                l.by_hour.is_empty() && l.by_day.is_empty() && l.by_segment.is_empty() && l.hints.is_empty(),
+                l.by_hour.is_empty()
+                    && l.by_day.is_empty()
+                    && l.by_segment.is_empty()
+                    && l.hints.is_empty(),
                 "seed {seed}: {l:?}"
             );
         }
@@ -662,17 +731,45 @@ mod tests {
         let l = &r.experiments["e"].checks.srm.localization;
         let mut days: Vec<&str> = l.by_day.iter().map(|d| d.slice.as_str()).collect();
         days.sort_unstable();
-        assert_eq!(days, ["2026-01-21", "2026-01-22", "2026-01-23", "2026-01-24", "2026-01-25"], "{l:?}");
+        assert_eq!(
+            days,
+            [
+                "2026-01-21",
+                "2026-01-22",
+                "2026-01-23",
+                "2026-01-24",
+                "2026-01-25"
+            ],
+            "{l:?}"
+        );
         assert!(l.by_segment.is_empty() && l.by_stage.is_empty(), "{l:?}");
-        assert!(l.hints.iter().any(|h| h.contains("5 days") && h.contains("started later")), "{:?}", l.hints);
+        assert!(
+            l.hints
+                .iter()
+                .any(|h| h.contains("5 days") && h.contains("started later")),
+            "{:?}",
+            l.hints
+        );
 
         let r = faulty("segment", 2);
         let l = &r.experiments["e"].checks.srm.localization;
-        assert_eq!(l.by_segment.first().map(|d| d.slice.as_str()), Some("client=ios"), "{l:?}");
+        assert_eq!(
+            l.by_segment.first().map(|d| d.slice.as_str()),
+            Some("client=ios"),
+            "{l:?}"
+        );
         assert_eq!(l.by_segment.len(), 1, "{:?}", l.by_segment);
         assert!(l.by_day.is_empty(), "{:?}", l.by_day);
-        assert!(l.hints.iter().any(|h| h.contains("where client=ios")), "{:?}", l.hints);
-        let alert = r.alerts.iter().find(|a| a.check == crate::check::Check::Srm).expect("srm fired");
+        assert!(
+            l.hints.iter().any(|h| h.contains("where client=ios")),
+            "{:?}",
+            l.hints
+        );
+        let alert = r
+            .alerts
+            .iter()
+            .find(|a| a.check == crate::check::Check::Srm)
+            .expect("srm fired");
         assert!(alert.message.contains("client=ios"), "{}", alert.message);
 
         // judgments lost for one arm: the exposures are balanced, so only the report says it
@@ -681,9 +778,20 @@ mod tests {
         let srm = &r.experiments["e"].checks.srm;
         assert!(!srm.alert);
         let l = &srm.localization;
-        assert_eq!(l.by_stage.first().map(|d| d.slice.as_str()), Some("judged"), "{l:?}");
-        assert!(l.by_day.is_empty() && l.by_segment.is_empty() && l.by_hour.is_empty(), "{l:?}");
-        assert!(l.hints.iter().any(|h| h.contains("judgments lost")), "{:?}", l.hints);
+        assert_eq!(
+            l.by_stage.first().map(|d| d.slice.as_str()),
+            Some("judged"),
+            "{l:?}"
+        );
+        assert!(
+            l.by_day.is_empty() && l.by_segment.is_empty() && l.by_hour.is_empty(),
+            "{l:?}"
+        );
+        assert!(
+            l.hints.iter().any(|h| h.contains("judgments lost")),
+            "{:?}",
+            l.hints
+        );
         // and none of it on a clean stream
         for seed in 10..15 {
             let r = faulty("none", seed);
@@ -716,7 +824,9 @@ mod tests {
             }
             let arm = if treatment { "treatment" } else { "control" };
             let ts = 1_767_225_600_000 + i * 1_000;
-            let ev = format!(r#"{{"kind":"prompt","ts":{ts},"experiment":"h","arm":"{arm}","unit":"{unit}"}}"#);
+            let ev = format!(
+                r#"{{"kind":"prompt","ts":{ts},"experiment":"h","arm":"{arm}","unit":"{unit}"}}"#
+            );
             engine.process(ev.as_bytes()).unwrap();
         }
         engine.report()
@@ -728,15 +838,30 @@ mod tests {
         let srm = &r.experiments["h"].checks.srm;
         assert!(srm.alert);
         let l = &srm.localization;
-        assert_eq!(l.by_stage.iter().map(|s| s.slice.as_str()).collect::<Vec<_>>(), ["assigned"], "{l:?}");
-        assert!(l.hints.iter().any(|h| h.contains("do not reach exposure")), "{:?}", l.hints);
+        assert_eq!(
+            l.by_stage
+                .iter()
+                .map(|s| s.slice.as_str())
+                .collect::<Vec<_>>(),
+            ["assigned"],
+            "{l:?}"
+        );
+        assert!(
+            l.hints.iter().any(|h| h.contains("do not reach exposure")),
+            "{:?}",
+            l.hints
+        );
 
         let r = hashed("assignment");
         let srm = &r.experiments["h"].checks.srm;
         assert!(srm.alert);
         let l = &srm.localization;
         assert!(l.by_stage.is_empty(), "{l:?}");
-        assert!(l.hints.iter().any(|h| h.contains("assignment stage")), "{:?}", l.hints);
+        assert!(
+            l.hints.iter().any(|h| h.contains("assignment stage")),
+            "{:?}",
+            l.hints
+        );
 
         let r = hashed("none");
         let l = &r.experiments["h"].checks.srm.localization;

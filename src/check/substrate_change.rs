@@ -5,7 +5,7 @@
 //! is new once.
 
 use super::alert::rfc3339;
-use super::{Exposure, Alert, Check, EvalContext, Module};
+use super::{Alert, Check, EvalContext, Exposure, Module};
 use crate::metrics::{int_gauge_vec, Labels};
 use crate::state::experiment::Experiment;
 use prometheus::{IntGaugeVec, Registry};
@@ -46,7 +46,9 @@ impl Module<Experiment> for SubstrateChange {
             return;
         }
         if let Some((k, i)) = e.observe_substrates(u.ev, u.obs.arm, ctx.seq) {
-            out.extend(change(e, k, i, ctx));
+            if let Some(a) = change(e, k, i, ctx) {
+                out.push(a);
+            }
         }
     }
 

@@ -65,7 +65,9 @@ impl Module<RouterState> for ThresholdCompliance {
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        out.extend(compliance(st, r, *decision, ctx));
+        if let Some(a) = compliance(st, r, *decision, ctx) {
+            out.push(a);
+        }
     }
 
     /// Taken whole with its router (see the module notes).

@@ -58,7 +58,9 @@ impl Module<RouterState> for ThresholdDensity {
         ctx: &EvalContext,
         out: &mut Vec<Alert>,
     ) {
-        out.extend(density(st, r, ctx));
+        if let Some(a) = density(st, r, ctx) {
+            out.push(a);
+        }
     }
 
     /// Taken whole with its router (see the module notes).

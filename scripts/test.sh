@@ -11,6 +11,8 @@ bash scripts/install-test-deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --check
+# the check modules are declared through a macro, where cargo fmt does not follow them
+rustfmt --edition 2021 --check src/check/*.rs
 echo "== cargo clippy"
 cargo clippy --release --all-targets --quiet -- -D warnings
 

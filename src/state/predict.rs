@@ -410,7 +410,6 @@ impl ArmModel {
             *c = self.cell(f, keys) as u16;
             self.tables[f].prefetch(usize::from(*c));
         }
-        let mut factor = [1f64; EXPERTS];
         let mut sum_w = base;
         for &f in &self.started {
             sum_w += self.weights[usize::from(f)];
@@ -421,23 +420,22 @@ impl ArmModel {
             k_arm: CONCENTRATION * w0[arm],
             inv_w0_arm: 1.0 / w0[arm],
         };
-        for (n, (&f, &cell)) in self.started.iter().zip(&cells).enumerate() {
+        // the mixture's sum and the weights' new sum are two chains of dependent additions,
+        // one term per expert: in one loop they run side by side (the same sums, in the same
+        // order, as in two loops one after the other)
+        let mut sum = base;
+        for (&f, &cell) in self.started.iter().zip(&cells) {
             let f = usize::from(f);
-            let (w, cell) = (self.weights[f], usize::from(cell));
+            let (w, cell) = (&mut self.weights[f], usize::from(cell));
             let table = &mut self.tables[f];
-            let (fac, full) = each_table!(table, t => p.learn(t, cell, w, &mut q), n => p.learn_nibbles(n, cell, w, &mut q));
-            factor[n] = fac;
+            let (fac, full) = each_table!(table, t => p.learn(t, cell, *w, &mut q), n => p.learn_nibbles(n, cell, *w, &mut q));
+            *w *= fac;
+            sum += *w;
             if full {
                 table.widen();
             }
         }
         q.record(&mut self.roc, 1.0 / sum_w, arm);
-        let mut sum = base;
-        for (&f, fac) in self.started.iter().zip(factor) {
-            let w = &mut self.weights[usize::from(f)];
-            *w *= fac;
-            sum += *w;
-        }
         self.counts[arm] += 1;
         if !(1e-150..=1e150).contains(&sum) {
             self.renormalize(sum);

@@ -405,14 +405,12 @@ impl ArmModel {
         let base = self.null_weight + self.idle_weight;
         let mut q = Q::start(base, w0);
         let mut cells = [0u16; EXPERTS];
+        let mut sum_w = base;
         for (c, &f) in cells.iter_mut().zip(&self.started) {
             let f = usize::from(f);
             *c = self.cell(f, keys) as u16;
             self.tables[f].prefetch(usize::from(*c));
-        }
-        let mut sum_w = base;
-        for &f in &self.started {
-            sum_w += self.weights[usize::from(f)];
+            sum_w += self.weights[f];
         }
         let p = Predict {
             w0,

@@ -359,15 +359,18 @@ fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
         ));
     }
     let overall = shares(e.srm.counts());
-    if let Some(top) = l.by_segment.first() {
-        let (arm, share, _) = short_arm(top, e);
-        let all = e
-            .arms
+    // the whole experiment's share of `arm`
+    let overall_share = |arm: &str| {
+        e.arms
             .iter()
             .position(|a| &**a == arm)
             .and_then(|a| overall.get(a))
             .copied()
-            .unwrap_or(0.0);
+            .unwrap_or(0.0)
+    };
+    if let Some(top) = l.by_segment.first() {
+        let (arm, share, _) = short_arm(top, e);
+        let all = overall_share(arm);
         out.push(format!(
             "{} stand out: {arm} has {:.1}% of the exposures where {} ({:.1}% overall); a bug, redirect or \
              crash in one arm for that client or segment, or a bot filter that treats the arms differently?",
@@ -379,13 +382,7 @@ fn hints(l: &Localization, e: &Experiment, imbalanced: bool) -> Vec<String> {
     }
     for st in &l.by_stage {
         let (arm, share, w) = short_arm(st, e);
-        let all = e
-            .arms
-            .iter()
-            .position(|a| &**a == arm)
-            .and_then(|a| overall.get(a))
-            .copied()
-            .unwrap_or(0.0);
+        let all = overall_share(arm);
         out.push(if st.slice == "assigned" {
             format!(
                 "the declared hash itself gives {arm} {:.1}% of the exposed units (design {:.1}%): units of one \

@@ -13,8 +13,8 @@ use std::ops::Deref;
 pub const HEAD: usize = 16;
 
 /// A name: its text on the heap and its first [`HEAD`] bytes inline.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(from = "Box<str>", into = "Box<str>")]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(from = "Box<str>")]
 #[repr(C)]
 pub struct Name {
     text: Box<str>,
@@ -50,9 +50,10 @@ impl From<Box<str>> for Name {
     }
 }
 
-impl From<Name> for Box<str> {
-    fn from(name: Name) -> Box<str> {
-        name.text
+/// As its text (borrowed: no copy per snapshot or report).
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 

@@ -14,6 +14,7 @@ mod common;
 
 use armwatch::config::Settings;
 use armwatch::engine::Engine;
+use armwatch::partitions::{Part, Partitions};
 use armwatch::sim::{Faults, Simulator};
 use std::time::Instant;
 
@@ -87,25 +88,20 @@ fn apply(fetched: &[Fetched]) -> (f64, Vec<Engine>) {
 }
 
 /// What a publish costs the engine thread (fastest of three): the merged view of the
-/// partitions' engines (as [`armwatch::partitions::Partitions::view`] makes it: the first
-/// cloned, the others merged in, its memory counted; nothing to merge with one partition),
-/// then its report.
-fn publish_cost(engines: &[Engine]) -> (f64, f64) {
+/// partitions' engines, made by [`Partitions::view`] as the daemon makes it (nothing to merge
+/// with one partition), then its report.
+fn publish_cost(engines: Vec<Engine>) -> (f64, f64) {
+    let settings = Settings::from_toml("")
+        .expect("default settings")
+        .for_partitions(engines.len());
+    let mut parts = Partitions::none(&settings);
+    for (i, e) in engines.into_iter().enumerate() {
+        parts.assign(i, Part::new(format!("bench/{i}"), e));
+    }
     let (mut view, mut report) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..3 {
         let t = Instant::now();
-        let merged = match engines {
-            [one] => std::borrow::Cow::Borrowed(one),
-            [first, rest @ ..] => {
-                let mut m = first.clone();
-                for e in rest {
-                    m.merge(e);
-                }
-                m.count_memory();
-                std::borrow::Cow::Owned(m)
-            }
-            [] => return (0.0, 0.0),
-        };
+        let merged = parts.view();
         view = view.min(t.elapsed().as_secs_f64());
         let t = Instant::now();
         std::hint::black_box(merged.report());
@@ -174,7 +170,7 @@ fn main() {
                     }
                 }
             }
-            let (view, report) = publish_cost(&engines);
+            let (view, report) = publish_cost(engines);
             let mb = |b: usize| b as f64 / 1e6;
             println!(
                 "{:<11} {:>10} {:>7} {:>11.0} {:>6.2}x {:>9.1} {:>12.1} {:>8.1} {:>10.1}  strata {:.1}, numeric {:.1}, units {:.1}, exposures {:.1}, model {:.1}, other {:.1}",

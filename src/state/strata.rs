@@ -11,6 +11,7 @@
 
 use crate::stats::sequential::{mle_log_lr, Design, DmEProcess};
 use crate::stats::sketch::CountMin;
+use smallvec::SmallVec;
 
 /// Label of the pooled tail stratum.
 pub const TAIL_LABEL: &str = "__other__";
@@ -130,7 +131,7 @@ pub struct Strata {
     slots: Vec<Stratum>,
     tail: DmEProcess,
     /// Counts of evicted strata, kept for the descriptive distributions.
-    evicted_counts: Box<[u64]>,
+    evicted_counts: SmallVec<[u64; 2]>,
     sketch: Option<CountMin>,
     frozen_log_e: f64,
     /// The product of the active strata's e-values (tail included) as `exp(active_base) *
@@ -147,7 +148,7 @@ pub struct Strata {
     max_strata: usize,
     promotions: u64,
     /// Arm counts over all values of the input (the pooled marginal).
-    totals: Box<[u64]>,
+    totals: SmallVec<[u64; 2]>,
     /// The strata's labels, one after the other (a replaced stratum's label stays until the
     /// text is compacted, when half of it is such garbage).
     labels: String,
@@ -177,7 +178,7 @@ impl Strata {
             index: SlotIndex::default(),
             slots: Vec::new(),
             tail: DmEProcess::new(design),
-            evicted_counts: vec![0; design.arms()].into(),
+            evicted_counts: smallvec::smallvec![0; design.arms()],
             sketch: None,
             frozen_log_e: 0.0,
             active_base: 0.0,
@@ -186,7 +187,7 @@ impl Strata {
             min_hint: 0,
             max_strata,
             promotions: 0,
-            totals: vec![0; design.arms()].into(),
+            totals: smallvec::smallvec![0; design.arms()],
             labels: String::new(),
             label_garbage: 0,
         }
@@ -428,7 +429,11 @@ impl Strata {
             + self.slots.capacity() * std::mem::size_of::<Stratum>()
             + self.labels.capacity()
             + self.sketch.as_ref().map_or(0, CountMin::bytes)
-            + (self.totals.len() + self.evicted_counts.len()) * 8
+            + [&self.totals, &self.evicted_counts]
+                .iter()
+                .filter(|v| v.spilled())
+                .map(|v| v.len() * 8)
+                .sum::<usize>()
     }
 
     /// Active strata.

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on loopback, below Linux's ephemeral range (32768-60999): a port the
 /// kernel handed out as ephemeral could be taken by an outgoing connection (a Kafka client's)
-/// before the process it is meant for binds it.
+/// before the process it is meant for binds it. Never the same port twice in one test
+/// process: ports picked together (three replicas' before any binds) were free when picked,
+/// and one could be picked twice (it was, once in a few thousand runs).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let seed = std::process::id() as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -24,7 +27,9 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let x = (seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let port = 20_000 + (x >> 40) as u16 % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }

@@ -32,32 +32,29 @@ pub trait Counter:
         self.into()
     }
 
-    /// Tag `i` of the `u16` tags packed into `d` (little-endian: a `u8` counter holds half a
-    /// tag, a `u32` two, a `u64` four).
+    /// Counters a slot's `u16` tag takes at the start of its entry: two `u8`s, else one
+    /// counter (its low 16 bits).
+    const TAG_SPAN: usize = if std::mem::size_of::<Self>() == 1 { 2 } else { 1 };
+
+    /// The tag of the entry that starts `d`.
     #[inline(always)]
-    fn tag(d: &[Self], i: usize) -> u16 {
-        let size = std::mem::size_of::<Self>();
-        if size == 1 {
-            (d[2 * i].get() | d[2 * i + 1].get() << 8) as u16
+    fn tag(d: &[Self]) -> u16 {
+        if Self::TAG_SPAN == 2 {
+            (d[0].get() | d[1].get() << 8) as u16
         } else {
-            let per = size / 2;
-            (d[i / per].get() >> (16 * (i % per))) as u16
+            d[0].get() as u16
         }
     }
 
-    /// Set tag `i` of the tags packed into `d` (see [`Counter::tag`]).
+    /// Set the tag of the entry that starts `d` (see [`Counter::tag`]).
     #[inline(always)]
-    fn set_tag(d: &mut [Self], i: usize, tag: u16) {
-        let size = std::mem::size_of::<Self>();
+    fn set_tag(d: &mut [Self], tag: u16) {
         let tag = u64::from(tag);
-        if size == 1 {
-            d[2 * i] = Self::saturating_from(tag & 0xFF);
-            d[2 * i + 1] = Self::saturating_from(tag >> 8);
+        if Self::TAG_SPAN == 2 {
+            d[0] = Self::saturating_from(tag & 0xFF);
+            d[1] = Self::saturating_from(tag >> 8);
         } else {
-            let per = size / 2;
-            let shift = 16 * (i % per);
-            let e = d[i / per].get() & !(0xFFFF << shift);
-            d[i / per] = Self::saturating_from(e | tag << shift);
+            d[0] = Self::saturating_from(tag);
         }
     }
 }
@@ -85,11 +82,12 @@ counter!(u64);
 
 /// `keys x width` counters, sparse or dense, in one allocation behind a 24-byte header.
 ///
-/// Sparse: `cap` (a power of two) slots; the slots' tags (`key + 1`, 0: empty; `u16`) come
-/// first, packed into counters ([`Counter::tag`]), then the slots' rows, `cap * width`
-/// counters. Dense: row `k` is `data[k * width..][..width]`. One allocation and a small
-/// header matter at a thousand experiments: an arm model reads 37 tables' headers per event,
-/// two to a cache line instead of one, and holds 37 allocations fewer.
+/// Sparse: `cap` (a power of two) slots, each an entry of its tag (`key + 1`, 0: empty; a
+/// `u16` in [`Counter::TAG_SPAN`] counters) followed by its row, so a lookup reads one cache
+/// line where separate tag and row arrays took two. Dense: row `k` is
+/// `data[k * width..][..width]`. One allocation and a small header matter at a thousand
+/// experiments: an arm model reads 37 tables' headers per event, two to a cache line instead
+/// of one, and holds 37 allocations fewer.
 #[derive(Clone, Debug)]
 pub struct CountTable<C: Counter = u32> {
     data: Box<[C]>,
@@ -114,12 +112,6 @@ fn home(key: u16, mask: usize) -> usize {
     (u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask
 }
 
-/// Counters that hold the tags of `cap` slots.
-#[inline]
-fn tag_units<C>(cap: usize) -> usize {
-    // cap is 0 or a power of two >= 8, so this divides exactly for counters of 1 to 8 bytes
-    cap * 2 / std::mem::size_of::<C>()
-}
 
 impl<C: Counter> CountTable<C> {
     /// An empty table of rows of `width` counters for keys `0..keys` (at most 65,535; rows of
@@ -144,6 +136,12 @@ impl<C: Counter> CountTable<C> {
     #[inline]
     pub fn width(&self) -> usize {
         usize::from(self.width)
+    }
+
+    /// Counters per sparse entry: the tag, then the row.
+    #[inline(always)]
+    fn entry(&self) -> usize {
+        C::TAG_SPAN + self.width()
     }
 
     #[inline]
@@ -172,8 +170,7 @@ impl<C: Counter> CountTable<C> {
         } else if !self.data.is_empty() {
             let cap = 1usize << self.shift;
             let i = home(key as u16 + 1, cap - 1);
-            prefetch(self.data.get(i * 2 / std::mem::size_of::<C>()));
-            prefetch(self.data.get(tag_units::<C>(cap) + i * w));
+            prefetch(self.data.get(i * self.entry()));
         }
     }
 
@@ -190,23 +187,23 @@ impl<C: Counter> CountTable<C> {
                 return &mut self.data[key * w..(key + 1) * w];
             }
         }
-        let cap = 1usize << self.shift;
+        let (cap, e) = (1usize << self.shift, self.entry());
         let tag = key as u16 + 1;
         let mask = cap - 1;
         let mut i = home(tag, mask);
         loop {
-            let t = C::tag(&self.data, i);
+            let t = C::tag(&self.data[i * e..]);
             if t == tag {
                 break;
             }
             if t == 0 {
-                C::set_tag(&mut self.data, i, tag);
+                C::set_tag(&mut self.data[i * e..], tag);
                 self.len += 1;
                 break;
             }
             i = (i + 1) & mask;
         }
-        let at = tag_units::<C>(cap) + i * w;
+        let at = i * e + C::TAG_SPAN;
         &mut self.data[at..at + w]
     }
 
@@ -227,7 +224,7 @@ impl<C: Counter> CountTable<C> {
                 data: if dense {
                     vec![C::default(); self.keys() * w].into()
                 } else {
-                    vec![C::default(); tag_units::<C>(next) + next * w].into()
+                    vec![C::default(); next * self.entry()].into()
                 },
                 keys: self.keys,
                 width: self.width,
@@ -253,12 +250,10 @@ impl<C: Counter> CountTable<C> {
             }
             return;
         }
-        let cap = self.cap();
-        let rows = &self.data[tag_units::<C>(cap)..];
-        for i in 0..cap {
-            let tag = C::tag(&self.data, i);
+        for entry in self.data.chunks_exact(self.entry()) {
+            let tag = C::tag(entry);
             if tag != 0 {
-                f(usize::from(tag) - 1, &rows[i * w..(i + 1) * w]);
+                f(usize::from(tag) - 1, &entry[C::TAG_SPAN..]);
             }
         }
     }
@@ -333,14 +328,15 @@ enum WireRepr<R> {
     Dense(R),
 }
 
-/// Rows written through [`crate::skip_zeros`], borrowed when written.
-struct RowsOut<'a, C>(&'a [C]);
+/// Rows written through [`crate::skip_zeros`] (a dense table's borrowed, a sparse one's
+/// gathered from its entries).
+struct RowsOut<'a, C: Clone>(std::borrow::Cow<'a, [C]>);
 /// Rows read through [`crate::skip_zeros`].
 struct RowsIn<C>(Box<[C]>);
 
 impl<C: Counter> serde::Serialize for RowsOut<'_, C> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        crate::skip_zeros::serialize(self.0, s)
+        crate::skip_zeros::serialize(&*self.0, s)
     }
 }
 
@@ -354,12 +350,13 @@ impl<C: Counter> serde::Serialize for CountTable<C> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (width, keys) = (self.width(), self.keys());
         let repr = if self.is_dense() {
-            WireRepr::Dense(RowsOut(&self.data[..]))
+            WireRepr::Dense(RowsOut(std::borrow::Cow::Borrowed(&self.data[..])))
         } else {
-            let cap = self.cap();
+            let entries = self.data.chunks_exact(self.entry());
+            let rows: Vec<C> = entries.clone().flat_map(|e| &e[C::TAG_SPAN..]).copied().collect();
             WireRepr::Sparse {
-                slots: (0..cap).map(|i| C::tag(&self.data, i)).collect(),
-                rows: RowsOut(&self.data[tag_units::<C>(cap)..]),
+                slots: entries.map(C::tag).collect(),
+                rows: RowsOut(std::borrow::Cow::Owned(rows)),
                 len: usize::from(self.len),
             }
         };
@@ -410,11 +407,16 @@ impl<'de, C: Counter> serde::Deserialize<'de> for CountTable<C> {
                     )));
                 }
                 if cap > 0 {
-                    let mut data = vec![C::default(); tag_units::<C>(cap) + rows.len()];
-                    for (i, &s) in slots.iter().enumerate() {
-                        C::set_tag(&mut data, i, s);
+                    let e = t.entry();
+                    let mut data = vec![C::default(); cap * e];
+                    for ((entry, &s), row) in data
+                        .chunks_exact_mut(e)
+                        .zip(slots.iter())
+                        .zip(rows.chunks_exact(wu))
+                    {
+                        C::set_tag(entry, s);
+                        entry[C::TAG_SPAN..].copy_from_slice(row);
                     }
-                    data[tag_units::<C>(cap)..].copy_from_slice(&rows);
                     t.data = data.into();
                     t.shift = cap.trailing_zeros() as u8;
                     t.len = u16::try_from(used).unwrap_or(u16::MAX);

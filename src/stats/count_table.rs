@@ -34,7 +34,11 @@ pub trait Counter:
 
     /// Counters a slot's `u16` tag takes at the start of its entry: two `u8`s, else one
     /// counter (its low 16 bits).
-    const TAG_SPAN: usize = if std::mem::size_of::<Self>() == 1 { 2 } else { 1 };
+    const TAG_SPAN: usize = if std::mem::size_of::<Self>() == 1 {
+        2
+    } else {
+        1
+    };
 
     /// The tag of the entry that starts `d`.
     #[inline(always)]
@@ -111,7 +115,6 @@ fn home(key: u16, mask: usize) -> usize {
     // Fibonacci hashing: high bits of key * 2^64/phi (tables stay below 2^24 slots)
     (u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask
 }
-
 
 impl<C: Counter> CountTable<C> {
     /// An empty table of rows of `width` counters for keys `0..keys` (at most 65,535; rows of
@@ -353,7 +356,11 @@ impl<C: Counter> serde::Serialize for CountTable<C> {
             WireRepr::Dense(RowsOut(std::borrow::Cow::Borrowed(&self.data[..])))
         } else {
             let entries = self.data.chunks_exact(self.entry());
-            let rows: Vec<C> = entries.clone().flat_map(|e| &e[C::TAG_SPAN..]).copied().collect();
+            let rows: Vec<C> = entries
+                .clone()
+                .flat_map(|e| &e[C::TAG_SPAN..])
+                .copied()
+                .collect();
             WireRepr::Sparse {
                 slots: entries.map(C::tag).collect(),
                 rows: RowsOut(std::borrow::Cow::Owned(rows)),

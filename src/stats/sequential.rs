@@ -94,12 +94,54 @@ pub fn mle_log_lr(counts: &[u64], design: &Design) -> f64 {
 /// costs one `ln`. `base` absorbs the scale whenever the largest `m_k` drifts far from 1, so
 /// it never overflows; a grid point more than ~1e300 times smaller than the largest may
 /// underflow to zero, which changes the mixture by less than 1e-300 relative.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+///
+/// The total count is the counts' sum, not a field (an experiment holds one e-process per
+/// value of every input: 8 bytes each), but it is written in snapshots as before.
+#[derive(Clone, Debug, PartialEq)]
 pub struct DmEProcess {
     counts: SmallVec<[u64; 2]>,
-    n: u64,
     base: f64,
     m: SmallVec<[f64; 4]>,
+}
+
+/// [`DmEProcess`] as snapshots hold it (with its total count).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename = "DmEProcess")]
+struct DmWire<C, M> {
+    counts: C,
+    n: u64,
+    base: f64,
+    m: M,
+}
+
+impl serde::Serialize for DmEProcess {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        DmWire {
+            counts: &self.counts[..],
+            n: self.n(),
+            base: self.base,
+            m: &self.m[..],
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DmEProcess {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w: DmWire<SmallVec<[u64; 2]>, SmallVec<[f64; 4]>> = DmWire::deserialize(d)?;
+        let sum = w.counts.iter().try_fold(0u64, |a, &c| a.checked_add(c));
+        if sum != Some(w.n) {
+            return Err(serde::de::Error::custom(format!(
+                "e-process: counts {:?} do not sum to its total {}",
+                w.counts, w.n
+            )));
+        }
+        Ok(DmEProcess {
+            counts: w.counts,
+            base: w.base,
+            m: w.m,
+        })
+    }
 }
 
 const RESCALE_HI: f64 = 1e150;
@@ -110,7 +152,6 @@ impl DmEProcess {
     pub fn new(design: &Design) -> DmEProcess {
         DmEProcess {
             counts: smallvec::smallvec![0; design.arms()],
-            n: 0,
             base: 0.0,
             m: smallvec::smallvec![1.0; design.ks.len()],
         }
@@ -123,7 +164,7 @@ impl DmEProcess {
     pub fn observe(&mut self, design: &Design, arm: usize) -> f64 {
         // counts stay far below 2^63: the signed conversion is one instruction
         let x = self.counts[arm] as i64 as f64;
-        let n = self.n as i64 as f64;
+        let n = self.n() as i64 as f64;
         let w = design.weights[arm];
         let (before, after, hi) = match (
             <&mut [f64; 4]>::try_from(&mut self.m[..]),
@@ -151,7 +192,6 @@ impl DmEProcess {
             }
         };
         self.counts[arm] += 1;
-        self.n += 1;
         if !(RESCALE_LO..=RESCALE_HI).contains(&hi) {
             self.rescale();
         }
@@ -187,16 +227,21 @@ impl DmEProcess {
     }
 
     /// Total count.
+    #[inline]
     pub fn n(&self) -> u64 {
-        self.n
+        match self.counts[..] {
+            [a, b] => a + b,
+            ref all => all.iter().sum(),
+        }
     }
 
     /// Largest deviation of an observed arm share from its design weight (0 when empty).
     pub fn max_share_deviation(&self, design: &Design) -> f64 {
-        if self.n == 0 {
+        let n = self.n();
+        if n == 0 {
             return 0.0;
         }
-        let n = self.n as f64;
+        let n = n as f64;
         self.counts
             .iter()
             .zip(design.weights.iter())
@@ -210,7 +255,6 @@ impl DmEProcess {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;
         }
-        self.n += other.n;
         let logs: Vec<f64> = design
             .ks
             .iter()
@@ -238,6 +282,35 @@ pub fn log_bayes_factor(counts: &[u64], theta0: &[f64], k: f64) -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The e-process as it was laid out before its total count became the counts' sum: the
+    /// serialized form snapshots hold.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename = "DmEProcess")]
+    struct Earlier {
+        counts: SmallVec<[u64; 2]>,
+        n: u64,
+        base: f64,
+        m: SmallVec<[f64; 4]>,
+    }
+
+    #[test]
+    fn serialized_with_its_total_as_before() {
+        let design = Design::new(&[0.5, 0.3, 0.2], &[10.0, 1000.0]);
+        let mut ep = DmEProcess::new(&design);
+        for arm in [0, 1, 1, 2, 0, 0] {
+            ep.observe(&design, arm);
+        }
+        let bytes = postcard::to_allocvec(&ep).unwrap();
+        let earlier: Earlier = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((earlier.counts.as_slice(), earlier.n), (&[3, 2, 1][..], 6));
+        assert_eq!(postcard::to_allocvec(&earlier).unwrap(), bytes);
+        assert_eq!(postcard::from_bytes::<DmEProcess>(&bytes).unwrap(), ep);
+        // a total that is not the counts' sum is refused
+        let wrong = Earlier { n: 7, ..earlier };
+        let bytes = postcard::to_allocvec(&wrong).unwrap();
+        assert!(postcard::from_bytes::<DmEProcess>(&bytes).is_err());
+    }
 
     /// Lindon & Malek Bayes factors, `../shared/design/statistics.md` section 1.
     #[test]

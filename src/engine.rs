@@ -1124,7 +1124,7 @@ mod tests {
         for (x, y) in m.inputs.iter().zip(&w.inputs) {
             assert_eq!(x.name, y.name);
             assert_eq!(x.strata.totals(), y.strata.totals());
-            if y.strata.tail().n() > 0 {
+            if y.strata.tail().is_some_and(|t| t.n() > 0) {
                 // more values than strata: each partition pooled different values, so the merged
                 // evidence is a valid e-value over another grouping, not the single pass's
                 assert_eq!(&*x.name, "tool_hash");

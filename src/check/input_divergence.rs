@@ -158,7 +158,7 @@ pub fn top_stratum(exp: &Experiment, input: usize) -> Option<(String, &DmEProces
         .slots()
         .iter()
         .map(|x| (s.label(x), &x.ep))
-        .chain(std::iter::once((TAIL_LABEL, s.tail())));
+        .chain(s.tail().map(|t| (TAIL_LABEL, t)));
     for (label, ep) in cands {
         if ep.n() == 0 {
             continue;
@@ -358,7 +358,7 @@ fn input_report(
         .slots()
         .iter()
         .map(|s| (inp.strata.label(s), &s.ep))
-        .chain(std::iter::once((TAIL_LABEL, inp.strata.tail())))
+        .chain(inp.strata.tail().map(|t| (TAIL_LABEL, t)))
         .filter(|(_, ep)| ep.n() > 0)
         .map(|(label, ep)| ValueReport {
             value: label.to_string(),

@@ -124,15 +124,42 @@ impl SlotIndex {
     }
 }
 
-/// A bounded table of strata for one input.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Strata {
-    index: SlotIndex,
-    slots: Vec<Stratum>,
+/// What a table holds once more values arrived than it has strata (or a merge pooled some):
+/// the pooled tail, the evicted strata's counts, the sketch that decides promotions. Most
+/// inputs never get there, so it is boxed: an input's table is ~140 bytes smaller until then,
+/// and the fields counting a value reads are closer together.
+#[derive(Clone, Debug)]
+struct Overflow {
     tail: DmEProcess,
     /// Counts of evicted strata, kept for the descriptive distributions.
     evicted_counts: SmallVec<[u64; 2]>,
     sketch: Option<CountMin>,
+    min_hint: u64,
+    promotions: u64,
+    /// Bytes of `labels` no stratum points to.
+    label_garbage: usize,
+}
+
+impl Overflow {
+    fn new(arms: usize, grid: usize) -> Overflow {
+        Overflow {
+            tail: DmEProcess::empty(arms, grid),
+            evicted_counts: smallvec::smallvec![0; arms],
+            sketch: None,
+            min_hint: 0,
+            promotions: 0,
+            label_garbage: 0,
+        }
+    }
+}
+
+/// A bounded table of strata for one input.
+#[derive(Clone, Debug)]
+pub struct Strata {
+    index: SlotIndex,
+    slots: Vec<Stratum>,
+    /// `None` until the table first overflows.
+    overflow: Option<Box<Overflow>>,
     frozen_log_e: f64,
     /// The product of the active strata's e-values (tail included) as `exp(active_base) *
     /// active_lin`: an event multiplies `active_lin` by its stratum's growth factor (no
@@ -142,18 +169,112 @@ pub struct Strata {
     active_lin: f64,
     /// `exp(threshold - frozen_log_e - active_base)` for the last threshold asked about, so
     /// that [`Self::below`] compares in linear scale (a cache, rebuilt after a restore).
-    #[serde(skip)]
     gate: Gate,
-    min_hint: u64,
     max_strata: usize,
-    promotions: u64,
     /// Arm counts over all values of the input (the pooled marginal).
     totals: SmallVec<[u64; 2]>,
     /// The strata's labels, one after the other (a replaced stratum's label stays until the
     /// text is compacted, when half of it is such garbage).
     labels: String,
-    /// Bytes of `labels` no stratum points to.
+    /// Points of the design's concentration grid (an empty tail's, for snapshots).
+    grid: u32,
+}
+
+/// [`Strata`] as snapshots hold it: the fields of its earlier layout, where the overflow's
+/// fields were the table's own (an empty tail before any overflow).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename = "Strata")]
+struct StrataWire<I, S, T, E, C, L> {
+    index: I,
+    slots: S,
+    tail: T,
+    evicted_counts: E,
+    sketch: C,
+    frozen_log_e: f64,
+    active_base: f64,
+    active_lin: f64,
+    min_hint: u64,
+    max_strata: usize,
+    promotions: u64,
+    totals: E,
+    labels: L,
     label_garbage: usize,
+}
+
+impl serde::Serialize for Strata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let empty;
+        let (tail, evicted, sketch, min_hint, promotions, garbage) = match &self.overflow {
+            Some(o) => (
+                &o.tail,
+                &o.evicted_counts[..],
+                o.sketch.as_ref(),
+                o.min_hint,
+                o.promotions,
+                o.label_garbage,
+            ),
+            None => {
+                empty = Overflow::new(self.totals.len(), self.grid as usize);
+                (&empty.tail, &empty.evicted_counts[..], None, 0, 0, 0)
+            }
+        };
+        StrataWire {
+            index: &self.index,
+            slots: &self.slots[..],
+            tail,
+            evicted_counts: evicted,
+            sketch,
+            frozen_log_e: self.frozen_log_e,
+            active_base: self.active_base,
+            active_lin: self.active_lin,
+            min_hint,
+            max_strata: self.max_strata,
+            promotions,
+            totals: &self.totals[..],
+            labels: &self.labels[..],
+            label_garbage: garbage,
+        }
+        .serialize(s)
+    }
+}
+
+/// [`StrataWire`] as read.
+type OwnedWire =
+    StrataWire<SlotIndex, Vec<Stratum>, DmEProcess, SmallVec<[u64; 2]>, Option<CountMin>, String>;
+
+impl<'de> serde::Deserialize<'de> for Strata {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w: OwnedWire = StrataWire::deserialize(d)?;
+        let grid = u32::try_from(w.tail.grid()).unwrap_or(u32::MAX);
+        let overflowed = !w.tail.is_fresh()
+            || w.evicted_counts.iter().any(|&c| c > 0)
+            || w.sketch.is_some()
+            || w.min_hint > 0
+            || w.promotions > 0
+            || w.label_garbage > 0;
+        Ok(Strata {
+            index: w.index,
+            slots: w.slots,
+            overflow: overflowed.then(|| {
+                Box::new(Overflow {
+                    tail: w.tail,
+                    evicted_counts: w.evicted_counts,
+                    sketch: w.sketch,
+                    min_hint: w.min_hint,
+                    promotions: w.promotions,
+                    label_garbage: w.label_garbage,
+                })
+            }),
+            frozen_log_e: w.frozen_log_e,
+            active_base: w.active_base,
+            active_lin: w.active_lin,
+            gate: Gate::default(),
+            max_strata: w.max_strata,
+            totals: w.totals,
+            labels: w.labels,
+            grid,
+        })
+    }
 }
 
 /// See [`Strata::below`].
@@ -177,20 +298,23 @@ impl Strata {
         Strata {
             index: SlotIndex::default(),
             slots: Vec::new(),
-            tail: DmEProcess::new(design),
-            evicted_counts: smallvec::smallvec![0; design.arms()],
-            sketch: None,
+            overflow: None,
             frozen_log_e: 0.0,
             active_base: 0.0,
             active_lin: 1.0,
             gate: Gate::default(),
-            min_hint: 0,
             max_strata,
-            promotions: 0,
             totals: smallvec::smallvec![0; design.arms()],
             labels: String::new(),
-            label_garbage: 0,
+            grid: u32::try_from(design.ks().len()).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The overflow state, created empty on first use.
+    fn overflow_mut(&mut self) -> &mut Overflow {
+        let (arms, grid) = (self.totals.len(), self.grid as usize);
+        self.overflow
+            .get_or_insert_with(|| Box::new(Overflow::new(arms, grid)))
     }
 
     /// Count one event whose input has identity `key` (label built only for a new stratum).
@@ -209,7 +333,7 @@ impl Strata {
             None => match self.maybe_promote(design, key, label) {
                 Some(i) => i,
                 None => {
-                    let grew = self.tail.observe(design, arm);
+                    let grew = self.overflow_mut().tail.observe(design, arm);
                     self.grow(grew);
                     return;
                 }
@@ -300,11 +424,12 @@ impl Strata {
         label: impl FnOnce() -> Box<str>,
     ) -> Option<usize> {
         let width = 16 * self.max_strata.max(64);
-        let est = self
+        let over = self.overflow_mut();
+        let est = over
             .sketch
             .get_or_insert_with(|| CountMin::new(width))
             .add(key);
-        if est < PROMOTE_MIN || u64::from(est) <= 2 * self.min_hint {
+        if est < PROMOTE_MIN || u64::from(est) <= 2 * over.min_hint {
             return None;
         }
         // the hint is a lower bound of the smallest stratum; refresh it before deciding
@@ -314,19 +439,22 @@ impl Strata {
             .enumerate()
             .map(|(i, s)| (i, s.frequency()))
             .min_by_key(|&(_, n)| n)?;
-        self.min_hint = min_n;
+        self.overflow_mut().min_hint = min_n;
         if u64::from(est) <= 2 * min_n {
             return None;
         }
-        let old = &self.slots[victim];
+        let old = self.slots[victim].clone();
         let old_log_e = old.ep.log_e();
         self.frozen_log_e += old_log_e;
         self.active_base -= old_log_e;
         self.gate.valid = false;
-        for (e, c) in self.evicted_counts.iter_mut().zip(old.ep.counts()) {
+        let over = self.overflow_mut();
+        for (e, c) in over.evicted_counts.iter_mut().zip(old.ep.counts()) {
             *e += c;
         }
-        self.label_garbage += old.label.1 as usize;
+        over.label_garbage += old.label.1 as usize;
+        over.promotions += 1;
+        let garbage = over.label_garbage;
         let label = self.push_label(&label());
         self.slots[victim] = Stratum {
             key,
@@ -335,8 +463,7 @@ impl Strata {
             credit: u64::from(est),
         };
         self.index.rebuild(&self.slots);
-        self.promotions += 1;
-        if self.label_garbage * 2 > self.labels.len() {
+        if garbage * 2 > self.labels.len() {
             self.compact_labels();
         }
         Some(victim)
@@ -344,7 +471,8 @@ impl Strata {
 
     /// Rewrite the label text without the labels of replaced strata.
     fn compact_labels(&mut self) {
-        let mut text = String::with_capacity(self.labels.len() - self.label_garbage);
+        let garbage = self.overflow.as_ref().map_or(0, |o| o.label_garbage);
+        let mut text = String::with_capacity(self.labels.len().saturating_sub(garbage));
         for s in &mut self.slots {
             let (start, len) = (s.label.0 as usize, s.label.1 as usize);
             let at = u32::try_from(text.len()).unwrap_or(u32::MAX);
@@ -352,7 +480,9 @@ impl Strata {
             s.label.0 = at;
         }
         self.labels = text;
-        self.label_garbage = 0;
+        if let Some(o) = &mut self.overflow {
+            o.label_garbage = 0;
+        }
     }
 
     /// [`Self::log_e`] from the running product: O(1), exact up to floating-point drift of the
@@ -413,7 +543,8 @@ impl Strata {
 
     /// The active strata's log e-values (tail included), summed directly.
     fn active_log_e(&self) -> f64 {
-        self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>() + self.tail.log_e()
+        self.slots.iter().map(|s| s.ep.log_e()).sum::<f64>()
+            + self.overflow.as_ref().map_or(0.0, |o| o.tail.log_e())
     }
 
     /// Recompute the running product from the strata (removes floating drift).
@@ -428,12 +559,23 @@ impl Strata {
         self.index.bytes()
             + self.slots.capacity() * std::mem::size_of::<Stratum>()
             + self.labels.capacity()
-            + self.sketch.as_ref().map_or(0, CountMin::bytes)
-            + [&self.totals, &self.evicted_counts]
-                .iter()
-                .filter(|v| v.spilled())
-                .map(|v| v.len() * 8)
-                .sum::<usize>()
+            // the overflow counted before it exists: a reservation, so that tables overflowing
+            // together (as a thousand experiments' inputs do) never grow the state past what
+            // the memory budget admitted with the experiment
+            + std::mem::size_of::<Overflow>()
+            + self.overflow.as_ref().map_or(0, |o| {
+                o.sketch.as_ref().map_or(0, CountMin::bytes)
+                    + if o.evicted_counts.spilled() {
+                        o.evicted_counts.len() * 8
+                    } else {
+                        0
+                    }
+            })
+            + if self.totals.spilled() {
+                self.totals.len() * 8
+            } else {
+                0
+            }
     }
 
     /// Active strata.
@@ -441,14 +583,14 @@ impl Strata {
         &self.slots
     }
 
-    /// The pooled tail stratum.
-    pub fn tail(&self) -> &DmEProcess {
-        &self.tail
+    /// The pooled tail stratum, once the table has overflowed.
+    pub fn tail(&self) -> Option<&DmEProcess> {
+        self.overflow.as_ref().map(|o| &o.tail)
     }
 
-    /// Counts per arm of values no longer tracked exactly.
+    /// Counts per arm of values no longer tracked exactly (none before an overflow).
     pub fn evicted_counts(&self) -> &[u64] {
-        &self.evicted_counts
+        self.overflow.as_ref().map_or(&[], |o| &o.evicted_counts)
     }
 
     /// The frozen evidence of evicted strata.
@@ -458,7 +600,7 @@ impl Strata {
 
     /// How many tail values were promoted.
     pub fn promotions(&self) -> u64 {
-        self.promotions
+        self.overflow.as_ref().map_or(0, |o| o.promotions)
     }
 
     /// Per-arm distributions over strata (tail and evicted values pooled into the last cell),
@@ -471,7 +613,11 @@ impl Strata {
             }
         }
         for (a, dist) in out.iter_mut().enumerate() {
-            dist.push(self.tail.counts()[a] + self.evicted_counts[a]);
+            dist.push(
+                self.overflow
+                    .as_ref()
+                    .map_or(0, |o| o.tail.counts()[a] + o.evicted_counts[a]),
+            );
         }
         out
     }
@@ -488,18 +634,25 @@ impl Strata {
                     let i = self.insert(design, s.key, other.label(s));
                     self.slots[i].ep.merge(&s.ep, design);
                 }
-                None => self.tail.merge(&s.ep, design),
+                None => self.overflow_mut().tail.merge(&s.ep, design),
             }
         }
-        self.tail.merge(&other.tail, design);
-        self.frozen_log_e += other.frozen_log_e;
-        for (a, b) in self
-            .evicted_counts
-            .iter_mut()
-            .zip(other.evicted_counts.iter())
-        {
-            *a += b;
+        // the tail merges even with an empty one: that recomputes its evidence from the counts
+        match (&other.overflow, self.overflow.is_some()) {
+            (Some(o), _) => {
+                let mine = self.overflow_mut();
+                mine.tail.merge(&o.tail, design);
+                for (a, b) in mine.evicted_counts.iter_mut().zip(o.evicted_counts.iter()) {
+                    *a += b;
+                }
+            }
+            (None, true) => {
+                let empty = DmEProcess::new(design);
+                self.overflow_mut().tail.merge(&empty, design);
+            }
+            (None, false) => {}
         }
+        self.frozen_log_e += other.frozen_log_e;
         for (a, b) in self.totals.iter_mut().zip(other.totals.iter()) {
             *a += b;
         }
@@ -514,6 +667,72 @@ mod tests {
 
     fn design() -> Design {
         Design::new(&[0.5, 0.5], &[10.0, 100.0, 1000.0, 10000.0])
+    }
+
+    /// The table as it was laid out before its overflow was boxed: the serialized form
+    /// snapshots hold.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename = "Strata")]
+    struct Earlier {
+        index: SlotIndex,
+        slots: Vec<Stratum>,
+        tail: DmEProcess,
+        evicted_counts: SmallVec<[u64; 2]>,
+        sketch: Option<CountMin>,
+        frozen_log_e: f64,
+        active_base: f64,
+        active_lin: f64,
+        min_hint: u64,
+        max_strata: usize,
+        promotions: u64,
+        totals: SmallVec<[u64; 2]>,
+        labels: String,
+        label_garbage: usize,
+    }
+
+    /// Before and after it overflows, and after a merge, a table writes the earlier layout's
+    /// bytes and reads them back into the same table (same evidence, same bytes again); a
+    /// table that never overflowed holds no overflow after the round trip either.
+    #[test]
+    fn serialized_form_is_the_earlier_layouts() {
+        let d = design();
+        let mut s = Strata::new(&d, 4);
+        let mut rng = 7u64;
+        let round_trip = |s: &Strata| {
+            let bytes = postcard::to_allocvec(s).unwrap();
+            let earlier: Earlier = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(postcard::to_allocvec(&earlier).unwrap(), bytes);
+            let back: Strata = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes);
+            assert_eq!(back.log_e().to_bits(), s.log_e().to_bits());
+            assert_eq!(back.overflow.is_some(), s.overflow.is_some());
+            assert_eq!(back.promotions(), s.promotions());
+            back
+        };
+        for i in 0..6_000u64 {
+            step(&mut rng);
+            // three values first (no overflow), then five others: four of them pooled in the
+            // tail at first, promoted once they outnumber the first three
+            let v = if i < 1_000 {
+                format!("v{}", (rng >> 40) % 3)
+            } else {
+                format!("w{}", (rng >> 40) % 5)
+            };
+            s.observe(
+                &d,
+                key_of(&v),
+                || v.clone().into(),
+                (rng >> 20) as usize % 2,
+            );
+            if i == 999 {
+                assert!(round_trip(&s).overflow.is_none());
+            }
+        }
+        assert!(s.promotions() > 0 && s.tail().is_some_and(|t| t.n() > 0));
+        round_trip(&s);
+        let mut fresh = Strata::new(&d, 4);
+        fresh.merge(&s, &d);
+        round_trip(&fresh);
     }
 
     /// One step of Knuth's MMIX linear congruential generator.
@@ -574,7 +793,8 @@ mod tests {
             );
             assert!((s.log_e() - s.log_e_fast()).abs() < 1e-9);
         }
-        let direct: f64 = s.slots().iter().map(|x| x.ep.log_e()).sum::<f64>() + s.tail().log_e();
+        let tail = s.tail().map_or(0.0, DmEProcess::log_e);
+        let direct: f64 = s.slots().iter().map(|x| x.ep.log_e()).sum::<f64>() + tail;
         assert!((s.log_e() - direct).abs() < 1e-12);
         // contributions re-based to the pooled shares add up to the independence e-value
         let parts: f64 = s
@@ -582,7 +802,7 @@ mod tests {
             .iter()
             .map(|x| s.contribution(&x.ep, &d))
             .sum::<f64>()
-            + s.contribution(s.tail(), &d);
+            + s.tail().map_or(0.0, |t| s.contribution(t, &d));
         assert!((parts - s.log_e_independence(&d)).abs() < 1e-8);
     }
 

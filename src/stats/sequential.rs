@@ -150,11 +150,27 @@ const RESCALE_LO: f64 = 1e-150;
 impl DmEProcess {
     /// A fresh e-process (value 1) for `design`.
     pub fn new(design: &Design) -> DmEProcess {
+        DmEProcess::empty(design.arms(), design.ks.len())
+    }
+
+    /// A fresh e-process over `arms` arms and a grid of `grid` points (what [`Self::new`]
+    /// gives for such a design).
+    pub fn empty(arms: usize, grid: usize) -> DmEProcess {
         DmEProcess {
-            counts: smallvec::smallvec![0; design.arms()],
+            counts: smallvec::smallvec![0; arms],
             base: 0.0,
-            m: smallvec::smallvec![1.0; design.ks.len()],
+            m: smallvec::smallvec![1.0; grid],
         }
+    }
+
+    /// Whether this is [`Self::empty`]: nothing counted, nothing merged.
+    pub fn is_fresh(&self) -> bool {
+        self.n() == 0 && self.base == 0.0 && self.m.iter().all(|&m| m == 1.0)
+    }
+
+    /// Points of its concentration grid.
+    pub fn grid(&self) -> usize {
+        self.m.len()
     }
 
     /// Count one observation in `arm`: `BF_n = BF_{n-1} (a_j + x_j) / ((A + n - 1) theta0_j)`.

@@ -79,12 +79,12 @@ pub struct Experiment {
     /// Declared substrate inputs.
     pub substrates: Vec<SubstrateState>,
     /// The declared hash assignment, re-derived per event.
-    pub assignment: Option<AssignmentState>,
+    pub assignment: Option<Box<AssignmentState>>,
     /// Units followed for multiple exposures (allocated with the first `unit`).
     pub exposures: Option<ExposureSample>,
     /// Clusters of a cluster-randomized experiment (their first exposures are what SRM and
     /// divergence count).
-    pub clusters: Option<Clusters>,
+    pub clusters: Option<Box<Clusters>>,
     /// The online arm model (allocated with the first counted event carrying inputs).
     pub model: Option<Box<ArmModel>>,
     treatment_inputs: Vec<Box<str>>,
@@ -229,9 +229,9 @@ impl Experiment {
         e.assignment = cfg
             .assignment
             .as_ref()
-            .map(|a| AssignmentState::new(a, &e.arms));
+            .map(|a| Box::new(AssignmentState::new(a, &e.arms)));
         if cfg.unit_of_assignment == UnitOfAssignment::Cluster {
-            e.clusters = Some(Clusters::new(limits.exposure_sample));
+            e.clusters = Some(Box::new(Clusters::new(limits.exposure_sample)));
         }
         e.phase = cfg.phase.clone();
         e.set_alpha_divisor();
@@ -319,7 +319,10 @@ impl Experiment {
                 .exposures
                 .as_ref()
                 .map_or(0, ExposureSample::memory_bytes)
-                + self.clusters.as_ref().map_or(0, Clusters::memory_bytes),
+                + self
+                    .clusters
+                    .as_ref()
+                    .map_or(0, |c| size_of::<Clusters>() + c.memory_bytes()),
             model: self.model.as_ref().map_or(0, |m| m.memory_bytes()),
             other: size_of::<Experiment>()
                 + self.id.len()
@@ -699,12 +702,8 @@ impl Experiment {
             UnitFilter::merge,
         );
         merge_opt(&mut self.exposures, &other.exposures, ExposureSample::merge);
-        merge_opt(&mut self.clusters, &other.clusters, Clusters::merge);
-        merge_opt(
-            &mut self.assignment,
-            &other.assignment,
-            AssignmentState::merge,
-        );
+        merge_opt(&mut self.clusters, &other.clusters, |a, b| a.merge(b));
+        merge_opt(&mut self.assignment, &other.assignment, |a, b| a.merge(b));
         merge_opt(&mut self.model, &other.model, |a, b| a.merge(b));
         self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
         self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);

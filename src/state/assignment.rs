@@ -277,7 +277,7 @@ pub struct AssignmentState {
 
 impl AssignmentState {
     /// From validated settings; `arms` in the experiment's order.
-    pub fn new(cfg: &AssignmentSettings, arms: &[Box<str>]) -> AssignmentState {
+    pub fn new(cfg: &AssignmentSettings, arms: &[super::name::Name]) -> AssignmentState {
         AssignmentState {
             hash: cfg.hash,
             key: cfg.key.text().into(),

@@ -54,8 +54,8 @@ pub struct Experiment {
     /// A hash of the declaration (0 when undeclared): a reloaded configuration that declares
     /// the experiment differently restarts its statistics.
     pub design_key: u64,
-    /// Arm names, in design order.
-    pub arms: Vec<Box<str>>,
+    /// Arm names, in design order (inline heads: every event's arm is looked up here).
+    pub arms: Vec<super::name::Name>,
     /// Null hypothesis: design weights.
     pub design: Design,
     /// Overall arm counts and their e-process.
@@ -265,7 +265,7 @@ impl Experiment {
             declared: false,
             design_key: 0,
             srm: DmEProcess::new(&design),
-            arms,
+            arms: arms.into_iter().map(super::name::Name::from).collect(),
             design,
             inputs: Vec::new(),
             inputs_over_limit: 0,
@@ -326,7 +326,11 @@ impl Experiment {
             model: self.model.as_ref().map_or(0, |m| m.memory_bytes()),
             other: size_of::<Experiment>()
                 + self.id.len()
-                + self.arms.iter().map(|a| a.len() + 16).sum::<usize>()
+                + self
+                    .arms
+                    .iter()
+                    .map(|a| a.len() + size_of::<super::name::Name>())
+                    .sum::<usize>()
                 + self.inputs.capacity() * size_of::<InputState>()
                 + self.name_index.capacity() * 17
                 + self.ignored.iter().map(|n| n.len() + 16).sum::<usize>()
@@ -385,14 +389,14 @@ impl Experiment {
     }
 
     fn arm_index(&mut self, arm: &str) -> Result<usize, RejectReason> {
-        if let Some(i) = self.arms.iter().position(|a| &**a == arm) {
+        if let Some(i) = self.arms.iter().position(|a| a.is(arm)) {
             return Ok(i);
         }
         if self.declared || self.arms.len() >= self.limits.max_arms {
             return Err(RejectReason::UnknownArm);
         }
         // undeclared: equal weights over the arms seen so far; restart the statistics
-        self.arms.push(arm.into());
+        self.arms.push(super::name::Name::new(arm));
         let w = vec![1.0 / self.arms.len() as f64; self.arms.len()];
         self.design = Design::new(&w, &self.limits.k_grid);
         self.srm = DmEProcess::new(&self.design);

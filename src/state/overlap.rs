@@ -148,15 +148,15 @@ pub struct PairState {
 impl PairState {
     /// A pair with no units yet.
     pub fn new(
-        first: (&str, &[Box<str>], &Design),
-        second: (&str, &[Box<str>]),
+        first: (&str, &[super::name::Name], &Design),
+        second: (&str, &[super::name::Name]),
         max_pairs: usize,
     ) -> PairState {
         PairState {
             first: first.0.into(),
             second: second.0.into(),
-            first_arms: first.1.to_vec(),
-            second_arms: second.1.to_vec(),
+            first_arms: first.1.iter().map(|a| Box::from(&**a)).collect(),
+            second_arms: second.1.iter().map(|a| Box::from(&**a)).collect(),
             design: first.2.clone(),
             table: Strata::new(first.2, second.1.len().max(1)),
             units: 0,
@@ -254,7 +254,10 @@ mod tests {
     #[test]
     fn table_counts_and_gap() {
         let design = Design::new(&[0.5, 0.5], &[10.0, 100.0]);
-        let arms: Vec<Box<str>> = vec!["c".into(), "t".into()];
+        let arms = [
+            crate::state::name::Name::new("c"),
+            crate::state::name::Name::new("t"),
+        ];
         let mut p = PairState::new(("a", &arms, &design), ("b", &arms), 16);
         for _ in 0..50 {
             p.observe(0, 0);

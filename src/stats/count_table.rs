@@ -219,7 +219,8 @@ impl<C: Counter> CountTable<C> {
         }
         let w = self.width();
         let next = (self.cap() * 2).max(FIRST_SLOTS);
-        let slot = std::mem::size_of::<u16>() + w * std::mem::size_of::<C>();
+        // an entry's real size: a `u32` or `u64` tag takes a whole counter
+        let slot = self.entry() * std::mem::size_of::<C>();
         let dense = next * slot >= self.keys() * w * std::mem::size_of::<C>();
         let old = std::mem::replace(
             self,
@@ -400,7 +401,9 @@ impl<'de, C: Counter> serde::Deserialize<'de> for CountTable<C> {
             } => {
                 let cap = slots.len();
                 let used = slots.iter().filter(|&&s| s != 0).count();
-                let shape_ok = cap == 0 || (cap.is_power_of_two() && cap >= FIRST_SLOTS);
+                // a sparse table is never larger than its keys (it goes dense first)
+                let shape_ok =
+                    cap == 0 || (cap.is_power_of_two() && (FIRST_SLOTS..=1 << 16).contains(&cap));
                 // a table fuller than 3/4 never exists, and a full one would probe forever
                 if !shape_ok
                     || rows.len() != cap * wu
@@ -755,6 +758,12 @@ mod tests {
         assert!(
             read(&write(&sparse(vec![101, 0, 0, 0, 0, 0, 0, 0], 16, 1))),
             "key past keys"
+        );
+        let mut huge = vec![0u16; 1 << 17];
+        huge[0] = 1;
+        assert!(
+            read(&write(&sparse(huge, 2 << 17, 1))),
+            "more slots than any table"
         );
         let dense = |n: usize| Earlier::<u8> {
             width: 2,

@@ -220,14 +220,8 @@ mod tests {
     /// short) are refused in their own tests (`impossible_shapes_are_refused`).
     #[test]
     fn altered_snapshots_with_a_valid_checksum_never_panic() {
-        let settings = Settings::from_toml("").unwrap();
-        let mut engine = Engine::new(&settings);
-        let mut sim = Simulator::fleet(2, 3, 50);
+        let (settings, mut sim, engine) = small_fleet(3_000);
         let mut b = Vec::new();
-        for _ in 0..3_000 {
-            sim.next_event(&mut b);
-            let _ = engine.process(&b);
-        }
         let good = write(&engine);
         let events: Vec<Vec<u8>> = (0..200)
             .map(|_| {
@@ -265,16 +259,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn refuses_other_versions_and_corrupt_bytes() {
+    /// Default settings, a fleet of three experiments and an engine that has seen `events` of
+    /// its events.
+    fn small_fleet(events: usize) -> (Settings, Simulator, Engine) {
         let settings = Settings::from_toml("").unwrap();
         let mut engine = Engine::new(&settings);
         let mut sim = Simulator::fleet(2, 3, 50);
         let mut b = Vec::new();
-        for _ in 0..2_000 {
+        for _ in 0..events {
             sim.next_event(&mut b);
             let _ = engine.process(&b);
         }
+        (settings, sim, engine)
+    }
+
+    #[test]
+    fn refuses_other_versions_and_corrupt_bytes() {
+        let (settings, _, engine) = small_fleet(2_000);
         let good = write(&engine);
         assert!(read(&settings, &good).is_ok());
         assert_eq!(

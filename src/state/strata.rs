@@ -443,7 +443,16 @@ impl Strata {
         if u64::from(est) <= 2 * min_n {
             return None;
         }
-        let old = self.slots[victim].clone();
+        let label = self.push_label(&label());
+        let old = std::mem::replace(
+            &mut self.slots[victim],
+            Stratum {
+                key,
+                label,
+                ep: DmEProcess::new(design),
+                credit: u64::from(est),
+            },
+        );
         let old_log_e = old.ep.log_e();
         self.frozen_log_e += old_log_e;
         self.active_base -= old_log_e;
@@ -455,13 +464,6 @@ impl Strata {
         over.label_garbage += old.label.1 as usize;
         over.promotions += 1;
         let garbage = over.label_garbage;
-        let label = self.push_label(&label());
-        self.slots[victim] = Stratum {
-            key,
-            label,
-            ep: DmEProcess::new(design),
-            credit: u64::from(est),
-        };
         self.index.rebuild(&self.slots);
         if garbage * 2 > self.labels.len() {
             self.compact_labels();
@@ -586,11 +588,6 @@ impl Strata {
     /// The pooled tail stratum, once the table has overflowed.
     pub fn tail(&self) -> Option<&DmEProcess> {
         self.overflow.as_ref().map(|o| &o.tail)
-    }
-
-    /// Counts per arm of values no longer tracked exactly (none before an overflow).
-    pub fn evicted_counts(&self) -> &[u64] {
-        self.overflow.as_ref().map_or(&[], |o| &o.evicted_counts)
     }
 
     /// The frozen evidence of evicted strata.

@@ -388,6 +388,16 @@ fn main() {
             mean(&cpu_armwatch, |c| c.0),
             mean(&cpu_armwatch, |c| c.1),
         );
+        // what the CPU allows: with every core busy, armwatch drains at most `cores / (broker +
+        // armwatch CPU per message)`; the CPU per message that 0.9x the bare rate would need
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let (a_broker, a_self) = (mean(&cpu_armwatch, |c| c.0), mean(&cpu_armwatch, |c| c.1));
+        let ceiling = cores / ((a_broker + a_self) * 1e-6);
+        println!(
+            "  CPU ceiling on {cores} cores: {ceiling:.0}/s ({:.2}x bare); 0.9x bare needs armwatch at <= {:.2} us/message with the broker as measured",
+            ceiling / bare,
+            cores / (0.9 * bare) * 1e6 - a_broker,
+        );
         let written: f64 = alones.iter().map(|a| a.checkpoints).sum();
         let bytes: f64 = alones.iter().map(|a| a.checkpoint_bytes).sum();
         let secs: f64 = alones.iter().map(|a| a.checkpoint_seconds).sum();

@@ -138,6 +138,11 @@ struct Drained {
     /// The engine thread's wall seconds: waiting for batches, applying them, checkpointing
     /// between them, publishing.
     stages: [f64; 4],
+    /// Reports the HTTP clients received while armwatch drained (estimated from their rate
+    /// over the whole run: they also fetch while it joins its group), and the CPU seconds of
+    /// this process (the clients, on the same cores) per report.
+    requests: f64,
+    client_cpu_per_request: f64,
 }
 
 /// How `armwatch run` keeps its state.
@@ -209,19 +214,23 @@ fn drain_armwatch(
         Err(_) => armwatch(&args, &log),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let (cpu_before, fetching) = (
+        armwatch::process::cpu_seconds("self").unwrap_or(f64::NAN),
+        Instant::now(),
+    );
     let fetchers: Vec<_> = (0..clients)
         .map(|_| {
             let (stop, http) = (stop.clone(), http.clone());
             std::thread::spawn(move || {
-                let mut bytes = 0usize;
+                let mut received = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     // as a browser or Grafana asks: gzip accepted
-                    bytes += get_gzip(&http, "/api/v1/report");
+                    received += usize::from(get_gzip(&http, "/api/v1/report") > 0);
                     // each client 10 times a second (320 requests/s for 32): a heavy dashboard
                     // load whose client side does not starve this 2-core machine by itself
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                bytes
+                received
             })
         })
         .collect();
@@ -231,9 +240,11 @@ fn drain_armwatch(
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
-    let served: usize = fetchers.into_iter().map(|f| f.join().unwrap_or(0)).sum();
+    let requests: usize = fetchers.into_iter().map(|f| f.join().unwrap_or(0)).sum();
+    let client_cpu = armwatch::process::cpu_seconds("self").unwrap_or(f64::NAN) - cpu_before;
+    let fetching = fetching.elapsed().as_secs_f64();
     assert!(
-        clients == 0 || served > 0,
+        clients == 0 || requests > 0,
         "no report was served to the HTTP clients"
     );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -260,6 +271,8 @@ fn drain_armwatch(
             f("checkpointing_seconds"),
             f("publishing_seconds"),
         ],
+        requests: requests as f64 / fetching * (f("messages") / f("messages_per_second")),
+        client_cpu_per_request: client_cpu / requests.max(1) as f64,
     }
 }
 
@@ -346,11 +359,13 @@ fn main() {
         let ratios: Vec<f64> = bares.iter().zip(&alones).map(|(b, a)| a.rate / b).collect();
         let bare = median(bares.clone());
         let alone = &alones[median_index(&alones.iter().map(|a| a.rate).collect::<Vec<_>>())];
-        // a fifth of the topic is enough for the rate with clients (slow at 1,000 experiments)
+        // the whole topic for one experiment (so that its CPU per message compares with the
+        // drains alone), a fifth of it at 1,000 experiments (slow with clients)
+        let served_n = if name.starts_with("fleet") { n / 5 } else { n };
         let served = drain_armwatch(
             &broker.addr,
             &topic,
-            n as u64 / 5,
+            served_n as u64,
             dir,
             CLIENTS,
             0,
@@ -422,12 +437,25 @@ fn main() {
             median(to_last.clone()),
             to_last.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
         );
+        // what serving cost armwatch: its CPU beyond the drains alone's (mean of the rounds)
+        // for as many messages, per report served; and what the clients themselves took of the
+        // same cores
+        let alone_per_msg = a_self * 1e-6;
+        let requests = served.requests.max(1.0);
         println!(
-            "  +{CLIENTS} clients, to the last message applied (their drain is a fifth of the topic: its final checkpoints weigh five times as much in its rate): {:.0}/s, {:.2}x armwatch alone's; armwatch CPU {:.2} us/message (alone {:.2})",
+            "  +{CLIENTS} clients, to the last message applied ({}): {:.0}/s, {:.2}x armwatch alone's; armwatch CPU {:.2} us/message (alone {:.2}); ~{:.0} reports served while it drained, armwatch {:.0} us of CPU each beyond the drain alone's, the clients {:.0} us each",
+            if served_n == n {
+                "the whole topic"
+            } else {
+                "a fifth of the topic: its final checkpoints weigh five times as much in its rate"
+            },
             served.applying_rate,
             served.applying_rate / alone.applying_rate,
-            served.cpu * 1e6 / (n / 5) as f64,
-            alone.cpu * 1e6 / n as f64,
+            served.cpu * 1e6 / served_n as f64,
+            alone_per_msg * 1e6,
+            served.requests,
+            (served.cpu - alone_per_msg * served_n as f64) / requests * 1e6,
+            served.client_cpu_per_request * 1e6,
         );
         let stages = |d: &[Drained]| {
             let mut sum = [0.0; 4];

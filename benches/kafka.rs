@@ -359,13 +359,11 @@ fn main() {
         let ratios: Vec<f64> = bares.iter().zip(&alones).map(|(b, a)| a.rate / b).collect();
         let bare = median(bares.clone());
         let alone = &alones[median_index(&alones.iter().map(|a| a.rate).collect::<Vec<_>>())];
-        // the whole topic for one experiment (so that its CPU per message compares with the
-        // drains alone), a fifth of it at 1,000 experiments (slow with clients)
-        let served_n = if name.starts_with("fleet") { n / 5 } else { n };
+        // the whole topic, so that its CPU per message compares with the drains alone's
         let served = drain_armwatch(
             &broker.addr,
             &topic,
-            served_n as u64,
+            n as u64,
             dir,
             CLIENTS,
             0,
@@ -443,18 +441,13 @@ fn main() {
         let alone_per_msg = a_self * 1e-6;
         let requests = served.requests.max(1.0);
         println!(
-            "  +{CLIENTS} clients, to the last message applied ({}): {:.0}/s, {:.2}x armwatch alone's; armwatch CPU {:.2} us/message (alone {:.2}); ~{:.0} reports served while it drained, armwatch {:.0} us of CPU each beyond the drain alone's, the clients {:.0} us each",
-            if served_n == n {
-                "the whole topic"
-            } else {
-                "a fifth of the topic: its final checkpoints weigh five times as much in its rate"
-            },
+            "  +{CLIENTS} clients, to the last message applied: {:.0}/s, {:.2}x armwatch alone's; armwatch CPU {:.2} us/message (alone {:.2}); ~{:.0} reports served while it drained, armwatch {:.0} us of CPU each beyond the drain alone's, the clients {:.0} us each",
             served.applying_rate,
             served.applying_rate / alone.applying_rate,
-            served.cpu * 1e6 / served_n as f64,
+            served.cpu * 1e6 / n as f64,
             alone_per_msg * 1e6,
             served.requests,
-            (served.cpu - alone_per_msg * served_n as f64) / requests * 1e6,
+            (served.cpu - alone_per_msg * n as f64) / requests * 1e6,
             served.client_cpu_per_request * 1e6,
         );
         let stages = |d: &[Drained]| {

@@ -21,6 +21,9 @@ struct Published {
     /// Prometheus text.
     metrics: Bytes,
     report: Option<Arc<Report>>,
+    /// The report as served ([`Report::redacted`] unless `http.report_values`), made by the
+    /// first request that needs it.
+    served: OnceLock<Arc<Report>>,
     /// The report as served, made by the first request (not by the engine thread: with a
     /// thousand experiments it is ~10 MB of JSON).
     encoded: OnceLock<Arc<Encoded>>,
@@ -98,14 +101,14 @@ impl Shared {
         }
     }
 
-    /// The report as served: values pseudonymized unless configured otherwise.
-    fn served<T: serde::Serialize>(&self, v: &T) -> Vec<u8> {
+    /// A publish's report as served: values pseudonymized unless `report_values` (once per
+    /// publish, for every endpoint that shows it).
+    fn served(&self, p: &Published) -> Option<Arc<Report>> {
+        let r = p.report.as_ref()?;
         if self.report_values {
-            return serde_json::to_vec(v).unwrap_or_default();
+            return Some(Arc::clone(r));
         }
-        let mut v = serde_json::to_value(v).unwrap_or_default();
-        crate::report::redact(&mut v);
-        serde_json::to_vec(&v).unwrap_or_default()
+        Some(Arc::clone(p.served.get_or_init(|| Arc::new(r.redacted()))))
     }
 
     /// Replace the published texts (a request holds a reference-counted view of the bytes,
@@ -157,8 +160,9 @@ impl Shared {
         p.metrics_gz.get_or_init(|| gzip(&p.metrics)).clone()
     }
 
+    /// The last published report as served ([`Self::served`]).
     fn last_report(&self) -> Option<Arc<Report>> {
-        self.published().report.clone()
+        self.served(&self.published())
     }
 
     /// The last published Prometheus text.
@@ -179,14 +183,19 @@ impl Shared {
                 return Arc::clone(c);
             }
             let made = std::time::Instant::now();
-            let json = match &p.report {
-                Some(r) => Bytes::from(self.served(&**r)),
+            let json = match self.served(p) {
+                Some(r) => Bytes::from(json(&*r)),
                 None => Bytes::from_static(b"{}"),
             };
             Encoded::new(json, made)
         });
         Arc::clone(e)
     }
+}
+
+/// `v` as JSON (plain data: it cannot fail).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 /// The router.
@@ -335,7 +344,7 @@ async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
             Ok(h) => h.status(&r, s.last_publish_ms.load(Ordering::Relaxed)),
             Err(_) => serde_json::Value::Null,
         };
-        s.served(&v)
+        json(&v)
     });
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -358,7 +367,9 @@ async fn experiment(
             .iter()
             .filter(|a| a.experiment.as_deref() == Some(id.as_str()))
             .collect();
-        Some(s.served(&serde_json::json!({"experiment": id, "report": e, "alerts": alerts})))
+        Some(json(
+            &serde_json::json!({"experiment": id, "report": e, "alerts": alerts}),
+        ))
     });
     match json {
         Some(j) => ([(header::CONTENT_TYPE, "application/json")], j).into_response(),
@@ -509,7 +520,7 @@ mod tests {
         shared.set("a 3\n", engine.report());
         let third = shared.report_json();
         assert_ne!(third, first);
-        assert_eq!(third, Bytes::from(shared.served(&engine.report())));
+        assert_eq!(third, Bytes::from(json(&engine.report().redacted())));
     }
 
     /// A publish does not wait for a request that is serializing the last report (at a
@@ -607,6 +618,50 @@ mod tests {
             status(router(shared.clone()), "/healthz").await,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    /// Every endpoint that shows the report shows it pseudonymized by default: the whole
+    /// report, one experiment's (which once served its input values as they are), and the
+    /// status page's alerts; with `report_values`, the values as they are.
+    #[tokio::test]
+    async fn every_endpoint_pseudonymizes_the_values() {
+        let settings = crate::config::Settings::from_toml("").unwrap();
+        let mut engine = crate::engine::Engine::new(&settings);
+        let mut sim = crate::sim::Simulator::single(
+            3,
+            crate::sim::Faults {
+                tier_leak: Some(("pro".into(), 0.8)),
+                ..Default::default()
+            },
+        );
+        let mut buf = Vec::new();
+        for _ in 0..20_000 {
+            sim.next_event(&mut buf);
+            let _ = engine.process(&buf);
+        }
+        let report = engine.report();
+        assert!(
+            report
+                .alerts
+                .iter()
+                .any(|a| a.value.as_deref() == Some("pro")),
+            "the leak fired on its value"
+        );
+        let pro = crate::report::pseudonym("pro");
+        for values in [false, true] {
+            let shared = Arc::new(Shared::new(values, None));
+            shared.set("", report.clone());
+            for path in [
+                "/api/v1/report",
+                "/api/v1/experiments/prompt-variant",
+                "/api/v1/status",
+            ] {
+                let (_, body) = fetch(router(shared.clone()), path, false).await;
+                let body = String::from_utf8(body).unwrap();
+                assert_eq!(body.contains("\"pro\""), values, "{path}: {body}");
+                assert_eq!(body.contains(&pro), !values, "{path}");
+            }
+        }
     }
 
     async fn fetch(app: Router, path: &str, gzip: bool) -> (Option<String>, Vec<u8>) {

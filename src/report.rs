@@ -2,7 +2,7 @@
 //! published from the same structure, so the two never disagree.
 
 use crate::check::{
-    Alert, EvalSetSections, ExperimentSections, JudgeSections, RouterSections, SamplingEnv,
+    Alert, Check, EvalSetSections, ExperimentSections, JudgeSections, RouterSections, SamplingEnv,
     TrackedExperiment,
 };
 use crate::engine::Engine;
@@ -248,6 +248,26 @@ impl Report {
                 .collect()
         })
     }
+
+    /// The report as served unless `http.report_values = true`: what identifies people or
+    /// tenants (unit ids, cluster names, input values, in the experiments' sections and in the
+    /// alerts, their messages and details) replaced by its [`pseudonym`], `~` and 8 hex digits
+    /// of the value's hash, the same wherever the value appears, so that a reader can still
+    /// tell values apart and follow one through the report. A pseudonym of a low-entropy value
+    /// (a tier, a locale) can be reversed by trying the candidates: it keeps values out of
+    /// casual reach (a dashboard, a log of responses), it does not make them anonymous. Done on
+    /// the typed report: through a JSON value tree it took four times the plain serialization
+    /// (~110 ms against ~27 ms for a thousand experiments).
+    pub fn redacted(&self) -> Report {
+        let mut r = self.clone();
+        for e in r.experiments.values_mut() {
+            e.checks.redact();
+        }
+        for a in &mut r.alerts {
+            redact_alert(a);
+        }
+        r
+    }
 }
 
 impl<'a> Report<LazyExperiments<'a>> {
@@ -421,27 +441,6 @@ fn experiment_report(e: &TrackedExperiment, engine: &Engine) -> ExperimentReport
     }
 }
 
-/// Replace what identifies people or tenants in a serialized report (unit ids, cluster names,
-/// input values, and the same in alerts) by pseudonyms: `~` and 8 hex digits of the value's
-/// hash, the same wherever the value appears, so that a reader can still tell values apart and
-/// follow one through the report. A pseudonym of a low-entropy value (a tier, a locale) can be
-/// reversed by trying the candidates: it keeps values out of casual reach (a dashboard, a log
-/// of responses), it does not make them anonymous. `http.report_values = true` serves them as
-/// they are.
-pub fn redact(report: &mut serde_json::Value) {
-    use serde_json::Value;
-    if let Some(exps) = report.get_mut("experiments").and_then(Value::as_object_mut) {
-        for e in exps.values_mut() {
-            redact_experiment(e);
-        }
-    }
-    if let Some(alerts) = report.get_mut("alerts").and_then(Value::as_array_mut) {
-        for a in alerts {
-            redact_alert(a);
-        }
-    }
-}
-
 /// The pseudonym of `v`.
 pub fn pseudonym(v: &str) -> String {
     format!("~{:08x}", crate::state::key_of(v) >> 32)
@@ -460,23 +459,6 @@ fn each(v: Option<&mut serde_json::Value>) -> impl Iterator<Item = &mut serde_js
     v.and_then(serde_json::Value::as_array_mut)
         .into_iter()
         .flatten()
-}
-
-/// An experiment's section: its strata values, assignment examples and mixed clusters (the
-/// pairs noted are not needed: no message to rewrite).
-fn redact_experiment(e: &mut serde_json::Value) {
-    let mut seen = Vec::new();
-    if let Some(inputs) = e
-        .get_mut("inputs")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        for i in inputs.values_mut() {
-            for tv in each(i.get_mut("top_values")) {
-                pseudonymize(tv.get_mut("value"), &mut seen);
-            }
-        }
-    }
-    redact_sections(e, &mut seen);
 }
 
 /// The assignment examples' units and the mixed clusters' names of a section (or an alert's
@@ -500,30 +482,25 @@ fn redact_sections(v: &mut serde_json::Value, seen: &mut Vec<(String, String)>) 
     }
 }
 
-fn redact_alert(a: &mut serde_json::Value) {
+/// An alert as [`Report::redacted`] serves it: its value (when it is data), its details' units
+/// and cluster names, and where its message quotes them, pseudonymized.
+pub fn redact_alert(a: &mut Alert) {
     let mut seen = Vec::new();
-    let value_is_data = matches!(
-        a.get("check").and_then(serde_json::Value::as_str),
-        Some("input_divergence" | "cluster_mixed")
-    );
-    if value_is_data {
-        pseudonymize(a.get_mut("value"), &mut seen);
+    if let (Check::InputDivergence | Check::ClusterMixed, Some(v)) = (a.check, &mut a.value) {
+        let p = pseudonym(v);
+        seen.push((std::mem::replace(v, p.clone()), p));
     }
-    if let Some(d) = a.get_mut("details") {
-        redact_sections(d, &mut seen);
-    }
-    if let Some(serde_json::Value::String(m)) = a.get_mut("message") {
-        // where the messages quote a value: `"value"` (a stratum), `` `name` `` (a cluster),
-        // `unit logged` (an assignment example); never a bare substring, which could sit
-        // inside an experiment id
-        for (v, p) in &seen {
-            for (from, to) in [
-                (format!("{v:?}"), format!("{p:?}")),
-                (format!("`{v}`"), format!("`{p}`")),
-                (format!(" {v} logged "), format!(" {p} logged ")),
-            ] {
-                *m = m.replace(&from, &to);
-            }
+    redact_sections(&mut a.details, &mut seen);
+    // where the messages quote a value: `"value"` (a stratum), `` `name` `` (a cluster), `unit
+    // logged` (an assignment example); never a bare substring, which could sit inside an
+    // experiment id
+    for (v, p) in &seen {
+        for (from, to) in [
+            (format!("{v:?}"), format!("{p:?}")),
+            (format!("`{v}`"), format!("`{p}`")),
+            (format!(" {v} logged "), format!(" {p} logged ")),
+        ] {
+            a.message = a.message.replace(&from, &to);
         }
     }
 }
@@ -592,7 +569,7 @@ mod tests {
             }
             let _ = engine.process(&buf);
         }
-        let mut report = serde_json::to_value(engine.report()).unwrap();
+        let report = serde_json::to_value(engine.report()).unwrap();
         let checks: std::collections::BTreeSet<String> = report["alerts"]
             .as_array()
             .unwrap()
@@ -604,8 +581,9 @@ mod tests {
         }
         let before = report.to_string();
         assert!(before.contains("\"pro\""));
-        redact(&mut report);
-        let after = report.to_string();
+        let after = serde_json::to_value(engine.report().redacted())
+            .unwrap()
+            .to_string();
         // substrate values (model names) and judge versions are not user data: kept
         let kept = ["e5-v1", "e5-v2", "v1", "v2"];
         for u in units

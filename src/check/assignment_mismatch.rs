@@ -134,6 +134,12 @@ impl Module<Experiment> for AssignmentMismatch {
         s.is_none()
     }
 
+    fn redact(section: &mut Self::Section) {
+        for x in section.iter_mut().flat_map(|a| &mut a.examples) {
+            x.unit = crate::report::pseudonym(&x.unit);
+        }
+    }
+
     fn metrics(r: &Registry) -> MismatchMetrics {
         MismatchMetrics {
             log_e: gauge_vec(r, "armwatch_assignment_mismatch_log_evalue", "Assignment re-derivation: log e-value that the mismatch share of units exceeds the tolerance.", &["experiment"]),

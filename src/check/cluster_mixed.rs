@@ -80,6 +80,12 @@ impl Module<Experiment> for ClusterMixed {
         s.is_none()
     }
 
+    fn redact(section: &mut Self::Section) {
+        for n in section.iter_mut().flat_map(|c| &mut c.mixed_names) {
+            *n = crate::report::pseudonym(n);
+        }
+    }
+
     fn metrics(r: &Registry) -> ClusterMetrics {
         ClusterMetrics {
             mixed: int_gauge_vec(

@@ -89,6 +89,12 @@ impl Module<Experiment> for InputDivergence {
         }
     }
 
+    fn redact(section: &mut Self::Section) {
+        for v in section.values_mut().flat_map(|i| &mut i.top_values) {
+            v.value = crate::report::pseudonym(&v.value);
+        }
+    }
+
     fn section(st: &Vec<DivergenceState>, e: &Experiment, levels: &EvalContext) -> Self::Section {
         e.inputs
             .iter()

@@ -169,6 +169,10 @@ pub trait Module<S: Subject> {
         false
     }
 
+    /// Pseudonymize the values of events its section quotes (unit ids, cluster names, input
+    /// values), as served unless `http.report_values` ([`crate::report::pseudonym`]).
+    fn redact(_section: &mut Self::Section) {}
+
     /// Register its metrics.
     fn metrics(r: &Registry) -> Self::Metrics;
 
@@ -311,6 +315,13 @@ macro_rules! registry {
                     #[doc = $name]
                     pub $field: <$module::$ty as Module<$subject>>::Section,
                 )*
+            }
+
+            impl $sections {
+                /// Pseudonymize the values of events every section quotes ([`Module::redact`]).
+                pub fn redact(&mut self) {
+                    $(<$module::$ty as Module<$subject>>::redact(&mut self.$field);)*
+                }
             }
 
             impl Clone for $sections

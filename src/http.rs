@@ -24,8 +24,8 @@ struct Published {
     /// The report as served ([`Report::redacted`] unless `http.report_values`), made by the
     /// first request that needs it.
     served: OnceLock<Arc<Report>>,
-    /// The report as served, made by the first request (not by the engine thread: with a
-    /// thousand experiments it is ~10 MB of JSON).
+    /// The served report's JSON, made by the first request (not by the engine thread: with a
+    /// thousand experiments it is ~10 MB).
     encoded: OnceLock<Arc<Encoded>>,
     /// The last publish's, while it is younger than [`Encoded::FRESH`] times what it cost.
     carried: Option<Arc<Encoded>>,

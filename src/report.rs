@@ -461,21 +461,11 @@ fn each(v: Option<&mut serde_json::Value>) -> impl Iterator<Item = &mut serde_js
         .flatten()
 }
 
-/// The assignment examples' units and the mixed clusters' names of a section (or an alert's
-/// details, which are its check's section).
-fn redact_sections(v: &mut serde_json::Value, seen: &mut Vec<(String, String)>) {
-    if let Some(at) = v.get_mut("assignment") {
-        for x in each(at.get_mut("examples")) {
-            pseudonymize(x.get_mut("unit"), seen);
-        }
-    }
+/// The assignment examples' units and the mixed clusters' names of an alert's details (its
+/// check's section, as JSON).
+fn redact_details(v: &mut serde_json::Value, seen: &mut Vec<(String, String)>) {
     for x in each(v.get_mut("examples")) {
         pseudonymize(x.get_mut("unit"), seen);
-    }
-    if let Some(c) = v.get_mut("clusters") {
-        for n in each(c.get_mut("mixed_names")) {
-            pseudonymize(Some(n), seen);
-        }
     }
     for n in each(v.get_mut("mixed_names")) {
         pseudonymize(Some(n), seen);
@@ -490,7 +480,7 @@ pub fn redact_alert(a: &mut Alert) {
         let p = pseudonym(v);
         seen.push((std::mem::replace(v, p.clone()), p));
     }
-    redact_sections(&mut a.details, &mut seen);
+    redact_details(&mut a.details, &mut seen);
     // where the messages quote a value: `"value"` (a stratum), `` `name` `` (a cluster), `unit
     // logged` (an assignment example); never a bare substring, which could sit inside an
     // experiment id

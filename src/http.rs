@@ -21,9 +21,6 @@ struct Published {
     /// Prometheus text.
     metrics: Bytes,
     report: Option<Arc<Report>>,
-    /// The report as served ([`Report::redacted`] unless `http.report_values`), made by the
-    /// first request that needs it.
-    served: OnceLock<Arc<Report>>,
     /// The served report's JSON, made by the first request (not by the engine thread: with a
     /// thousand experiments it is ~10 MB).
     encoded: OnceLock<Arc<Encoded>>,
@@ -101,14 +98,13 @@ impl Shared {
         }
     }
 
-    /// A publish's report as served: values pseudonymized unless `report_values` (once per
-    /// publish, for every endpoint that shows it).
-    fn served(&self, p: &Published) -> Option<Arc<Report>> {
-        let r = p.report.as_ref()?;
+    /// `report` as JSON, as served: values pseudonymized unless `report_values`.
+    fn served(&self, report: &Report) -> Vec<u8> {
         if self.report_values {
-            return Some(Arc::clone(r));
+            json(report)
+        } else {
+            json(&report.redacted())
         }
-        Some(Arc::clone(p.served.get_or_init(|| Arc::new(r.redacted()))))
     }
 
     /// Replace the published texts (a request holds a reference-counted view of the bytes,
@@ -160,9 +156,8 @@ impl Shared {
         p.metrics_gz.get_or_init(|| gzip(&p.metrics)).clone()
     }
 
-    /// The last published report as served ([`Self::served`]).
     fn last_report(&self) -> Option<Arc<Report>> {
-        self.served(&self.published())
+        self.published().report.clone()
     }
 
     /// The last published Prometheus text.
@@ -183,8 +178,8 @@ impl Shared {
                 return Arc::clone(c);
             }
             let made = std::time::Instant::now();
-            let json = match self.served(p) {
-                Some(r) => Bytes::from(json(&*r)),
+            let json = match &p.report {
+                Some(r) => Bytes::from(self.served(r)),
                 None => Bytes::from_static(b"{}"),
             };
             Encoded::new(json, made)
@@ -340,8 +335,10 @@ async fn page() -> impl IntoResponse {
 /// report.
 async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let body = s.last_report().map(|r| {
+        let at = s.last_publish_ms.load(Ordering::Relaxed);
         let v = match s.history.lock() {
-            Ok(h) => h.status(&r, s.last_publish_ms.load(Ordering::Relaxed)),
+            Ok(h) if s.report_values => h.status(&r, at),
+            Ok(h) => h.status(&r.redacted(), at),
             Err(_) => serde_json::Value::Null,
         };
         json(&v)
@@ -362,11 +359,19 @@ async fn experiment(
 ) -> axum::response::Response {
     let json = s.last_report().and_then(|r| {
         let e = r.experiments.get(&id)?;
-        let alerts: Vec<_> = r
+        let alerts = r
             .alerts
             .iter()
-            .filter(|a| a.experiment.as_deref() == Some(id.as_str()))
-            .collect();
+            .filter(|a| a.experiment.as_deref() == Some(id.as_str()));
+        // as the whole report serves them ([`Report::redacted`])
+        let (e, alerts): (_, Vec<_>) = if s.report_values {
+            (e.clone(), alerts.cloned().collect())
+        } else {
+            (
+                crate::report::redacted_experiment(e),
+                alerts.map(crate::report::redacted_alert).collect(),
+            )
+        };
         Some(json(
             &serde_json::json!({"experiment": id, "report": e, "alerts": alerts}),
         ))
@@ -520,7 +525,7 @@ mod tests {
         shared.set("a 3\n", engine.report());
         let third = shared.report_json();
         assert_ne!(third, first);
-        assert_eq!(third, Bytes::from(json(&engine.report().redacted())));
+        assert_eq!(third, Bytes::from(shared.served(&engine.report())));
     }
 
     /// A publish does not wait for a request that is serializing the last report (at a

@@ -140,7 +140,7 @@ impl History {
     }
 
     /// The status page's data: counts, the active alerts (as in the report), every series.
-    pub fn status(&self, report: &Report, updated_ms: i64) -> serde_json::Value {
+    pub fn status<E>(&self, report: &Report<E>, updated_ms: i64) -> serde_json::Value {
         serde_json::json!({
             "updated_ms": updated_ms,
             "events_accepted": report.events.accepted,

@@ -739,26 +739,16 @@ mod tests {
             },
         };
         assert!(!read(&write(&sparse(vec![1, 0, 0, 0, 0, 0, 0, 0], 16, 1))));
-        assert!(
-            read(&write(&sparse(vec![1, 0, 0, 0, 0, 0, 0], 14, 1))),
-            "not a power of two"
-        );
-        assert!(
-            read(&write(&sparse(vec![1, 0, 0, 0, 0, 0, 0, 0], 15, 1))),
-            "short rows"
-        );
-        assert!(
-            read(&write(&sparse(vec![1, 0, 0, 0, 0, 0, 0, 0], 16, 2))),
-            "wrong len"
-        );
-        assert!(
-            read(&write(&sparse(vec![1, 2, 3, 4, 5, 6, 7, 0], 16, 7))),
-            "too full"
-        );
-        assert!(
-            read(&write(&sparse(vec![101, 0, 0, 0, 0, 0, 0, 0], 16, 1))),
-            "key past keys"
-        );
+        let one = || vec![1, 0, 0, 0, 0, 0, 0, 0];
+        for (slots, rows, len, why) in [
+            (vec![1, 0, 0, 0, 0, 0, 0], 14, 1, "not a power of two"),
+            (one(), 15, 1, "short rows"),
+            (one(), 16, 2, "wrong len"),
+            (vec![1, 2, 3, 4, 5, 6, 7, 0], 16, 7, "too full"),
+            (vec![101, 0, 0, 0, 0, 0, 0, 0], 16, 1, "key past keys"),
+        ] {
+            assert!(read(&write(&sparse(slots, rows, len))), "{why}");
+        }
         let mut huge = vec![0u16; 1 << 17];
         huge[0] = 1;
         assert!(

@@ -332,6 +332,7 @@ impl Experiment {
                     .map(|a| a.len() + size_of::<super::name::Name>())
                     .sum::<usize>()
                 + self.inputs.capacity() * size_of::<InputState>()
+                + DmEProcess::heap_bytes(self.arms.len(), self.design.ks().len())
                 + self.name_index.capacity() * 17
                 + self.ignored.iter().map(|n| n.len() + 16).sum::<usize>()
                 + self

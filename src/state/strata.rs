@@ -180,6 +180,15 @@ pub struct Strata {
     grid: u32,
 }
 
+/// Heap bytes of a count vector that outgrew its inline room.
+fn spilled(v: &SmallVec<[u64; 2]>) -> usize {
+    if v.spilled() {
+        v.len() * 8
+    } else {
+        0
+    }
+}
+
 /// [`Strata`] as snapshots hold it: the fields of its earlier layout, where the overflow's
 /// fields were the table's own (an empty tail before any overflow).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -566,18 +575,12 @@ impl Strata {
             // the memory budget admitted with the experiment
             + std::mem::size_of::<Overflow>()
             + self.overflow.as_ref().map_or(0, |o| {
-                o.sketch.as_ref().map_or(0, CountMin::bytes)
-                    + if o.evicted_counts.spilled() {
-                        o.evicted_counts.len() * 8
-                    } else {
-                        0
-                    }
+                o.sketch.as_ref().map_or(0, CountMin::bytes) + spilled(&o.evicted_counts)
             })
-            + if self.totals.spilled() {
-                self.totals.len() * 8
-            } else {
-                0
-            }
+            + spilled(&self.totals)
+            // each stratum's e-process past its inline room (more than two arms), and the tail's
+            + (self.slots.capacity() + 1)
+                * DmEProcess::heap_bytes(self.totals.len(), self.grid as usize)
     }
 
     /// Active strata.
@@ -742,6 +745,47 @@ mod tests {
     /// A strong leak over more values than strata: the running product folds its scale many
     /// times and strata are evicted, and it still tracks the direct sum; the linear-scale gate
     /// agrees with the logarithm on either side of the evidence.
+    /// The estimate counts what each stratum's e-process holds on the heap once the design has
+    /// more arms than fit inline (it did not: a 16-arm adversarial stream's strata were
+    /// estimated at 69 MB for 145 MB held), and nothing more for two arms.
+    #[test]
+    fn many_arms_count_their_e_processes_heap() {
+        let grid = [10.0, 100.0, 1000.0, 10000.0];
+        for arms in [2usize, 16] {
+            let d = Design::new(&vec![1.0 / arms as f64; arms], &grid);
+            let mut s = Strata::new(&d, 64);
+            for v in 0..40u64 {
+                let label = format!("v{v}");
+                s.observe(
+                    &d,
+                    key_of(&label),
+                    || label.clone().into(),
+                    (v as usize) % arms,
+                );
+            }
+            let inline = s.index.bytes()
+                + s.slots.capacity() * std::mem::size_of::<Stratum>()
+                + s.labels.capacity()
+                + std::mem::size_of::<Overflow>();
+            let heap: usize = s
+                .slots
+                .iter()
+                .map(|x| x.ep.counts().len() * 8)
+                .filter(|_| arms > 2)
+                .sum();
+            assert!(heap == 0 || heap >= 40 * 16 * 8);
+            assert!(
+                s.memory_bytes() >= inline + heap,
+                "{arms} arms: {} estimated, {} held",
+                s.memory_bytes(),
+                inline + heap
+            );
+            if arms == 2 {
+                assert_eq!(s.memory_bytes(), inline);
+            }
+        }
+    }
+
     #[test]
     fn running_product_folds_and_gates_exactly() {
         let d = design();

@@ -153,6 +153,14 @@ impl DmEProcess {
         DmEProcess::empty(design.arms(), design.ks.len())
     }
 
+    /// Heap bytes of an e-process over `arms` arms and a `grid`-point grid: what does not fit
+    /// its inline room (two arms, four points). Every e-process of one design has the same, so
+    /// a table of them is counted without visiting each.
+    pub fn heap_bytes(arms: usize, grid: usize) -> usize {
+        let spilled = |n: usize, inline: usize| if n > inline { n * 8 } else { 0 };
+        spilled(arms, 2) + spilled(grid, 4)
+    }
+
     /// A fresh e-process over `arms` arms and a grid of `grid` points (what [`Self::new`]
     /// gives for such a design).
     pub fn empty(arms: usize, grid: usize) -> DmEProcess {
